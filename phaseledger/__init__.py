@@ -1,0 +1,66 @@
+"""phaseledger: an event-sourced state machine engine for durable, multi-phase AI-agent workflows.
+
+Define a workflow as phases over a pydantic state, run it on an event store, and a run
+that stops anywhere resumes from its log: recorded steps and model calls never run again.
+"""
+
+from phaseledger.domain.errors import (
+    CircuitOpen,
+    ConcurrencyConflict,
+    InvalidInput,
+    InvalidToken,
+    InvalidTransition,
+    NonDeterminismError,
+    PhaseledgerError,
+    RunExists,
+    RunFinished,
+    RunNotFound,
+    SerializationError,
+    SignalTimeout,
+    StepFailed,
+    StoreUnavailable,
+    UnknownWorkflow,
+    WorkflowDefinitionError,
+)
+from phaseledger.domain.retry import NO_RETRY, RetryPolicy
+from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.workflow import Phase, Workflow
+from phaseledger.engine.breaker import CircuitBreaker
+from phaseledger.engine.context import Context, idempotency_key
+from phaseledger.engine.engine import Engine
+from phaseledger.engine.store import Store
+from phaseledger.engine.views import RecordedEvent, Run, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NO_RETRY",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "ConcurrencyConflict",
+    "Context",
+    "Engine",
+    "InvalidInput",
+    "InvalidToken",
+    "InvalidTransition",
+    "NonDeterminismError",
+    "Phase",
+    "PhaseledgerError",
+    "RecordedEvent",
+    "RetryPolicy",
+    "Run",
+    "RunExists",
+    "RunFinished",
+    "RunNotFound",
+    "SerializationError",
+    "SignalTimeout",
+    "StepFailed",
+    "Store",
+    "StoreUnavailable",
+    "UnknownWorkflow",
+    "Usage",
+    "Workflow",
+    "WorkflowDefinitionError",
+    "WorkflowRun",
+    "idempotency_key",
+]

@@ -1,0 +1,1 @@
+"""The pure model: events, the WorkflowRun aggregate and workflow definitions (no I/O)."""

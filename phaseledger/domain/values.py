@@ -1,0 +1,110 @@
+"""Turning step results and payloads into JSON for the log, and back into the same types.
+
+A recorded value is a JSON document plus, for pydantic models, the topic of the model
+class, so replay returns an instance of the same class. The live path returns the decoded
+copy too, so code sees exactly the same value live and on replay.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from eventsourcing.utils import get_topic, resolve_topic
+from pydantic import BaseModel, ValidationError
+
+from phaseledger.domain.errors import InvalidInput, SerializationError
+
+JSONValue = Any
+"""A value made only of dict (str keys), list, str, int, float, bool and None."""
+
+
+def _check_json(value: Any, path: str) -> None:
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SerializationError(f"{path} is {value!r}: NaN and infinity cannot be recorded")
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SerializationError(
+                    f"{path} has the key {key!r} of type {type(key).__name__}: "
+                    "only str keys can be recorded"
+                )
+            _check_json(item, f"{path}[{key!r}]")
+        return
+    raise SerializationError(
+        f"{path} is a {type(value).__module__}.{type(value).__qualname__}, which cannot be "
+        "recorded: return JSON values (dict, list, str, int, float, bool, None) or a "
+        "pydantic model"
+    )
+
+
+def encode_value(value: Any, what: str = "the value") -> tuple[JSONValue, str | None]:
+    """Encode a value for the log: ``(json_value, model_topic)``.
+
+    Raises :class:`SerializationError` (before anything is appended) when the value is
+    neither JSON nor a pydantic model, or a model that does not serialise.
+    """
+    if isinstance(value, BaseModel):
+        cls = type(value)
+        if "<locals>" in cls.__qualname__:
+            raise SerializationError(
+                f"{what} is an instance of {cls.__qualname__}, a class defined inside a "
+                "function: define the model at module level so replay can find it"
+            )
+        try:
+            data = value.model_dump(mode="json")
+        except Exception as exc:  # pydantic raises several types here
+            raise SerializationError(f"{what} ({cls.__qualname__}) cannot be serialised: {exc}") from exc
+        return data, get_topic(cls)
+    if isinstance(value, tuple):
+        raise SerializationError(
+            f"{what} is a tuple, which would come back as a list on replay: return a list"
+        )
+    _check_json(value, what)
+    return value, None
+
+
+def decode_value(data: JSONValue, model_topic: str | None) -> Any:
+    """Rebuild a recorded value: a model instance when a topic was recorded, else a copy."""
+    if model_topic is None:
+        return copy_json(data)
+    cls = resolve_topic(model_topic)
+    return cls.model_validate(data)
+
+
+def copy_json(data: JSONValue) -> JSONValue:
+    """A deep copy of a JSON value (faster than ``copy.deepcopy`` for plain JSON)."""
+    if isinstance(data, dict):
+        return {k: copy_json(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [copy_json(v) for v in data]
+    return data
+
+
+def validate_payload(model: type[BaseModel] | None, payload: Any, what: str) -> Any:
+    """Validate a payload against a declared model (:class:`InvalidInput` if it does not fit)."""
+    if model is None:
+        data, _ = encode_value(payload, what)
+        return data
+    try:
+        if isinstance(payload, model):
+            return payload.model_dump(mode="json")
+        return model.model_validate(payload).model_dump(mode="json")
+    except ValidationError as exc:
+        raise InvalidInput(f"{what} does not match {model.__qualname__}: {exc}") from exc
+
+
+def json_size(data: JSONValue) -> int:
+    """Bytes of compact JSON: the size a value takes in the log (before compression)."""
+    return len(json.dumps(data, separators=(",", ":")).encode())
+
+

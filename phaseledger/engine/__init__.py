@@ -1,0 +1,1 @@
+"""Everything that runs: the store, the engine, run drivers and the handler context."""

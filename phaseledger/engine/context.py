@@ -1,0 +1,376 @@
+"""The handler context: every non-deterministic thing a phase handler does goes through it.
+
+Each call gets a key in the current phase visit (its ordinal, or a key chosen by the
+caller, such as an agent's tool-call id). On replay a call whose key is in the journal is
+served from it without running; a call that does not match what was recorded raises
+:class:`~phaseledger.NonDeterminismError`. Everything else runs live and is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random as _random
+import time
+import uuid as _uuid
+from collections.abc import Callable
+from contextvars import ContextVar
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from phaseledger.domain.errors import (
+    CircuitOpen,
+    NonDeterminismError,
+    PhaseledgerError,
+    SerializationError,
+    SignalTimeout,
+    StepFailed,
+)
+from phaseledger.domain.retry import RetryPolicy
+from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.values import copy_json, decode_value, encode_value
+from phaseledger.engine.driver import Suspended
+
+if TYPE_CHECKING:
+    from phaseledger.domain.workflow import Phase
+    from phaseledger.engine.driver import RunDriver
+    from phaseledger.engine.engine import Engine
+
+StateT = TypeVar("StateT", bound=BaseModel)
+
+_STEP_KEY: ContextVar[str | None] = ContextVar("phaseledger_step_key", default=None)
+
+
+def idempotency_key() -> str:
+    """The idempotency key of the step running now (``run_id:phase_version.n``).
+
+    Stable across re-executions of the same step after a crash, so a step function can
+    pass it to an external API to de-duplicate side effects.
+    """
+    key = _STEP_KEY.get()
+    if key is None:
+        raise PhaseledgerError("idempotency_key() is only available inside a step run by ctx.step()")
+    return key
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+class Context(Generic[StateT]):
+    """What a phase handler receives: the run's state and the journaled operations.
+
+    ``state`` is the pydantic state as it stood when the phase was entered (rebuilt the
+    same way on replay); mutate it freely, it is recorded when the phase changes.
+    """
+
+    def __init__(self, driver: RunDriver, phase: Phase) -> None:
+        self._driver = driver
+        self._phase = phase
+        run = driver.run
+        self.state: StateT = driver.workflow.state_model.model_validate(copy_json(run.phase_state))
+        self._visit = run.phase_entered_version
+        self._recorded_at_start = dict(run.journal)
+        self._consumed: set[str] = set()
+        self._ordinal = 0
+
+    # -- identity ----------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run."""
+        return self._driver.run.id
+
+    @property
+    def phase(self) -> str:
+        """The name of the current phase."""
+        return self._phase.name
+
+    @property
+    def attempt(self) -> int:
+        """How many times this phase has been entered in this run (1 the first time)."""
+        return self._driver.run.attempts.get(self._phase.name, 1)
+
+    @property
+    def workflow(self) -> str:
+        """The workflow's name."""
+        return self._driver.workflow.name
+
+    @property
+    def engine(self) -> Engine:
+        """The engine driving the run."""
+        return self._driver.engine
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while recorded calls of this phase visit remain to be served from the log."""
+        return any(key not in self._consumed for key in self._recorded_at_start)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Inside a step: that step's stable key (see :func:`idempotency_key`); outside: the phase visit's."""
+        return _STEP_KEY.get() or f"{self.run_id}:{self._visit}"
+
+    # -- journal -----------------------------------------------------------------------
+
+    def _next_key(self) -> str:
+        key = str(self._ordinal)
+        self._ordinal += 1
+        return key
+
+    def _lookup(self, key: str, kind: str, name: str, fingerprint: str | None = None) -> dict[str, Any] | None:
+        run = self._driver.run
+        entry = run.journal.get(key)
+        if entry is None:
+            failures = run.failures.get(key)
+            if failures and failures[-1].get("name") not in (None, name):
+                raise NonDeterminismError(
+                    self.run_id, key, f"failed attempts of {failures[-1]['name']!r}", f"{kind} {name!r}"
+                )
+            return None
+        if entry["kind"] != kind or entry["name"] != name:
+            raise NonDeterminismError(
+                self.run_id, entry["seq"], f"{entry['kind']} {entry['name']!r}", f"{kind} {name!r}"
+            )
+        if fingerprint is not None and entry["fingerprint"] not in (None, fingerprint):
+            raise NonDeterminismError(
+                self.run_id, entry["seq"],
+                f"{kind} {name!r} with inputs {entry['fingerprint']}",
+                f"{kind} {name!r} with other inputs ({fingerprint})",
+            )
+        self._consumed.add(key)
+        self._driver.replayed += 1
+        return entry
+
+    def _check_consumed(self) -> None:
+        left = [e for k, e in self._recorded_at_start.items() if k not in self._consumed]
+        if left:
+            first = min(left, key=lambda e: e["seq"])
+            raise NonDeterminismError(
+                self.run_id, first["seq"], f"{first['kind']} {first['name']!r}",
+                f"no further call (phase {self.phase!r} finished with {len(left)} recorded call(s) unused)",
+            )
+
+    def _record_result(
+        self, key: str, kind: str, name: str, result: Any, *, fingerprint: str | None = None,
+        usage: dict[str, Any] | None = None, duration: float = 0.0, error: dict[str, Any] | None = None,
+        detail: dict[str, Any] | None = None, what: str | None = None,
+    ) -> Any:
+        """Record a finished call (encoding ``result``) and return the value code should see."""
+        data, result_type = encode_value(result, what or f"the result of {kind} {name!r}")
+        run = self._driver.run
+        self._driver.record(
+            WorkflowRun.StepRecorded, seq=run.next_seq, key=key, name=name, kind=kind, result=data,
+            result_type=result_type, fingerprint=fingerprint, usage=usage, duration=round(duration, 6),
+            error=error, detail=detail,
+        )
+        self._consumed.add(key)
+        self._driver.executed += 1
+        return decode_value(data, result_type)
+
+    async def _wait_until(self, when: datetime | None, reason: str, signal: str | None = None) -> None:
+        if when is None:
+            return
+        remaining = (when - utcnow()).total_seconds()
+        if remaining <= 0:
+            return
+        if remaining > self.engine.max_inline_wait:
+            self._driver.record(WorkflowRun.RunSuspended, reason=reason, until=when, signal=signal)
+            raise Suspended()
+        await self._driver.commit()
+        await asyncio.sleep(remaining)
+
+    def _policy(self, retry: RetryPolicy | None) -> RetryPolicy:
+        return retry or self._phase.retry or self._driver.workflow.retry or self.engine.retry
+
+    async def _journaled(
+        self, key: str, kind: str, name: str, call: Callable[[], Any], *,
+        retry: RetryPolicy | None = None, breaker: str | None = None, fingerprint: str | None = None,
+        usage_of: Callable[[Any], dict[str, Any] | None] | None = None,
+    ) -> Any:
+        """Serve a call from the journal, or run it with retries and record its result."""
+        entry = self._lookup(key, kind, name, fingerprint)
+        if entry is not None:
+            if entry["error"]:
+                raise _replayed_error(entry["error"])
+            return decode_value(entry["result"], entry["result_type"])
+        policy = self._policy(retry)
+        run = self._driver.run
+        failures = run.failures.get(key, [])
+        attempt = len(failures) + 1
+        if failures:
+            last = failures[-1]
+            if not last["retryable"] or last["attempt"] >= policy.max_attempts:
+                raise StepFailed(name, last["error_type"], last["message"], last["attempt"])
+            await self._wait_until(last["retry_at"], "retry")
+        circuit = self.engine.breaker(breaker) if breaker else None
+        while True:
+            started = time.perf_counter()
+            token = _STEP_KEY.set(f"{self.run_id}:{self._visit}.{key}")
+            try:
+                if circuit is not None:
+                    circuit.before_call()
+                result = call()
+                if inspect.isawaitable(result):
+                    result = await result
+                encode_value(result, f"the result of {kind} {name!r}")  # fail before recording
+            except (SerializationError, NonDeterminismError):
+                raise
+            except Exception as exc:
+                if circuit is not None and not isinstance(exc, CircuitOpen):
+                    circuit.record_failure()
+                retryable = isinstance(exc, CircuitOpen) or policy.is_retryable(exc)
+                final = not retryable or attempt >= policy.max_attempts
+                delay = 0.0 if final else policy.delay(attempt)
+                if isinstance(exc, CircuitOpen):
+                    delay = max(delay, exc.retry_in)
+                retry_at = None if final else utcnow() + timedelta(seconds=delay)
+                self._driver.record(
+                    WorkflowRun.StepAttemptFailed, seq=self._driver.run.next_seq, key=key, name=name,
+                    error_type=type(exc).__name__, message=str(exc)[:2000], retryable=retryable,
+                    attempt=attempt, retry_at=retry_at,
+                )
+                await self._driver.commit()
+                if final:
+                    raise StepFailed(name, type(exc).__name__, str(exc), attempt) from exc
+                await self._wait_until(retry_at, "retry")
+                attempt += 1
+                continue
+            finally:
+                _STEP_KEY.reset(token)
+            if circuit is not None:
+                circuit.record_success()
+            value = self._record_result(
+                key, kind, name, result, fingerprint=fingerprint, duration=time.perf_counter() - started,
+                usage=usage_of(result) if usage_of else None,
+            )
+            await self._driver.step_recorded()
+            return value
+
+    # -- the operations handlers use ---------------------------------------------------
+
+    async def step(
+        self, name: str, fn: Callable[..., Any], /, *args: Any,
+        retry: RetryPolicy | None = None, breaker: str | None = None, **kwargs: Any,
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` (sync or async) once and record its result.
+
+        On replay the recorded result is returned and ``fn`` is not called. Results are JSON
+        values or pydantic models and come back as the same type. ``retry`` overrides the
+        phase, workflow and engine policies; ``breaker`` names a shared circuit breaker.
+        Raises :class:`~phaseledger.StepFailed` when attempts are exhausted.
+        """
+        return await self._journaled(
+            self._next_key(), "step", name, lambda: fn(*args, **kwargs), retry=retry, breaker=breaker
+        )
+
+    def now(self) -> datetime:
+        """The current UTC time, recorded: replay sees the same value."""
+        key = self._next_key()
+        entry = self._lookup(key, "clock", "now")
+        if entry is not None:
+            return datetime.fromisoformat(entry["result"])
+        value = utcnow()
+        self._record_result(key, "clock", "now", value.isoformat())
+        self._driver.unsaved_steps += 1
+        return value
+
+    def uuid(self) -> _uuid.UUID:
+        """A random UUID4, recorded: replay sees the same value."""
+        key = self._next_key()
+        entry = self._lookup(key, "random", "uuid")
+        if entry is not None:
+            return _uuid.UUID(entry["result"])
+        value = _uuid.uuid4()
+        self._record_result(key, "random", "uuid", str(value))
+        self._driver.unsaved_steps += 1
+        return value
+
+    def random(self) -> float:
+        """A random float in [0, 1), recorded: replay sees the same value."""
+        key = self._next_key()
+        entry = self._lookup(key, "random", "random")
+        if entry is not None:
+            return float(entry["result"])
+        value = _random.random()
+        self._record_result(key, "random", "random", value)
+        self._driver.unsaved_steps += 1
+        return value
+
+    async def checkpoint(self, label: str) -> None:
+        """Record the state explicitly under ``label`` (``CheckpointSaved``) and commit."""
+        key = self._next_key()
+        if self._lookup(key, "checkpoint", label) is not None:
+            return
+        run = self._driver.run
+        self._driver.record(
+            WorkflowRun.CheckpointSaved, seq=run.next_seq, key=key, label=label, state=self._dump_state()
+        )
+        self._consumed.add(key)
+        await self._driver.commit()
+        self.engine._notify_checkpoint(self._driver.run, label)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` durably: the wake time is recorded, so a crash changes nothing.
+
+        Long sleeps suspend the run (status ``sleeping``) and free the engine; a worker or
+        ``engine.resume`` continues it when it is due.
+        """
+        key = self._next_key()
+        if self._lookup(key, "timer", "sleep") is not None:
+            return
+        run = self._driver.run
+        wake_at = run.timers.get(key)
+        if wake_at is None:
+            wake_at = utcnow() + timedelta(seconds=max(0.0, seconds))
+            self._driver.record(WorkflowRun.TimerStarted, seq=run.next_seq, key=key, wake_at=wake_at)
+        await self._wait_until(wake_at, "sleep")
+        self._record_result(key, "timer", "sleep", wake_at.isoformat())
+        await self._driver.step_recorded()
+
+    async def wait_for_signal(self, name: str, timeout: float | None = None) -> Any:
+        """Return the payload of a ``name`` signal, suspending the run durably until one arrives.
+
+        The payload is the workflow's declared model for that signal, else JSON. A signal
+        sent before the wait is kept and taken here. With ``timeout`` (seconds) and no
+        signal by then, raises :class:`~phaseledger.SignalTimeout`.
+        """
+        key = self._next_key()
+        model = self._driver.workflow.signals.get(name)
+        entry = self._lookup(key, "signal", name)
+        if entry is not None:
+            if entry["error"]:
+                raise _replayed_error(entry["error"])
+            return model.model_validate(entry["result"]) if model else copy_json(entry["result"])
+        run = self._driver.run
+        for signal in run.inbox:
+            if signal["name"] == name:
+                self._record_result(key, "signal", name, signal["payload"], detail={"signal_id": signal["signal_id"]})
+                await self._driver.commit()
+                return model.model_validate(signal["payload"]) if model else copy_json(signal["payload"])
+        wake_at = run.timers.get(key)
+        if timeout is not None and wake_at is None:
+            wake_at = utcnow() + timedelta(seconds=timeout)
+            self._driver.record(WorkflowRun.TimerStarted, seq=run.next_seq, key=key, wake_at=wake_at)
+        if wake_at is not None and utcnow() >= wake_at:
+            error = {"type": "SignalTimeout", "message": name, "timeout": timeout}
+            self._record_result(key, "signal", name, None, error=error)
+            await self._driver.commit()
+            raise SignalTimeout(name, timeout or 0.0)
+        self._driver.record(WorkflowRun.RunSuspended, reason="signal", until=wake_at, signal=name)
+        raise Suspended()
+
+    def _dump_state(self) -> dict[str, Any]:
+        try:
+            return self.state.model_dump(mode="json")
+        except Exception as exc:
+            raise SerializationError(f"the state of run {self.run_id!r} cannot be serialised: {exc}") from exc
+
+
+def _replayed_error(error: dict[str, Any]) -> BaseException:
+    if error.get("type") == "SignalTimeout":
+        return SignalTimeout(error.get("message", ""), float(error.get("timeout") or 0.0))
+    return StepFailed(error.get("name", "?"), error.get("type", "Error"), error.get("message", ""), 0)

@@ -1,0 +1,161 @@
+"""Driving one run: replay the current phase from its journal, record new work, change phase.
+
+A :class:`RunDriver` owns the run's aggregate while it drives it. It appends events to
+the aggregate and commits them in batches (``checkpoint_every_n_steps``); errors, phase
+changes, suspensions and the end of the run commit at once. When another writer appended
+to the run meanwhile, only signals are rebased over; anything else means another driver
+owns the run, and this one stops without appending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from phaseledger.domain.errors import (
+    ConcurrencyConflict,
+    InvalidTransition,
+    NonDeterminismError,
+    PhaseledgerError,
+    SerializationError,
+    describe_error,
+)
+from phaseledger.domain.run import CANCELLED, WorkflowRun
+from phaseledger.domain.values import encode_value
+from phaseledger.domain.workflow import Workflow
+
+if TYPE_CHECKING:
+    from phaseledger.engine.engine import Engine
+
+_BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
+_REBASEABLE = (WorkflowRun.SignalReceived,)
+
+
+class Suspended(BaseException):
+    """Unwinds a handler when the run suspends (a BaseException so ``except Exception`` in
+    user code cannot swallow it)."""
+
+
+class Cancelled(BaseException):
+    """Unwinds a handler when the run was cancelled by another writer."""
+
+
+class Superseded(BaseException):
+    """Unwinds a handler when another driver advanced the run; this one must stop."""
+
+
+class RunDriver:
+    """Drives one run of one workflow until it completes, fails, suspends or is cancelled."""
+
+    def __init__(self, engine: Engine, run: WorkflowRun, workflow: Workflow[Any]) -> None:
+        self.engine = engine
+        self.run = run
+        self.workflow = workflow
+        self.batch = workflow.checkpoint_every_n_steps or engine.checkpoint_every_n_steps
+        self.unsaved_steps = 0
+        self.lock = asyncio.Lock()
+        self.executed = 0
+        """Journaled calls executed live by this driver."""
+        self.replayed = 0
+        """Journaled calls served from the log by this driver."""
+
+    # -- recording ---------------------------------------------------------------------
+
+    def record(self, event_class: type[WorkflowRun.Event], **fields: Any) -> None:
+        """Append an event to the run in memory (committed by :meth:`commit`)."""
+        self.run.trigger_event(event_class, **fields)
+
+    async def step_recorded(self) -> None:
+        """Count a recorded step; commit when the batch is full."""
+        self.unsaved_steps += 1
+        if self.unsaved_steps >= self.batch:
+            await self.commit()
+
+    async def commit(self) -> None:
+        """Save pending events in one transaction (rebasing over concurrent signals)."""
+        async with self.lock:
+            if not self.run.pending_events:
+                return
+            events = self.run.collect_events()
+            try:
+                await self.engine._call_store(self.engine.store.save_events, self.run.id, events)
+            except ConcurrencyConflict:
+                await self._rebase(events)
+            self.unsaved_steps = 0
+
+    async def _rebase(self, events: list[Any]) -> None:
+        fresh: WorkflowRun = await self.engine._call_store(self.engine.store.load, self.run.id)
+        base_version = events[0].originator_version - 1
+        intervening = await self.engine._call_store(self.engine.store.events, self.run.id, gt=base_version)
+        if fresh.status == CANCELLED:
+            self.run = fresh
+            raise Cancelled()
+        if not all(isinstance(e, _REBASEABLE) for e in intervening):
+            raise Superseded()
+        for event in events:
+            fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name not in _BASE_FIELDS}
+            fresh.trigger_event(type(event), timestamp=event.timestamp, **fields)
+        self.run = fresh
+        pending = fresh.collect_events()
+        try:
+            await self.engine._call_store(self.engine.store.save_events, self.run.id, pending)
+        except ConcurrencyConflict:
+            await self._rebase(pending)
+
+    # -- driving -----------------------------------------------------------------------
+
+    async def drive(self) -> None:
+        """Run phases until the run completes, fails, suspends or is cancelled."""
+        from phaseledger.engine.context import Context
+
+        try:
+            while not self.run.finished and self.run.status == "running":
+                phase = self.workflow.phases.get(self.run.phase or "")
+                if phase is None:
+                    raise InvalidTransition(
+                        f"run {self.run.id!r} is in phase {self.run.phase!r}, which workflow "
+                        f"{self.workflow.name!r} v{self.workflow.version} does not define"
+                    )
+                ctx = Context(self, phase)
+                try:
+                    result = await phase.handler(ctx)
+                    ctx._check_consumed()
+                    if phase.final:
+                        output, output_type = encode_value(result, f"the output of final phase {phase.name!r}")
+                        state = ctx._dump_state()
+                        self.record(WorkflowRun.RunCompleted, output=output, output_type=output_type, state=state)
+                    else:
+                        target = self.workflow.next_phase(phase.name, result, ctx.state)
+                        self.record(
+                            WorkflowRun.PhaseEntered,
+                            phase=target,
+                            from_phase=phase.name,
+                            reason="transition",
+                            attempt=self.run.attempts.get(target, 0) + 1,
+                            state=ctx._dump_state(),
+                        )
+                except (Suspended, Cancelled, Superseded):
+                    raise
+                except NonDeterminismError:
+                    self.run.collect_events()  # leave the log untouched: old code can still finish the run
+                    raise
+                except (Exception, asyncio.CancelledError) as exc:
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    await self._fail(exc)
+                    return
+                await self.commit()
+                self.engine._notify_checkpoint(self.run, "phase")
+        except Suspended:
+            await self.commit()
+        except (Cancelled, Superseded):
+            self.run.collect_events()
+
+    async def _fail(self, exc: BaseException) -> None:
+        error = describe_error(exc)
+        if isinstance(exc, (InvalidTransition, SerializationError, PhaseledgerError)):
+            error["phaseledger"] = True
+        error["phase"] = self.run.phase
+        self.record(WorkflowRun.RunFailed, error=error)
+        await self.commit()

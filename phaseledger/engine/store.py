@@ -1,0 +1,217 @@
+"""The event store: a store URL turned into an eventsourcing application of runs.
+
+``memory://``, ``sqlite:///relative.db`` / ``sqlite:////abs/path.db`` and
+``postgresql://user:password@host:5432/dbname?schema=name`` select eventsourcing's popo,
+sqlite and postgres persistence modules. Tables are created on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.utils import get_topic
+
+from phaseledger.domain.errors import ConcurrencyConflict, RunNotFound, StoreUnavailable
+from phaseledger.domain.run import WorkflowRun, project_run
+
+DEFAULT_STORE = "sqlite:///phaseledger.db"
+STORE_ENV_VAR = "PHASELEDGER_STORE"
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A parsed store URL: which backend and how eventsourcing is configured for it."""
+
+    url: str
+    backend: str
+    """``memory``, ``sqlite`` or ``postgresql``."""
+    env: dict[str, str]
+    sqlite_path: str | None = None
+    postgres_conninfo: str | None = None
+    postgres_schema: str | None = None
+
+    @classmethod
+    def parse(cls, url: str | None) -> StoreURL:
+        """Parse a store URL (None: ``$PHASELEDGER_STORE``, then the SQLite default)."""
+        url = url or os.environ.get(STORE_ENV_VAR) or DEFAULT_STORE
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "memory":
+            return cls(url, "memory", {"PERSISTENCE_MODULE": "eventsourcing.popo"})
+        if scheme == "sqlite":
+            path = unquote(url.split("://", 1)[1])
+            path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db, sqlite:////abs.db
+            path = path.split("?", 1)[0]
+            if not path:
+                raise StoreUnavailable(f"store URL {url!r} names no file: use sqlite:///phaseledger.db")
+            env = {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": path,
+                "SQLITE_LOCK_TIMEOUT": "30",
+            }
+            return cls(url, "sqlite", env, sqlite_path=path)
+        if scheme in ("postgresql", "postgres"):
+            query = parse_qs(parts.query)
+            schema = query.get("schema", ["public"])[0]
+            env = {
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
+                "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+                "POSTGRES_PORT": str(parts.port or 5432),
+                "POSTGRES_USER": unquote(parts.username or "postgres"),
+                "POSTGRES_PASSWORD": unquote(parts.password or ""),
+                "POSTGRES_SCHEMA": schema,
+                "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", ["10"])[0],
+                "POSTGRES_POOL_SIZE": query.get("pool_size", ["5"])[0],
+                "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", ["10"])[0],
+                "POSTGRES_PRE_PING": "y",
+                "POSTGRES_ENABLE_DB_FUNCTIONS": "n",  # 'y' drops tracking rows in 9.5
+            }
+            conninfo = (
+                f"host={env['POSTGRES_HOST']} port={env['POSTGRES_PORT']} dbname={env['POSTGRES_DBNAME']} "
+                f"user={env['POSTGRES_USER']} connect_timeout={env['POSTGRES_CONNECT_TIMEOUT']}"
+            )
+            if env["POSTGRES_PASSWORD"]:
+                conninfo += f" password={env['POSTGRES_PASSWORD']}"
+            return cls(url, "postgresql", env, postgres_conninfo=conninfo, postgres_schema=schema)
+        raise StoreUnavailable(
+            f"unsupported store URL {url!r}: use memory://, sqlite:///path.db or "
+            "postgresql://user:password@host:5432/dbname"
+        )
+
+    @property
+    def redacted(self) -> str:
+        """The URL with any password hidden, for messages and logs."""
+        parts = urlsplit(self.url)
+        if parts.password:
+            return self.url.replace(f":{parts.password}@", ":***@", 1)
+        return self.url
+
+
+class RunApplication(Application[str]):
+    """The eventsourcing application that stores workflow runs (one aggregate per run)."""
+
+    name = "phaseledger"
+    snapshotting_projectors = {WorkflowRun: project_run}  # noqa: RUF012
+
+
+def _ensure_postgres_schema(url: StoreURL) -> None:
+    if not url.postgres_schema or url.postgres_schema == "public":
+        return
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url.postgres_conninfo or "", autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(url.postgres_schema)))
+
+
+class Store:
+    """Where runs live: loads and saves :class:`WorkflowRun` aggregates and reads their events.
+
+    Methods are synchronous (eventsourcing is); the engine calls them from a worker
+    thread for SQLite and PostgreSQL so the event loop keeps running.
+    """
+
+    def __init__(self, url: str | None = None, *, snapshot_every: int | None = 100) -> None:
+        self.url = StoreURL.parse(url)
+        env = dict(self.url.env)
+        env["ORIGINATOR_ID_TYPE"] = "text"
+        if snapshot_every:
+            env["IS_SNAPSHOTTING_ENABLED"] = "y"
+        try:
+            if self.url.sqlite_path:
+                Path(self.url.sqlite_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            if self.url.backend == "postgresql":
+                _ensure_postgres_schema(self.url)
+            self.app = RunApplication(env=env)
+        except Exception as exc:  # psycopg, sqlite3 and eventsourcing raise various types here
+            raise StoreUnavailable(f"cannot open store {self.url.redacted}: {exc}") from exc
+        self.snapshot_every = snapshot_every
+        self.started_topic = get_topic(WorkflowRun.RunStarted)
+
+    @property
+    def is_memory(self) -> bool:
+        """True for ``memory://`` stores (calls are cheap enough to make on the loop)."""
+        return self.url.backend == "memory"
+
+    def close(self) -> None:
+        """Release connections and files."""
+        self.app.close()
+
+    def exists(self, run_id: str) -> bool:
+        """Whether a run with this id has been started."""
+        try:
+            return bool(self.app.events.get(run_id, lte=1))
+        except PersistenceError as exc:
+            raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+
+    def load(self, run_id: str, version: int | None = None) -> WorkflowRun:
+        """The run folded from its latest snapshot and the events after it (or at ``version``)."""
+        try:
+            return self.app.repository.get(run_id, version=version, projector_func=project_run)
+        except AggregateNotFoundError:
+            raise RunNotFound(run_id) from None
+        except PersistenceError as exc:
+            raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+
+    def save(self, run: WorkflowRun) -> int:
+        """Append the run's pending events (see :meth:`save_events`)."""
+        return self.save_events(run.id, run.collect_events())
+
+    def save_events(self, run_id: str, events: Sequence[WorkflowRun.Event]) -> int:
+        """Append events of one run in one transaction; return the last notification id.
+
+        Raises :class:`ConcurrencyConflict` when another writer appended first: then nothing
+        was written and the caller's copy of the run is stale (reload it). Snapshots are
+        taken for versions that are multiples of ``snapshot_every``.
+        """
+        if not events:
+            return 0
+        try:
+            recordings = self.app.save(*events)
+        except IntegrityError:
+            raise ConcurrencyConflict(run_id, events[0].originator_version) from None
+        except PersistenceError as exc:
+            raise StoreUnavailable(f"store {self.url.redacted} failed to append: {exc}") from exc
+        if self.snapshot_every:
+            for event in events:
+                if event.originator_version % self.snapshot_every == 0:
+                    self.take_snapshot(run_id, event.originator_version)
+        return recordings[-1].notification.id if recordings else 0
+
+    def take_snapshot(self, run_id: str, version: int | None = None) -> None:
+        """Store the run's folded state at ``version`` (latest when None)."""
+        try:
+            self.app.take_snapshot(run_id, version=version, projector_func=project_run)
+        except PersistenceError as exc:
+            raise StoreUnavailable(f"store {self.url.redacted} failed to snapshot: {exc}") from exc
+
+    def events(self, run_id: str, *, gt: int | None = None, lte: int | None = None) -> list[WorkflowRun.Event]:
+        """The run's events in order (all of them, or those after ``gt`` up to ``lte``)."""
+        try:
+            events = list(self.app.events.get(run_id, gt=gt, lte=lte))
+        except PersistenceError as exc:
+            raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+        if not events and gt is None and not self.exists(run_id):
+            raise RunNotFound(run_id)
+        return events  # type: ignore[return-value]
+
+    def run_ids(self, *, page: int = 1000) -> Iterator[str]:
+        """Every run id in the store, in the order the runs were started."""
+        start = 0
+        while True:
+            batch: Sequence[Any] = self.app.recorder.select_notifications(
+                start=start, limit=page, topics=(self.started_topic,), inclusive_of_start=False
+            )
+            if not batch:
+                return
+            for notification in batch:
+                yield str(notification.originator_id)
+            start = batch[-1].id

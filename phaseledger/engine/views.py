@@ -1,0 +1,127 @@
+"""Read-only views of runs and their events, returned by the engine's query methods."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.values import decode_value, json_size
+
+
+class Usage(BaseModel):
+    """Model usage of a run, summed over its phases and agents."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None
+    """Estimated cost when the model's prices are known."""
+    replayed_requests: int = 0
+    """Model requests served from the log on resumes instead of being paid again."""
+    saved_input_tokens: int = 0
+    saved_output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def tokens_saved(self) -> int:
+        """Tokens not paid twice thanks to replay."""
+        return self.saved_input_tokens + self.saved_output_tokens
+
+
+class Run(BaseModel):
+    """A run as it stands in the log: status, phase, state, output, error and usage."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    run_id: str
+    workflow: str
+    workflow_version: int
+    status: str
+    """running, waiting, sleeping, retrying, completed, failed or cancelled."""
+    phase: str | None
+    state: Any
+    """The pydantic state (as of the last phase entry, or the final state)."""
+    output: Any = None
+    error: dict[str, Any] | None = None
+    version: int
+    """The number of events in the run's log."""
+    usage: Usage = Field(default_factory=Usage)
+    attempts: dict[str, int] = Field(default_factory=dict)
+    """How many times each phase was entered."""
+    steps: int = 0
+    """Journaled calls recorded."""
+    replayed_steps: int = 0
+    suspended: dict[str, Any] | None = None
+    parent: dict[str, Any] | None = None
+    created_on: datetime
+    updated_on: datetime
+    finished_on: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Completed, failed or cancelled."""
+        return self.status in ("completed", "failed", "cancelled")
+
+
+def run_view(run: WorkflowRun, state_model: type[BaseModel] | None) -> Run:
+    """Build the :class:`Run` view of an aggregate (state as the model when it is known)."""
+    state: Any = dict(run.phase_state)
+    if state_model is not None:
+        try:
+            state = state_model.model_validate(state)
+        except Exception:  # an old version's state that the current model rejects stays a dict
+            state = dict(run.phase_state)
+    usage = Usage(
+        requests=run.usage.get("requests", 0),
+        input_tokens=run.usage.get("input_tokens", 0),
+        output_tokens=run.usage.get("output_tokens", 0),
+        cost=run.usage.get("cost"),
+        replayed_requests=run.saved_usage.get("requests", 0),
+        saved_input_tokens=run.saved_usage.get("input_tokens", 0),
+        saved_output_tokens=run.saved_usage.get("output_tokens", 0),
+    )
+    output = run.output
+    if run.output_type is not None:
+        try:
+            output = decode_value(run.output, run.output_type)
+        except Exception:
+            output = run.output
+    return Run(
+        run_id=run.id, workflow=run.workflow, workflow_version=run.workflow_version, status=run.status,
+        phase=run.phase, state=state, output=output, error=run.error, version=run.version, usage=usage,
+        attempts=dict(run.attempts), steps=run.steps, replayed_steps=run.replayed_steps,
+        suspended=run.suspended, parent=run.parent, created_on=run.created_on, updated_on=run.modified_on,
+        finished_on=run.finished_on,
+    )
+
+
+class RecordedEvent(BaseModel):
+    """One event of a run's log, as plain data."""
+
+    version: int
+    type: str
+    timestamp: datetime
+    data: dict[str, Any]
+    size: int
+    """Bytes of the event's JSON payload."""
+
+
+_BASE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
+
+
+def event_view(event: WorkflowRun.Event) -> RecordedEvent:
+    """Turn a stored run event into a :class:`RecordedEvent`."""
+    data = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name not in _BASE}
+    plain = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items()}
+    return RecordedEvent(
+        version=event.originator_version, type=type(event).__name__, timestamp=event.timestamp,
+        data=plain, size=json_size(plain),
+    )

@@ -1,0 +1,1 @@
+"""Tools to test workflows: hypothesis strategies and crash harnesses."""
