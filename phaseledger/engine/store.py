@@ -148,7 +148,7 @@ class Store:
     def exists(self, run_id: str) -> bool:
         """Whether a run with this id has been started."""
         try:
-            return bool(self.app.events.get(run_id, lte=1))
+            return bool(list(self.app.events.get(run_id, lte=1)))
         except PersistenceError as exc:
             raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
 
@@ -194,12 +194,15 @@ class Store:
             raise StoreUnavailable(f"store {self.url.redacted} failed to snapshot: {exc}") from exc
 
     def events(self, run_id: str, *, gt: int | None = None, lte: int | None = None) -> list[WorkflowRun.Event]:
-        """The run's events in order (all of them, or those after ``gt`` up to ``lte``)."""
+        """The run's events in order (all of them, or those after ``gt`` up to ``lte``).
+
+        Raises :class:`RunNotFound` for an unknown run (when ``gt`` is not given).
+        """
         try:
             events = list(self.app.events.get(run_id, gt=gt, lte=lte))
         except PersistenceError as exc:
             raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
-        if not events and gt is None and not self.exists(run_id):
+        if not events and not gt and not self.exists(run_id):
             raise RunNotFound(run_id)
         return events  # type: ignore[return-value]
 
