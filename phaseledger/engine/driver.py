@@ -65,6 +65,8 @@ class RunDriver:
     def record(self, event_class: type[WorkflowRun.Event], **fields: Any) -> None:
         """Append an event to the run in memory (committed by :meth:`commit`)."""
         self.run.trigger_event(event_class, **fields)
+        if self.engine.event_observer is not None:
+            self.engine.event_observer(self.run)
 
     async def step_recorded(self) -> None:
         """Count a recorded step; commit when the batch is full."""
@@ -111,6 +113,12 @@ class RunDriver:
 
         try:
             while not self.run.finished and self.run.status == "running":
+                if self.run.phase is None:  # started, but the initial phase entry was never recorded
+                    self.record(
+                        WorkflowRun.PhaseEntered, phase=self.workflow.initial_phase, from_phase=None,
+                        reason="start", attempt=1, state=dict(self.run.phase_state),
+                    )
+                    await self.commit()
                 phase = self.workflow.phases.get(self.run.phase or "")
                 if phase is None:
                     raise InvalidTransition(

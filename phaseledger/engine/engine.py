@@ -66,6 +66,8 @@ class Engine:
         self.on_checkpoint = on_checkpoint
         self.on_resume = on_resume
         self._active: dict[str, asyncio.Task[Run]] = {}
+        self.event_observer: Callable[[WorkflowRun], None] | None = None
+        """Testing hook: called with the run after each event a driver records."""
 
     # -- plumbing ----------------------------------------------------------------------
 
