@@ -1,0 +1,117 @@
+"""Workflow definitions are checked when registered and compiled to a transitions machine."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+from phaseledger import Engine, InvalidTransition, Workflow, WorkflowDefinitionError
+
+
+class S(BaseModel):
+    n: int = 0
+
+
+async def noop(ctx) -> None:
+    return None
+
+
+def linear(name: str = "wf", version: int = 1) -> Workflow[S]:
+    wf = Workflow(name, state=S, version=version)
+    wf.phase("a", initial=True, to="b")(noop)
+    wf.phase("b", to={"a": lambda s: s.n < 2, "c": None})(noop)
+    wf.phase("c", final=True)(noop)
+    return wf
+
+
+def test_phase_name_defaults_to_the_function_name() -> None:
+    wf = Workflow("wf", state=S)
+
+    @wf.phase(initial=True, to="done")
+    async def planning(ctx) -> None: ...
+
+    @wf.phase(final=True)
+    async def done(ctx) -> None: ...
+
+    assert list(wf.phases) == ["planning", "done"]
+    assert wf.initial_phase == "planning"
+    assert wf.phases["planning"].targets == {"done": None}
+
+
+def test_to_accepts_one_phase_a_list_or_a_mapping_of_guards() -> None:
+    wf = Workflow("wf", state=S)
+    guard = lambda s: s.n > 0  # noqa: E731
+    wf.phase("a", initial=True, to=["b", "c"])(noop)
+    wf.phase("b", to={"c": guard, "a": None})(noop)
+    wf.phase("c", final=True)(noop)
+    wf.validate()
+    assert wf.phases["a"].targets == {"b": None, "c": None}
+    assert wf.phases["b"].targets == {"c": guard, "a": None}
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda wf: None, "has no phases"),
+        (lambda wf: (wf.phase("a", to="b")(noop), wf.phase("b", final=True)(noop)), "exactly one initial phase"),
+        (lambda wf: (wf.phase("a", initial=True, to="b")(noop), wf.phase("b", initial=True, final=True)(noop)),
+         "exactly one initial phase"),
+        (lambda wf: (wf.phase("a", initial=True, to="b")(noop), wf.phase("b", to="a")(noop)),
+         "at least one final phase"),
+        (lambda wf: (wf.phase("a", initial=True, to="x")(noop), wf.phase("b", final=True)(noop)),
+         "leads to 'x', which is not defined"),
+        (lambda wf: (wf.phase("a", initial=True, to="c")(noop), wf.phase("b")(noop), wf.phase("c", final=True)(noop)),
+         "dead end"),
+        (lambda wf: (wf.phase("a", initial=True, to="c")(noop), wf.phase("b", to="c")(noop),
+                     wf.phase("c", final=True)(noop)), "cannot be reached"),
+    ],
+)
+def test_invalid_definitions_are_refused_when_registered(build, message: str) -> None:
+    wf = Workflow("wf", state=S)
+    build(wf)
+    with pytest.raises(WorkflowDefinitionError, match=message):
+        Engine("memory://", workflows=[wf])
+
+
+def test_errors_found_while_declaring() -> None:
+    wf = Workflow("wf", state=S)
+    wf.phase("a", initial=True, to="b")(noop)
+    with pytest.raises(WorkflowDefinitionError, match="defined twice"):
+        wf.phase("a", to="b")(noop)
+    with pytest.raises(WorkflowDefinitionError, match="cannot have transitions"):
+        wf.phase("z", final=True, to="a")(noop)
+    with pytest.raises(WorkflowDefinitionError, match="pydantic model"):
+        Workflow("bad", state=dict)  # type: ignore[type-var]
+    with pytest.raises(WorkflowDefinitionError, match="guard"):
+        wf.phase("y", to={"a": "not callable"})(noop)  # type: ignore[dict-item]
+
+
+def test_two_definitions_of_one_version_are_refused() -> None:
+    engine = Engine("memory://", workflows=[linear()])
+    with pytest.raises(WorkflowDefinitionError, match="bump the version"):
+        engine.register(linear())
+    engine.register(linear(version=2))
+    assert engine.registry.names() == ["wf@1", "wf@2"]
+
+
+def test_next_phase_uses_the_machine_and_guards() -> None:
+    wf = linear()
+    assert wf.next_phase("a", None, S()) == "b"
+    assert wf.next_phase("b", "a", S(n=1)) == "a"
+    with pytest.raises(InvalidTransition, match="guard"):
+        wf.next_phase("b", "a", S(n=5))
+    with pytest.raises(InvalidTransition, match="does not allow 'a' -> 'c'"):
+        wf.next_phase("a", "c", S())
+    with pytest.raises(InvalidTransition, match="returned None but may lead to"):
+        wf.next_phase("b", None, S())
+    with pytest.raises(InvalidTransition, match="returns the name of the next phase"):
+        wf.next_phase("b", 3, S())  # type: ignore[arg-type]
+
+
+def test_diagram_is_mermaid_with_guards_and_final_states() -> None:
+    text = linear().diagram()
+    assert "stateDiagram-v2" in text
+    assert "a --> b" in text
+    assert "b --> a: a [guard_a]" in text
+    assert "[*] --> a" in text
+    assert "c --> [*]" in text
