@@ -1,0 +1,205 @@
+"""Turning runs and events into text: rich tables on a terminal, plain aligned text in pipes.
+
+Only presentation lives here; the commands in ``_app`` decide what to show.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from phaseledger.engine.views import RecordedEvent, Run
+
+STATUS_STYLES = {
+    "running": "cyan",
+    "waiting": "yellow",
+    "sleeping": "yellow",
+    "retrying": "yellow",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+def table(console: Console, columns: Sequence[str], *, title: str | None = None) -> Table:
+    """A table styled for the console: boxed headers on a terminal, bare columns otherwise."""
+    styled = console.is_terminal
+    return Table(
+        *columns,
+        title=title if styled else None,
+        box=box.SIMPLE_HEAD if styled else None,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold" if styled else "",
+        title_justify="left",
+    )
+
+
+def status_text(status: str) -> str:
+    """A run status with its colour as console markup."""
+    style = STATUS_STYLES.get(status, "")
+    return f"[{style}]{status}[/]" if style else status
+
+
+def compact(value: Any, limit: int = 80) -> str:
+    """A value as one line of JSON, cut to ``limit`` characters."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    text = json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def pretty(value: Any) -> str:
+    """A value as indented JSON."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    return json.dumps(value, default=str, indent=2, ensure_ascii=False)
+
+
+def when(moment: datetime | None) -> str:
+    """A timestamp to the second, in UTC."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def tokens(usage: dict[str, Any] | None) -> str:
+    """``in/out`` tokens of a usage record, or an empty string."""
+    if not usage:
+        return ""
+    return f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}"
+
+
+def event_summary(event: RecordedEvent) -> str:
+    """What one event says, in one line of plain text."""
+    d = event.data
+    kind = event.type
+    if kind == "RunStarted":
+        parent = f" (forked from {d['parent']})" if d.get("parent") else ""
+        return f"started {d.get('workflow')} v{d.get('workflow_version')} with {compact(d.get('input'), 60)}{parent}"
+    if kind == "PhaseEntered":
+        source = f" from {d['from_phase']}" if d.get("from_phase") else ""
+        return f"entered {d.get('phase')}{source} ({d.get('reason')}, attempt {d.get('attempt')})"
+    if kind == "StepRecorded":
+        parts = [f"{d.get('kind')} {d.get('name')!r}"]
+        if d.get("usage"):
+            parts.append(f"{tokens(d['usage'])} tokens")
+        if d.get("duration"):
+            parts.append(f"{d['duration']:.3f}s")
+        if d.get("error"):
+            parts.append(f"recorded error {d['error'].get('type')}")
+        elif d.get("kind") in ("step", "tool", "clock", "random", "signal"):
+            parts.append(f"-> {compact(d.get('result'), 50)}")
+        return "  ".join(parts)
+    if kind == "StepAttemptFailed":
+        retry = f", retry at {d['retry_at']}" if d.get("retry_at") else ", not retried"
+        return f"{d.get('name')!r} attempt {d.get('attempt')} failed: {d.get('error_type')}: {d.get('message')}{retry}"
+    if kind == "SignalReceived":
+        return f"signal {d.get('name')!r} {compact(d.get('payload'), 60)}"
+    if kind == "TimerStarted":
+        return f"timer set to wake at {d.get('wake_at')}"
+    if kind == "CheckpointSaved":
+        return f"checkpoint {d.get('label')!r}"
+    if kind == "RunSuspended":
+        waits = []
+        if d.get("signal"):
+            waits.append(f"signal {d['signal']!r}")
+        if d.get("until"):
+            waits.append(f"until {d['until']}")
+        return f"suspended ({d.get('reason')}) waiting for {' or '.join(waits) or 'a wake-up'}"
+    if kind == "RunResumed":
+        return f"resumed ({d.get('reason')})"
+    if kind == "RunCompleted":
+        return f"completed with {compact(d.get('output'), 70)}"
+    if kind == "RunFailed":
+        error = d.get("error") or {}
+        return f"failed: {error.get('type')}: {error.get('message')}"
+    if kind == "RunCancelled":
+        return f"cancelled: {d.get('reason')}"
+    return compact(d, 100)
+
+
+def history_table(console: Console, events: Iterable[RecordedEvent], *, title: str | None = None) -> Table:
+    """A run's events as a timeline: version, seconds since the start, event, what it says."""
+    grid = table(console, ["#", "at", "event", "what happened"], title=title)
+    start: datetime | None = None
+    phase = ""
+    for event in events:
+        start = start or event.timestamp
+        offset = (event.timestamp - start).total_seconds()
+        if event.type == "PhaseEntered":
+            phase = str(event.data.get("phase"))
+        style = {"RunFailed": "red", "RunCompleted": "green", "RunCancelled": "magenta",
+                 "StepAttemptFailed": "yellow", "PhaseEntered": "bold"}.get(event.type, "")
+        name = f"[{style}]{event.type}[/]" if style and console.is_terminal else event.type
+        summary = escape(event_summary(event))
+        if event.type in ("StepRecorded", "StepAttemptFailed", "CheckpointSaved", "TimerStarted") and phase:
+            summary = f"[dim]{escape(phase)}:[/] {summary}" if console.is_terminal else f"{phase}: {summary}"
+        grid.add_row(str(event.version), f"+{offset:.3f}s", name, summary)
+    return grid
+
+
+def runs_table(console: Console, runs: Sequence[Run]) -> Table:
+    """One row per run: id, workflow, status, phase, steps, tokens, last update."""
+    grid = table(console, ["run", "workflow", "status", "phase", "steps", "tokens", "updated"])
+    for run in runs:
+        grid.add_row(
+            escape(run.run_id), f"{run.workflow}@{run.workflow_version}", status_text(run.status),
+            run.phase or "-", str(run.steps), str(run.usage.total_tokens), when(run.updated_on),
+        )
+    return grid
+
+
+def steps_table(console: Console, events: Sequence[RecordedEvent], *, limit: int = 40) -> tuple[Table, int]:
+    """The recorded calls of a run (phase, sequence, kind, name, tokens, duration); returns the rows cut."""
+    grid = table(console, ["phase", "seq", "kind", "name", "tokens", "seconds"])
+    phase = ""
+    rows: list[tuple[str, ...]] = []
+    for event in events:
+        if event.type == "PhaseEntered":
+            phase = str(event.data.get("phase"))
+        elif event.type == "StepRecorded":
+            d = event.data
+            rows.append((phase, str(d.get("seq")), str(d.get("kind")), escape(str(d.get("name"))),
+                         tokens(d.get("usage")), f"{d.get('duration') or 0:.3f}"))
+    cut = max(0, len(rows) - limit)
+    for row in rows[cut:]:
+        grid.add_row(*row)
+    return grid, cut
+
+
+def usage_lines(run: Run) -> list[str]:
+    """The model usage of a run as ``label: value`` lines (empty when it made no model calls)."""
+    usage = run.usage
+    if not (usage.requests or usage.replayed_requests):
+        return []
+    lines = [
+        f"model requests: {usage.requests}",
+        f"tokens: {usage.input_tokens} in + {usage.output_tokens} out = {usage.total_tokens}",
+    ]
+    if usage.cost is not None:
+        lines.append(f"cost: ${usage.cost:.4f}")
+    if usage.replayed_requests:
+        lines.append(
+            f"replayed from the log: {usage.replayed_requests} requests, {usage.tokens_saved} tokens not paid again"
+        )
+    return lines
+
+
+def run_as_json(run: Run) -> dict[str, Any]:
+    """A run view as JSON data, with the usage's derived totals."""
+    data = run.model_dump(mode="json")
+    data["usage"]["total_tokens"] = run.usage.total_tokens
+    data["usage"]["tokens_saved"] = run.usage.tokens_saved
+    return data
+
+
+def print_json(value: Any) -> None:
+    """Print JSON for scripts (never styled, never wrapped)."""
+    print(json.dumps(value, default=str, indent=2, ensure_ascii=False))

@@ -1,0 +1,175 @@
+"""What every command shares: the store URL, the workflows to load, and the console.
+
+Heavy imports (the engine, eventsourcing, pydantic-ai) happen here on first use, not when
+the command starts, so ``phaseledger --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+from phaseledger.domain.errors import PhaseledgerError, StoreUnavailable, UnknownWorkflow
+
+if TYPE_CHECKING:
+    from phaseledger.domain.workflow import Workflow
+    from phaseledger.engine.engine import Engine
+
+WORKFLOWS_ENV_VAR = "PHASELEDGER_WORKFLOWS"
+
+
+class CommandError(PhaseledgerError):
+    """A command cannot do what was asked (bad option, bad JSON, missing file); the message says why."""
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console that styles output on a terminal and prints plain, unwrapped text otherwise."""
+    probe = Console(stderr=stderr)
+    if probe.is_terminal:
+        return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, no_color=True, width=240, soft_wrap=True)
+
+
+@dataclass
+class Session:
+    """The options given before the command name, and the objects built from them on demand."""
+
+    store: str | None = None
+    """The store URL (``--store``, else ``$PHASELEDGER_STORE``, else the SQLite default)."""
+    workflow_modules: list[str] = field(default_factory=list)
+    """Import paths that define workflows (``--workflows``)."""
+    debug: bool = False
+    console: Console = field(default_factory=make_console)
+    _workflows: list[Workflow[Any]] | None = None
+
+    @property
+    def store_url(self) -> str:
+        """The URL the engine will open (resolving the environment variable and default)."""
+        from phaseledger.engine.store import StoreURL
+
+        return StoreURL.parse(self.store).url
+
+    def workflows(self) -> list[Workflow[Any]]:
+        """Every workflow defined by the ``--workflows`` modules (imported once)."""
+        if self._workflows is None:
+            found: list[Workflow[Any]] = []
+            for spec in self.workflow_modules:
+                for workflow in load_workflows(spec):
+                    if all(workflow is not other for other in found):
+                        found.append(workflow)
+            self._workflows = found
+        return self._workflows
+
+    def workflow(self, name: str, version: int | None = None) -> Workflow[Any]:
+        """The workflow called ``name`` (latest version unless ``version``) among those loaded."""
+        from phaseledger.domain.workflow import WorkflowRegistry
+
+        registry = WorkflowRegistry()
+        for workflow in self.workflows():
+            registry.register(workflow)
+        try:
+            return registry.get(name, version)
+        except UnknownWorkflow as exc:
+            raise UnknownWorkflow(f"{exc}{self._workflows_hint()}") from None
+
+    def _workflows_hint(self) -> str:
+        if not self.workflow_modules:
+            return "; pass --workflows MODULE (or set PHASELEDGER_WORKFLOWS) to load the module that defines it"
+        return f" (loaded from {', '.join(self.workflow_modules)})"
+
+    @contextmanager
+    def engine(self, *, must_exist: bool = True) -> Iterator[Engine]:
+        """Open the engine on the store, with the ``--workflows`` registered, for one command.
+
+        ``must_exist`` refuses to create a SQLite file that is not there (reading commands
+        would otherwise silently show an empty store).
+        """
+        from phaseledger.engine.engine import Engine
+        from phaseledger.engine.store import Store, StoreURL
+
+        url = StoreURL.parse(self.store)
+        if must_exist and url.sqlite_path is not None and not Path(url.sqlite_path).expanduser().exists():
+            raise StoreUnavailable(
+                f"store {url.url} does not exist (no file {url.sqlite_path!r}); check --store or "
+                "$PHASELEDGER_STORE, or start a run there first"
+            )
+        store = Store(url.url)
+        workflows = self.workflows()  # import errors surface before the store is touched
+        engine = Engine(store, workflows=workflows)
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+    def explain_unknown_workflow(self, exc: UnknownWorkflow) -> UnknownWorkflow:
+        """The same error with a hint on how to load workflows."""
+        return UnknownWorkflow(f"{exc}{self._workflows_hint()}")
+
+
+def load_workflows(spec: str) -> list[Workflow[Any]]:
+    """Import ``spec`` and return the workflows it defines.
+
+    ``spec`` is a module import path (``myapp.workflows``), ``module:attribute`` (a
+    workflow, a list of them, or a function returning either) or a ``path/to/file.py``.
+    Without an attribute, a module-level ``workflows`` list wins; otherwise every
+    :class:`~phaseledger.Workflow` at module level is taken.
+    """
+    from phaseledger.domain.workflow import Workflow
+
+    module_path, _, attribute = spec.partition(":")
+    module = _import(module_path, spec)
+    if attribute:
+        try:
+            target: Any = getattr(module, attribute)
+        except AttributeError:
+            raise CommandError(f"workflows module {module_path!r} has no attribute {attribute!r}") from None
+        if callable(target) and not isinstance(target, Workflow):
+            target = target()
+        found = [target] if isinstance(target, Workflow) else list(target)
+    elif isinstance(getattr(module, "workflows", None), (list, tuple)):
+        found = list(module.workflows)
+    else:
+        found = [value for value in vars(module).values() if isinstance(value, Workflow)]
+    bad = [item for item in found if not isinstance(item, Workflow)]
+    if bad:
+        raise CommandError(f"{spec!r} lists {bad[0]!r}, which is not a phaseledger.Workflow")
+    if not found:
+        raise CommandError(
+            f"{spec!r} defines no workflows: define phaseledger.Workflow objects at module level, "
+            "a `workflows` list, or name one with MODULE:ATTRIBUTE"
+        )
+    return found
+
+
+def _import(module_path: str, spec: str) -> Any:
+    if module_path.endswith(".py"):
+        path = Path(module_path).expanduser().resolve()
+        if not path.is_file():
+            raise CommandError(f"workflows file {module_path!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise CommandError(f"cannot load workflows file {module_path!r}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[path.stem] = module
+        module_spec.loader.exec_module(module)
+        return module
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a console script does not see the current directory
+    try:
+        return importlib.import_module(module_path)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_path.startswith(exc.name):
+            raise CommandError(
+                f"cannot import workflows module {spec!r}: no module named {exc.name!r} "
+                "(check the import path and that it is on PYTHONPATH)"
+            ) from None
+        raise

@@ -1,0 +1,364 @@
+"""The demo's orchestration: start, kill for real, resume in a new process, explain.
+
+The parent process never drives the run. It starts a child process that runs the
+research workflow, follows the run's events in the SQLite file as the child appends
+them, and sends the child SIGKILL part-way through a phase. A second child process then
+resumes the run from the log. Everything the parent prints about replay is read from the
+log and the :class:`~phaseledger.Run` view, not from the children's say-so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from phaseledger.domain.errors import PhaseledgerError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from phaseledger.domain.workflow import Workflow
+    from phaseledger.engine.store import Store
+    from phaseledger.engine.views import RecordedEvent
+
+TOPIC = "durable execution for AI agents"
+"""What the demo run researches."""
+LATENCY = 0.25
+"""Seconds the deterministic local model takes per request (a real provider takes what it takes)."""
+KILL_AFTER_CALLS = 2
+"""The child is killed once a phase after the first has recorded this many calls."""
+CHILD_TIMEOUT = 120.0
+"""Seconds a child process may take before the demo gives up on it."""
+
+
+class DemoFailed(PhaseledgerError):
+    """The demo could not run (a child process failed, or the model is not usable)."""
+
+
+def build_workflow(model: str | None) -> Workflow[Any]:
+    """The research workflow with pydantic-ai agents (a local deterministic model by default)."""
+    from phaseledger.demo.research import build_research
+
+    return build_research(model=model, latency=LATENCY if model is None else 0.0)
+
+
+def demo_input() -> dict[str, Any]:
+    """The input of the demo run."""
+    return {"topic": TOPIC}
+
+
+# -- the child processes ----------------------------------------------------------------
+
+
+async def _child_start(store_url: str, run_id: str, model: str | None) -> None:
+    from phaseledger.engine.engine import Engine
+
+    workflow = build_workflow(model)
+    async with Engine(store_url, workflows=[workflow]) as engine:
+        await engine.run(workflow, demo_input(), run_id=run_id)
+
+
+async def _child_resume(store_url: str, run_id: str, model: str | None) -> None:
+    from phaseledger.engine.engine import Engine
+
+    workflow = build_workflow(model)
+    async with Engine(store_url, workflows=[workflow]) as engine:
+        run = await engine.resume(run_id)
+    print(json.dumps({"pid": os.getpid(), "status": run.status, "phase": run.phase}))
+
+
+# -- following the log from the parent ----------------------------------------------------
+
+
+@dataclass
+class LogFollower:
+    """Reads a run's new events from the store as another process appends them."""
+
+    store: Store
+    run_id: str
+    version: int = 0
+    phase: str | None = None
+    phases_seen: list[str] = field(default_factory=list)
+    visit_calls: list[RecordedEvent] = field(default_factory=list)
+    """Calls recorded in the current phase visit: what a resume would serve from the log."""
+
+    def poll(self) -> list[RecordedEvent]:
+        """The events appended since the last poll (none before the run exists)."""
+        from phaseledger.domain.errors import RunNotFound
+        from phaseledger.engine.views import event_view
+
+        try:
+            fresh = [event_view(e) for e in self.store.events(self.run_id, gt=self.version or None)]
+        except RunNotFound:  # the child has not started the run yet
+            return []
+        for event in fresh:
+            self.version = event.version
+            if event.type == "PhaseEntered":
+                self.phase = str(event.data["phase"])
+                self.phases_seen.append(self.phase)
+                self.visit_calls = []
+            elif event.type == "StepRecorded":
+                self.visit_calls.append(event)
+        return fresh
+
+    @property
+    def kill_point_reached(self) -> bool:
+        """A phase after the first has recorded enough calls to make replay visible."""
+        return len(self.phases_seen) >= 2 and len(self.visit_calls) >= KILL_AFTER_CALLS
+
+
+@dataclass
+class Child:
+    """A child process of the demo, with its stderr kept in a file for error reports."""
+
+    role: str
+    process: subprocess.Popen[str]
+    stderr_path: Path
+
+    @classmethod
+    def spawn(cls, role: str, store_url: str, run_id: str, model: str | None) -> Child:
+        """Start ``python -m phaseledger.demo child-ROLE ...``."""
+        args = [sys.executable, "-m", "phaseledger.demo", f"child-{role}", "--store", store_url, "--run-id", run_id]
+        if model:
+            args += ["--model", model]
+        handle, name = tempfile.mkstemp(prefix=f"phaseledger-demo-{role}-", suffix=".log")
+        with os.fdopen(handle, "w") as stderr:
+            process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        return cls(role, process, Path(name))
+
+    def failure(self) -> DemoFailed:
+        """The error to raise when the child exited badly (its last stderr line says why)."""
+        lines = [line for line in self.stderr_path.read_text().splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit status {self.process.returncode}"
+        return DemoFailed(f"the {self.role} process failed: {last}")
+
+    def close(self) -> None:
+        """Kill the child if it still runs and remove its stderr file."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+        self.stderr_path.unlink(missing_ok=True)
+
+
+# -- the demo ---------------------------------------------------------------------------
+
+
+class Demo:
+    """One demo run: the console to explain on, the SQLite file, and the model to use."""
+
+    def __init__(self, console: Console, db: Path, model: str | None) -> None:
+        self.console = console
+        self.db = db
+        self.model = model
+        self.store_url = f"sqlite:///{db}"
+        self.run_id = "research-demo"
+
+    def say(self, text: str = "", style: str = "") -> None:
+        """Print a line (styled on a terminal)."""
+        self.console.print(f"[{style}]{text}[/]" if style and self.console.is_terminal else text, highlight=False)
+
+    def heading(self, text: str) -> None:
+        """Print a section heading."""
+        self.console.print()
+        if self.console.is_terminal:
+            self.console.rule(f"[bold]{text}", align="left")
+        else:
+            self.console.print(f"== {text}")
+
+    def run(self) -> None:
+        """Run the whole demo; raise :class:`DemoFailed` when a step of it fails."""
+        from rich.markup import escape
+
+        from phaseledger.engine.store import Store
+
+        self._check_model()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+        workflow = build_workflow(self.model)
+        model_name = self.model or "a deterministic local model (pydantic-ai FunctionModel, offline)"
+        self.heading("phaseledger demo")
+        self.say(f"workflow  {workflow.name} v{workflow.version}: {' -> '.join(workflow.phases)}")
+        self.say(f"agents    {escape(model_name)}")
+        self.say(f"store     {self.store_url} (a fresh SQLite file)")
+
+        store = Store(self.store_url)
+        try:
+            killed_at = self._first_attempt(store)
+            self._resume(store, killed_at)
+        finally:
+            store.close()
+        self._finish(workflow)
+
+    def _check_model(self) -> None:
+        if self.model is None:
+            return
+        try:
+            from pydantic_ai.models import infer_model
+
+            infer_model(self.model)
+        except Exception as exc:  # pydantic-ai raises UserError for unknown models and missing keys
+            raise DemoFailed(f"cannot use model {self.model!r}: {exc}") from None
+
+    def _follow(self, child: Child, follower: LogFollower, *, kill: bool) -> bool:
+        """Print the run's events as the child appends them; SIGKILL it at the kill point.
+
+        Returns True when the child was killed.
+        """
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        tag = f"pid {child.process.pid}"
+        while True:
+            exited = child.process.poll() is not None
+            for event in follower.poll():
+                self._print_event(tag, event)
+            if kill and follower.kill_point_reached and not exited:
+                os.kill(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+                return True
+            if exited:
+                return False
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"the {child.role} process took more than {CHILD_TIMEOUT:.0f}s; it was stopped")
+            time.sleep(0.01)
+
+    def _print_event(self, tag: str, event: RecordedEvent) -> None:
+        from rich.markup import escape
+
+        from phaseledger.cli._render import event_summary
+
+        if event.type in ("StepRecorded", "PhaseEntered", "RunCompleted", "RunFailed", "RunResumed", "RunStarted"):
+            style = "bold" if event.type == "PhaseEntered" else "dim" if event.type == "StepRecorded" else ""
+            line = escape(f"  [{tag}] #{event.version:<3} {event_summary(event)}")
+            self.say(line, style)
+
+    def _first_attempt(self, store: Store) -> LogFollower:
+        self.heading("1. a process starts the run")
+        child = Child.spawn("start", self.store_url, self.run_id, self.model)
+        try:
+            follower = LogFollower(store, self.run_id)
+            killed = self._follow(child, follower, kill=True)
+            if not killed:
+                if child.process.returncode != 0:
+                    raise child.failure()
+                raise DemoFailed("the run finished before the demo could kill its process; nothing to resume")
+        finally:
+            child.close()
+        self.say(
+            f"  process {child.process.pid} was killed with SIGKILL (exit status {child.process.returncode}) "
+            f"in phase {follower.phase!r}",
+            "bold red",
+        )
+        return follower
+
+    def _resume(self, store: Store, killed: LogFollower) -> None:
+        from rich.markup import escape
+
+        from phaseledger.cli._render import tokens
+        from phaseledger.engine.views import run_view
+
+        self.heading("2. what the log holds")
+        at_kill = run_view(store.load(self.run_id), None)
+        earlier = killed.phases_seen[:-1]
+        self.say(f"  {at_kill.version} events; the run is still {at_kill.status!r} in phase {at_kill.phase!r}: "
+                 "no process is driving it any more")
+        self.say(f"  phases done: {', '.join(dict.fromkeys(earlier))} (their results are in the state recorded "
+                 f"when {killed.phase!r} was entered)")
+        self.say(f"  recorded so far in {killed.phase!r}: {len(killed.visit_calls)} calls")
+
+        self.heading("3. a new process resumes the run from the log")
+        child = Child.spawn("resume", self.store_url, self.run_id, self.model)
+        follower = LogFollower(store, self.run_id, version=killed.version, phase=killed.phase,
+                               phases_seen=list(killed.phases_seen), visit_calls=list(killed.visit_calls))
+        try:
+            self._follow(child, follower, kill=False)
+            if child.process.returncode != 0:
+                raise child.failure()
+            child_pid = child.process.pid
+        finally:
+            child.close()
+        final = run_view(store.load(self.run_id), None)
+        after_kill = self._events_after(store, killed.version)
+        live_after = sum(1 for e in after_kill if e.type == "StepRecorded")
+        live_models = sum(1 for e in after_kill if e.type == "StepRecorded" and e.data.get("kind") == "model")
+
+        self.heading("4. replayed, not executed again")
+        self.say(f"  process {child_pid} served these {len(killed.visit_calls)} calls of phase {killed.phase!r} "
+                 "from the log instead of running them:")
+        for event in killed.visit_calls:
+            d = event.data
+            used = f"  {tokens(d.get('usage'))} tokens" if d.get("usage") else ""
+            self.say(f"    {d.get('kind'):<6} {escape(str(d.get('name')))}{used}", "green")
+        if earlier:
+            self.say(f"  phases {', '.join(dict.fromkeys(earlier))} did not run again at all")
+        self.say(f"  then it executed {live_after} new calls live ({live_models} model requests) and the run "
+                 f"ended {final.status!r}" + (f" in {final.phase!r}" if final.phase else ""))
+        usage = final.usage
+        self.say(f"  model requests replayed from the log: {usage.replayed_requests}   "
+                 f"tokens not paid again: {usage.tokens_saved} "
+                 f"({usage.saved_input_tokens} in + {usage.saved_output_tokens} out)", "bold green")
+        self.say(f"  whole run: {usage.requests} model requests paid, {usage.total_tokens} tokens, "
+                 f"{final.steps} calls recorded, {final.replayed_steps} served from the log")
+
+    def _events_after(self, store: Store, version: int) -> list[RecordedEvent]:
+        from phaseledger.engine.views import event_view
+
+        return [event_view(e) for e in store.events(self.run_id, gt=version)]
+
+    def _finish(self, workflow: Workflow[Any]) -> None:
+        from phaseledger.cli._render import history_table
+        from phaseledger.engine.engine import Engine
+
+        with_store = Engine(self.store_url, workflows=[workflow])
+        try:
+            events = with_store.history(self.run_id)
+        finally:
+            with_store.close()
+        self.heading("5. the run's history (its event log)")
+        self.console.print(history_table(self.console, events))
+        self.heading(f"6. the state machine of {workflow.name!r} (Mermaid)")
+        self.console.print(workflow.diagram(), highlight=False, markup=False)
+        self.heading("explore")
+        store = f"--store {self.store_url}"
+        self.say(f"  phaseledger {store} show {self.run_id}")
+        self.say(f"  phaseledger {store} history {self.run_id} --json")
+        self.say(f"  phaseledger -w phaseledger.demo.research diagram {workflow.name} --format svg")
+
+
+def run_demo(*, db: Path = Path("demo.db"), model: str | None = None, console: Console | None = None) -> None:
+    """Run the demo on the SQLite file ``db`` (recreated); ``model`` is a pydantic-ai model name."""
+    from phaseledger.cli._session import make_console
+
+    Demo(console or make_console(), db, model).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m phaseledger.demo [--model NAME] [--db FILE]`` (and the child roles)."""
+    parser = argparse.ArgumentParser(prog="python -m phaseledger.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("role", nargs="?", default="demo", choices=["demo", "child-start", "child-resume"],
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=None, help="a pydantic-ai model name (default: local and offline)")
+    parser.add_argument("--db", default="demo.db", help="the SQLite file to use (recreated)")
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--run-id", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role == "child-start":
+        asyncio.run(_child_start(args.store, args.run_id, args.model))
+    elif args.role == "child-resume":
+        asyncio.run(_child_resume(args.store, args.run_id, args.model))
+    else:
+        try:
+            run_demo(db=Path(args.db), model=args.model)
+        except PhaseledgerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
