@@ -63,22 +63,37 @@ class RetryPolicy:
         return delay
 
 
-_PERMANENT_ERROR_NAMES = frozenset({"UsageLimitExceeded", "UserError", "SerializationError", "JournalSerializationError"})
+_PERMANENT_ERROR_NAMES = frozenset({
+    "UsageLimitExceeded", "UserError", "SerializationError", "JournalSerializationError",
+    # pydantic-ai's categories of provider errors that another try will not fix
+    "ModelQuotaExceededError", "ModelRequestRejectedError", "ContentFilterError",
+})
+_TRANSIENT_ERROR_NAMES = frozenset({
+    "ModelRateLimitError", "ModelUnavailableError", "ModelServerError", "ModelConnectionError",
+    "ModelRequestTimeout",
+})
 
 
 def is_permanent_error(exc: BaseException) -> bool:
     """Errors that will fail the same way however often they are tried.
 
-    An error with ``retryable = False`` says so itself. HTTP errors from model providers
+    An error with ``retryable = False`` says so itself. pydantic-ai's error categories are
+    used when present: quota exhausted, request rejected (authentication, model not found,
+    context window exceeded) and content filtered are permanent; rate limits, unavailable
+    or failing servers, connection errors and timeouts are transient. Other HTTP errors
     (pydantic-ai's ``ModelHTTPError`` and anything with a ``status_code``) are permanent for
     4xx other than 408 and 429; 429, 408 and 5xx are transient. Usage-limit and
     serialisation errors are permanent. Timeouts and connection errors are transient.
+    Names are matched along the class hierarchy, so the domain needs no import of pydantic-ai.
     """
     flagged = getattr(exc, "retryable", None)
     if isinstance(flagged, bool):
         return not flagged
-    if type(exc).__name__ in _PERMANENT_ERROR_NAMES:
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & _PERMANENT_ERROR_NAMES:
         return True
+    if names & _TRANSIENT_ERROR_NAMES:
+        return False
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         return 400 <= status < 500 and status not in (408, 429)

@@ -16,8 +16,10 @@ class CircuitBreaker:
     After ``failure_threshold`` consecutive failures it opens: calls fail fast with
     :class:`~phaseledger.CircuitOpen` (retryable, so runs back off instead of hammering).
     After ``reset_timeout`` seconds it lets one probe call through (half-open); success
-    closes it, failure opens it again. It lives in memory: it protects a provider, it is
-    not part of any run's log.
+    closes it, failure opens it again. While the probe is in flight other calls are
+    refused with a retry hint of a tenth of ``reset_timeout``; a probe that never reports
+    back (its task was cancelled) is given up after ``reset_timeout``. It lives in memory:
+    it protects a provider, it is not part of any run's log.
     """
 
     name: str = "default"
@@ -27,6 +29,7 @@ class CircuitBreaker:
     failures: int = 0
     opened_at: float | None = None
     probing: bool = False
+    probe_started: float | None = None
 
     @property
     def state(self) -> str:
@@ -40,11 +43,17 @@ class CircuitBreaker:
     def before_call(self) -> None:
         """Raise :class:`CircuitOpen` unless a call may go through now."""
         state = self.state
-        if state == "open" or (state == "half_open" and self.probing):
+        now = self.clock()
+        if state == "half_open" and self.probing and now - (self.probe_started or now) >= self.reset_timeout:
+            self.probing = False  # the probe never reported back: let another call probe
+        if state == "open":
             assert self.opened_at is not None
-            raise CircuitOpen(self.name, max(0.0, self.reset_timeout - (self.clock() - self.opened_at)))
+            raise CircuitOpen(self.name, max(0.0, self.reset_timeout - (now - self.opened_at)))
+        if state == "half_open" and self.probing:
+            raise CircuitOpen(self.name, self.reset_timeout / 10)
         if state == "half_open":
             self.probing = True
+            self.probe_started = now
 
     def record_success(self) -> None:
         """A call succeeded: close the breaker."""

@@ -184,7 +184,7 @@ class Context(Generic[StateT]):
         await asyncio.sleep(remaining)
 
     def _policy(self, retry: RetryPolicy | None) -> RetryPolicy:
-        return retry or self._phase.retry or self._driver.workflow.retry or self.engine.retry
+        return retry or self._phase.retry or self._driver.workflow.retry or self.engine.retry_policy
 
     async def _journaled(
         self, key: str, kind: str, name: str, call: Callable[[], Any], *,
@@ -200,12 +200,14 @@ class Context(Generic[StateT]):
         policy = self._policy(retry)
         run = self._driver.run
         failures = run.failures.get(key, [])
-        attempt = len(failures) + 1
+        attempt = 1 + sum(1 for f in failures if f["error_type"] != CircuitOpen.__name__)
         if failures:
             last = failures[-1]
-            if not last["retryable"] or last["attempt"] >= policy.max_attempts:
+            exhausted = last["error_type"] != CircuitOpen.__name__ and last["attempt"] >= policy.max_attempts
+            if not last["retryable"] or exhausted:
                 raise StepFailed(name, last["error_type"], last["message"], last["attempt"])
             await self._wait_until(last["retry_at"], "retry")
+        await self._driver.claim()
         circuit = self.engine.breaker(breaker) if breaker else None
         while True:
             started = time.perf_counter()
@@ -220,13 +222,19 @@ class Context(Generic[StateT]):
             except (SerializationError, NonDeterminismError):
                 raise
             except Exception as exc:
-                if circuit is not None and not isinstance(exc, CircuitOpen):
+                # A refusal by an open breaker never reached the provider: it is retried
+                # without using up an attempt, after the breaker's reset timeout.
+                refused = isinstance(exc, CircuitOpen)
+                if circuit is not None and not refused:
                     circuit.record_failure()
-                retryable = isinstance(exc, CircuitOpen) or policy.is_retryable(exc)
-                final = not retryable or attempt >= policy.max_attempts
+                retryable = refused or policy.is_retryable(exc)
+                final = not retryable or (not refused and attempt >= policy.max_attempts)
                 delay = 0.0 if final else policy.delay(attempt)
-                if isinstance(exc, CircuitOpen):
+                if refused:
                     delay = max(delay, exc.retry_in)
+                retry_after = getattr(exc, "retry_after", None)  # a provider's Retry-After (pydantic-ai)
+                if not final and isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
+                    delay = max(delay, min(float(retry_after), policy.max_delay))
                 retry_at = None if final else utcnow() + timedelta(seconds=delay)
                 self._driver.record(
                     WorkflowRun.StepAttemptFailed, seq=self._driver.run.next_seq, key=key, name=name,
@@ -237,7 +245,8 @@ class Context(Generic[StateT]):
                 if final:
                     raise StepFailed(name, type(exc).__name__, str(exc), attempt) from exc
                 await self._wait_until(retry_at, "retry")
-                attempt += 1
+                if not refused:
+                    attempt += 1
                 continue
             finally:
                 _STEP_KEY.reset(token)

@@ -59,6 +59,8 @@ class RunDriver:
         """Journaled calls executed live by this driver."""
         self.replayed = 0
         """Journaled calls served from the log by this driver."""
+        self.unclaimed = bool(run.pending_events)
+        """A resume marker is pending: commit it before anything runs live (see :meth:`claim`)."""
 
     # -- recording ---------------------------------------------------------------------
 
@@ -74,6 +76,16 @@ class RunDriver:
         if self.unsaved_steps >= self.batch:
             await self.commit()
 
+    async def claim(self) -> None:
+        """Commit the pending resume marker before the first live call of a resumed run.
+
+        Until then the resume has only replayed, so a :class:`NonDeterminismError` leaves
+        the log untouched; from then on a second engine resuming the same run conflicts
+        (and stops) instead of running the same step again.
+        """
+        if self.unclaimed:
+            await self.commit()
+
     async def commit(self) -> None:
         """Save pending events in one transaction (rebasing over concurrent signals)."""
         async with self.lock:
@@ -85,6 +97,7 @@ class RunDriver:
             except ConcurrencyConflict:
                 await self._rebase(events)
             self.unsaved_steps = 0
+            self.unclaimed = False
 
     async def _rebase(self, events: list[Any]) -> None:
         fresh: WorkflowRun = await self.engine._call_store(self.engine.store.load, self.run.id)

@@ -59,7 +59,8 @@ class Engine:
         for workflow in workflows:
             self.registry.register(workflow)
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
-        self.retry = retry or NO_RETRY
+        self.retry_policy = retry or NO_RETRY
+        """The default retry policy of steps (a step's, phase's or workflow's policy wins)."""
         self._breakers: dict[str, CircuitBreaker] = dict(breakers or {})
         self.max_inline_wait = max_inline_wait
         """Waits (retry backoff, sleeps) longer than this suspend the run instead of blocking."""
@@ -154,7 +155,9 @@ class Engine:
         if not is_due(run):
             return run_view(run, workflow.state_model)
         why = reason or {RUNNING: "recover", WAITING: "signal", SLEEPING: "timer", RETRYING: "retry_due"}[run.status]
-        await self._append(run, WorkflowRun.RunResumed, reason=why)
+        # Not saved yet: the driver commits it before anything runs live (the claim that makes
+        # a second resumer conflict), so a replay that meets NonDeterminismError appends nothing.
+        run.trigger_event(WorkflowRun.RunResumed, reason=why)
         if self.on_resume is not None:
             self.on_resume(run_id, why)
         return await self._drive(run_id, run)
@@ -167,7 +170,7 @@ class Engine:
                 raise RunFinished(run_id, run.status, "retry")
             raise PhaseledgerError(f"run {run_id!r} is {run.status}, not failed: use engine.resume({run_id!r})")
         self._workflow_of(run)
-        await self._append(run, WorkflowRun.RunResumed, reason="retry")
+        run.trigger_event(WorkflowRun.RunResumed, reason="retry")  # committed by the driver, as in resume()
         if self.on_resume is not None:
             self.on_resume(run_id, "retry")
         return await self._drive(run_id, run)

@@ -1,0 +1,98 @@
+"""Workflows that the crash tests drive in child processes (imported by module path).
+
+Step functions write their side effects to the file named by ``$CRASHFLOW_EFFECTS``
+(outside the event store), one line per execution with the step's idempotency key, so a
+test can count what really ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from pydantic import BaseModel
+
+from phaseledger import Context, RetryPolicy, Workflow, idempotency_key
+
+EFFECTS_ENV = "CRASHFLOW_EFFECTS"
+
+
+def effect(name: str) -> int:
+    """Record one execution of the running step; return how often its key ran before."""
+    key = idempotency_key()
+    path = os.environ[EFFECTS_ENV]
+    before = 0
+    if os.path.exists(path):
+        with open(path) as f:
+            before = sum(1 for line in f if line.split("\t", 1)[0] == key)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{key}\t{name}\n".encode())
+    finally:
+        os.close(fd)
+    return before
+
+
+class Order(BaseModel):
+    items: list[str] = []
+    charged: list[int] = []
+    total: int = 0
+    reviewed: bool = False
+
+
+def fetch_items(count: int) -> list[str]:
+    effect("fetch_items")
+    return [f"item-{i}" for i in range(count)]
+
+
+async def charge_item(item: str) -> int:
+    effect("charge")
+    await asyncio.sleep(0)
+    return 10 * (int(item.rsplit("-", 1)[1]) + 1)
+
+
+def flaky_review(total: int) -> bool:
+    """Fails (retryably) the first time its key runs, then succeeds."""
+    if effect("review") == 0:
+        raise ConnectionError("review service reset the connection")
+    return total > 0
+
+
+def make_label(total: int) -> str:
+    effect("label")
+    return f"LABEL-{total}"
+
+
+def make_order_workflow(checkpoint_every_n_steps: int | None = None) -> Workflow[Order]:
+    wf = Workflow(
+        "order", state=Order, version=1, checkpoint_every_n_steps=checkpoint_every_n_steps,
+        retry=RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=False),
+    )
+
+    @wf.phase(initial=True, to="charge")
+    async def plan(ctx: Context[Order]) -> None:
+        ctx.uuid()  # recorded, not part of the state: replay must serve the same value
+        ctx.state.items = await ctx.step("fetch_items", fetch_items, 4)
+        await ctx.checkpoint("planned")
+
+    @wf.phase(to="review")
+    async def charge(ctx: Context[Order]) -> None:
+        for item in ctx.state.items:
+            ctx.state.charged.append(await ctx.step("charge", charge_item, item))
+        ctx.state.total = sum(ctx.state.charged)
+
+    @wf.phase(to="ship")
+    async def review(ctx: Context[Order]) -> None:
+        ctx.now()
+        ctx.state.reviewed = await ctx.step("review", flaky_review, ctx.state.total)
+
+    @wf.phase(final=True)
+    async def ship(ctx: Context[Order]) -> dict:
+        label = await ctx.step("label", make_label, ctx.state.total)
+        return {"label": label, "total": ctx.state.total, "items": len(ctx.state.items)}
+
+    return wf
+
+
+order_workflow = make_order_workflow()
+order_workflow_batched = make_order_workflow(checkpoint_every_n_steps=3)
