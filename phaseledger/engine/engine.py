@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -25,6 +25,9 @@ from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.driver import RunDriver
 from phaseledger.engine.store import Store
 from phaseledger.engine.views import RecordedEvent, Run, event_view, run_view
+
+if TYPE_CHECKING:
+    from phaseledger.projections.reports import Reports
 
 T = TypeVar("T")
 CheckpointCallback = Callable[[str, str], Any]
@@ -94,8 +97,21 @@ class Engine:
     def _workflow_of(self, run: WorkflowRun) -> Workflow[Any]:
         return self.registry.get(run.workflow, run.workflow_version)
 
+    @property
+    def reports(self) -> Reports:
+        """Report read models of this engine's store, built on first use (see :mod:`phaseledger.projections`)."""
+        reports = self.__dict__.get("_reports")
+        if reports is None:
+            from phaseledger.projections.reports import Reports
+
+            reports = self._reports = Reports(self.store)
+        return reports
+
     def close(self) -> None:
-        """Close the store's connections."""
+        """Stop the reports' follower, if any, and close the store's connections."""
+        reports = self.__dict__.get("_reports")
+        if reports is not None:
+            reports.close()
         self.store.close()
 
     async def __aenter__(self) -> Engine:

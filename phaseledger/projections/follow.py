@@ -1,0 +1,149 @@
+"""Keeping the report tables up to date in the background.
+
+PostgreSQL and memory stores have subscriptions, so eventsourcing's projection runners
+drive the :class:`~phaseledger.projections.projection.ReportProjection` (a
+:class:`~eventsourcing.projection.ProjectionRunner` with its own application and view on
+PostgreSQL; on memory, a runner over the engine's own in-process application and view).
+SQLite has no subscriptions: the follower catches up in a loop, polling the log.
+
+A follower survives errors: it logs them, keeps the last one in :attr:`Follower.error`,
+waits and starts again from the position recorded in the view (also after a rebuild
+made by another process).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from eventsourcing.projection import BaseProjectionRunner, ProjectionRunner
+
+from phaseledger.engine.store import RunApplication
+from phaseledger.projections.errors import ProjectionReset
+from phaseledger.projections.projection import TOPICS, ReportProjection
+from phaseledger.projections.view import PostgresReportView
+
+if TYPE_CHECKING:
+    from phaseledger.projections.reports import Reports
+
+log = logging.getLogger(__name__)
+
+
+class Follower:
+    """A background thread applying new run events to the report tables until stopped."""
+
+    def __init__(self, reports: Reports, interval: float) -> None:
+        self.reports = reports
+        self.interval = interval
+        """Seconds between polls (SQLite) or between checks of a runner's health."""
+        self.error: BaseException | None = None
+        """The last error met (the follower retries after errors)."""
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="phaseledger-report-follower", daemon=True)
+
+    def start(self) -> Follower:
+        """Start the thread (done by :meth:`Reports.follow`)."""
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive."""
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop following and wait for the thread to finish its current transaction."""
+        self._stopping.set()
+        self._interrupt()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _interrupt(self) -> None:
+        """Wake the thread up so it notices it is stopping."""
+
+    def _loop(self) -> None:
+        backoff = self.interval
+        while not self._stopping.is_set():
+            try:
+                self._run()
+                backoff = self.interval
+            except ProjectionReset:
+                continue  # the tables were rebuilt: start again from their position
+            except Exception as exc:  # keep following; the error is logged and kept
+                self.error = exc
+                log.warning("report follower failed, retrying in %.1fs: %s", backoff, exc)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class PollingFollower(Follower):
+    """Catches up, then waits ``interval`` seconds, until stopped (SQLite)."""
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self.reports.catch_up()
+            self._stopping.wait(self.interval)
+
+
+class RunnerFollower(Follower):
+    """Supervises an eventsourcing projection runner subscribed to the log (PostgreSQL, memory)."""
+
+    def __init__(self, reports: Reports, interval: float, make_runner: Callable[[], BaseProjectionRunner[Any]]) -> None:
+        super().__init__(reports, interval)
+        self._make_runner = make_runner
+        self._runner: BaseProjectionRunner[Any] | None = None
+        self._lock = threading.Lock()
+
+    def _interrupt(self) -> None:
+        with self._lock:
+            if self._runner is not None:
+                self._runner.stop()
+
+    def _run(self) -> None:
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            runner = self._runner = self._make_runner()
+        try:
+            with runner:
+                while not runner.is_interrupted.is_set():
+                    runner.run_forever(timeout=self.interval)
+        finally:
+            with self._lock:
+                self._runner = None
+            view = getattr(runner, "view", None)
+            if isinstance(view, PostgresReportView):  # a runner's own view: release its connections
+                view.datastore.close()
+
+
+def postgres_runner(reports: Reports) -> ProjectionRunner[Any, Any]:
+    """eventsourcing's ProjectionRunner with its own application and view on the store's database."""
+    env = dict(reports.store.url.env)
+    env.update({"ORIGINATOR_ID_TYPE": "text", "POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": "4",
+                "CREATE_TABLE": "y"})
+    return ProjectionRunner(
+        application_class=RunApplication, projection_class=ReportProjection, view_class=PostgresReportView, env=env,
+    )
+
+
+def memory_runner(reports: Reports) -> BaseProjectionRunner[Any]:
+    """A projection runner over the engine's in-process application and the reports' own view.
+
+    A memory store exists only in its application object, so the runner must subscribe to
+    that object rather than build a new (empty) application from a class.
+    """
+    app = reports.store.app
+
+    class _EngineApplication(RunApplication):
+        def __new__(cls, env: Any = None) -> Any:  # the runner "constructs" the existing app
+            return app
+
+    return BaseProjectionRunner(
+        projection=ReportProjection(reports.view), application_class=_EngineApplication,
+        tracking_recorder=reports.view, topics=TOPICS,  # type: ignore[arg-type]
+    )
