@@ -1,0 +1,91 @@
+"""The floors every figure is divided by: what the hardware and the drivers cost at the least.
+
+- SQLite: one-row INSERT + COMMIT with Python's ``sqlite3`` on a WAL file, with the
+  ``synchronous`` setting phaseledger's own store connections use.
+- PostgreSQL: one-row INSERT in autocommit mode with psycopg 3 on the same database.
+- In memory: a plain loop of function calls.
+
+The row has the shape of phaseledger's stored events (id, version, topic, state) with a
+state of ``FLOOR_STATE_BYTES``, about the size of a recorded step.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from benchmarks._harness import now, postgres_conninfo
+
+FLOOR_STATE_BYTES = 300
+_TOPIC = "phaseledger.domain.run:WorkflowRun.StepRecorded"
+
+
+def store_sqlite_synchronous(store_url: str) -> int:
+    """The ``PRAGMA synchronous`` value of phaseledger's store connections on this file."""
+    from phaseledger.engine.store import Store
+
+    store = Store(store_url)
+    try:
+        with store.app.recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+            cursor.execute("PRAGMA synchronous")
+            return int(cursor.fetchone()[0])
+    finally:
+        store.close()
+
+
+def sqlite_commit_floor(path: Path, n: int, synchronous: int) -> float:
+    """Seconds per one-row INSERT + COMMIT on a fresh WAL file at ``path``."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={int(synchronous)}")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS floor (id TEXT, version INTEGER, topic TEXT, state BLOB, "
+            "PRIMARY KEY (id, version))"
+        )
+        state = b"x" * FLOOR_STATE_BYTES
+        run_id = path.stem
+        start = now()
+        for version in range(1, n + 1):
+            conn.execute("INSERT INTO floor VALUES (?,?,?,?)", (run_id, version, _TOPIC, state))
+        return (now() - start) / n
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def postgres_commit_floor(store_url: str, schema: str, n: int) -> float:
+    """Seconds per one-row INSERT in autocommit mode (one round trip, one commit)."""
+    import psycopg
+    from psycopg import sql
+
+    table = sql.Identifier(schema, "floor")
+    with psycopg.connect(postgres_conninfo(store_url), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (id text, version bigint, topic text, state bytea, "
+                "PRIMARY KEY (id, version))"
+            ).format(table)
+        )
+        conn.execute(sql.SQL("TRUNCATE {}").format(table))
+        insert = sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s)").format(table)
+        state = b"x" * FLOOR_STATE_BYTES
+        with conn.cursor() as cursor:
+            start = now()
+            for version in range(1, n + 1):
+                cursor.execute(insert, ("floor", version, _TOPIC, state), prepare=True)
+            return (now() - start) / n
+
+
+def _noop(i: int) -> int:
+    return i + 1
+
+
+def call_floor(n: int) -> float:
+    """Seconds per plain in-memory function call (the floor of the ``memory://`` store)."""
+    fn = _noop
+    start = now()
+    for i in range(n):
+        fn(i)
+    return (now() - start) / n

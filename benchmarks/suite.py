@@ -1,0 +1,50 @@
+"""The benchmarks of the suite, by name, each with its full and its quick (smoke) sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks import bench_resume, bench_steps, bench_storage
+from benchmarks._harness import Backends, Result
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: what it measures, how to run it, and when it cannot run here."""
+
+    title: str
+    runner: Callable[..., list[Result]]
+    full: Any
+    quick: Any
+    requires: Callable[[], str | None] = lambda: None
+    """Returns why the benchmark cannot run here (a missing optional package), or None."""
+
+    def unavailable(self) -> str | None:
+        """Why this benchmark is skipped here, or None."""
+        return self.requires()
+
+    def run(self, backends: Backends, *, quick: bool = False, repeats: int | None = None) -> list[Result]:
+        """Run with the full or quick sizes (``repeats`` overrides theirs)."""
+        sizes = self.quick if quick else self.full
+        if repeats is not None:
+            sizes = dataclasses.replace(sizes, repeats=repeats)
+        return self.runner(backends, sizes)
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "steps": Benchmark(
+        "journaled step cost (1,000 trivial steps)", bench_steps.run, bench_steps.Sizes(),
+        bench_steps.Sizes(steps=20, floor_ops=10, repeats=1, checkpoints=(1, 10)),
+    ),
+    "resume": Benchmark(
+        "resume to first new step, and full replay", bench_resume.run, bench_resume.Sizes(),
+        bench_resume.Sizes(histories=(30,), replay_events=60, floor_ops=5, repeats=1, snapshot_every=10),
+    ),
+    "storage": Benchmark(
+        "bytes stored per step", bench_storage.run, bench_storage.Sizes(),
+        bench_storage.Sizes(steps=20, payload_bytes=50),
+    ),
+}
