@@ -9,6 +9,10 @@ from phaseledger.domain.errors import (
     ConcurrencyConflict,
     InvalidInput,
     InvalidToken,
+    CheckpointNotFound,
+    HistoryCompacted,
+    RunNotFinished,
+    TokenKeyMissing,
     InvalidTransition,
     NonDeterminismError,
     PhaseledgerError,
@@ -30,10 +34,31 @@ from phaseledger.engine.context import Context, idempotency_key
 from phaseledger.engine.engine import Engine
 from phaseledger.engine.store import Store
 from phaseledger.engine.views import RecordedEvent, Run, Usage
+from phaseledger.engine.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
+from phaseledger.engine.retention import CompactionReport, RetentionPolicy, RetentionReport
+from phaseledger.engine.timetravel import Checkpoint, ForkInfo, ForkPoint, JournalEntry, Lineage, RunAt
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointNotFound",
+    "CompactionReport",
+    "Difference",
+    "Divergence",
+    "ForkInfo",
+    "ForkPoint",
+    "HistoryCompacted",
+    "JournalEntry",
+    "Lineage",
+    "RetentionPolicy",
+    "RetentionReport",
+    "RunAt",
+    "RunComparison",
+    "RunNotFinished",
+    "RunSide",
+    "TokenKeyMissing",
+    "TrailItem",
     "NO_RETRY",
     "CircuitBreaker",
     "CircuitOpen",

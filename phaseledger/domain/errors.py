@@ -16,6 +16,10 @@ Every error a user can hit derives from :class:`PhaseledgerError`. Definition er
     ├── StoreUnavailable             the store cannot be reached or opened
     ├── InvalidInput                 a run input or signal payload fails validation
     ├── InvalidToken                 a resume token is forged, truncated or foreign
+    ├── TokenKeyMissing              resume tokens need a signing key that is not configured
+    ├── HistoryCompacted             the events asked for were removed by compaction
+    ├── CheckpointNotFound           a run has no checkpoint (or version) of that id
+    ├── RunNotFinished               the action needs a finished run (compaction)
     ├── StepFailed                   a step failed and will not be retried any more
     ├── CircuitOpen                  a circuit breaker refuses calls for now
     └── SignalTimeout                no signal arrived before the timeout
@@ -123,6 +127,39 @@ class InvalidInput(PhaseledgerError, ValueError):
 
 class InvalidToken(PhaseledgerError):
     """A resume token is forged, truncated, or belongs to another store."""
+
+
+class TokenKeyMissing(PhaseledgerError):
+    """Resume tokens need a signing key: ``Engine(token_key=...)`` or ``$PHASELEDGER_TOKEN_KEY``."""
+
+
+class HistoryCompacted(PhaseledgerError):
+    """The events asked for were removed by compaction; only later versions can be read."""
+
+    def __init__(self, run_id: str, version: int, earliest: int) -> None:
+        super().__init__(
+            f"run {run_id!r} was compacted: the events before version {earliest} were removed, so "
+            f"version {version} cannot be rebuilt; ask for version {earliest} or later"
+        )
+        self.run_id = run_id
+        self.version = version
+        self.earliest = earliest
+
+
+class CheckpointNotFound(PhaseledgerError):
+    """A run has no checkpoint, label or version of that id (``engine.checkpoints()`` lists them)."""
+
+
+class RunNotFinished(PhaseledgerError):
+    """The action needs a finished run (completed, failed or cancelled)."""
+
+    def __init__(self, run_id: str, status: str, action: str) -> None:
+        super().__init__(
+            f"cannot {action} run {run_id!r}: it is {status}, and only finished runs "
+            "(completed, failed or cancelled) can be; let it finish or cancel it first"
+        )
+        self.run_id = run_id
+        self.status = status
 
 
 class StepFailed(PhaseledgerError):

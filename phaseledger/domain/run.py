@@ -197,7 +197,7 @@ class WorkflowRun(BaseAggregate[str]):
 
         def apply(self, run: WorkflowRun) -> None:
             run.journal[self.key] = {
-                "seq": self.seq, "name": self.label, "kind": "checkpoint", "result": None,
+                "seq": self.seq, "name": self.label, "kind": "checkpoint", "result": self.state,
                 "result_type": None, "fingerprint": None, "error": None, "usage": None, "detail": None,
             }
             run.next_seq = max(run.next_seq, self.seq + 1)

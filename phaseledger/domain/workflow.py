@@ -80,6 +80,8 @@ class Workflow(Generic[StateT]):
         checkpoint_every_n_steps: int | None = None,
         signals: Mapping[str, type[BaseModel]] | None = None,
         description: str = "",
+        on_checkpoint: Callable[[str, str], Any] | None = None,
+        on_resume: Callable[[str, str], Any] | None = None,
     ) -> None:
         if not name or not isinstance(name, str):
             raise WorkflowDefinitionError("a workflow needs a non-empty name")
@@ -96,6 +98,10 @@ class Workflow(Generic[StateT]):
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self.signals: dict[str, type[BaseModel]] = dict(signals or {})
         self.description = description
+        self.on_checkpoint = on_checkpoint
+        """Called as ``on_checkpoint(run_id, label)`` after each phase entry ("phase") and ``ctx.checkpoint``."""
+        self.on_resume = on_resume
+        """Called as ``on_resume(run_id, reason)`` when a run of this workflow is resumed or forked."""
         self.phases: dict[str, Phase] = {}
 
     def __repr__(self) -> str:

@@ -13,9 +13,10 @@ import inspect
 import random as _random
 import time
 import uuid as _uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -98,6 +99,15 @@ class Context(Generic[StateT]):
     def workflow(self) -> str:
         """The workflow's name."""
         return self._driver.workflow.name
+
+    @property
+    def overrides(self) -> Mapping[str, Any]:
+        """The what-if values of a fork (``engine.fork(..., overrides=...)``); empty otherwise.
+
+        Read-only and recorded in the fork's first event, so they hold on every resume.
+        """
+        parent = self._driver.run.parent or {}
+        return MappingProxyType(copy_json(parent.get("overrides") or {}))
 
     @property
     def engine(self) -> Engine:
@@ -310,9 +320,18 @@ class Context(Generic[StateT]):
         return value
 
     async def checkpoint(self, label: str) -> None:
-        """Record the state explicitly under ``label`` (``CheckpointSaved``) and commit."""
+        """Record the state explicitly under ``label`` (``CheckpointSaved``) and commit.
+
+        On replay the state recorded here is restored when it differs from the handler's
+        (a fork that edited the state at this checkpoint); otherwise ``ctx.state`` is
+        left as it is.
+        """
         key = self._next_key()
-        if self._lookup(key, "checkpoint", label) is not None:
+        entry = self._lookup(key, "checkpoint", label)
+        if entry is not None:
+            recorded = entry.get("result")
+            if recorded is not None and recorded != self._dump_state():
+                self.state = self._driver.workflow.state_model.model_validate(copy_json(recorded))
             return
         run = self._driver.run
         self._driver.record(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
@@ -25,6 +26,10 @@ from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.driver import RunDriver
 from phaseledger.engine.store import Store
 from phaseledger.engine.views import RecordedEvent, Run, event_view, run_view
+from phaseledger.engine.compare import RunComparison, compare_runs
+from phaseledger.engine.retention import CompactionReport, RetentionPolicy, RetentionReport, Retention
+from phaseledger.engine.timetravel import Checkpoint, Lineage, RunAt, TimeTravel
+from phaseledger.engine.tokens import looks_like_token, resolve_key
 
 if TYPE_CHECKING:
     from phaseledger.projections.reports import Reports
@@ -54,6 +59,7 @@ class Engine:
         max_inline_wait: float = 30.0,
         on_checkpoint: CheckpointCallback | None = None,
         on_resume: ResumeCallback | None = None,
+        token_key: str | bytes | None = None,
     ) -> None:
         if checkpoint_every_n_steps < 1:
             raise PhaseledgerError("checkpoint_every_n_steps must be >= 1")
@@ -69,6 +75,9 @@ class Engine:
         """Waits (retry backoff, sleeps) longer than this suspend the run instead of blocking."""
         self.on_checkpoint = on_checkpoint
         self.on_resume = on_resume
+        self._token_key = resolve_key(token_key)
+        """Signs resume tokens (``token_key=`` or ``$PHASELEDGER_TOKEN_KEY``); None: no tokens."""
+        self.time_travel = TimeTravel(self)
         self._active: dict[str, asyncio.Task[Run]] = {}
         self.event_observer: Callable[[WorkflowRun], None] | None = None
         """Testing hook: called with the run after each event a driver records."""
@@ -91,8 +100,14 @@ class Engine:
         return self._breakers[name]
 
     def _notify_checkpoint(self, run: WorkflowRun, label: str) -> None:
-        if self.on_checkpoint is not None:
-            self.on_checkpoint(run.id, label)
+        workflow = self.registry.workflows.get((run.workflow, run.workflow_version))
+        _notify(self.on_checkpoint, run.id, label)
+        _notify(workflow.on_checkpoint if workflow else None, run.id, label)
+
+    def _notify_resume(self, run: WorkflowRun, reason: str) -> None:
+        workflow = self.registry.workflows.get((run.workflow, run.workflow_version))
+        _notify(self.on_resume, run.id, reason)
+        _notify(workflow.on_resume if workflow else None, run.id, reason)
 
     def _workflow_of(self, run: WorkflowRun) -> Workflow[Any]:
         return self.registry.get(run.workflow, run.workflow_version)
@@ -161,7 +176,11 @@ class Engine:
 
         A suspended run that is not due yet (no signal, wake time not reached) is left as it
         is. Raises :class:`RunNotFound`, :class:`RunFinished` or :class:`UnknownWorkflow`.
+        ``run_id`` may be a resume token (``engine.resume_token``): it is verified first and
+        a forged, edited, truncated or foreign one raises :class:`InvalidToken`.
         """
+        if looks_like_token(run_id):
+            run_id = await self._call_store(self.time_travel.run_id_of, run_id)
         if run_id in self._active:
             return await asyncio.shield(self._active[run_id])
         run = await self._call_store(self.store.load, run_id)
@@ -174,8 +193,7 @@ class Engine:
         # Not saved yet: the driver commits it before anything runs live (the claim that makes
         # a second resumer conflict), so a replay that meets NonDeterminismError appends nothing.
         run.trigger_event(WorkflowRun.RunResumed, reason=why)
-        if self.on_resume is not None:
-            self.on_resume(run_id, why)
+        self._notify_resume(run, why)
         return await self._drive(run_id, run)
 
     async def retry(self, run_id: str) -> Run:
@@ -187,8 +205,7 @@ class Engine:
             raise PhaseledgerError(f"run {run_id!r} is {run.status}, not failed: use engine.resume({run_id!r})")
         self._workflow_of(run)
         run.trigger_event(WorkflowRun.RunResumed, reason="retry")  # committed by the driver, as in resume()
-        if self.on_resume is not None:
-            self.on_resume(run_id, "retry")
+        self._notify_resume(run, "retry")
         return await self._drive(run_id, run)
 
     async def _append(self, run: WorkflowRun, event_class: type[WorkflowRun.Event], **fields: Any) -> None:
@@ -277,6 +294,78 @@ class Engine:
             if (status is None or view.status == status) and (workflow is None or view.workflow == workflow):
                 views.append(view)
         return views
+
+    # -- time travel (phaseledger.engine.timetravel, compare, retention) ----------------
+
+    def checkpoints(self, run_id: str) -> list[Checkpoint]:
+        """The run's checkpoints: every phase entry and every ``ctx.checkpoint``, in log order."""
+        return self.time_travel.checkpoints(run_id)
+
+    def checkpoint(self, run_id: str, checkpoint_id: str | int) -> Checkpoint:
+        """One checkpoint with its state, by id (``"v12"``), version (``12``) or label (the latest)."""
+        return self.time_travel.checkpoint(run_id, checkpoint_id)
+
+    def state_at(self, run_id: str, version: int) -> RunAt:
+        """The run (phase, state, journal, status, usage) as it stood right after event ``version``."""
+        return self.time_travel.state_at(run_id, version)
+
+    def resume_token(self, run_id: str, at: int | str | None = None) -> str:
+        """A signed, opaque token naming the run and a version of its log (its head by default).
+
+        ``engine.resume(token)`` continues the run; ``engine.fork(token)`` branches at that
+        version. Needs ``Engine(token_key=...)`` or ``$PHASELEDGER_TOKEN_KEY``.
+        """
+        return self.time_travel.resume_token(run_id, at)
+
+    async def fork(
+        self,
+        run_or_token: str,
+        *,
+        at: int | str | None = None,
+        new_run_id: str | None = None,
+        state: BaseModel | Mapping[str, Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        drive: bool = True,
+    ) -> Run:
+        """Branch a new run off a run's log at ``at`` (a version, a checkpoint id or label; the head
+        by default) or at the position a resume token names.
+
+        The fork's log starts with copies of the source's events up to that point; the phase
+        visit in progress there is replayed from them (recorded model responses, tool results
+        and steps are served from the log, not run or paid again) and everything after runs
+        live. ``state`` replaces the state at a checkpoint fork point; ``overrides`` (JSON) are
+        what-if values handlers read as ``ctx.overrides``. With ``drive=False`` the fork is
+        recorded but not driven (``engine.resume`` drives it). Returns the fork's view.
+        """
+        return await self.time_travel.fork(run_or_token, at=at, new_run_id=new_run_id, state=state,
+                                           overrides=overrides, drive=drive)
+
+    def lineage(self, run_id: str) -> Lineage:
+        """The runs this run was forked from (parent first) and the runs forked from it."""
+        return self.time_travel.lineage(run_id)
+
+    def compare(self, run_a: str, run_b: str) -> RunComparison:
+        """Where two runs of one workflow diverge: phase paths, steps, state, output, tokens, cost."""
+        return compare_runs(self, run_a, run_b)
+
+    def compact(self, run_id: str, *, before: int | None = None) -> CompactionReport:
+        """Remove a finished run's events before ``before`` (default: all but its first and last),
+        keeping a snapshot there so the run still loads; see docs/time-travel.md for what is kept."""
+        return Retention(self).compact(run_id, before=before)
+
+    def apply_retention(self, policy: RetentionPolicy, *, now: datetime | None = None) -> RetentionReport:
+        """Compact or delete finished runs as ``policy`` says; unfinished runs are never touched."""
+        return Retention(self).apply(policy, now=now)
+
+
+def _notify(callback: Callable[[str, str], Any] | None, run_id: str, what: str) -> None:
+    """Call an observability callback; its errors are logged, never fail the run."""
+    if callback is None:
+        return
+    try:
+        callback(run_id, what)
+    except Exception:
+        logging.getLogger("phaseledger").exception("callback %r failed for run %r (%s)", callback, run_id, what)
 
 
 def is_due(run: WorkflowRun, now: datetime | None = None) -> bool:

@@ -112,6 +112,12 @@ class RecordedEvent(BaseModel):
     data: dict[str, Any]
     size: int
     """Bytes of the event's JSON payload."""
+    tokens: int = 0
+    """Model tokens (input plus output) the recorded call used (``StepRecorded`` only)."""
+    cost: float | None = None
+    """Estimated cost of the recorded call, when its model's prices are known."""
+    duration: float | None = None
+    """Seconds the recorded call took when it ran live (``StepRecorded`` only)."""
 
 
 _BASE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
@@ -121,7 +127,11 @@ def event_view(event: WorkflowRun.Event) -> RecordedEvent:
     """Turn a stored run event into a :class:`RecordedEvent`."""
     data = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name not in _BASE}
     plain = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items()}
+    usage = data.get("usage") or {}
+    tokens = int(usage.get("input_tokens", 0) or 0) + int(usage.get("output_tokens", 0) or 0)
+    cost = usage.get("cost")
     return RecordedEvent(
         version=event.originator_version, type=type(event).__name__, timestamp=event.timestamp,
-        data=plain, size=json_size(plain),
+        data=plain, size=json_size(plain), tokens=tokens, cost=float(cost) if cost is not None else None,
+        duration=data.get("duration") if isinstance(event, WorkflowRun.StepRecorded) else None,
     )
