@@ -8,6 +8,7 @@ wrong command line); ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import os
@@ -107,7 +108,7 @@ def runs(
         what = " ".join(filter(None, [status, f"{workflow!r}" if workflow else None]))
         session.console.print(f"no {what + ' ' if what else ''}runs in {session.store_url}")
         return
-    session.console.print(render.runs_table(session.console, found))
+    render.emit(session.console, render.runs_table(session.console, found))
 
 
 @app.command()
@@ -138,7 +139,7 @@ def _run_at(engine: Engine, run_id: str, at: int | None) -> Run:
         return current
     if at > current.version:
         raise CommandError(f"run {run_id!r} has {current.version} events; --at must be between 1 and that")
-    return engine.get(run_id, version=at)
+    return engine.state_at(run_id, at)
 
 
 def _print_run(session: Session, run: Run, events: list[Any], *, at: int | None) -> None:
@@ -174,7 +175,7 @@ def _print_run(session: Session, run: Run, events: list[Any], *, at: int | None)
     grid.show_header = False
     for label, value in rows:
         grid.add_row(label, value)
-    console.print(grid)
+    render.emit(console, grid)
     console.print("state:")
     console.print(render.escape(render.pretty(run.state)), soft_wrap=True)
     if run.output is not None:
@@ -185,7 +186,7 @@ def _print_run(session: Session, run: Run, events: list[Any], *, at: int | None)
     steps, cut = render.steps_table(console, events)
     if steps.row_count:
         console.print(f"recorded steps{f' (the last {steps.row_count}; {cut} earlier)' if cut else ''}:")
-        console.print(steps)
+        render.emit(console, steps)
 
 
 @app.command()
@@ -197,7 +198,7 @@ def history(ctx: typer.Context, run_id: RunArg, as_json: JsonOpt = False) -> Non
     if as_json:
         render.print_json([e.model_dump(mode="json") for e in events])
         return
-    session.console.print(render.history_table(session.console, events, title=f"history of run {run_id}"))
+    render.emit(session.console, render.history_table(session.console, events, title=f"history of run {run_id}"))
 
 
 # -- acting -----------------------------------------------------------------------------
@@ -281,7 +282,7 @@ def _report_resumed(session: Session, results: list[dict[str, Any]], *, as_json:
     for r in results:
         grid.add_row(render.escape(r["run_id"]), r["before"], render.status_text(r["status"]), r["phase"] or "-",
                      str(r["replayed"]), str(r["executed"]), str(r["tokens_saved"]))
-    console.print(grid)
+    render.emit(console, grid)
     for r in results:
         if r["error"]:
             _err(f"{r['run_id']}: {r['error']}")
@@ -376,6 +377,78 @@ def _report_run(session: Session, run: Run, did: str, *, as_json: bool) -> None:
 
 
 # -- workers, diagrams, comparisons, the demo ----------------------------------------------
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Runs driven at once.")] = 10,
+    lease: Annotated[float, typer.Option(
+        "--lease", min=1.0, metavar="SECONDS", help="How long a claim on a run lasts unless renewed.")] = 30.0,
+    poll: Annotated[float, typer.Option(
+        "--poll", min=0.01, metavar="SECONDS", help="How often to look for runnable runs when idle.")] = 0.5,
+    until_idle: Annotated[bool, typer.Option(
+        "--until-idle", help="Exit once no run is runnable now (for cron jobs and tests).")] = False,
+    worker_id: Annotated[Optional[str], typer.Option(
+        "--id", show_default=False, help="This worker's id in leases and logs (default: host:pid:random).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every claim and drive.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Drive every runnable run of the store: new, crashed, woken by a signal or timer, retry due.
+
+    Stops gracefully on Ctrl-C or SIGTERM (runs reach their next step boundary and are
+    released); a second signal stops at once. Any number of workers can share a PostgreSQL
+    store; a SQLite store takes one. Needs --workflows.
+    """
+    import logging
+
+    from phaseledger.engine.worker import run_worker
+
+    session = _session(ctx)
+    workflows = session.workflows()
+    if not workflows:
+        raise CommandError("a worker needs the workflows it may drive: pass --workflows MODULE")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not as_json:
+        names = ", ".join(sorted({f"{w.name}@{w.version}" for w in workflows}))
+        mode = "until idle" if until_idle else "until Ctrl-C or SIGTERM"
+        session.console.print(f"worker on {_redacted(session.store_url)} for {names} ({concurrency} at once, {mode})")
+    stats = asyncio.run(run_worker(
+        session.store_url, workflows, concurrency=concurrency, lease_seconds=lease, poll_interval=poll,
+        until_idle=until_idle, worker_id=worker_id,
+    ))
+    data = dataclasses.asdict(stats)
+    if as_json:
+        render.print_json(data)
+    else:
+        session.console.print("worker stopped: " + ", ".join(f"{k} {v}" for k, v in data.items()))
+
+
+def _redacted(url: str) -> str:
+    from phaseledger.engine.store import StoreURL
+
+    return StoreURL.parse(url).redacted
+
+
+@app.command()
+def diff(
+    ctx: typer.Context,
+    run_a: Annotated[str, typer.Argument(help="A run id.", show_default=False)],
+    run_b: Annotated[str, typer.Argument(help="Another run of the same workflow (a fork, a rerun).",
+                                         show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare two runs of one workflow: where their paths and calls part ways, state, output, tokens."""
+    session = _session(ctx)
+    with session.engine() as engine:
+        comparison = engine.compare(run_a, run_b)
+    if as_json:
+        data = comparison.model_dump(mode="json")
+        data["identical"] = comparison.identical
+        render.print_json(data)
+        return
+    render.print_comparison(session.console, comparison)
 
 
 @app.command()

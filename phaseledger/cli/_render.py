@@ -43,6 +43,17 @@ def table(console: Console, columns: Sequence[str], *, title: str | None = None)
     )
 
 
+def emit(console: Console, renderable: Any) -> None:
+    """Print a table; in plain (non-terminal) output without the padding at line ends."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def status_text(status: str) -> str:
     """A run status with its colour as console markup."""
     style = STATUS_STYLES.get(status, "")
@@ -203,3 +214,43 @@ def run_as_json(run: Run) -> dict[str, Any]:
 def print_json(value: Any) -> None:
     """Print JSON for scripts (never styled, never wrapped)."""
     print(json.dumps(value, default=str, indent=2, ensure_ascii=False))
+
+
+def print_comparison(console: Console, comparison: Any) -> None:
+    """Print a :class:`~phaseledger.engine.compare.RunComparison` side by side."""
+    a, b = comparison.a, comparison.b
+    grid = table(console, ["", escape(a.run_id), escape(b.run_id)], title=f"{comparison.workflow}: a vs b")
+    grid.add_row("version", f"v{a.workflow_version}, {a.version} events", f"v{b.workflow_version}, {b.version} events")
+    grid.add_row("status", status_text(a.status), status_text(b.status))
+    grid.add_row("phase", a.phase or "-", b.phase or "-")
+    grid.add_row("path", " > ".join(a.phase_path), " > ".join(b.phase_path))
+    grid.add_row("calls", str(a.calls), str(b.calls))
+    grid.add_row("tokens spent", str(a.spent_tokens), str(b.spent_tokens))
+    if a.inherited_tokens or b.inherited_tokens:
+        grid.add_row("tokens inherited", str(a.inherited_tokens), str(b.inherited_tokens))
+    emit(console, grid)
+    if comparison.common_ancestor:
+        ancestor = comparison.common_ancestor
+        console.print(f"common ancestor: run {escape(str(ancestor.get('run_id')))} up to version {ancestor.get('version')}")
+    if comparison.identical:
+        console.print("identical: same path, same calls and results, same state and output")
+        return
+    if comparison.path_diverges_at is not None:
+        console.print(f"phase paths part at phase #{comparison.path_diverges_at + 1}")
+    split = comparison.calls_diverge_at
+    if split is not None:
+        def call(item: Any) -> str:
+            if item is None:
+                return "(no further call)"
+            return f"{item.phase}: {item.kind} {item.name!r} -> {compact(item.error or item.result, 60)}"
+
+        console.print(f"calls part at call #{split.index + 1}:")
+        console.print(f"  a  {escape(call(split.a))}")
+        console.print(f"  b  {escape(call(split.b))}")
+    for label, found in (("state", comparison.state_differences), ("output", comparison.output_differences)):
+        if found:
+            diffs = table(console, [f"{label} path", "a", "b"])
+            for d in found:
+                diffs.add_row(escape(d.path), escape(compact(d.a, 60)), escape(compact(d.b, 60)))
+            emit(console, diffs)
+    console.print(f"tokens: b spent {comparison.tokens_delta:+d} compared with a")

@@ -316,7 +316,7 @@ class Demo:
         return [event_view(e) for e in store.events(self.run_id, gt=version)]
 
     def _finish(self, workflow: Workflow[Any]) -> None:
-        from phaseledger.cli._render import history_table
+        from phaseledger.cli._render import emit, history_table
         from phaseledger.engine.engine import Engine
 
         with_store = Engine(self.store_url, workflows=[workflow])
@@ -325,7 +325,7 @@ class Demo:
         finally:
             with_store.close()
         self.heading("5. the run's history (its event log)")
-        self.console.print(history_table(self.console, events))
+        emit(self.console, history_table(self.console, events))
         self.heading(f"6. the state machine of {workflow.name!r} (Mermaid)")
         self.console.print(workflow.diagram(), highlight=False, markup=False)
         self.heading("explore")
