@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,14 +103,27 @@ class RunApplication(Application[str]):
     snapshotting_projectors = {WorkflowRun: project_run}  # noqa: RUF012
 
 
-def _ensure_postgres_schema(url: StoreURL) -> None:
-    if not url.postgres_schema or url.postgres_schema == "public":
-        return
+_SETUP_LOCK = 0x70686173656C6467  # pg_advisory_lock key held while a store creates its tables
+
+
+@contextmanager
+def _postgres_setup(url: StoreURL) -> Iterator[None]:
+    """Create the schema, and hold an advisory lock while the tables are created.
+
+    PostgreSQL refuses concurrent DDL on the same catalog rows ("tuple concurrently
+    updated"), which several processes opening one new store at once would otherwise hit.
+    """
     import psycopg
     from psycopg import sql
 
     with psycopg.connect(url.postgres_conninfo or "", autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(url.postgres_schema)))
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
+        try:
+            if url.postgres_schema and url.postgres_schema != "public":
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(url.postgres_schema)))
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
 
 
 class Store:
@@ -129,8 +143,10 @@ class Store:
             if self.url.sqlite_path:
                 Path(self.url.sqlite_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             if self.url.backend == "postgresql":
-                _ensure_postgres_schema(self.url)
-            self.app = RunApplication(env=env)
+                with _postgres_setup(self.url):
+                    self.app = RunApplication(env=env)
+            else:
+                self.app = RunApplication(env=env)
         except Exception as exc:  # psycopg, sqlite3 and eventsourcing raise various types here
             raise StoreUnavailable(f"cannot open store {self.url.redacted}: {exc}") from exc
         self.snapshot_every = snapshot_every
