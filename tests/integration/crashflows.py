@@ -95,4 +95,27 @@ def make_order_workflow(checkpoint_every_n_steps: int | None = None) -> Workflow
 
 
 order_workflow = make_order_workflow()
-order_workflow_batched = make_order_workflow(checkpoint_every_n_steps=3)
+
+
+class Fetch(BaseModel):
+    result: str = ""
+
+
+BACKOFF = RetryPolicy(max_attempts=4, initial_delay=2.0, backoff=1.0, jitter=False)
+
+
+def flaky_upstream() -> str:
+    """Fails on its first two executions; each execution notes its start time."""
+    from datetime import datetime, timezone
+
+    if effect(f"upstream@{datetime.now(timezone.utc).isoformat()}") < 2:
+        raise TimeoutError("upstream timed out")
+    return "fetched"
+
+
+backoff_workflow: Workflow[Fetch] = Workflow("backoff", state=Fetch, version=1)
+
+
+@backoff_workflow.phase(initial=True, final=True)
+async def fetch(ctx: Context[Fetch]) -> str:
+    return await ctx.step("upstream", flaky_upstream, retry=BACKOFF)
