@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -502,21 +501,15 @@ def demo(
     run_demo(db=db, model=model, console=make_console())
 
 
-def _mount_optional() -> None:
+def _mount_subsystem_commands() -> None:
     """Mount the commands that live next to their subsystems (projections and reports)."""
-    if importlib.util.find_spec("phaseledger.projections.cli") is None:
-        return
     from phaseledger.projections import cli as projections_cli
 
-    projections_app = getattr(projections_cli, "app", None)
-    if projections_app is not None:
-        app.add_typer(projections_app, name="projections", help="Read models of the event log: status, catch-up, rebuild.")
-    report = getattr(projections_cli, "report", None)
-    if callable(report):
-        app.command("report")(report)
+    app.add_typer(projections_cli.projections_app, name="projections")
+    app.command("report")(projections_cli.report)
 
 
-_mount_optional()
+_mount_subsystem_commands()
 
 
 # -- entry point --------------------------------------------------------------------------
