@@ -32,6 +32,15 @@ from phaseledger.domain.workflow import Phase, Workflow
 from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.context import Context, idempotency_key
 from phaseledger.engine.engine import Engine
+from phaseledger.engine.agents import (
+    SUPPORTED_PYDANTIC_AI,
+    AgentNotDurable,
+    AgentRunFailed,
+    DurableAgent,
+    DurableAgentResult,
+    PhaseledgerDurability,
+    UnsupportedPydanticAI,
+)
 from phaseledger.engine.store import Store
 from phaseledger.engine.views import RecordedEvent, Run, Usage
 from phaseledger.engine.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
@@ -43,6 +52,13 @@ __version__ = "0.1.0"
 __all__ = [
     "Checkpoint",
     "CheckpointNotFound",
+    "SUPPORTED_PYDANTIC_AI",
+    "AgentNotDurable",
+    "AgentRunFailed",
+    "DurableAgent",
+    "DurableAgentResult",
+    "PhaseledgerDurability",
+    "UnsupportedPydanticAI",
     "CompactionReport",
     "Difference",
     "Divergence",

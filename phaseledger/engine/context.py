@@ -42,6 +42,15 @@ if TYPE_CHECKING:
 StateT = TypeVar("StateT", bound=BaseModel)
 
 _STEP_KEY: ContextVar[str | None] = ContextVar("phaseledger_step_key", default=None)
+_CURRENT_CONTEXT: ContextVar[Context[Any] | None] = ContextVar("phaseledger_context", default=None)
+
+
+def current_context() -> Context[Any] | None:
+    """The context of the phase handler running in this task (None outside handlers).
+
+    Durable agents use it to find the run their model requests and tool calls belong to.
+    """
+    return _CURRENT_CONTEXT.get()
 
 
 def idempotency_key() -> str:
@@ -270,6 +279,26 @@ class Context(Generic[StateT]):
             return value
 
     # -- the operations handlers use ---------------------------------------------------
+
+    async def _run_handler(self, handler: Callable[[Context[Any]], Any]) -> Any:
+        """Run the phase handler with this context as the task's current context."""
+        token = _CURRENT_CONTEXT.set(self)
+        try:
+            return await handler(self)
+        finally:
+            _CURRENT_CONTEXT.reset(token)
+
+    async def run_agent(self, agent: Any, user_prompt: Any = None, /, **kwargs: Any) -> Any:
+        """Run a pydantic-ai agent durably: each model request and tool call is journaled.
+
+        The agent needs the :class:`~phaseledger.PhaseledgerDurability` capability. On replay
+        recorded responses and tool results come from the log, so no token is paid twice.
+        ``kwargs`` are those of ``agent.run`` (``deps``, ``message_history``, ``output_type``, ...);
+        returns its ``AgentRunResult``. See ``docs/agents.md``.
+        """
+        from phaseledger.engine.agents import run_agent
+
+        return await run_agent(self, agent, user_prompt, **kwargs)
 
     async def step(
         self, name: str, fn: Callable[..., Any], /, *args: Any,

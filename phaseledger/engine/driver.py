@@ -140,7 +140,7 @@ class RunDriver:
                     )
                 ctx = Context(self, phase)
                 try:
-                    result = await phase.handler(ctx)
+                    result = await ctx._run_handler(phase.handler)
                     ctx._check_consumed()
                     if phase.final:
                         output, output_type = encode_value(result, f"the output of final phase {phase.name!r}")

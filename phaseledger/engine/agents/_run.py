@@ -1,0 +1,48 @@
+"""``ctx.run_agent``: run a durable agent inside a phase handler."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic_ai.agent import AbstractAgent
+from pydantic_ai.durable_exec import replay_scope
+
+from phaseledger.domain.errors import PhaseledgerError
+from phaseledger.engine.agents._capability import PhaseledgerDurability
+from phaseledger.engine.agents._scope import REPLAY_SCOPED
+from phaseledger.engine.context import _CURRENT_CONTEXT
+
+if TYPE_CHECKING:
+    from pydantic_ai.run import AgentRunResult
+
+    from phaseledger.engine.context import Context
+
+
+class AgentNotDurable(PhaseledgerError):
+    """``ctx.run_agent`` was given an agent without the ``PhaseledgerDurability`` capability."""
+
+
+async def run_agent(ctx: Context[Any], agent: AbstractAgent[Any, Any], user_prompt: Any = None, /,
+                    **kwargs: Any) -> AgentRunResult[Any]:
+    """Run ``agent`` in the phase handler of ``ctx``, journaling its model requests and tool calls.
+
+    Replayed work is kept out of traces (pydantic-ai's ``replay_scope``). Raises
+    :class:`AgentNotDurable` when the agent lacks the capability: its calls would not be
+    journaled and would run again, and be paid again, on every replay.
+    """
+    if not isinstance(agent, AbstractAgent):
+        raise TypeError(f"ctx.run_agent() takes a pydantic-ai agent, got {type(agent).__name__}")
+    if PhaseledgerDurability.from_agent(agent) is None:
+        raise AgentNotDurable(
+            f"agent {agent.name!r} has no PhaseledgerDurability capability, so its model requests and tool "
+            "calls would not be journaled: build it with "
+            "Agent(..., name='...', capabilities=[PhaseledgerDurability()])"
+        )
+    context_token = _CURRENT_CONTEXT.set(ctx)
+    scope_token = REPLAY_SCOPED.set(True)
+    try:
+        with replay_scope():
+            return await agent.run(user_prompt, **kwargs)
+    finally:
+        REPLAY_SCOPED.reset(scope_token)
+        _CURRENT_CONTEXT.reset(context_token)
