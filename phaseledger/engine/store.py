@@ -232,5 +232,8 @@ class Store:
             if not batch:
                 return
             for notification in batch:
-                yield str(notification.originator_id)
+                run_id = str(notification.originator_id)
+                # memory:// keeps removed runs in its notification list (ids are positions)
+                if not self.is_memory or self.exists(run_id):
+                    yield run_id
             start = batch[-1].id

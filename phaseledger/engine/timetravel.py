@@ -40,7 +40,7 @@ from phaseledger.domain.errors import (
     RunNotFound,
     ConcurrencyConflict,
 )
-from phaseledger.domain.run import FAILED, WorkflowRun
+from phaseledger.domain.run import COMPLETED, FAILED, WorkflowRun
 from phaseledger.domain.values import copy_json, encode_value
 from phaseledger.engine.tokens import TokenClaims, looks_like_token, make_token, read_token, store_identity
 from phaseledger.engine.views import Run, run_view
@@ -345,6 +345,8 @@ class TimeTravel:
             version = head.version if at is None else await engine._call_store(
                 self._resolve_at, source_id, at, head.version
             )
+        if version >= 2 and version == await engine._call_store(self._completion_version, source_id):
+            version -= 1  # a completed run forks just before its completion: the final phase replays
         if version < 2:
             raise InvalidInput(
                 f"cannot fork run {source_id!r} at version {version}: fork at version 2 (its first phase "
@@ -411,6 +413,10 @@ class TimeTravel:
         if not drive:
             return run_view(run, workflow.state_model)
         return await engine._drive(new_id, run)
+
+    def _completion_version(self, run_id: str) -> int | None:
+        run = self.store.load(run_id)
+        return run.version if run.status == COMPLETED else None
 
     # -- lineage -------------------------------------------------------------------------
 
