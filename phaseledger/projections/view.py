@@ -139,13 +139,15 @@ class ReportView:
         Returns the new generation; processors holding an older one write nothing more.
         """
         with self.datastore.transaction(commit=True) as curs:
+            # Write before reading: a SQLite transaction that reads first cannot take the write
+            # lock once another connection has written ("database is locked" at once).
+            curs.execute(self.dialect.sql("DELETE FROM {tracking} WHERE application_name = %(app)s"),
+                         {"app": application_name})
             generation, _ = self._meta(curs)
             for table in READ_MODELS:
                 curs.execute(self.dialect.sql(f"DROP TABLE IF EXISTS {{{table.key}}}"))
                 for statement in create_statements(table, self.dialect.name, self.dialect.qualify):
                     curs.execute(statement)
-            curs.execute(self.dialect.sql("DELETE FROM {tracking} WHERE application_name = %(app)s"),
-                         {"app": application_name})
             row = {"name": PROJECTION_NAME, "schema_version": SCHEMA_VERSION, "generation": generation + 1,
                    "rebuilt_at": datetime.now(timezone.utc)}
             curs.execute(
