@@ -21,6 +21,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel
@@ -35,7 +36,7 @@ from pydantic_ai.messages import (
     ToolCallPart,
     ToolReturnPart,
 )
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from phaseledger import Context, Engine, Workflow
@@ -157,7 +158,17 @@ def scripted_model(script: Script, recorder: Recorder) -> FunctionModel:
             return ModelResponse(parts=[ToolCallPart(tool, {"summary": summary, "count": len(returns)}, tool_call_id=f"s{step}-out")], usage=usage)
         return ModelResponse(parts=[TextPart(summary)], usage=usage)
 
-    return FunctionModel(respond, model_name="scripted")
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[Any]:
+        response = respond(messages, info)
+        for part in response.parts:
+            if isinstance(part, TextPart):
+                for i in range(0, len(part.content), 8):
+                    yield part.content[i : i + 8]
+            else:
+                assert isinstance(part, ToolCallPart)
+                yield {part.tool_call_id: DeltaToolCall(part.tool_name, json.dumps(part.args), tool_call_id=part.tool_call_id)}
+
+    return FunctionModel(respond, stream_function=stream, model_name="scripted")
 
 
 def scripted_agent(
@@ -167,7 +178,7 @@ def scripted_agent(
     """An agent with the durable capability, three tools and the scripted model."""
     model = scripted_model(script, recorder)
     if model_name != "scripted":
-        model = FunctionModel(model.function, model_name=model_name)
+        model = FunctionModel(model.function, stream_function=model.stream_function, model_name=model_name)
     agent: Agent[None, Any] = Agent(
         model, name=name, output_type=Report if script.structured else str,
         capabilities=[*(extra_capabilities or []), PhaseledgerDurability(**capability)],

@@ -19,6 +19,7 @@ from pydantic_ai.durable_exec import (
     RoleBasedOperationConfig,
 )
 from pydantic_ai.messages import ModelResponse
+from pydantic_ai.tools import RunContext
 
 from phaseledger.domain.errors import PhaseledgerError
 from phaseledger.engine.agents._identity import identify
@@ -86,11 +87,10 @@ class PhaseledgerBackend(JournalCallableOperationBackend[UnitConfig]):
         ctx = container_context()
         if ctx is None:  # the base only dispatches in the container; be transparent if called elsewhere
             return await body()
-        identity = identify(operation_id, name, cache_key)
-        agents = phase_agents(ctx)
-        current = AGENT_RUN.get()
-        run_id = identity.run_context.run_id if identity.run_context is not None else current
-        journal = agents.run(run_id)
+        run_context = next((item for item in cache_key if isinstance(item, RunContext)), None)
+        run_id = run_context.run_id if run_context is not None else AGENT_RUN.get()
+        journal = phase_agents(ctx).run(run_id)
+        identity = identify(operation_id, name, cache_key, journal.digests)
         model_id = None
         if isinstance(operation_id, ModelRequestId):
             model_id = operation_id.model_id or operation_id.model_name

@@ -87,12 +87,41 @@ def _messages(cache_key: tuple[object, ...]) -> list[Any] | None:
     return None
 
 
-def request_fingerprint(cache_key: tuple[object, ...], model_name: str | None = None) -> str | None:
+class MessageDigests:
+    """Digests of the messages of one agent run, each computed once.
+
+    The history grows by a request and a response per turn, so digesting every message of
+    every request would cost O(turns²). Settled messages (all but the newest two, which
+    pydantic-ai may still be completing) are remembered by identity.
+    """
+
+    def __init__(self) -> None:
+        self._settled: dict[int, tuple[object, str]] = {}
+
+    def of(self, messages: list[Any]) -> list[str]:
+        """The digest of each message, in order."""
+        digests: list[str] = []
+        settled = len(messages) - 2
+        for index, message in enumerate(messages):
+            known = self._settled.get(id(message))
+            if known is not None and known[0] is message:
+                digests.append(known[1])
+                continue
+            value = digest(strip_volatile(ModelMessagesTypeAdapter.dump_python([message], mode="json")))
+            if index < settled:
+                self._settled[id(message)] = (message, value)
+            digests.append(value)
+        return digests
+
+
+def request_fingerprint(
+    cache_key: tuple[object, ...], model_name: str | None = None, digests: MessageDigests | None = None
+) -> str | None:
     """The fingerprint of a model request: model, messages (timestamps stripped), settings, tools."""
     messages = _messages(cache_key)
     if messages is None:
         return None
-    parts: list[Any] = [model_name, strip_volatile(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))]
+    parts: list[Any] = [model_name, (digests or MessageDigests()).of(messages)]
     settings = _find(cache_key, dict)
     parts.append(strip_volatile(settings) if settings else None)
     parameters = _find(cache_key, ModelRequestParameters)
@@ -117,13 +146,15 @@ def _describe_call(name: str | None, args: dict[str, Any] | None) -> str:
     return f"tool call {name!r} with arguments {text}"
 
 
-def identify(operation_id: DurableOperationId, name: str, cache_key: tuple[object, ...]) -> UnitIdentity:
+def identify(
+    operation_id: DurableOperationId, name: str, cache_key: tuple[object, ...], digests: MessageDigests | None = None
+) -> UnitIdentity:
     """Derive the journal identity of a unit from pydantic-ai's operation id and cache key."""
     run_context = _find(cache_key, RunContext)
     match operation_id:
         case ModelRequestId(model_name=model_name):
             return UnitIdentity(
-                "model", "m", None, request_fingerprint(cache_key, model_name),
+                "model", "m", None, request_fingerprint(cache_key, model_name, digests),
                 f"a request to model {model_name!r} whose model, prompt, history, instructions, settings or tools "
                 "differ from the recorded one",
                 run_context, is_model_request=True,

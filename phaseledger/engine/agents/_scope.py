@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
+from phaseledger.engine.agents._identity import MessageDigests
 from phaseledger.engine.context import _STEP_KEY, current_context
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class AgentRunJournal:
     prefix: str
     ordinals: dict[str, int] = field(default_factory=dict)
     pending: list[PendingFailure] = field(default_factory=list)
+    digests: MessageDigests = field(default_factory=MessageDigests)
 
     def next_key(self, slot: str) -> str:
         """The next key of a sequential kind of unit (``a0:m3`` is the 4th model request of run a0)."""
