@@ -33,10 +33,29 @@ class TrailItem(BaseModel):
     error: dict[str, Any] | None = None
 
     def same_as(self, other: TrailItem) -> bool:
-        """Same phase, call, result and error (versions may differ)."""
-        return (self.phase, self.kind, self.name, self.result, self.error) == (
-            other.phase, other.kind, other.name, other.result, other.error
+        """Same phase, call, result and error (versions may differ).
+
+        Model and agent results are compared without their timestamps and agent-run ids,
+        which differ between any two runs even when the model said the same thing.
+        """
+        mine, theirs = self.result, other.result
+        if self.kind in _MODEL_KINDS:
+            mine, theirs = _strip_volatile(mine), _strip_volatile(theirs)
+        return (self.phase, self.kind, self.name, mine, self.error) == (
+            other.phase, other.kind, other.name, theirs, other.error
         )
+
+
+_MODEL_KINDS = frozenset({"model", "agent"})
+_VOLATILE = frozenset({"timestamp", "run_id", "conversation_id"})
+
+
+def _strip_volatile(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_volatile(v) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, list):
+        return [_strip_volatile(v) for v in value]
+    return value
 
 
 class Difference(BaseModel):
