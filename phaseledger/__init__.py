@@ -4,6 +4,8 @@ Define a workflow as phases over a pydantic state, run it on an event store, and
 that stops anywhere resumes from its log: recorded steps and model calls never run again.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from phaseledger.domain.errors import (
     CircuitOpen,
     ConcurrencyConflict,
@@ -32,15 +34,6 @@ from phaseledger.domain.workflow import Phase, Workflow
 from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.context import Context, idempotency_key
 from phaseledger.engine.engine import Engine
-from phaseledger.engine.agents import (
-    SUPPORTED_PYDANTIC_AI,
-    AgentNotDurable,
-    AgentRunFailed,
-    DurableAgent,
-    DurableAgentResult,
-    PhaseledgerDurability,
-    UnsupportedPydanticAI,
-)
 from phaseledger.engine.store import Store
 from phaseledger.engine.views import RecordedEvent, Run, Usage
 from phaseledger.engine.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
@@ -48,6 +41,32 @@ from phaseledger.engine.retention import CompactionReport, RetentionPolicy, Rete
 from phaseledger.engine.timetravel import Checkpoint, ForkInfo, ForkPoint, JournalEntry, Lineage, RunAt
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from phaseledger.engine.agents import (
+        SUPPORTED_PYDANTIC_AI,
+        AgentNotDurable,
+        AgentRunFailed,
+        DurableAgent,
+        DurableAgentResult,
+        PhaseledgerDurability,
+        UnsupportedPydanticAI,
+    )
+
+_AGENT_NAMES = frozenset({
+    "SUPPORTED_PYDANTIC_AI", "AgentNotDurable", "AgentRunFailed", "DurableAgent", "DurableAgentResult",
+    "PhaseledgerDurability", "UnsupportedPydanticAI",
+})
+
+
+def __getattr__(name: str) -> Any:
+    """Import the durable-agent names on first use: pydantic-ai loads only when agents are used."""
+    if name in _AGENT_NAMES:
+        from phaseledger.engine import agents
+
+        return getattr(agents, name)
+    raise AttributeError(f"module 'phaseledger' has no attribute {name!r}")
+
 
 __all__ = [
     "Checkpoint",
