@@ -76,6 +76,12 @@ class Script:
         return len(self.turns) + 1 + retries + tools
 
 
+class InjectedFailure(RuntimeError):
+    """A failure injected by a test; permanent, so retry policies do not retry it."""
+
+    retryable = False
+
+
 class Crash(BaseException):
     """An in-process hard crash: unwinds everything without committing (like a power cut)."""
 
@@ -89,10 +95,15 @@ class Recorder:
     crash_after: bool = False
     """Crash after the n-th side effect happened (it then runs again on resume) instead of before."""
     log: Path | None = None
+    transient: set[int] = field(default_factory=set)
+    """Side-effect positions that first fail with a transient error (retried by a RetryPolicy)."""
     calls: dict[str, int] = field(default_factory=dict)
     total: int = 0
 
     def hit(self, what: str) -> None:
+        if self.total + 1 in self.transient:
+            self.transient.discard(self.total + 1)
+            raise ConnectionError(f"transient failure before {what}")
         self.total += 1
         if not self.crash_after:
             self._maybe_crash()
@@ -110,7 +121,7 @@ class Recorder:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.crash_mode == "unwind":
             raise Crash(f"crash at side effect {self.total}")
-        raise RuntimeError(f"injected failure at side effect {self.total}")
+        raise InjectedFailure(f"injected failure at side effect {self.total}")
 
 
 def _step_of(call_id: str) -> int:
