@@ -26,6 +26,7 @@ from phaseledger.domain.errors import (
     StepFailed,
     StoreUnavailable,
     UnknownWorkflow,
+    WorkerAlreadyRunning,
     WorkflowDefinitionError,
 )
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
@@ -36,6 +37,7 @@ from phaseledger.engine.context import Context, idempotency_key
 from phaseledger.engine.engine import Engine
 from phaseledger.engine.store import Store
 from phaseledger.engine.views import RecordedEvent, Run, Usage
+from phaseledger.engine.worker import Worker, WorkerStats, run_worker
 from phaseledger.engine.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
 from phaseledger.engine.retention import CompactionReport, RetentionPolicy, RetentionReport
 from phaseledger.engine.timetravel import Checkpoint, ForkInfo, ForkPoint, JournalEntry, Lineage, RunAt
@@ -119,8 +121,12 @@ __all__ = [
     "StoreUnavailable",
     "UnknownWorkflow",
     "Usage",
+    "Worker",
+    "WorkerAlreadyRunning",
+    "WorkerStats",
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowRun",
     "idempotency_key",
+    "run_worker",
 ]

@@ -22,7 +22,8 @@ Every error a user can hit derives from :class:`PhaseledgerError`. Definition er
     ├── RunNotFinished               the action needs a finished run (compaction)
     ├── StepFailed                   a step failed and will not be retried any more
     ├── CircuitOpen                  a circuit breaker refuses calls for now
-    └── SignalTimeout                no signal arrived before the timeout
+    ├── SignalTimeout                no signal arrived before the timeout
+    └── WorkerAlreadyRunning         another worker owns this SQLite or memory:// store
 
 Messages name the ids involved and say what to do.
 """
@@ -195,6 +196,19 @@ class SignalTimeout(PhaseledgerError):
         super().__init__(f"no {name!r} signal arrived within {timeout}s")
         self.name = name
         self.timeout = timeout
+
+
+class WorkerAlreadyRunning(PhaseledgerError):
+    """Another worker already owns this store (SQLite and ``memory://`` allow one worker)."""
+
+    def __init__(self, store: str, holder: str) -> None:
+        super().__init__(
+            f"another worker ({holder}) already owns store {store}: a SQLite or memory:// store "
+            "takes one worker process at a time. Stop that worker first, or use a PostgreSQL "
+            "store to run several workers"
+        )
+        self.store = store
+        self.holder = holder
 
 
 def describe_error(exc: BaseException, *, traceback_lines: int = 12) -> dict[str, Any]:

@@ -75,6 +75,7 @@ class WorkflowRun(BaseAggregate[str]):
             run.timers = {}
             run.next_seq = 0
             run.inbox = []
+            run.signal_ids = []
             run.suspended = None
             run.output = None
             run.output_type = None
@@ -172,6 +173,7 @@ class WorkflowRun(BaseAggregate[str]):
 
         def apply(self, run: WorkflowRun) -> None:
             run.inbox.append({"signal_id": self.signal_id, "name": self.name, "payload": self.payload})
+            run.__dict__.setdefault("signal_ids", []).append(self.signal_id)  # every id ever received
             if run.status == WAITING and run.suspended and run.suspended.get("signal") == self.name:
                 run.status = RUNNING
                 run.suspended = None
@@ -280,9 +282,9 @@ class WorkflowRun(BaseAggregate[str]):
     # annotations into constructor fields): workflow, workflow_version, input, parent,
     # status, phase, phase_state, phase_entered_version, attempts {phase: entries},
     # journal {key: entry} and failures {key: [attempts]} and timers {key: wake_at} of the
-    # current phase visit, next_seq, inbox (unconsumed signals), suspended, output,
-    # output_type, error, usage, saved_usage (usage served from the log on resumes),
-    # replayed_steps, steps, checkpoints, finished_on.
+    # current phase visit, next_seq, inbox (unconsumed signals), signal_ids (every signal
+    # id received), suspended, output, output_type, error, usage, saved_usage (usage served
+    # from the log on resumes), replayed_steps, steps, checkpoints, finished_on.
 
     EVENT_NAMES: ClassVar[tuple[str, ...]] = (
         "RunStarted", "PhaseEntered", "StepRecorded", "StepAttemptFailed", "SignalReceived",

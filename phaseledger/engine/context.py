@@ -149,6 +149,7 @@ class Context(Generic[StateT]):
                 raise NonDeterminismError(
                     self.run_id, key, f"failed attempts of {failures[-1]['name']!r}", f"{kind} {name!r}"
                 )
+            self._driver.check_boundary()  # about to go live: stop here if cancelled or released
             return None
         if entry["kind"] != kind or entry["name"] != name:
             raise NonDeterminismError(
@@ -200,7 +201,9 @@ class Context(Generic[StateT]):
             self._driver.record(WorkflowRun.RunSuspended, reason=reason, until=when, signal=signal)
             raise Suspended()
         await self._driver.commit()
-        await asyncio.sleep(remaining)
+        while remaining > 0:  # the loop's clock may wake a hair early: never return before `when`
+            await asyncio.sleep(remaining)
+            remaining = (when - utcnow()).total_seconds()
 
     def _policy(self, retry: RetryPolicy | None) -> RetryPolicy:
         return retry or self._phase.retry or self._driver.workflow.retry or self.engine.retry_policy

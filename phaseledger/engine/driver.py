@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from typing import TYPE_CHECKING, Any
 
 from phaseledger.domain.errors import (
@@ -42,7 +43,13 @@ class Cancelled(BaseException):
 
 
 class Superseded(BaseException):
-    """Unwinds a handler when another driver advanced the run; this one must stop."""
+    """Unwinds a handler when another driver advanced the run (or this one's worker lost its
+    lease); this one must stop without appending."""
+
+
+class Released(BaseException):
+    """Unwinds a handler at a journal boundary when its worker shuts down: what was recorded
+    is committed and the run is left for another worker."""
 
 
 class RunDriver:
@@ -118,14 +125,38 @@ class RunDriver:
         except ConcurrencyConflict:
             await self._rebase(pending)
 
+    def check_boundary(self) -> None:
+        """Stop at this journal boundary if the run was cancelled, released or taken over.
+
+        Called before every live journaled call and every phase: a cancel (in this process,
+        or seen by the worker's lease renewal), a worker shutting down, or a lease that ran
+        out stops the run here, before it does anything more.
+        """
+        stop = self.engine._interrupts.get(self.run.id)
+        if stop is not None:
+            raise stop()
+        deadline = self.engine._lease_deadlines.get(self.run.id)
+        if deadline is not None and time.monotonic() > deadline:
+            raise Superseded()
+
     # -- driving -----------------------------------------------------------------------
 
     async def drive(self) -> None:
         """Run phases until the run completes, fails, suspends or is cancelled."""
+        try:
+            await self._drive_phases()
+        except (Cancelled, Superseded):
+            # Another writer owns the run now (or cancelled it): drop what was not committed
+            # and show the run as the log has it.
+            self.run.collect_events()
+            self.run = await self.engine._call_store(self.engine.store.load, self.run.id)
+
+    async def _drive_phases(self) -> None:
         from phaseledger.engine.context import Context
 
         try:
             while not self.run.finished and self.run.status == "running":
+                self.check_boundary()
                 if self.run.phase is None:  # started, but the initial phase entry was never recorded
                     self.record(
                         WorkflowRun.PhaseEntered, phase=self.workflow.initial_phase, from_phase=None,
@@ -156,7 +187,7 @@ class RunDriver:
                             attempt=self.run.attempts.get(target, 0) + 1,
                             state=ctx._dump_state(),
                         )
-                except (Suspended, Cancelled, Superseded):
+                except (Suspended, Cancelled, Superseded, Released):
                     raise
                 except NonDeterminismError:
                     self.run.collect_events()  # leave the log untouched: old code can still finish the run
@@ -168,10 +199,8 @@ class RunDriver:
                     return
                 await self.commit()
                 self.engine._notify_checkpoint(self.run, "phase")
-        except Suspended:
+        except (Suspended, Released):
             await self.commit()
-        except (Cancelled, Superseded):
-            self.run.collect_events()
 
     async def _fail(self, exc: BaseException) -> None:
         error = describe_error(exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
@@ -23,7 +24,8 @@ from phaseledger.domain.run import FAILED, RUNNING, SLEEPING, RETRYING, WAITING,
 from phaseledger.domain.values import validate_payload
 from phaseledger.domain.workflow import Workflow, WorkflowRegistry
 from phaseledger.engine.breaker import CircuitBreaker
-from phaseledger.engine.driver import RunDriver
+from phaseledger.engine.driver import Cancelled, RunDriver
+from phaseledger.engine.runindex import is_due
 from phaseledger.engine.store import Store
 from phaseledger.engine.views import RecordedEvent, Run, event_view, run_view
 from phaseledger.engine.compare import RunComparison, compare_runs
@@ -79,6 +81,10 @@ class Engine:
         """Signs resume tokens (``token_key=`` or ``$PHASELEDGER_TOKEN_KEY``); None: no tokens."""
         self.time_travel = TimeTravel(self)
         self._active: dict[str, asyncio.Task[Run]] = {}
+        self._interrupts: dict[str, type[BaseException]] = {}
+        """Runs driven here that must stop at their next journal boundary (cancel, worker shutdown)."""
+        self._lease_deadlines: dict[str, float] = {}
+        """Set by workers: the ``time.monotonic()`` after which a run's lease may be gone."""
         self.event_observer: Callable[[WorkflowRun], None] | None = None
         """Testing hook: called with the run after each event a driver records."""
 
@@ -217,13 +223,25 @@ class Engine:
             return await asyncio.shield(self._active[run_id])
         task = asyncio.ensure_future(self._drive_once(run_id, run))
         self._active[run_id] = task
+
+        def done(_: object) -> None:
+            self._active.pop(run_id, None)
+            self._interrupts.pop(run_id, None)
+
         try:
             return await asyncio.shield(task)
         finally:
             if task.done():
-                self._active.pop(run_id, None)
+                done(task)
             else:
-                task.add_done_callback(lambda _: self._active.pop(run_id, None))
+                task.add_done_callback(done)
+
+    def _interrupt(self, run_id: str, stop: type[BaseException]) -> bool:
+        """Make a run driven by this engine stop at its next journal boundary (False if idle here)."""
+        if run_id not in self._active:
+            return False
+        self._interrupts.setdefault(run_id, stop)
+        return True
 
     async def _drive_once(self, run_id: str, run: WorkflowRun | None) -> Run:
         if run is None:
@@ -239,9 +257,11 @@ class Engine:
         """Append a ``name`` signal to a run; a run waiting for it becomes runnable.
 
         The payload is validated against the workflow's declared model for ``name`` (an
-        :class:`InvalidInput` appends nothing). ``signal_id`` makes sending idempotent.
+        :class:`InvalidInput` appends nothing). ``signal_id`` makes sending idempotent: a
+        signal id the run has already received is not appended again. Raises
+        :class:`RunFinished` for a completed, failed or cancelled run.
         """
-        for _ in range(20):
+        for attempt in range(_APPEND_ATTEMPTS):
             run = await self._call_store(self.store.load, run_id)
             if run.finished:
                 raise RunFinished(run_id, run.status, f"signal {name!r} to")
@@ -253,24 +273,56 @@ class Engine:
                 await self._append(run, WorkflowRun.SignalReceived, signal_id=signal_id or str(uuid.uuid4()),
                                    name=name, payload=data)
             except ConcurrencyConflict:
-                await asyncio.sleep(0.005)
+                await _backoff(attempt)  # the run's driver committed meanwhile: reload, try again
                 continue
             return run_view(run, workflow.state_model)
         raise ConcurrencyConflict(run_id)
 
     async def cancel(self, run_id: str, reason: str = "cancelled") -> Run:
-        """Cancel a run: it stops at its next journal boundary and never resumes."""
-        for _ in range(20):
+        """Cancel a run: record ``RunCancelled``; the run never resumes.
+
+        A run in the middle of a step stops at its next journal boundary: the step's result
+        is not recorded and nothing runs after it, whether it is driven by this engine or
+        by a worker in another process (whose next append conflicts with the cancel).
+        Raises :class:`RunFinished` when the run has already finished.
+        """
+        for attempt in range(_APPEND_ATTEMPTS):
             run = await self._call_store(self.store.load, run_id)
             if run.finished:
                 raise RunFinished(run_id, run.status, "cancel")
             try:
                 await self._append(run, WorkflowRun.RunCancelled, reason=reason)
             except ConcurrencyConflict:
-                await asyncio.sleep(0.005)
+                await _backoff(attempt)
                 continue
+            self._interrupt(run_id, Cancelled)
             return self._view(run)
         raise ConcurrencyConflict(run_id)
+
+    # -- workers -----------------------------------------------------------------------
+
+    def worker(
+        self,
+        *,
+        concurrency: int = 10,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 0.5,
+        error_backoff: float = 30.0,
+        worker_id: str | None = None,
+    ) -> Worker:
+        """A worker that drives this store's runnable runs of the registered workflows.
+
+        Runnable means new, interrupted by a crash, woken by a signal or a due timer, or due
+        for a retry. ``await worker.run()`` drives up to ``concurrency`` runs at once on this
+        loop until ``worker.stop()`` (or SIGTERM); ``run(until_idle=True)`` returns when no
+        run is runnable now. On PostgreSQL any number of workers share the store through
+        leases of ``lease_seconds``; SQLite and memory:// stores take one worker. See
+        :class:`phaseledger.engine.worker.Worker` and docs/services.md.
+        """
+        from phaseledger.engine.worker import Worker
+
+        return Worker(self, concurrency=concurrency, lease_seconds=lease_seconds, poll_interval=poll_interval,
+                      error_backoff=error_backoff, worker_id=worker_id)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -368,21 +420,17 @@ def _notify(callback: Callable[[str, str], Any] | None, run_id: str, what: str) 
         logging.getLogger("phaseledger").exception("callback %r failed for run %r (%s)", callback, run_id, what)
 
 
-def is_due(run: WorkflowRun, now: datetime | None = None) -> bool:
-    """Whether a run should be driven now: running, or suspended and woken (signal or time)."""
-    if run.status == RUNNING:
-        return True
-    if run.finished or not run.suspended:
-        return False
-    now = now or datetime.now(timezone.utc)
-    until = run.suspended.get("until")
-    if until is not None and now >= until:
-        return True
-    signal = run.suspended.get("signal")
-    return run.status == WAITING and any(s["name"] == signal for s in run.inbox)
+_APPEND_ATTEMPTS = 40
+
+
+async def _backoff(attempt: int) -> None:
+    """Sleep before appending again to a run whose driver keeps committing (5 ms .. 0.2 s, jittered)."""
+    await asyncio.sleep(min(0.005 * 2 ** attempt, 0.2) * (0.5 + random.random()))
 
 
 def _signal_seen(run: WorkflowRun, signal_id: str) -> bool:
+    if signal_id in getattr(run, "signal_ids", ()):
+        return True
     if any(s["signal_id"] == signal_id for s in run.inbox):
         return True
     return any((e.get("detail") or {}).get("signal_id") == signal_id for e in run.journal.values())

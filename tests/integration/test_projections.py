@@ -277,3 +277,16 @@ def test_ddl_names_every_table() -> None:
         for table in ("report_runs", "report_phases", "report_token_usage", "report_failures", "report_meta"):
             assert f"CREATE TABLE IF NOT EXISTS {table} (" in text
     assert "TIMESTAMPTZ" in ddl("postgresql") and "TIMESTAMPTZ" not in ddl("sqlite")
+
+
+def test_the_docs_list_every_column() -> None:
+    from pathlib import Path
+
+    from phaseledger.projections.schema import READ_MODELS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "projections.md").read_text()
+    for table in READ_MODELS:
+        block = text[text.index(f"CREATE TABLE IF NOT EXISTS {table.name} ("):]
+        block = block[: block.index("PRIMARY KEY")]
+        for column in table.column_names:
+            assert f" {column} " in block.replace("\n", " ").replace(",", " "), (table.name, column)

@@ -1,0 +1,406 @@
+"""The run index: which runs a worker may drive, and when; derived from the notification log.
+
+Every event a run appends lands in the store's notification log. The index follows that
+log with eventsourcing tracking: each pass reads the notifications after its tracking
+position, folds the runs they touch (the same fold that resumes runs, so "runnable" means
+exactly what :func:`is_due` says) and writes the index rows and the new position in one
+transaction. So nothing is lost between "events appended" and "index updated": after any
+crash the next pass starts from the last position written, and the index can be rebuilt
+from position 0 at any time (:meth:`RunIndex.rebuild`).
+
+Backends follow the store: :class:`MemoryRunIndex` (``memory://``), :class:`SQLiteRunIndex`
+and :class:`PostgresRunIndex`, each an eventsourcing tracking recorder with the index
+table added. Statements are in :mod:`phaseledger.engine._worker_sql`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, PersistenceError, Tracking, TrackingRecorder
+from eventsourcing.popo import POPOTrackingRecorder
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from psycopg.sql import SQL, Identifier
+
+from phaseledger.domain.errors import RunNotFound, StoreUnavailable
+from phaseledger.domain.run import FINISHED, RUNNING, WAITING, WorkflowRun
+from phaseledger.engine import _worker_sql as q
+from phaseledger.engine.store import Store
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _awaited_signal_arrived(run: WorkflowRun) -> bool:
+    signal = (run.suspended or {}).get("signal")
+    return run.status == WAITING and signal is not None and any(s["name"] == signal for s in run.inbox)
+
+
+def is_due(run: WorkflowRun, now: datetime | None = None) -> bool:
+    """Whether a run should be driven now: running, or suspended and woken (signal or time)."""
+    if run.finished:
+        return False
+    if run.status == RUNNING or _awaited_signal_arrived(run):
+        return True
+    until = (run.suspended or {}).get("until")
+    return until is not None and (now or datetime.now(timezone.utc)) >= until
+
+
+def runnable_at(run: WorkflowRun) -> datetime | None:
+    """When the run may next be driven; None while only a new event can wake it.
+
+    Running runs (new, or interrupted by a crash) and runs whose awaited signal arrived are
+    runnable since their last event; sleeping runs, runs retrying after backoff and waits
+    with a timeout at their wake time. Agrees with :func:`is_due`:
+    ``is_due(run, now)`` exactly when this is not None and (the run is running or woken, or
+    ``now`` reached it).
+    """
+    if run.finished:
+        return None
+    if run.status == RUNNING or _awaited_signal_arrived(run):
+        return run.modified_on or _EPOCH
+    until = (run.suspended or {}).get("until")
+    return until if isinstance(until, datetime) else None
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """What the index knows about one run."""
+
+    run_id: str
+    workflow: str
+    workflow_version: int
+    status: str
+    runnable_at: datetime | None
+    """When the run may next be driven (None: waits for a signal, or finished)."""
+    version: int
+    """The run version this row reflects."""
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, run: WorkflowRun) -> IndexRow:
+        """The row of a run as it stands in the log."""
+        return cls(
+            run_id=run.id, workflow=run.workflow, workflow_version=run.workflow_version, status=run.status,
+            runnable_at=runnable_at(run), version=run.version, updated_at=run.modified_on,
+        )
+
+    @property
+    def workflow_key(self) -> str:
+        """``name@version``: which registered workflow can drive the run."""
+        return workflow_key(self.workflow, self.workflow_version)
+
+    @property
+    def finished(self) -> bool:
+        """Completed, failed or cancelled."""
+        return self.status in FINISHED
+
+
+def workflow_key(name: str, version: int) -> str:
+    """The key a run index uses for a workflow version (``name@version``)."""
+    return f"{name}@{version}"
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+class RunIndex(TrackingRecorder):
+    """The index of runs of one store, maintained from its notification log with tracking.
+
+    :meth:`catch_up` is safe to call from several processes at once: each pass writes its
+    rows and its tracking position in one transaction, and a pass that finds the position
+    moved on (another indexer got there first) writes nothing.
+    """
+
+    store: Store
+
+    def catch_up(self, *, batch: int = 500) -> int:
+        """Index the notifications after the tracking position; return how many were read.
+
+        Call it until it returns less than ``batch`` to reach the end of the log.
+        """
+        position = self.position()
+        try:
+            notifications = self.store.app.recorder.select_notifications(
+                start=position, limit=batch, inclusive_of_start=False
+            )
+        except PersistenceError as exc:
+            raise StoreUnavailable(f"store {self.store.url.redacted} failed to read its log: {exc}") from exc
+        if not notifications:
+            return 0
+        run_ids = list(dict.fromkeys(str(n.originator_id) for n in notifications))
+        rows = []
+        for run_id in run_ids:
+            with contextlib.suppress(RunNotFound):
+                rows.append(IndexRow.of(self.store.load(run_id)))
+        try:
+            self._write(rows, Tracking(q.TRACKING_NAME, notifications[-1].id))
+        except IntegrityError:
+            return 0  # another indexer recorded this position first: its rows stand
+        return len(notifications)
+
+    def catch_up_fully(self, *, batch: int = 500) -> int:
+        """Index the whole log after the tracking position; return how many were read."""
+        total = 0
+        while (read := self.catch_up(batch=batch)) >= batch:
+            total += read
+        return total + read
+
+    def position(self) -> int:
+        """The notification id the index has reached (0 before the first pass)."""
+        return self.max_tracking_id(q.TRACKING_NAME) or 0
+
+    def caught_up(self) -> bool:
+        """Whether the index has read the whole notification log."""
+        return (self.store.app.recorder.max_notification_id() or 0) <= self.position()
+
+    def rebuild(self) -> int:
+        """Drop every row and the tracking position, then index the log from the start."""
+        self._reset()
+        return self.catch_up_fully()
+
+    @abstractmethod
+    def _write(self, rows: Sequence[IndexRow], tracking: Tracking) -> None:
+        """Upsert ``rows`` and record ``tracking`` in one transaction (IntegrityError if behind)."""
+
+    @abstractmethod
+    def _reset(self) -> None:
+        """Delete all rows and the tracking position."""
+
+    @abstractmethod
+    def rows(self) -> list[IndexRow]:
+        """Every row, ordered by run id."""
+
+    @abstractmethod
+    def get(self, run_id: str) -> IndexRow | None:
+        """The row of one run (None when the index has not seen it)."""
+
+    @abstractmethod
+    def next_wake(self, keys: Iterable[str]) -> datetime | None:
+        """The earliest ``runnable_at`` among runs of these workflow keys."""
+
+    @abstractmethod
+    def runnable(self, now: datetime, keys: Iterable[str], limit: int) -> list[tuple[str, int]]:
+        """``(run_id, version)`` of runs of these workflow keys runnable at ``now``, oldest first."""
+
+
+class MemoryRunIndex(POPOTrackingRecorder, RunIndex):
+    """The run index of a ``memory://`` store (in this process only)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self._rows: dict[str, IndexRow] = {}
+
+    def _write(self, rows: Sequence[IndexRow], tracking: Tracking) -> None:
+        with self._database_lock:
+            self._assert_tracking_uniqueness(tracking)
+            for row in rows:
+                old = self._rows.get(row.run_id)
+                if old is None or old.version <= row.version:
+                    self._rows[row.run_id] = row
+            self._insert_tracking(tracking)
+
+    def _reset(self) -> None:
+        with self._database_lock:
+            self._rows.clear()
+            self._max_tracking_ids.pop(q.TRACKING_NAME, None)
+
+    def rows(self) -> list[IndexRow]:
+        with self._database_lock:
+            return sorted(self._rows.values(), key=lambda r: r.run_id)
+
+    def get(self, run_id: str) -> IndexRow | None:
+        with self._database_lock:
+            return self._rows.get(run_id)
+
+    def next_wake(self, keys: Iterable[str]) -> datetime | None:
+        wanted = set(keys)
+        with self._database_lock:
+            times = [r.runnable_at for r in self._rows.values() if r.runnable_at and r.workflow_key in wanted]
+        return min(times, default=None)
+
+    def runnable(self, now: datetime, keys: Iterable[str], limit: int) -> list[tuple[str, int]]:
+        wanted = set(keys)
+        with self._database_lock:
+            due = [r for r in self._rows.values()
+                   if r.runnable_at is not None and r.runnable_at <= now and r.workflow_key in wanted]
+        due.sort(key=lambda r: r.runnable_at or _EPOCH)
+        return [(r.run_id, r.version) for r in due[:limit]]
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _dt(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, timezone.utc) if value is not None else None
+
+
+class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
+    """The run index of a SQLite store: a table in the same file, next to the events."""
+
+    def __init__(self, store: Store) -> None:
+        datastore = store.app.recorder.datastore  # type: ignore[attr-defined]
+        assert isinstance(datastore, SQLiteDatastore)
+        super().__init__(datastore)
+        self.store = store
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *q.SQLITE_CREATE]
+
+    @staticmethod
+    def _params(row: IndexRow) -> dict[str, Any]:
+        return {
+            "run_id": row.run_id, "workflow": row.workflow, "workflow_version": row.workflow_version,
+            "workflow_key": row.workflow_key, "status": row.status, "runnable_at": _ts(row.runnable_at),
+            "version": row.version, "updated_at": _ts(row.updated_at),
+        }
+
+    @staticmethod
+    def _row(r: Any) -> IndexRow:
+        return IndexRow(
+            run_id=r[0], workflow=r[1], workflow_version=r[2], status=r[3], runnable_at=_dt(r[4]),
+            version=r[5], updated_at=_dt(r[6]) or _EPOCH,
+        )
+
+    def _write(self, rows: Sequence[IndexRow], tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            for row in rows:
+                c.execute(q.SQLITE_UPSERT_ROW, self._params(row))
+            self._insert_tracking(c, tracking)
+
+    def _reset(self) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            for statement in q.SQLITE_RESET:
+                c.execute(statement, {"name": q.TRACKING_NAME})
+
+    def rows(self) -> list[IndexRow]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(q.SQLITE_SELECT_ROWS)
+            return [self._row(r) for r in c.fetchall()]
+
+    def get(self, run_id: str) -> IndexRow | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(q.SQLITE_SELECT_ROW, {"run_id": run_id})
+            found = c.fetchone()
+        return self._row(found) if found else None
+
+    def next_wake(self, keys: Iterable[str]) -> datetime | None:
+        keys = list(keys)
+        if not keys:
+            return None
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(q.SQLITE_NEXT_WAKE.format(keys=", ".join("?" * len(keys))), keys)
+            return _dt(c.fetchone()[0])
+
+    def runnable(self, now: datetime, keys: Iterable[str], limit: int) -> list[tuple[str, int]]:
+        keys = list(keys)
+        if not keys or limit <= 0:
+            return []
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(q.SQLITE_RUNNABLE.format(keys=", ".join("?" * len(keys))), [now.timestamp(), *keys, limit])
+            return [(r[0], r[1]) for r in c.fetchall()]
+
+
+class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
+    """The run index of a PostgreSQL store, shared by every worker on it (see :mod:`.leases`)."""
+
+    def __init__(self, store: Store) -> None:
+        datastore = store.app.recorder.datastore  # type: ignore[attr-defined]
+        assert isinstance(datastore, PostgresDatastore)
+        super().__init__(datastore, tracking_table_name=q.TRACKING_TABLE)
+        self.store = store
+        self.schema = Identifier(datastore.schema)
+        self.lock_key = f"{datastore.schema}.{q.INDEX_TABLE}"
+        self.sql_create_statements.extend(self.sql(s) for s in q.PG_CREATE)
+
+    def sql(self, statement: str) -> Any:
+        """A statement of :mod:`._worker_sql` with the store's schema filled in."""
+        return SQL(statement).format(schema=self.schema)  # type: ignore[arg-type]
+
+    def create_table(self) -> None:
+        # Several workers may start on a fresh schema at once: creation is serialised by an
+        # advisory lock, and a worker that raced another's migration row simply tries again.
+        for attempt in range(3):
+            try:
+                super().create_table()
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+
+    def _create_table(self, curs: Any) -> None:
+        curs.execute(q.PG_CREATE_LOCK, {"key": self.lock_key + ":create"})
+        super()._create_table(curs)
+
+    def _write(self, rows: Sequence[IndexRow], tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(q.PG_TRY_INDEX_LOCK, {"key": self.lock_key})
+            locked = curs.fetchone()
+            if not (locked and locked["locked"]):
+                raise IntegrityError("another worker is indexing the log now")
+            upsert = self.sql(q.PG_UPSERT_ROW)
+            curs.executemany(upsert, [
+                {"run_id": r.run_id, "workflow": r.workflow, "workflow_version": r.workflow_version,
+                 "workflow_key": r.workflow_key, "status": r.status, "runnable_at": r.runnable_at,
+                 "version": r.version, "updated_at": r.updated_at}
+                for r in sorted(rows, key=lambda r: r.run_id)
+            ])
+            self._insert_tracking(curs, tracking)
+
+    def _reset(self) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            for statement in q.PG_RESET:
+                curs.execute(self.sql(statement), {"name": q.TRACKING_NAME})
+
+    @staticmethod
+    def _row(r: dict[str, Any]) -> IndexRow:
+        return IndexRow(
+            run_id=r["run_id"], workflow=r["workflow"], workflow_version=r["workflow_version"],
+            status=r["status"], runnable_at=_aware(r["runnable_at"]), version=r["version"],
+            updated_at=_aware(r["updated_at"]) or _EPOCH,
+        )
+
+    def rows(self) -> list[IndexRow]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.sql(q.PG_SELECT_ROWS))
+            return [self._row(r) for r in curs.fetchall()]
+
+    def get(self, run_id: str) -> IndexRow | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.sql(q.PG_SELECT_ROW), {"run_id": run_id})
+            found = curs.fetchone()
+        return self._row(found) if found else None
+
+    def next_wake(self, keys: Iterable[str]) -> datetime | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.sql(q.PG_NEXT_WAKE), {"keys": list(keys)})
+            found = curs.fetchone()
+        return _aware(found["next_wake"]) if found else None
+
+    def runnable(self, now: datetime, keys: Iterable[str], limit: int) -> list[tuple[str, int]]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.sql(q.PG_RUNNABLE), {"now": now, "keys": list(keys), "limit": limit})
+            return [(r["run_id"], r["version"]) for r in curs.fetchall()]
+
+
+def open_run_index(store: Store) -> RunIndex:
+    """The run index of a store (tables are created on first use)."""
+    index: RunIndex
+    try:
+        if store.url.backend == "memory":
+            return MemoryRunIndex(store)
+        index = SQLiteRunIndex(store) if store.url.backend == "sqlite" else PostgresRunIndex(store)
+        index.create_table()
+    except PersistenceError as exc:
+        raise StoreUnavailable(f"cannot open the run index of {store.url.redacted}: {exc}") from exc
+    return index

@@ -1,0 +1,405 @@
+"""Workers: drive every runnable run of a store, many at once on one asyncio loop.
+
+A run is *runnable* when it is new, was interrupted by a crash, was woken by a signal or a
+due timer, or is due for a retry after backoff. A :class:`Worker` finds them in the run
+index (:mod:`.runindex`, which follows the notification log, so none is ever missed),
+claims them (:mod:`.leases`), drives up to ``concurrency`` of them at once with
+``engine.resume`` and releases each when its drive ends (completed, failed, suspended
+again, cancelled, or taken over).
+
+On PostgreSQL any number of worker processes on any number of machines share a store;
+the run of a worker that died is claimed again when its lease expires. SQLite and
+``memory://`` stores take one worker process (a second one raises
+:class:`~phaseledger.WorkerAlreadyRunning`).
+
+Shutdown is graceful: on ``stop()`` or the first SIGTERM/SIGINT the worker claims nothing
+more, lets every run it drives reach its next journal boundary (the step in flight
+finishes and is recorded), commits, and releases the run for another worker. A second
+signal, or ``stop(now=True)``, cancels the runs at once (the steps in flight will run
+again elsewhere, as after a crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from phaseledger.domain.errors import (
+    ConcurrencyConflict,
+    PhaseledgerError,
+    RunFinished,
+    StoreUnavailable,
+    UnknownWorkflow,
+)
+from phaseledger.domain.run import CANCELLED, COMPLETED, FAILED
+from phaseledger.domain.workflow import Workflow
+from phaseledger.engine.driver import Cancelled, Released, Superseded
+from phaseledger.engine.leases import Claim, Leases, open_leases, worker_identity
+from phaseledger.engine.runindex import RunIndex, open_run_index, workflow_key
+
+if TYPE_CHECKING:
+    from phaseledger.engine.engine import Engine
+
+log = logging.getLogger("phaseledger.worker")
+
+_LEASE_SAFETY = 0.8
+"""A run stops at its next journal boundary once this fraction of its lease passed unrenewed."""
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did, returned by :meth:`Worker.run`."""
+
+    claimed: int = 0
+    """Runs claimed (a run claimed again after a suspension counts again)."""
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    suspended: int = 0
+    """Drives that ended with the run waiting, sleeping or retrying later."""
+    released: int = 0
+    """Drives stopped by shutdown and left to another worker."""
+    lost: int = 0
+    """Claims another writer got to first (lease taken over, or a race on the log): nothing appended."""
+    errors: int = 0
+    """Drives that raised (logged); the run is held back for ``error_backoff`` seconds."""
+    indexed: int = 0
+    """Notifications of the log this worker indexed."""
+
+
+class Worker:
+    """Drives the runnable runs of an engine's store; build it with :meth:`Engine.worker`.
+
+    Only runs of workflows registered with the engine are claimed, so workers with
+    different workflows can share a PostgreSQL store.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        concurrency: int = 10,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 0.5,
+        error_backoff: float = 30.0,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise PhaseledgerError(f"a worker needs concurrency >= 1, got {concurrency}")
+        if lease_seconds <= 0 or poll_interval <= 0 or error_backoff < 0:
+            raise PhaseledgerError("lease_seconds and poll_interval must be > 0 and error_backoff >= 0")
+        self.engine = engine
+        self.concurrency = concurrency
+        self.lease_seconds = float(lease_seconds)
+        """How long a claim lasts unless renewed; renewed every third of it while driving."""
+        self.poll_interval = float(poll_interval)
+        """How often the worker looks for new runnable runs when idle."""
+        self.error_backoff = float(error_backoff)
+        self.id = worker_id or f"{worker_identity()}:{uuid.uuid4().hex[:8]}"
+        self.stats = WorkerStats()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._running = False
+        self._index: RunIndex | None = None
+        self._leases: Leases | None = None
+
+    def __repr__(self) -> str:
+        return f"Worker({self.id!r}, store={self.engine.store.url.redacted!r}, concurrency={self.concurrency})"
+
+    @property
+    def active_runs(self) -> list[str]:
+        """The ids of the runs this worker is driving now."""
+        return list(self._tasks)
+
+    @property
+    def running(self) -> bool:
+        """True between the start and the end of :meth:`run`."""
+        return self._running
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, *, until_idle: bool = False, handle_signals: bool = True) -> WorkerStats:
+        """Drive runnable runs until :meth:`stop` (or, with ``until_idle``, until none is runnable now).
+
+        ``until_idle`` returns once this worker drives nothing and the index, caught up with
+        the log, shows no run it could claim now (runs sleeping until later, waiting for a
+        signal, or held by other workers do not count). ``handle_signals`` makes SIGTERM and
+        SIGINT stop the worker gracefully (a second one: at once), where the loop allows it.
+        Raises :class:`~phaseledger.WorkerAlreadyRunning` when another worker owns a SQLite
+        or memory:// store, :class:`~phaseledger.StoreUnavailable` when the store cannot be
+        reached at start.
+        """
+        if self._running:
+            raise PhaseledgerError(f"worker {self.id} is already running")
+        self._running, self._stopping = True, False
+        self._wakeup = asyncio.Event()
+        removers = self._install_signal_handlers() if handle_signals else []
+        renewer: asyncio.Task[None] | None = None
+        try:
+            self._index = await self._call(open_run_index, self.engine.store)
+            self._leases = await self._call(open_leases, self._index, self.id)
+            renewer = asyncio.ensure_future(self._renew_forever())
+            log.info("worker %s started on %s (concurrency %d)", self.id, self.engine.store.url.redacted,
+                     self.concurrency)
+            while not self._stopping:
+                claimed = await self._poll()
+                if until_idle and not self._tasks and not claimed and await self._caught_up():
+                    break
+                if claimed and len(self._tasks) < self.concurrency:
+                    continue  # there may be more runnable runs than one claim took
+                await self._sleep(self.poll_interval)
+        finally:
+            await self._shutdown()
+            if renewer is not None:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+            if self._leases is not None:
+                self._leases.close()
+            self._leases = None
+            for remove in removers:
+                remove()
+            self._running = False
+            log.info("worker %s stopped: %s", self.id, self.stats)
+        return self.stats
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming runs; the runs being driven stop at their next journal boundary.
+
+        With ``now=True`` they are cancelled at once instead (a step in flight will run
+        again on the next worker, as after a crash). Safe to call from a signal handler.
+        """
+        if now:
+            for run_id in list(self._tasks):
+                active = self.engine._active.get(run_id)
+                if active is not None:
+                    active.cancel()
+                self._tasks[run_id].cancel()
+        self._stopping = True
+        for run_id in list(self._tasks):
+            self.engine._interrupt(run_id, Released)
+        self._wakeup.set()
+
+    def _install_signal_handlers(self) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        removers = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+            except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+                continue  # not the main thread, or a loop without signal support
+            removers.append(lambda s=signum: loop.remove_signal_handler(s))
+        return removers
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping:
+            log.warning("worker %s: second %s, cancelling %d run(s) now", self.id, name, len(self._tasks))
+            self.stop(now=True)
+        else:
+            log.info("worker %s: %s, finishing the current step of %d run(s) and releasing them",
+                     self.id, name, len(self._tasks))
+            self.stop()
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        for run_id in list(self._tasks):
+            self.engine._interrupt(run_id, Released)
+        while self._tasks:
+            await asyncio.wait(list(self._tasks.values()))
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await self.engine._call_store(fn, *args)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        self._wakeup.clear()
+
+    def _keys(self) -> list[str]:
+        return [workflow_key(name, version) for (name, version) in self.engine.registry.workflows]
+
+    async def _poll(self) -> int:
+        """Index the log, then claim what fits; return how many runs were claimed."""
+        assert self._index is not None and self._leases is not None
+        try:
+            self.stats.indexed += await self._call(self._index.catch_up_fully)
+            free = self.concurrency - len(self._tasks)
+            if free <= 0 or self._stopping:
+                return 0
+            claims: list[Claim] = await self._call(
+                self._leases.claim, self.id, free, self.lease_seconds, self._keys()
+            )
+        except StoreUnavailable as exc:
+            log.warning("worker %s: %s; trying again in %.1fs", self.id, exc, self.poll_interval)
+            return 0
+        for claim in claims:
+            self._start(claim)
+        return len(claims)
+
+    async def _caught_up(self) -> bool:
+        assert self._index is not None
+        return bool(await self._call(self._index.caught_up))
+
+    def _start(self, claim: Claim) -> None:
+        self.stats.claimed += 1
+        self.engine._lease_deadlines[claim.run_id] = time.monotonic() + self.lease_seconds * _LEASE_SAFETY
+        task = asyncio.ensure_future(self._drive(claim))
+        self._tasks[claim.run_id] = task
+
+        def done(_: object) -> None:
+            if self._tasks.get(claim.run_id) is task:
+                del self._tasks[claim.run_id]
+            self._wakeup.set()
+
+        task.add_done_callback(done)
+
+    async def _drive(self, claim: Claim) -> None:
+        """Drive one claimed run, then release it with the version it was left at."""
+        run_id, fence, hold = claim.run_id, claim.version, 0.0
+        try:
+            view = await self.engine.resume(run_id)
+        except ConcurrencyConflict:  # another writer took the run between claim and resume
+            self.stats.lost += 1
+            fence += 1
+        except RunFinished:  # the index had not seen the end of the run yet
+            fence += 1
+        except asyncio.CancelledError:
+            self.stats.released += 1
+            raise
+        except Exception as exc:
+            self.stats.errors += 1
+            hold = self.error_backoff
+            if isinstance(exc, UnknownWorkflow):
+                log.error("worker %s cannot drive run %s: %s", self.id, run_id, exc)
+            else:
+                log.exception("worker %s: run %s raised; holding it back for %.0fs", self.id, run_id, hold)
+        else:
+            fence = max(fence, view.version)
+            self._count(view.status, run_id)
+            if view.version <= claim.version and not view.finished and view.status != "running":
+                hold = min(self.poll_interval, 1.0)  # not due by this worker's clock yet
+        finally:
+            self.engine._lease_deadlines.pop(run_id, None)
+            if self._leases is not None:
+                try:
+                    await self._call(self._leases.release, self.id, run_id, fence, hold)
+                except StoreUnavailable as exc:  # the lease expires by itself
+                    log.warning("worker %s could not release run %s: %s", self.id, run_id, exc)
+
+    def _count(self, status: str, run_id: str) -> None:
+        stopped_by = self.engine._interrupts.get(run_id)
+        if status == COMPLETED:
+            self.stats.completed += 1
+        elif status == FAILED:
+            self.stats.failed += 1
+        elif status == CANCELLED:
+            self.stats.cancelled += 1
+        elif status == "running":
+            if stopped_by is Released or self._stopping:
+                self.stats.released += 1
+            else:
+                self.stats.lost += 1
+        else:
+            self.stats.suspended += 1
+
+    async def _renew_forever(self) -> None:
+        """Renew the leases of the runs being driven; stop those taken over or cancelled."""
+        assert self._leases is not None
+        every = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(every)
+            driving = dict(self._tasks)
+            if not driving:
+                continue
+            asked = time.monotonic()
+            try:
+                renewal = await self._call(self._leases.renew, self.id, list(driving), self.lease_seconds)
+            except StoreUnavailable as exc:
+                log.warning("worker %s could not renew its leases: %s", self.id, exc)
+                continue  # the runs stop at their next boundary once their deadline passes
+            for run_id, task in driving.items():
+                if self._tasks.get(run_id) is not task:
+                    continue  # that drive ended meanwhile
+                if run_id in renewal.cancelled:
+                    self.engine._interrupt(run_id, Cancelled)
+                elif run_id in renewal.kept:
+                    self.engine._lease_deadlines[run_id] = asked + self.lease_seconds * _LEASE_SAFETY
+                else:
+                    log.warning("worker %s lost its lease on run %s; stopping it", self.id, run_id)
+                    self.engine._interrupt(run_id, Superseded)
+
+
+def load_workflows(spec: str) -> list[Workflow[Any]]:
+    """The workflows named by an import path: ``package.module`` or ``package.module:attribute``.
+
+    Without an attribute, a module-level ``workflows`` list wins, else every
+    :class:`~phaseledger.Workflow` defined at module level. An attribute may be a
+    workflow, a list of them, or a function returning either.
+    """
+    module_path, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as exc:
+        raise UnknownWorkflow(
+            f"cannot import workflows module {module_path!r}: {exc} (check the import path and PYTHONPATH)"
+        ) from exc
+    if attribute:
+        if not hasattr(module, attribute):
+            raise UnknownWorkflow(f"workflows module {module_path!r} has no attribute {attribute!r}")
+        target: Any = getattr(module, attribute)
+        if callable(target) and not isinstance(target, Workflow):
+            target = target()
+        found = [target] if isinstance(target, Workflow) else list(target)
+    elif isinstance(getattr(module, "workflows", None), (list, tuple)):
+        found = list(module.workflows)
+    else:
+        found = [value for value in vars(module).values() if isinstance(value, Workflow)]
+    if not found or not all(isinstance(w, Workflow) for w in found):
+        raise UnknownWorkflow(
+            f"{spec!r} defines no workflows: define phaseledger.Workflow objects at module level, "
+            "a `workflows` list, or name one with module:attribute"
+        )
+    return found
+
+
+async def run_worker(
+    store_url: str | None,
+    workflows: str | Iterable[Workflow[Any]],
+    *,
+    concurrency: int = 10,
+    lease_seconds: float = 30.0,
+    poll_interval: float = 0.5,
+    error_backoff: float = 30.0,
+    until_idle: bool = False,
+    worker_id: str | None = None,
+    handle_signals: bool = True,
+    engine_options: Mapping[str, Any] | None = None,
+) -> WorkerStats:
+    """Run a worker on a store until SIGTERM/SIGINT (or until idle): what ``phaseledger worker`` does.
+
+    ``workflows`` is an import path (see :func:`load_workflows`) or the workflows
+    themselves; ``engine_options`` are passed to :class:`~phaseledger.Engine` (for example
+    ``max_inline_wait`` or ``checkpoint_every_n_steps``).
+    """
+    from phaseledger.engine.engine import Engine
+
+    found = load_workflows(workflows) if isinstance(workflows, str) else list(workflows)
+    engine = Engine(store_url, workflows=found, **dict(engine_options or {}))
+    try:
+        worker = engine.worker(concurrency=concurrency, lease_seconds=lease_seconds, poll_interval=poll_interval,
+                               error_backoff=error_backoff, worker_id=worker_id)
+        return await worker.run(until_idle=until_idle, handle_signals=handle_signals)
+    finally:
+        engine.close()
