@@ -25,4 +25,4 @@ bench: $(STAMP)  ## the benchmark suite (figures as ratios to floors measured in
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis phaseledger.db* demo.db*
+	rm -rf $(VENV) .pytest_cache .hypothesis phaseledger.db* demo.db* demo-*.svg

@@ -87,6 +87,27 @@ def tokens(usage: dict[str, Any] | None) -> str:
     return f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}"
 
 
+def call_name(kind: str, name: str) -> str:
+    """A journaled call's name for people: agent units' long operation names shortened.
+
+    pydantic-ai names units ``<agent>__<operation>``; model requests read as
+    ``planner: model request`` and tool calls as ``researcher: tool search``. Other names are
+    kept as they are (``--json`` output always has the exact names).
+    """
+    agent, sep, operation = name.partition("__")
+    if sep and kind == "model":
+        return f"{agent}: model request"
+    if sep and kind == "tool" and "call_tool:" in operation:
+        return f"{agent}: tool {operation.rsplit('call_tool:', 1)[1]}"
+    return name
+
+
+def call_label(kind: str, name: str) -> str:
+    """``step 'add'`` for plain calls, the shortened name for agent units."""
+    short = call_name(kind, name)
+    return short if short != name else f"{kind} {name!r}"
+
+
 def event_summary(event: RecordedEvent) -> str:
     """What one event says, in one line of plain text."""
     d = event.data
@@ -98,7 +119,7 @@ def event_summary(event: RecordedEvent) -> str:
         source = f" from {d['from_phase']}" if d.get("from_phase") else ""
         return f"entered {d.get('phase')}{source} ({d.get('reason')}, attempt {d.get('attempt')})"
     if kind == "StepRecorded":
-        parts = [f"{d.get('kind')} {d.get('name')!r}"]
+        parts = [call_label(str(d.get("kind")), str(d.get("name")))]
         if d.get("usage"):
             parts.append(f"{tokens(d['usage'])} tokens")
         if d.get("duration"):
@@ -177,8 +198,9 @@ def steps_table(console: Console, events: Sequence[RecordedEvent], *, limit: int
             phase = str(event.data.get("phase"))
         elif event.type == "StepRecorded":
             d = event.data
-            rows.append((phase, str(d.get("seq")), str(d.get("kind")), escape(str(d.get("name"))),
-                         tokens(d.get("usage")), f"{d.get('duration') or 0:.3f}"))
+            kind, name = str(d.get("kind")), str(d.get("name"))
+            rows.append((phase, str(d.get("seq")), kind, escape(call_name(kind, name)), tokens(d.get("usage")),
+                         f"{d.get('duration') or 0:.3f}"))
     cut = max(0, len(rows) - limit)
     for row in rows[cut:]:
         grid.add_row(*row)
@@ -231,7 +253,8 @@ def print_comparison(console: Console, comparison: Any) -> None:
     emit(console, grid)
     if comparison.common_ancestor:
         ancestor = comparison.common_ancestor
-        console.print(f"common ancestor: run {escape(str(ancestor.get('run_id')))} up to version {ancestor.get('version')}")
+        run_id = escape(str(ancestor.get("run_id")))
+        console.print(f"common ancestor: run {run_id} up to version {ancestor.get('version')}")
     if comparison.identical:
         console.print("identical: same path, same calls and results, same state and output")
         return

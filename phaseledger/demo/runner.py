@@ -35,8 +35,8 @@ TOPIC = "durable execution for AI agents"
 """What the demo run researches."""
 LATENCY = 0.25
 """Seconds the deterministic local model takes per request (a real provider takes what it takes)."""
-KILL_AFTER_CALLS = 2
-"""The child is killed once a phase after the first has recorded this many calls."""
+KILL_AFTER_CALLS = 4
+"""Calls a phase after the first records before the child is killed (two model requests suffice)."""
 CHILD_TIMEOUT = 120.0
 """Seconds a child process may take before the demo gives up on it."""
 
@@ -113,8 +113,17 @@ class LogFollower:
 
     @property
     def kill_point_reached(self) -> bool:
-        """A phase after the first has recorded enough calls to make replay visible."""
-        return len(self.phases_seen) >= 2 and len(self.visit_calls) >= KILL_AFTER_CALLS
+        """Part-way through a phase after the first, with enough recorded to make replay visible.
+
+        That is two model requests (or ``KILL_AFTER_CALLS`` calls of any kind) into the
+        phase visit; from the third phase on, one recorded call is enough.
+        """
+        if len(self.phases_seen) < 2:
+            return False
+        models = sum(1 for e in self.visit_calls if e.data.get("kind") == "model")
+        if len(self.phases_seen) >= 3:
+            return bool(self.visit_calls)
+        return models >= 2 or len(self.visit_calls) >= KILL_AFTER_CALLS
 
 
 @dataclass
@@ -264,7 +273,7 @@ class Demo:
     def _resume(self, store: Store, killed: LogFollower) -> None:
         from rich.markup import escape
 
-        from phaseledger.cli._render import tokens
+        from phaseledger.cli._render import call_name, tokens
         from phaseledger.engine.views import run_view
 
         self.heading("2. what the log holds")
@@ -298,7 +307,8 @@ class Demo:
         for event in killed.visit_calls:
             d = event.data
             used = f"  {tokens(d.get('usage'))} tokens" if d.get("usage") else ""
-            self.say(f"    {d.get('kind'):<6} {escape(str(d.get('name')))}{used}", "green")
+            kind, name = str(d.get("kind")), str(d.get("name"))
+            self.say(f"    {kind:<6} {escape(call_name(kind, name))}{used}", "green")
         if earlier:
             self.say(f"  phases {', '.join(dict.fromkeys(earlier))} did not run again at all")
         self.say(f"  then it executed {live_after} new calls live ({live_models} model requests) and the run "
@@ -309,6 +319,8 @@ class Demo:
                  f"({usage.saved_input_tokens} in + {usage.saved_output_tokens} out)", "bold green")
         self.say(f"  whole run: {usage.requests} model requests paid, {usage.total_tokens} tokens, "
                  f"{final.steps} calls recorded, {final.replayed_steps} served from the log")
+        self.say("  (a call in flight when the process died had no result in the log, so it ran again: "
+                 "at-least-once, with a stable ctx.idempotency_key)", "dim")
 
     def _events_after(self, store: Store, version: int) -> list[RecordedEvent]:
         from phaseledger.engine.views import event_view
@@ -328,11 +340,24 @@ class Demo:
         emit(self.console, history_table(self.console, events))
         self.heading(f"6. the state machine of {workflow.name!r} (Mermaid)")
         self.console.print(workflow.diagram(), highlight=False, markup=False)
+        self._draw(workflow)
         self.heading("explore")
         store = f"--store {self.store_url}"
         self.say(f"  phaseledger {store} show {self.run_id}")
         self.say(f"  phaseledger {store} history {self.run_id} --json")
         self.say(f"  phaseledger -w phaseledger.demo.research diagram {workflow.name} --format svg")
+
+
+    def _draw(self, workflow: Workflow[Any]) -> None:
+        """Also draw the machine as SVG next to the database when Graphviz is installed."""
+        from phaseledger.cli import _diagram
+
+        if _diagram.graphviz_available() is not None:
+            self.say("  (paste it into any Mermaid viewer; with Graphviz installed the demo also writes an SVG)")
+            return
+        target = self.db.with_name(f"{self.db.stem}-{workflow.name}.svg")
+        target.write_bytes(_diagram.image(workflow, "svg"))
+        self.say(f"  drawn as {target}")
 
 
 def run_demo(*, db: Path = Path("demo.db"), model: str | None = None, console: Console | None = None) -> None:
