@@ -356,3 +356,15 @@ async def test_a_tool_marked_inline_is_not_journaled() -> None:
         run = await engine.run(workflow, {})
         kinds = [e.data["kind"] for e in engine.history(run.run_id) if e.type == "StepRecorded"]
     assert run.status == "completed" and calls["inline"] == 1 and kinds == ["model", "model"]
+
+
+async def test_run_start_time_is_journaled_for_timeouts() -> None:
+    recorder = Recorder(crash_at=3)
+    workflow = one_phase(scripted_agent(Script([[("square", 2)]]), recorder), timeout=30)
+    async with Engine("memory://", workflows=[workflow]) as engine:
+        assert (await engine.run(workflow, {}, run_id="t")).status == "failed"
+        started = engine.store.load("t").journal["a0:start:time"]["result"]
+        recorder.crash_at = None
+        run = await engine.retry("t")
+        assert run.status == "completed"
+        assert engine.store.load("t").journal["a0:start:time"]["result"] == started  # replayed, not re-read
