@@ -63,12 +63,6 @@ def build(calls: dict[str, int]) -> tuple[Workflow[Article], dict[str, FunctionM
     return workflow, writers
 
 
-@pytest.mark.xfail(
-    strict=True, raises=NonDeterminismError,
-    reason="agent run ids embed the phaseledger run id (<run>:<visit>.a<n>) and pydantic-ai copies them into "
-    "every message, so a fork's replayed model requests fingerprint differently; fixed when the agents' "
-    "request fingerprint leaves out run_id and conversation_id as it leaves out timestamps",
-)
 async def test_a_fork_replays_agent_calls_and_runs_a_swapped_model_live(store_url: str) -> None:
     calls = {"researcher": 0, "search": 0, "cheap": 0, "smart": 0}
     workflow, _ = build(calls)

@@ -41,7 +41,9 @@ from pydantic_ai.models import ModelRequestParameters
 from pydantic_ai.tools import RunContext
 
 _PARAMETERS = TypeAdapter(ModelRequestParameters)
-_VOLATILE_KEYS = frozenset({"timestamp"})
+# Left out of request fingerprints: timestamps change on every attempt, and the run and
+# conversation ids embed the phaseledger run id, which differs in a fork of the run.
+_VOLATILE_KEYS = frozenset({"timestamp", "run_id", "conversation_id"})
 
 
 @dataclass(frozen=True)
