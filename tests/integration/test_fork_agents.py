@@ -3,14 +3,13 @@ replayed from the log, never sent or paid again; after the fork point a swapped 
 
 from __future__ import annotations
 
-import pytest
 from pydantic import BaseModel
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
-from phaseledger import Context, Engine, NonDeterminismError, Workflow
+from phaseledger import Context, Engine, Workflow
 from phaseledger.engine.agents import PhaseledgerDurability
 
 
