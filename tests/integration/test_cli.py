@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,12 @@ def cli(
     return result
 
 
+def cli_all(*calls: tuple[str, ...], cwd: Path, check: int | None = 0) -> list[subprocess.CompletedProcess[str]]:
+    """Run independent commands side by side (process start-up dominates their time)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda args: cli(*args, cwd=cwd, check=check), calls))
+
+
 def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
     """The command failed with one `error:` line on stderr naming every fragment, and no traceback."""
     assert result.returncode == 1, result
@@ -189,36 +196,40 @@ def test_python_dash_m_runs_the_same_command(tmp_path: Path) -> None:
 def test_reading_commands(durable_store_url: str, project: Path) -> None:
     store = durable_store_url
     prepare(store, flows(project), project / "fail.flag")
-
-    listed = cli("--store", store, "runs", cwd=project).stdout
+    s = ("--store", store)
+    (listed, completed, counters, none, shown, failed, waiting, data, early, events, timeline) = cli_all(
+        (*s, "runs"),
+        (*s, "runs", "--status", "completed", "--json"),
+        (*s, "runs", "--workflow", "counter", "--json"),
+        (*s, "runs", "--status", "failed", "--workflow", "approval"),
+        (*s, "-w", "flows.py", "show", "done-1"),
+        (*s, "show", "fail-1"),
+        (*s, "show", "wait-1"),
+        (*s, "show", "done-1", "--json"),
+        (*s, "show", "done-1", "--at", "3", "--json"),
+        (*s, "history", "done-1", "--json"),
+        (*s, "history", "done-1"),
+        cwd=project,
+    )
     for run_id in ("done-1", "new-1", "wait-1", "fail-1"):
-        assert run_id in listed
-    assert "\x1b[" not in listed and "━" not in listed  # plain text when not on a terminal
+        assert run_id in listed.stdout
+    assert "\x1b[" not in listed.stdout and "━" not in listed.stdout  # plain text when not on a terminal
+    assert [r["run_id"] for r in json.loads(completed.stdout)] == ["done-1"]
+    assert sorted(r["run_id"] for r in json.loads(counters.stdout)) == ["done-1", "new-1"]
+    assert "no failed 'approval' runs" in none.stdout
 
-    completed = json.loads(cli("--store", store, "runs", "--status", "completed", "--json", cwd=project).stdout)
-    assert [r["run_id"] for r in completed] == ["done-1"]
-    counters = json.loads(cli("--store", store, "runs", "--workflow", "counter", "--json", cwd=project).stdout)
-    assert sorted(r["run_id"] for r in counters) == ["done-1", "new-1"]
-    assert "no failed 'approval' runs" in cli("--store", store, "runs", "--status", "failed", "--workflow",
-                                              "approval", cwd=project).stdout
+    assert "completed" in shown.stdout and '"total": 3' in shown.stdout and "add" in shown.stdout
+    assert "StepFailed" in failed.stdout and "backend down" in failed.stdout
+    assert "waiting" in waiting.stdout and "signal 'approve'" in waiting.stdout
+    run = json.loads(data.stdout)
+    assert run["status"] == "completed" and run["output"] == {"total": 3}
+    assert [step["name"] for step in run["steps_recorded"]] == ["hello", "add", "add", "add"]
+    at_3 = json.loads(early.stdout)
+    assert at_3["version"] == 3 and at_3["status"] == "running" and at_3["phase"] == "start"
 
-    shown = cli("--store", store, "-w", "flows.py", "show", "done-1", cwd=project).stdout
-    assert "completed" in shown and '"total": 3' in shown and "add" in shown
-    failed = cli("--store", store, "show", "fail-1", cwd=project).stdout
-    assert "StepFailed" in failed and "backend down" in failed
-    waiting = cli("--store", store, "show", "wait-1", cwd=project).stdout
-    assert "waiting" in waiting and "signal 'approve'" in waiting
-
-    data = json.loads(cli("--store", store, "show", "done-1", "--json", cwd=project).stdout)
-    assert data["status"] == "completed" and data["output"] == {"total": 3}
-    assert [s["name"] for s in data["steps_recorded"]] == ["hello", "add", "add", "add"]
-    early = json.loads(cli("--store", store, "show", "done-1", "--at", "3", "--json", cwd=project).stdout)
-    assert early["version"] == 3 and early["status"] == "running" and early["phase"] == "start"
-
-    events = json.loads(cli("--store", store, "history", "done-1", "--json", cwd=project).stdout)
-    assert [e["type"] for e in events] == store_history(store, "done-1")
-    timeline = cli("--store", store, "history", "done-1", cwd=project).stdout
-    assert "RunStarted" in timeline and "entered count from start" in timeline and "RunCompleted" in timeline
+    assert [e["type"] for e in json.loads(events.stdout)] == store_history(store, "done-1")
+    for expected in ("RunStarted", "entered count from start", "RunCompleted"):
+        assert expected in timeline.stdout
 
 
 def test_acting_commands(durable_store_url: str, project: Path) -> None:
@@ -329,33 +340,31 @@ def test_error_paths(project: Path) -> None:
     store = f"sqlite:///{project / 'runs.db'}"
     prepare(store, flows(project), project / "fail.flag")
     before = store_history(store, "wait-1")
-
-    one_line_error(cli("--store", store, "show", "nope", check=None, cwd=project), "run 'nope' not found")
-    one_line_error(cli("--store", "sqlite:///missing.db", "runs", check=None, cwd=project), "does not exist")
+    s = ("--store", store)
+    signal = (*s, "-w", "flows.py", "signal", "wait-1", "approve", "--data")
+    expected: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
+        ((*s, "show", "nope"), ("run 'nope' not found",)),
+        (("--store", "sqlite:///missing.db", "runs"), ("does not exist",)),
+        ((*signal, "{bad"), ("--data is not valid JSON",)),
+        ((*signal, '{"approved": "maybe"}'), ("approve", "Approve")),
+        (("-w", "flows.py", "diagram", "nosuch"), ("workflow 'nosuch' is not registered", "counter@1")),
+        ((*s, "resume", "new-1"), ("not registered", "--workflows")),
+        ((*s, "-w", "no_such_module", "runs"), ("cannot import workflows module",)),
+        ((*s, "cancel", "done-1"), ("it is completed",)),
+        ((*s, "runs", "--status", "weird"), ("unknown status",)),
+        ((*s, "show", "done-1", "--at", "999"), ("--at",)),
+        ((*s, "worker", "--until-idle"), ("--workflows",)),
+    ]
+    results = cli_all(*(args for args, _ in expected), ("--debug", *s, "show", "nope"), ("show",),
+                      cwd=project, check=None)
+    for (args, fragments), result in zip(expected, results, strict=False):
+        assert result.returncode == 1, (args, result.stderr)
+        one_line_error(result, *fragments)
     assert not (project / "missing.db").exists()
+    assert store_history(store, "wait-1") == before  # the bad signals appended nothing
 
-    bad_json = cli("--store", store, "-w", "flows.py", "signal", "wait-1", "approve", "--data", "{bad",
-                   check=None, cwd=project)
-    one_line_error(bad_json, "--data is not valid JSON")
-    invalid = cli("--store", store, "-w", "flows.py", "signal", "wait-1", "approve", "--data", '{"approved": "maybe"}',
-                  check=None, cwd=project)
-    one_line_error(invalid, "approve", "Approve")
-    assert store_history(store, "wait-1") == before  # nothing was appended
-
-    one_line_error(cli("-w", "flows.py", "diagram", "nosuch", check=None, cwd=project),
-                   "workflow 'nosuch' is not registered", "counter@1")
-    one_line_error(cli("--store", store, "resume", "new-1", check=None, cwd=project),
-                   "not registered", "--workflows")
-    one_line_error(cli("--store", store, "-w", "no_such_module", "runs", check=None, cwd=project),
-                   "cannot import workflows module")
-    one_line_error(cli("--store", store, "cancel", "done-1", check=None, cwd=project), "it is completed")
-    one_line_error(cli("--store", store, "runs", "--status", "weird", check=None, cwd=project), "unknown status")
-    one_line_error(cli("--store", store, "show", "done-1", "--at", "999", check=None, cwd=project), "--at")
-    one_line_error(cli("--store", store, "worker", "--until-idle", check=None, cwd=project), "--workflows")
-
-    debug = cli("--debug", "--store", store, "show", "nope", check=None, cwd=project)
-    assert debug.returncode != 0 and "Traceback" in debug.stderr and "RunNotFound" in debug.stderr
-    usage = cli("show", check=None, cwd=project)
+    debug, usage = results[-2:]
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "RunNotFound" in debug.stderr
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
 
 
