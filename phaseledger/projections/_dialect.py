@@ -9,7 +9,7 @@ ISO text on SQLite, booleans 0/1).
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -68,7 +68,7 @@ class Dialect:
             if kind == "ts":
                 if isinstance(value, str):
                     value = datetime.fromisoformat(value)
-                data[key] = value.astimezone(timezone.utc)
+                data[key] = value.astimezone(UTC)
             elif kind == "date" and isinstance(value, str):
                 data[key] = date.fromisoformat(value)
             elif kind == "bool":

@@ -10,7 +10,7 @@ projection and a rebuilt one hold the same values, floats included.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from phaseledger.domain.run import WorkflowRun
@@ -180,7 +180,7 @@ class Fold:
         run["output_tokens"] += tokens_out
         run["cost"] = _add_cost(run["cost"], usage.get("cost"))
         model = str(usage.get("model") or "unknown")
-        bucket = self._usage(run["workflow"], model, e.timestamp.astimezone(timezone.utc).date())
+        bucket = self._usage(run["workflow"], model, e.timestamp.astimezone(UTC).date())
         bucket["calls"] += 1
         bucket["requests"] += requests
         bucket["input_tokens"] += tokens_in

@@ -35,7 +35,7 @@ class OutputFormat(str, enum.Enum):
     json = "json"
 
 
-StoreOpt = Annotated[Optional[str], typer.Option(
+StoreOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer reads the annotation
     "--store", metavar="URL", show_default=False,
     help="Store URL (default: $PHASELEDGER_STORE, then sqlite:///phaseledger.db).",
 )]

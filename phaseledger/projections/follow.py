@@ -71,7 +71,7 @@ class Follower:
                 backoff = self.interval
             except ProjectionReset:
                 continue  # the tables were rebuilt: start again from their position
-            except Exception as exc:  # keep following; the error is logged and kept
+            except Exception as exc:  # noqa: BLE001 - keep following; the error is logged and kept
                 self.error = exc
                 log.warning("report follower failed, retrying in %.1fs: %s", backoff, exc)
                 self._stopping.wait(backoff)
@@ -135,7 +135,8 @@ def memory_runner(reports: Reports) -> BaseProjectionRunner[Any]:
     """A projection runner over the engine's in-process application and the reports' own view.
 
     A memory store exists only in its application object, so the runner must subscribe to
-    that object rather than build a new (empty) application from a class.
+    that object rather than build a new (empty) application from a class. (When the runner
+    exits it calls ``close()`` on it, which for an in-memory application releases nothing.)
     """
     app = reports.store.app
 

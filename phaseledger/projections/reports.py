@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, Self
 
 from phaseledger.engine.store import Store
 from phaseledger.projections.errors import AlreadyApplied, ProjectionError, ProjectionOutdated, ProjectionReset
@@ -298,7 +298,7 @@ class Reports:
         if self._owns_store:
             self.store.close()
 
-    def __enter__(self) -> Reports:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

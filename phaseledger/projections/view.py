@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from eventsourcing.persistence import InfrastructureFactory, IntegrityError, Tracking
@@ -149,7 +149,7 @@ class ReportView:
                 for statement in create_statements(table, self.dialect.name, self.dialect.qualify):
                     curs.execute(statement)
             row = {"name": PROJECTION_NAME, "schema_version": SCHEMA_VERSION, "generation": generation + 1,
-                   "rebuilt_at": datetime.now(timezone.utc)}
+                   "rebuilt_at": datetime.now(UTC)}
             curs.execute(
                 self.dialect.sql(
                     "INSERT INTO {meta} (name, schema_version, generation, rebuilt_at) "
@@ -183,8 +183,8 @@ class SQLiteReportView(ReportView, SQLiteTrackingRecorder):
 
     def construct_create_table_statements(self) -> list[str]:
         return [
-            f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (application_name TEXT, notification_id INTEGER, "
-            "PRIMARY KEY (application_name)) WITHOUT ROWID",
+            (f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (application_name TEXT, notification_id INTEGER, "
+             "PRIMARY KEY (application_name)) WITHOUT ROWID"),
             *self._report_create_statements(),
         ]
 

@@ -8,12 +8,12 @@ runs are being written.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
 import subprocess
 import sys
-import time
 
 from pydantic import BaseModel
 
@@ -110,14 +110,14 @@ async def test_killed_projection_processes_apply_each_event_once(durable_store_u
     with Reports(engine.store) as reports:
         for attempt in range(3):  # a process catching up in pages of random sizes
             child = start_child(durable_store_url, "catch_up", attempt)
-            time.sleep(rng.uniform(0.02, 0.3))
+            await asyncio.sleep(rng.uniform(0.02, 0.3))
             kill(child)
             positions.append(reports.position() or 0)
         assert any(position < head for position in positions), positions  # killed part-way at least once
         for attempt in range(2):  # a process following the log while runs are written
             child = start_child(durable_store_url, "follow", attempt)
             await add_runs(engine, wf, 25 + 4 * attempt, 4)
-            time.sleep(rng.uniform(0.0, 0.1))
+            await asyncio.sleep(rng.uniform(0.0, 0.1))
             kill(child)
         check_exactly_once(engine, reports)
     engine.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from typing import Any
 
@@ -145,7 +146,7 @@ async def test_phase_timeline(engine: Engine) -> None:
         (4, "done", 1, "work", "completed", None),
     ]
     assert [v.steps for v in visits] == [2, 2, 2, 0]
-    for before, after in zip(visits, visits[1:]):
+    for before, after in itertools.pairwise(visits):
         assert before.left_at == after.entered_at
         assert before.duration_seconds == pytest.approx((before.left_at - before.entered_at).total_seconds())
     assert visits[-1].left_at == reports.run("ok").finished_at

@@ -26,8 +26,7 @@ from pydantic import BaseModel
 
 from phaseledger import Context, Engine, RetryPolicy, Workflow
 from phaseledger.engine.store import StoreURL
-from phaseledger.projections import Reports
-from phaseledger.projections import _fold
+from phaseledger.projections import Reports, _fold
 
 ONCE: set[tuple[str, int, int]] = set()
 """Failures that already happened (a flaky or failing op fails the first time only)."""
@@ -62,7 +61,7 @@ def make_workflow() -> Workflow[Plan]:
         for i, op in enumerate(ctx.state.visits[visit]):
             once = (ctx.run_id, visit, i)
             if op == "step":
-                await ctx.step("s", lambda: i)
+                await ctx.step("s", lambda i=i: i)
             elif op.startswith("model"):
                 usage = _usage(op)
                 await ctx._journaled(ctx._next_key(), "model", "m", lambda: "ok", usage_of=lambda _, u=usage: u)
