@@ -49,6 +49,7 @@ import inspect
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -74,6 +75,7 @@ LEDGER_ENV = "PHASELEDGER_CRASH_LEDGER"
 KILL_KINDS = ("before_step", "in_step", "after_append")
 _STEP_LIKE = ("step", "model", "tool")
 _CHILD_BOOT = "from phaseledger.testing.crash import child_main; child_main()"
+_SERVER_BOOT = "from phaseledger.testing.crash import fork_server_main; fork_server_main()"
 
 
 class CrashHarnessError(PhaseledgerError):
@@ -208,8 +210,7 @@ async def _child_drive(args: argparse.Namespace) -> dict[str, Any]:
         engine.close()
 
 
-def child_main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of a child process (``python -c`` by :class:`CrashHarness`)."""
+def _child_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phaseledger-crash-child")
     parser.add_argument("--target", required=True)
     parser.add_argument("--store", required=True)
@@ -218,14 +219,63 @@ def child_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=0)
     parser.add_argument("--snapshot-every", type=int, default=100)
     parser.add_argument("--max-inline-wait", type=float, default=30.0)
-    args = parser.parse_args(argv)
-    kill = os.environ.get(KILL_ENV)
-    probe = _Probe(KillPoint.parse(kill) if kill else None, os.environ.get(LEDGER_ENV))
+    return parser
+
+
+def _child_run(argv: Sequence[str], kill: str | None, ledger: str | None) -> dict[str, Any]:
+    args = _child_parser().parse_args(argv)
+    probe = _Probe(KillPoint.parse(kill) if kill else None, ledger)
     probe.install()
     outcome = asyncio.run(_child_drive(args))
     outcome["counts"] = {where: probe.counts[where] for where in KILL_KINDS}
+    return outcome
+
+
+def child_main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of a child started as a fresh interpreter (``CrashHarness(fork=False)``)."""
+    outcome = _child_run(sys.argv[1:] if argv is None else argv, os.environ.get(KILL_ENV), os.environ.get(LEDGER_ENV))
     sys.stdout.write(json.dumps(outcome, default=str) + "\n")
     sys.stdout.flush()
+
+
+def fork_server_main() -> None:
+    """Entry point of the fork server (``CrashHarness(fork=True)``, the default on POSIX).
+
+    A ``python`` process that imports phaseledger and the target once, then forks one
+    child per request: requests and replies are JSON lines on stdin and stdout. Each child
+    is a new process, killed by SIGKILL for real; forking only saves the interpreter start
+    and the imports, which dominate the cost of short runs. The server opens no store
+    connection and starts no thread, so its children start clean.
+    """
+    load_workflows(sys.argv[1])
+    import phaseledger.engine.engine  # noqa: F401  (imported once, before any fork)
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _forked_child(request)
+        _, status = os.waitpid(pid, 0)
+        sys.stdout.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n")
+        sys.stdout.flush()
+
+
+def _forked_child(request: dict[str, Any]) -> None:
+    code = 1
+    try:
+        for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+        outcome = _child_run(request["argv"], request.get("kill"), request.get("ledger"))
+        sys.stdout.write(json.dumps(outcome, default=str) + "\n")
+        sys.stdout.flush()
+        code = 0
+    except BaseException:  # report anything in the child's stderr file; never return to the server loop
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 # -- the parent side ---------------------------------------------------------------------
@@ -368,6 +418,8 @@ class CrashHarness:
     input (JSON). ``checkpoint_every_n_steps``, ``snapshot_every`` and ``max_inline_wait`` are
     passed to the child's Engine. ``env`` and ``cwd`` are given to every child (plus the
     current environment). ``workdir`` keeps the ledgers (a temporary directory by default).
+    ``fork`` (default: on POSIX) forks children from a server process that imported the
+    target once; ``fork=False`` starts every child as a fresh ``python`` interpreter.
     """
 
     def __init__(
@@ -386,6 +438,7 @@ class CrashHarness:
         max_processes: int = 50,
         workdir: str | os.PathLike[str] | None = None,
         ignore_events: Iterable[str] = ("StepAttemptFailed",),
+        fork: bool | None = None,
     ) -> None:
         if store.startswith("memory:"):
             raise CrashHarnessError("the crash harness needs a store that outlives a process: a SQLite file or PostgreSQL")
@@ -408,6 +461,11 @@ class CrashHarness:
         self.ignore_events = frozenset(ignore_events)
         self._store: Any = None
         self._store_lock = threading.Lock()
+        self.fork = hasattr(os, "fork") if fork is None else fork
+        """Fork children from a server process that imported everything once (fast), or
+        start each child as a fresh interpreter (``fork=False``)."""
+        self._local = threading.local()
+        self._servers: list[tuple[subprocess.Popen[str], Any]] = []
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -422,7 +480,19 @@ class CrashHarness:
             return self._store.events(run_id)
 
     def close(self) -> None:
-        """Close the harness's store connection and remove its temporary directory."""
+        """Stop the fork servers, close the store connection, remove the temporary directory."""
+        for server, log in self._servers:
+            if server.stdin is not None:
+                server.stdin.close()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            if server.stdout is not None:
+                server.stdout.close()
+            log.close()
+        self._servers.clear()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -441,34 +511,72 @@ class CrashHarness:
 
     def run_child(self, run_id: str, kill: KillPoint | None = None) -> ChildOutcome:
         """Start one child that starts or resumes ``run_id``; wait until it exits or is killed."""
-        command = [
-            self.python, "-c", _CHILD_BOOT, "--target", self.target, "--store", self.store_url,
-            "--run-id", run_id, "--input", json.dumps(self.input),
+        argv = [
+            "--target", self.target, "--store", self.store_url, "--run-id", run_id, "--input", json.dumps(self.input),
             "--snapshot-every", str(self.snapshot_every or 0), "--max-inline-wait", str(self.max_inline_wait),
         ]
         if self.checkpoint_every_n_steps:
-            command += ["--checkpoint-every", str(self.checkpoint_every_n_steps)]
-        env = {**os.environ, **self.env, LEDGER_ENV: str(self.ledger_path(run_id))}
-        env.pop(KILL_ENV, None)
-        if kill is not None:
-            env[KILL_ENV] = str(kill)
-        try:
-            proc = subprocess.run(command, env=env, cwd=self.cwd, capture_output=True, text=True, timeout=self.timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise CrashHarnessError(f"the child process for run {run_id!r} ran longer than {self.timeout}s") from exc
-        killed = proc.returncode == -signal.SIGKILL
+            argv += ["--checkpoint-every", str(self.checkpoint_every_n_steps)]
+        ledger = str(self.ledger_path(run_id))
+        returncode, stdout, stderr = (self._forked if self.fork else self._spawned)(argv, kill, ledger, run_id)
+        killed = returncode == -signal.SIGKILL
         status = suspended = None
         counts: dict[str, int] = {}
-        if proc.returncode == 0:
-            last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
+        if returncode == 0:
+            last = stdout.strip().splitlines()[-1] if stdout.strip() else "{}"
             outcome = json.loads(last)
             status, suspended, counts = outcome.get("status"), outcome.get("suspended"), outcome.get("counts", {})
         elif not killed:
             raise CrashHarnessError(
-                f"the child process for run {run_id!r} (kill point {kill}) exited with {proc.returncode}:\n"
-                f"{proc.stderr[-4000:]}"
+                f"the child process for run {run_id!r} (kill point {kill}) exited with {returncode}:\n{stderr[-4000:]}"
             )
-        return ChildOutcome(kill, killed, proc.returncode, status, suspended, proc.stderr, counts)
+        return ChildOutcome(kill, killed, returncode, status, suspended, stderr, counts)
+
+    def _spawned(self, argv: list[str], kill: KillPoint | None, ledger: str, run_id: str) -> tuple[int, str, str]:
+        env = {**os.environ, **self.env, LEDGER_ENV: ledger}
+        env.pop(KILL_ENV, None)
+        if kill is not None:
+            env[KILL_ENV] = str(kill)
+        try:
+            proc = subprocess.run([self.python, "-c", _CHILD_BOOT, *argv], env=env, cwd=self.cwd,
+                                  capture_output=True, text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise CrashHarnessError(f"the child process for run {run_id!r} ran longer than {self.timeout}s") from exc
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def _server(self) -> subprocess.Popen[str]:
+        server: subprocess.Popen[str] | None = getattr(self._local, "server", None)
+        if server is None or server.poll() is not None:
+            log = open(self.workdir / f"fork-server-{threading.get_ident()}.log", "w")  # noqa: SIM115
+            server = subprocess.Popen(
+                [self.python, "-c", _SERVER_BOOT, self.target], env={**os.environ, **self.env}, cwd=self.cwd,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+            )
+            self._local.server = server
+            self._servers.append((server, log))
+        return server
+
+    def _forked(self, argv: list[str], kill: KillPoint | None, ledger: str, run_id: str) -> tuple[int, str, str]:
+        out, err = self.workdir / f"{run_id}.stdout", self.workdir / f"{run_id}.stderr"
+        request = {"argv": argv, "kill": str(kill) if kill else None, "ledger": ledger,
+                   "stdout": str(out), "stderr": str(err)}
+        server = self._server()
+        assert server.stdin is not None and server.stdout is not None
+        try:
+            server.stdin.write(json.dumps(request) + "\n")
+            server.stdin.flush()
+        except BrokenPipeError:
+            pass  # reported below with the server's log
+        ready, _, _ = select.select([server.stdout], [], [], self.timeout)
+        reply = server.stdout.readline() if ready else ""
+        if not reply:
+            server.kill()
+            log = (self.workdir / f"fork-server-{threading.get_ident()}.log").read_text()[-4000:]
+            raise CrashHarnessError(
+                f"the fork server gave no answer for run {run_id!r} within {self.timeout}s "
+                f"(is {self.target!r} importable from {self.cwd or os.getcwd()}?):\n{log}"
+            )
+        return json.loads(reply)["returncode"], out.read_text(), err.read_text()
 
     def _ledger_lines(self, run_id: str, offset: int) -> tuple[list[list[str]], int]:
         path = self.ledger_path(run_id)
