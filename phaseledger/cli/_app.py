@@ -173,13 +173,13 @@ def _print_run(session: Session, run: Run, events: list[Any], *, at: int | None)
     grid = render.table(console, ["", ""])
     grid.show_header = False
     for label, value in rows:
-        grid.add_row(label, value)
+        grid.add_row(f"[dim]{label}[/]" if console.is_terminal else label, value)
     render.emit(console, grid)
     console.print("state:")
-    console.print(render.escape(render.pretty(run.state)), soft_wrap=True)
+    render.print_value(console, run.state)
     if run.output is not None:
         console.print("output:")
-        console.print(render.escape(render.pretty(run.output)), soft_wrap=True)
+        render.print_value(console, run.output)
     if run.error and session.debug and run.error.get("traceback"):
         console.print(render.escape(run.error["traceback"]), soft_wrap=True)
     steps, cut = render.steps_table(console, events)
@@ -248,7 +248,7 @@ async def _resume_many(session: Session, engine: Engine, run_ids: list[str], *, 
             progress.update(task, description=run_id)
             before = await engine._call_store(engine.get, run_id)
             try:
-                after = await engine.resume(run_id, reason="cli")
+                after = await engine.resume(run_id)
                 error = None
             except UnknownWorkflow as exc:
                 if strict:
@@ -330,7 +330,7 @@ def signal(
         try:
             run = asyncio.run(engine.signal(run_id, name, payload, signal_id=signal_id))
             if drive and not run.finished:
-                run = asyncio.run(engine.resume(run_id, reason="signal"))
+                run = asyncio.run(engine.resume(run_id))
         except UnknownWorkflow as exc:
             raise session.explain_unknown_workflow(exc) from None
     _report_run(session, run, f"signal {name!r} sent to", as_json=as_json)

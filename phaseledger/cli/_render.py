@@ -75,6 +75,16 @@ def pretty(value: Any) -> str:
     return json.dumps(value, default=str, indent=2, ensure_ascii=False)
 
 
+def print_value(console: Console, value: Any) -> None:
+    """Print a state or output as indented JSON (highlighted on a terminal)."""
+    if console.is_terminal:
+        from rich.json import JSON
+
+        console.print(JSON(pretty(value)))
+    else:
+        console.print(pretty(value), markup=False, highlight=False, soft_wrap=True)
+
+
 def when(moment: datetime | None) -> str:
     """A timestamp to the second, in UTC."""
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
