@@ -86,7 +86,8 @@ def test_parse_json_inline_and_from_files(tmp_path: Path) -> None:
 
 def test_agent_call_names_are_shortened_for_people() -> None:
     assert _render.call_name("model", "planner__model.request") == "planner: model request"
-    assert _render.call_name("tool", "researcher__function_toolset__<agent>.call_tool:search") == "researcher: tool search"
+    tool = "researcher__function_toolset__<agent>.call_tool:search"
+    assert _render.call_name("tool", tool) == "researcher: tool search"
     assert _render.call_label("step", "add") == "step 'add'"
     assert _render.call_label("tool", "plain_tool") == "tool 'plain_tool'"
 
