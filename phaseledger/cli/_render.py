@@ -243,6 +243,14 @@ def run_as_json(run: Run) -> dict[str, Any]:
     return data
 
 
+def print_error(message: str) -> None:
+    """Print an error as one line on stderr: ``error: ...`` (line breaks in the message folded)."""
+    import sys
+
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"error: {line}", file=sys.stderr)
+
+
 def print_json(value: Any) -> None:
     """Print JSON for scripts (never styled, never wrapped)."""
     print(json.dumps(value, default=str, indent=2, ensure_ascii=False))

@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from phaseledger import Context, Engine, RetryPolicy, Workflow
 from phaseledger.cli import _diagram, _render
-from phaseledger.cli._app import _parse_json, main
+from phaseledger.cli._act import _parse_json
+from phaseledger.cli._app import main
 from phaseledger.cli._session import CommandError, Session, load_workflows
 
 MODULE = '''

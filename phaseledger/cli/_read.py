@@ -1,0 +1,137 @@
+"""Commands that read the log: ``runs``, ``show``, ``history``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from phaseledger.cli import _render as render
+from phaseledger.cli._base import JsonOpt, RunArg, app, session_of
+from phaseledger.cli._session import CommandError, Session
+
+if TYPE_CHECKING:
+    from phaseledger.engine.engine import Engine
+    from phaseledger.engine.views import Run
+
+
+@app.command()
+def runs(
+    ctx: typer.Context,
+    status: Annotated[Optional[str], typer.Option(
+        "--status", help="Only runs with this status (running, waiting, sleeping, retrying, "
+                         "completed, failed, cancelled).", show_default=False)] = None,
+    workflow: Annotated[Optional[str], typer.Option(
+        "--workflow", help="Only runs of this workflow.", show_default=False)] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", min=1, help="Show at most this many runs (the latest).", show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the runs in the store, oldest first."""
+    from phaseledger.domain.run import STATUSES
+
+    session = session_of(ctx)
+    if status is not None and status not in STATUSES:
+        raise CommandError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
+    with session.engine() as engine, session.console.status("reading runs…"):
+        found = engine.runs(status=status, workflow=workflow)
+    if limit is not None:
+        found = found[-limit:]
+    if as_json:
+        render.print_json([render.run_as_json(run) for run in found])
+        return
+    if not found:
+        what = " ".join(filter(None, [status, f"{workflow!r}" if workflow else None]))
+        session.console.print(f"no {what + ' ' if what else ''}runs in {session.store_url}")
+        return
+    render.emit(session.console, render.runs_table(session.console, found))
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    run_id: RunArg,
+    at: Annotated[Optional[int], typer.Option(
+        "--at", min=1, metavar="VERSION", show_default=False,
+        help="Show the run as it stood after this many events (see `history` for the numbers).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a run: status, phase, state, output, recorded steps, model usage and last error."""
+    session = session_of(ctx)
+    with session.engine() as engine:
+        run = _run_at(engine, run_id, at)
+        events = [e for e in engine.history(run_id) if e.version <= run.version]
+    if as_json:
+        data = render.run_as_json(run)
+        data["steps_recorded"] = [e.data for e in events if e.type == "StepRecorded"]
+        render.print_json(data)
+        return
+    _print_run(session, run, events, at=at)
+
+
+def _run_at(engine: Engine, run_id: str, at: int | None) -> Run:
+    current = engine.get(run_id)
+    if at is None:
+        return current
+    if at > current.version:
+        raise CommandError(f"run {run_id!r} has {current.version} events; --at must be between 1 and that")
+    return engine.state_at(run_id, at)
+
+
+def _print_run(session: Session, run: Run, events: list[Any], *, at: int | None) -> None:
+    console = session.console
+    title = f"run {run.run_id}" + (f" at version {at}" if at else "")
+    console.print(f"[bold]{render.escape(title)}[/]" if console.is_terminal else title)
+    rows = [
+        ("workflow", f"{run.workflow} v{run.workflow_version}"),
+        ("status", render.status_text(run.status)),
+        ("phase", run.phase or "-"),
+        ("events", str(run.version)),
+        ("attempts", ", ".join(f"{phase}×{n}" for phase, n in run.attempts.items()) or "-"),
+        ("steps", f"{run.steps} recorded" + (f", {run.replayed_steps} served from the log on resumes"
+                                             if run.replayed_steps else "")),
+        ("started", render.when(run.created_on)),
+        ("updated", render.when(run.updated_on)),
+    ]
+    if run.finished_on:
+        rows.append(("finished", render.when(run.finished_on)))
+    if run.parent:
+        rows.append(("forked from", render.compact(run.parent)))
+    if run.suspended:
+        waits = [f"signal {run.suspended['signal']!r}" if run.suspended.get("signal") else "",
+                 f"until {run.suspended['until']}" if run.suspended.get("until") else ""]
+        rows.append(("waiting for", " or ".join(w for w in waits if w) or run.suspended.get("reason", "")))
+    for line in render.usage_lines(run):
+        label, _, value = line.partition(": ")
+        rows.append((label, value))
+    if run.error:
+        where = f" (in phase {run.error['phase']})" if run.error.get("phase") else ""
+        rows.append(("last error", render.escape(f"{run.error.get('type')}: {run.error.get('message')}{where}")))
+    grid = render.table(console, ["", ""])
+    grid.show_header = False
+    for label, value in rows:
+        grid.add_row(f"[dim]{label}[/]" if console.is_terminal else label, value)
+    render.emit(console, grid)
+    console.print("state:")
+    render.print_value(console, run.state)
+    if run.output is not None:
+        console.print("output:")
+        render.print_value(console, run.output)
+    if run.error and session.debug and run.error.get("traceback"):
+        console.print(render.escape(run.error["traceback"]), soft_wrap=True)
+    steps, cut = render.steps_table(console, events)
+    if steps.row_count:
+        console.print(f"recorded steps{f' (the last {steps.row_count}; {cut} earlier)' if cut else ''}:")
+        render.emit(console, steps)
+
+
+@app.command()
+def history(ctx: typer.Context, run_id: RunArg, as_json: JsonOpt = False) -> None:
+    """Show a run's event log as a timeline (every event, in order)."""
+    session = session_of(ctx)
+    with session.engine() as engine:
+        events = engine.history(run_id)
+    if as_json:
+        render.print_json([e.model_dump(mode="json") for e in events])
+        return
+    render.emit(session.console, render.history_table(session.console, events, title=f"history of run {run_id}"))

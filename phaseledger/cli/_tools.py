@@ -1,0 +1,138 @@
+"""Commands around the runs: ``worker``, ``diff``, ``diagram``, ``demo``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from phaseledger.cli import _render as render
+from phaseledger.cli._base import JsonOpt, app, session_of
+from phaseledger.cli._session import CommandError, make_console
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Runs driven at once.")] = 10,
+    lease: Annotated[float, typer.Option(
+        "--lease", min=1.0, metavar="SECONDS", help="How long a claim on a run lasts unless renewed.")] = 30.0,
+    poll: Annotated[float, typer.Option(
+        "--poll", min=0.01, metavar="SECONDS", help="How often to look for runnable runs when idle.")] = 0.5,
+    until_idle: Annotated[bool, typer.Option(
+        "--until-idle", help="Exit once no run is runnable now (for cron jobs and tests).")] = False,
+    worker_id: Annotated[Optional[str], typer.Option(
+        "--id", show_default=False, help="This worker's id in leases and logs (default: host:pid:random).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every claim and drive.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Drive every runnable run of the store: new, crashed, woken by a signal or timer, retry due.
+
+    Stops gracefully on Ctrl-C or SIGTERM (runs reach their next step boundary and are
+    released); a second signal stops at once. Any number of workers can share a PostgreSQL
+    store; a SQLite store takes one. Needs --workflows.
+    """
+    import logging
+
+    from phaseledger.engine.worker import run_worker
+
+    session = session_of(ctx)
+    workflows = session.workflows()
+    if not workflows:
+        raise CommandError("a worker needs the workflows it may drive: pass --workflows MODULE")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not as_json:
+        names = ", ".join(sorted({f"{w.name}@{w.version}" for w in workflows}))
+        mode = "until idle" if until_idle else "until Ctrl-C or SIGTERM"
+        session.console.print(f"worker on {_redacted(session.store_url)} for {names} ({concurrency} at once, {mode})")
+    stats = asyncio.run(run_worker(
+        session.store_url, workflows, concurrency=concurrency, lease_seconds=lease, poll_interval=poll,
+        until_idle=until_idle, worker_id=worker_id,
+    ))
+    data = dataclasses.asdict(stats)
+    if as_json:
+        render.print_json(data)
+    else:
+        session.console.print("worker stopped: " + ", ".join(f"{k} {v}" for k, v in data.items()))
+
+
+def _redacted(url: str) -> str:
+    from phaseledger.engine.store import StoreURL
+
+    return StoreURL.parse(url).redacted
+
+
+@app.command()
+def diff(
+    ctx: typer.Context,
+    run_a: Annotated[str, typer.Argument(help="A run id.", show_default=False)],
+    run_b: Annotated[str, typer.Argument(help="Another run of the same workflow (a fork, a rerun).",
+                                         show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare two runs of one workflow: where their paths and calls part ways, state, output, tokens."""
+    session = session_of(ctx)
+    with session.engine() as engine:
+        comparison = engine.compare(run_a, run_b)
+    if as_json:
+        data = comparison.model_dump(mode="json")
+        data["identical"] = comparison.identical
+        render.print_json(data)
+        return
+    render.print_comparison(session.console, comparison)
+
+
+@app.command()
+def diagram(
+    ctx: typer.Context,
+    workflow: Annotated[str, typer.Argument(help="The workflow's name.", show_default=False)],
+    fmt: Annotated[str, typer.Option(
+        "--format", "-f", help="mermaid (text, needs nothing installed), svg or png (need Graphviz).")] = "mermaid",
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", show_default=False,
+        help="Write to this file (default for svg/png: WORKFLOW.FORMAT; Mermaid prints).")] = None,
+    version: Annotated[Optional[int], typer.Option(
+        "--version", min=1, show_default=False, help="The workflow version (default: the latest).")] = None,
+) -> None:
+    """Draw a workflow's state machine (phases and guarded transitions).
+
+    Needs --workflows.
+    """
+    from phaseledger.cli import _diagram
+
+    session = session_of(ctx)
+    fmt = fmt.lower()
+    if fmt not in _diagram.FORMATS:
+        raise CommandError(f"unknown diagram format {fmt!r}: use {', '.join(_diagram.FORMATS)}")
+    definition = session.workflow(workflow, version)
+    if fmt == "mermaid":
+        text = _diagram.mermaid(definition)
+        if output is None:
+            print(text, end="")
+        else:
+            output.write_text(text)
+            session.console.print(f"wrote {output}")
+        return
+    data = _diagram.image(definition, fmt)
+    target = output or Path(f"{definition.name}.{fmt}")
+    target.write_bytes(data)
+    session.console.print(f"wrote {target} ({len(data)} bytes)")
+
+
+@app.command()
+def demo(
+    model: Annotated[Optional[str], typer.Option(
+        "--model", metavar="MODEL", show_default=False,
+        help="A pydantic-ai model name (e.g. openai:gpt-4o) to use a real provider; its API key must be set. "
+             "Default: a deterministic local model, offline.")] = None,
+    db: Annotated[Path, typer.Option("--db", help="The SQLite file to use (recreated).")] = Path("demo.db"),
+) -> None:
+    """Run the research workflow, kill its process part-way, and resume it from the log."""
+    from phaseledger.demo.runner import run_demo
+
+    run_demo(db=db, model=model, console=make_console())
