@@ -75,6 +75,8 @@ PG_UPSERT_ROW = """
     WHERE i.version <= excluded.version
 """
 
+PG_DELETE_ROWS = "DELETE FROM {schema}.phaseledger_runindex WHERE run_id = ANY(%(run_ids)s)"
+
 PG_SELECT_ROWS = """
     SELECT run_id, workflow, workflow_version, status, runnable_at, version, updated_at
     FROM {schema}.phaseledger_runindex
@@ -183,6 +185,8 @@ SQLITE_UPSERT_ROW = """
         version = excluded.version, updated_at = excluded.updated_at
     WHERE phaseledger_runindex.version <= excluded.version
 """
+
+SQLITE_DELETE_ROW = "DELETE FROM phaseledger_runindex WHERE run_id = :run_id"
 
 SQLITE_SELECT_ROWS = """
     SELECT run_id, workflow, workflow_version, status, runnable_at, version, updated_at

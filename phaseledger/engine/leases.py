@@ -105,7 +105,7 @@ class StoreOwnership:
                     raise WorkerAlreadyRunning(self.store.url.redacted, holder)
                 _MEMORY_OWNERS[self.store.app] = self.owner
             return
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open while the worker runs
+        handle = open(self.path, "a+", encoding="utf-8")  # held open while the worker runs
         if not _try_lock(handle):
             handle.seek(0)
             holder = handle.read().strip() or "another process"

@@ -15,7 +15,6 @@ table added. Statements are in :mod:`phaseledger.engine._worker_sql`.
 
 from __future__ import annotations
 
-import contextlib
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -137,12 +136,14 @@ class RunIndex(TrackingRecorder):
         if not notifications:
             return 0
         run_ids = list(dict.fromkeys(str(n.originator_id) for n in notifications))
-        rows = []
+        rows, gone = [], []
         for run_id in run_ids:
-            with contextlib.suppress(RunNotFound):
+            try:
                 rows.append(IndexRow.of(self.store.load(run_id)))
+            except RunNotFound:  # deleted since (retention): its row goes too
+                gone.append(run_id)
         try:
-            self._write(rows, Tracking(q.TRACKING_NAME, notifications[-1].id))
+            self._write(rows, gone, Tracking(q.TRACKING_NAME, notifications[-1].id))
         except IntegrityError:
             return 0  # another indexer recorded this position first: its rows stand
         return len(notifications)
@@ -168,8 +169,9 @@ class RunIndex(TrackingRecorder):
         return self.catch_up_fully()
 
     @abstractmethod
-    def _write(self, rows: Sequence[IndexRow], tracking: Tracking) -> None:
-        """Upsert ``rows`` and record ``tracking`` in one transaction (IntegrityError if behind)."""
+    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking) -> None:
+        """Upsert ``rows``, delete the rows of ``gone`` runs and record ``tracking`` in one
+        transaction (IntegrityError, and nothing written, if the position moved past it)."""
 
     @abstractmethod
     def _reset(self) -> None:
@@ -200,13 +202,15 @@ class MemoryRunIndex(POPOTrackingRecorder, RunIndex):
         self.store = store
         self._rows: dict[str, IndexRow] = {}
 
-    def _write(self, rows: Sequence[IndexRow], tracking: Tracking) -> None:
+    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking) -> None:
         with self._database_lock:
             self._assert_tracking_uniqueness(tracking)
             for row in rows:
                 old = self._rows.get(row.run_id)
                 if old is None or old.version <= row.version:
                     self._rows[row.run_id] = row
+            for run_id in gone:
+                self._rows.pop(run_id, None)
             self._insert_tracking(tracking)
 
     def _reset(self) -> None:
@@ -272,10 +276,12 @@ class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
             version=r[5], updated_at=_dt(r[6]) or _EPOCH,
         )
 
-    def _write(self, rows: Sequence[IndexRow], tracking: Tracking) -> None:
+    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as c:
             for row in rows:
                 c.execute(q.SQLITE_UPSERT_ROW, self._params(row))
+            for run_id in gone:
+                c.execute(q.SQLITE_DELETE_ROW, {"run_id": run_id})
             self._insert_tracking(c, tracking)
 
     def _reset(self) -> None:
@@ -342,7 +348,7 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
         curs.execute(q.PG_CREATE_LOCK, {"key": self.lock_key + ":create"})
         super()._create_table(curs)
 
-    def _write(self, rows: Sequence[IndexRow], tracking: Tracking) -> None:
+    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(q.PG_TRY_INDEX_LOCK, {"key": self.lock_key})
             locked = curs.fetchone()
@@ -355,6 +361,8 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
                  "version": r.version, "updated_at": r.updated_at}
                 for r in sorted(rows, key=lambda r: r.run_id)
             ])
+            if gone:
+                curs.execute(self.sql(q.PG_DELETE_ROWS), {"run_ids": list(gone)})
             self._insert_tracking(curs, tracking)
 
     def _reset(self) -> None:

@@ -107,6 +107,9 @@ class Worker:
         self.stats = WorkerStats()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()
+        self._started = asyncio.Event()
+        self._ended = asyncio.Event()
+        self._stopped_early: BaseException | None = None
         self._stopping = False
         self._running = False
         self._index: RunIndex | None = None
@@ -125,6 +128,20 @@ class Worker:
         """True between the start and the end of :meth:`run`."""
         return self._running
 
+    async def wait_until_started(self) -> None:
+        """Return once :meth:`run` has opened the run index and taken the store (or its leases).
+
+        Raises :class:`~phaseledger.PhaseledgerError` if the worker stopped before that.
+        """
+        waiters = [asyncio.ensure_future(self._started.wait()), asyncio.ensure_future(self._ended.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if not self._started.is_set():
+            raise PhaseledgerError(f"worker {self.id} stopped before it started") from self._stopped_early
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self, *, until_idle: bool = False, handle_signals: bool = True) -> WorkerStats:
@@ -140,14 +157,17 @@ class Worker:
         """
         if self._running:
             raise PhaseledgerError(f"worker {self.id} is already running")
-        self._running, self._stopping = True, False
-        self._wakeup = asyncio.Event()
+        self._running, self._stopping, self._stopped_early = True, False, None
+        self._wakeup.clear()
+        self._started.clear()
+        self._ended.clear()
         removers = self._install_signal_handlers() if handle_signals else []
         renewer: asyncio.Task[None] | None = None
         try:
             self._index = await self._call(open_run_index, self.engine.store)
             self._leases = await self._call(open_leases, self._index, self.id)
             renewer = asyncio.ensure_future(self._renew_forever())
+            self._started.set()
             log.info("worker %s started on %s (concurrency %d)", self.id, self.engine.store.url.redacted,
                      self.concurrency)
             while not self._stopping:
@@ -157,6 +177,10 @@ class Worker:
                 if claimed and len(self._tasks) < self.concurrency:
                     continue  # there may be more runnable runs than one claim took
                 await self._sleep(self.poll_interval)
+        except BaseException as exc:
+            if not self._started.is_set():
+                self._stopped_early = exc
+            raise
         finally:
             await self._shutdown()
             if renewer is not None:
@@ -169,6 +193,7 @@ class Worker:
             for remove in removers:
                 remove()
             self._running = False
+            self._ended.set()
             log.info("worker %s stopped: %s", self.id, self.stats)
         return self.stats
 
@@ -254,6 +279,7 @@ class Worker:
 
     def _start(self, claim: Claim) -> None:
         self.stats.claimed += 1
+        log.info("worker %s claimed run %s (version %d)", self.id, claim.run_id, claim.version)
         self.engine._lease_deadlines[claim.run_id] = time.monotonic() + self.lease_seconds * _LEASE_SAFETY
         task = asyncio.ensure_future(self._drive(claim))
         self._tasks[claim.run_id] = task
@@ -288,6 +314,8 @@ class Worker:
         else:
             fence = max(fence, view.version)
             self._count(view.status, run_id)
+            log.info("worker %s drove run %s: %s, phase %s, version %d", self.id, run_id, view.status,
+                     view.phase, view.version)
             if view.version <= claim.version and not view.finished and view.status != "running":
                 hold = min(self.poll_interval, 1.0)  # not due by this worker's clock yet
         finally:

@@ -9,13 +9,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
-from phaseledger import Context, Engine, Workflow, WorkerAlreadyRunning
+from phaseledger import Context, Engine, PhaseledgerError, Workflow, WorkerAlreadyRunning
 from phaseledger.engine.leases import PostgresLeases
 from phaseledger.engine.runindex import IndexRow, is_due, open_run_index, runnable_at
 from tests.integration import worker_fleet
@@ -49,7 +50,7 @@ def recorded(engine: Engine, run_id: str) -> list[str]:
     return [e.data["name"] for e in engine.history(run_id) if e.type == "StepRecorded"]
 
 
-async def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:  # noqa: ANN001
+async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -191,9 +192,15 @@ async def test_a_second_worker_on_a_memory_store_says_so() -> None:
     engine = Engine("memory://", workflows=[wf])
     first = engine.worker(poll_interval=0.01)
     background = asyncio.ensure_future(first.run(handle_signals=False))
-    await wait_for(lambda: first.running and first._leases is not None, what="the first worker")
+    await asyncio.wait_for(first.wait_until_started(), 10)
     with pytest.raises(WorkerAlreadyRunning, match="one worker"):
         await engine.worker().run(until_idle=True)
+    second = engine.worker()
+    refused = asyncio.ensure_future(second.run(handle_signals=False))
+    with pytest.raises(PhaseledgerError, match="stopped before it started"):
+        await second.wait_until_started()
+    with pytest.raises(WorkerAlreadyRunning):
+        await refused
     first.stop()
     await background
     assert (await engine.worker().run(until_idle=True)).claimed == 0  # free again once stopped
