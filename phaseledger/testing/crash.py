@@ -60,9 +60,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from phaseledger.domain.errors import PhaseledgerError
 from phaseledger.domain.run import WorkflowRun
@@ -269,7 +269,7 @@ def _forked_child(request: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(outcome, default=str) + "\n")
         sys.stdout.flush()
         code = 0
-    except BaseException:  # report anything in the child's stderr file; never return to the server loop
+    except BaseException:  # noqa: BLE001 - report anything in the child's stderr file; never return to the server loop
         import traceback
 
         traceback.print_exc()
@@ -499,7 +499,7 @@ class CrashHarness:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def __enter__(self) -> CrashHarness:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -539,7 +539,7 @@ class CrashHarness:
             env[KILL_ENV] = str(kill)
         try:
             proc = subprocess.run([self.python, "-c", _CHILD_BOOT, *argv], env=env, cwd=self.cwd,
-                                  capture_output=True, text=True, timeout=self.timeout)
+                                  capture_output=True, text=True, timeout=self.timeout, check=False)
         except subprocess.TimeoutExpired as exc:
             raise CrashHarnessError(f"the child process for run {run_id!r} ran longer than {self.timeout}s") from exc
         return proc.returncode, proc.stdout, proc.stderr
@@ -623,7 +623,7 @@ class CrashHarness:
                 break
             if outcome.status in ("sleeping", "retrying") and outcome.suspended and outcome.suspended.get("until"):
                 until = datetime.fromisoformat(str(outcome.suspended["until"]))
-                time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 0.01)
+                time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.01)
                 continue
             if outcome.status == "running":
                 continue

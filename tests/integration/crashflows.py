@@ -106,9 +106,9 @@ BACKOFF = RetryPolicy(max_attempts=4, initial_delay=2.0, backoff=1.0, jitter=Fal
 
 def flaky_upstream() -> str:
     """Fails on its first two executions; each execution notes its start time."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    if effect(f"upstream@{datetime.now(timezone.utc).isoformat()}") < 2:
+    if effect(f"upstream@{datetime.now(UTC).isoformat()}") < 2:
         raise TimeoutError("upstream timed out")
     return "fetched"
 

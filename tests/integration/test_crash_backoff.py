@@ -7,9 +7,9 @@ with each other instead of measuring durations.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -35,7 +35,7 @@ def test_a_kill_during_the_backoff_wait_keeps_the_recorded_schedule(durable_stor
         failures = [e for e in harness._events("r") if isinstance(e, WorkflowRun.StepAttemptFailed)]
         assert [f.attempt for f in failures] == [1, 2]
         # Process 3 starts only after the second retry_at has passed.
-        time.sleep(max(0.0, (failures[1].retry_at - datetime.now(timezone.utc)).total_seconds()) + 0.05)
+        time.sleep(max(0.0, (failures[1].retry_at - datetime.now(UTC)).total_seconds()) + 0.05)
         finished = harness.run_child("r")
         events = harness._events("r")
 

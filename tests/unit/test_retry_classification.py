@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from pydantic import BaseModel
 from pydantic_ai.exceptions import (
@@ -38,7 +36,6 @@ RETRIED = [
     pytest.param(ModelConnectionError("gpt-x", "connection refused"), id="model-connection"),
     pytest.param(ModelTimeoutError("gpt-x", "read timed out"), id="model-timeout"),
     pytest.param(TimeoutError("timed out"), id="TimeoutError"),
-    pytest.param(asyncio.TimeoutError(), id="asyncio.TimeoutError"),
     pytest.param(ConnectionResetError("reset by peer"), id="ConnectionResetError"),
     pytest.param(ConnectionError("refused"), id="ConnectionError"),
     pytest.param(UnexpectedModelBehavior("invalid JSON from the model"), id="unexpected-behaviour"),

@@ -240,11 +240,11 @@ async def test_uncaught_step_failure_fails_the_run_and_retry_reenters_the_phase(
         await engine.resume("o")
 
     fixed["deployed"] = True
-    done = await engine.retry("o")
-    assert done.status == "completed"
-    assert done.output == ["confirmed", "charged", "shipped"]
+    retried = await engine.retry("o")
+    assert retried.status == "completed"
+    assert retried.output == ["confirmed", "charged", "shipped"]
     assert executed == ["charge", "ship", "ship", "ship"]  # charge was recorded: not run again
-    assert done.attempts["deliver"] == 1  # re-entered in place, not a new phase visit
+    assert retried.attempts["deliver"] == 1  # re-entered in place, not a new phase visit
     with pytest.raises(RunFinished):
         await engine.retry("o")
 
