@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from phaseledger import Context, Workflow
+from phaseledger import Context, RetryPolicy, Workflow
 
 EFFECTS_URL_ENV = "FLEET_EFFECTS_URL"
 EFFECTS_FILE_ENV = "FLEET_EFFECTS_FILE"
@@ -87,7 +87,9 @@ class Go(BaseModel):
     value: int
 
 
-fleet = Workflow("fleet", state=FleetState, signals={"go": Go})
+# A busy test database may refuse a connection now and then: the side effect is retried.
+fleet = Workflow("fleet", state=FleetState, signals={"go": Go},
+                 retry=RetryPolicy(max_attempts=5, initial_delay=0.05, max_delay=0.5))
 
 
 @fleet.phase(initial=True, to="nap")
