@@ -39,7 +39,7 @@ from phaseledger.domain.errors import (
     StoreUnavailable,
     UnknownWorkflow,
 )
-from phaseledger.domain.run import CANCELLED, COMPLETED, FAILED
+from phaseledger.domain.run import CANCELLED, COMPLETED, FAILED, RUNNING
 from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.driver import Cancelled, Released, Superseded
 from phaseledger.engine.leases import Claim, Leases, open_leases, worker_identity
@@ -313,10 +313,10 @@ class Worker:
                 log.exception("worker %s: run %s raised; holding it back for %.0fs", self.id, run_id, hold)
         else:
             fence = max(fence, view.version)
-            self._count(view.status, run_id)
+            self._count(view.status)
             log.info("worker %s drove run %s: %s, phase %s, version %d", self.id, run_id, view.status,
                      view.phase, view.version)
-            if view.version <= claim.version and not view.finished and view.status != "running":
+            if view.version <= claim.version and not view.finished and view.status != RUNNING:
                 hold = min(self.poll_interval, 1.0)  # not due by this worker's clock yet
         finally:
             self.engine._lease_deadlines.pop(run_id, None)
@@ -326,16 +326,15 @@ class Worker:
                 except StoreUnavailable as exc:  # the lease expires by itself
                     log.warning("worker %s could not release run %s: %s", self.id, run_id, exc)
 
-    def _count(self, status: str, run_id: str) -> None:
-        stopped_by = self.engine._interrupts.get(run_id)
+    def _count(self, status: str) -> None:
         if status == COMPLETED:
             self.stats.completed += 1
         elif status == FAILED:
             self.stats.failed += 1
         elif status == CANCELLED:
             self.stats.cancelled += 1
-        elif status == "running":
-            if stopped_by is Released or self._stopping:
+        elif status == RUNNING:  # stopped before the end: released at shutdown, or taken over
+            if self._stopping:
                 self.stats.released += 1
             else:
                 self.stats.lost += 1

@@ -360,3 +360,71 @@ async def test_two_engines_racing_on_one_run_append_once(postgres_url: str) -> N
     assert len(ran) <= 4  # the loser ran at most the one step it had started, then stopped
     first.close()
     second.close()
+
+
+async def test_stop_releases_runs_at_their_next_boundary(store_url: str) -> None:
+    gate, ran = asyncio.Event(), Counter()
+    wf = Workflow("gated", state=Count)
+
+    async def step(i: int) -> int:
+        ran[i] += 1
+        if i == 0:
+            await gate.wait()
+        return i
+
+    @wf.phase(initial=True, to="end")
+    async def work(ctx: Context[Count]) -> None:
+        for i in range(3):
+            ctx.state.n += await ctx.step(f"step{i}", step, i)
+
+    @wf.phase(final=True)
+    async def end(ctx: Context[Count]) -> int:
+        return ctx.state.n
+
+    engine = Engine(store_url, workflows=[wf])
+    for i in range(3):
+        await engine.start(wf, run_id=f"g{i}")
+    worker = engine.worker(poll_interval=0.01)
+    background = asyncio.ensure_future(worker.run(handle_signals=False))
+    await wait_for(lambda: ran[0] == 3, what="three runs in their first step")
+    worker.stop()  # each run finishes the step in flight, records it, and is released
+    gate.set()
+    stats = await background
+    assert stats.released == 3 and stats.completed == 0
+    for i in range(3):
+        assert engine.get(f"g{i}").status == "running" and recorded(engine, f"g{i}") == ["step0"]
+    assert (await engine.worker(poll_interval=0.01).run(until_idle=True)).completed == 3
+    assert ran == Counter({0: 3, 1: 3, 2: 3})  # nothing ran twice
+
+
+async def test_a_run_that_raises_is_held_back_not_retried_in_a_loop(store_url: str) -> None:
+    old = Workflow("changing", state=Count)
+
+    @old.phase(initial=True, to="end")
+    async def work(ctx: Context[Count]) -> None:
+        ctx.state.n = await ctx.step("old_name", lambda: 1)
+        await ctx.wait_for_signal("go")
+
+    @old.phase(final=True)
+    async def end(ctx: Context[Count]) -> int:
+        return ctx.state.n
+
+    first = Engine(store_url, workflows=[old])
+    assert (await first.run(old, run_id="nd")).status == "waiting"
+    await first.signal("nd", "go", {})
+    before = len(first.history("nd"))
+
+    changed = Workflow("changing", state=Count)  # same name and version, other code: a mistake
+
+    @changed.phase("work", initial=True, to="end")
+    async def work2(ctx: Context[Count]) -> None:
+        ctx.state.n = await ctx.step("new_name", lambda: 2)
+
+    @changed.phase("end", final=True)
+    async def end2(ctx: Context[Count]) -> int:
+        return ctx.state.n
+
+    engine = Engine(first.store if store_url == "memory://" else store_url, workflows=[changed])
+    stats = await engine.worker(poll_interval=0.01, error_backoff=60).run(until_idle=True)
+    assert stats.errors == 1 and stats.claimed == 1  # NonDeterminismError, logged; held back
+    assert len(engine.history("nd")) == before  # nothing appended
