@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from eventsourcing.utils import get_topic, resolve_topic
@@ -20,28 +21,47 @@ JSONValue = Any
 """A value made only of dict (str keys), list, str, int, float, bool and None."""
 
 
-def _check_json(value: Any, path: str) -> None:
+class _NotJSON(Exception):
+    """A part of a value that cannot be recorded; ``where`` grows as the walk unwinds."""
+
+    def __init__(self, describe: Callable[[str], str]) -> None:
+        self.describe = describe
+        self.where: list[str] = []
+
+
+def _copy_json_checked(value: Any) -> Any:
+    """A copy of a JSON value, checked on the way (one walk; paths are built only on error)."""
     if value is None or isinstance(value, (bool, int, str)):
-        return
+        return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise SerializationError(f"{path} is {value!r}: NaN and infinity cannot be recorded")
-        return
+            raise _NotJSON(lambda path: f"{path} is {value!r}: NaN and infinity cannot be recorded")
+        return value
     if isinstance(value, list):
+        copied = []
         for i, item in enumerate(value):
-            _check_json(item, f"{path}[{i}]")
-        return
+            try:
+                copied.append(_copy_json_checked(item))
+            except _NotJSON as exc:
+                exc.where.append(f"[{i}]")
+                raise
+        return copied
     if isinstance(value, dict):
+        result = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise SerializationError(
-                    f"{path} has the key {key!r} of type {type(key).__name__}: "
+                raise _NotJSON(
+                    lambda path: f"{path} has the key {key!r} of type {type(key).__name__}: "
                     "only str keys can be recorded"
                 )
-            _check_json(item, f"{path}[{key!r}]")
-        return
-    raise SerializationError(
-        f"{path} is a {type(value).__module__}.{type(value).__qualname__}, which cannot be "
+            try:
+                result[key] = _copy_json_checked(item)
+            except _NotJSON as exc:
+                exc.where.append(f"[{key!r}]")
+                raise
+        return result
+    raise _NotJSON(
+        lambda path: f"{path} is a {type(value).__module__}.{type(value).__qualname__}, which cannot be "
         "recorded: return JSON values (dict, list, str, int, float, bool, None) or a "
         "pydantic model"
     )
@@ -50,8 +70,9 @@ def _check_json(value: Any, path: str) -> None:
 def encode_value(value: Any, what: str = "the value") -> tuple[JSONValue, str | None]:
     """Encode a value for the log: ``(json_value, model_topic)``.
 
-    Raises :class:`SerializationError` (before anything is appended) when the value is
-    neither JSON nor a pydantic model, or a model that does not serialise.
+    The JSON value is a copy, so later changes to ``value`` by the caller cannot change
+    what was recorded. Raises :class:`SerializationError` (before anything is appended)
+    when the value is neither JSON nor a pydantic model, or a model that does not serialise.
     """
     if isinstance(value, BaseModel):
         cls = type(value)
@@ -69,8 +90,10 @@ def encode_value(value: Any, what: str = "the value") -> tuple[JSONValue, str | 
         raise SerializationError(
             f"{what} is a tuple, which would come back as a list on replay: return a list"
         )
-    _check_json(value, what)
-    return value, None
+    try:
+        return _copy_json_checked(value), None
+    except _NotJSON as exc:
+        raise SerializationError(exc.describe(what + "".join(reversed(exc.where)))) from None
 
 
 def decode_value(data: JSONValue, model_topic: str | None) -> Any:

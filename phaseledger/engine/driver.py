@@ -99,6 +99,7 @@ class RunDriver:
             if not self.run.pending_events:
                 return
             events = self.run.collect_events()
+            self.engine.store.prepare_snapshot(self.run, events)  # from memory, before the thread hop
             try:
                 await self.engine._call_store(self.engine.store.save_events, self.run.id, events)
             except ConcurrencyConflict:
@@ -120,6 +121,7 @@ class RunDriver:
             fresh.trigger_event(type(event), timestamp=event.timestamp, **fields)
         self.run = fresh
         pending = fresh.collect_events()
+        self.engine.store.prepare_snapshot(fresh, pending)
         try:
             await self.engine._call_store(self.engine.store.save_events, self.run.id, pending)
         except ConcurrencyConflict:

@@ -16,11 +16,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic
 
 from phaseledger.domain.errors import ConcurrencyConflict, RunNotFound, StoreUnavailable
 from phaseledger.domain.run import WorkflowRun, project_run
+from phaseledger.engine._codec import FastJSONTranscoder
 
 DEFAULT_STORE = "sqlite:///phaseledger.db"
 STORE_ENV_VAR = "PHASELEDGER_STORE"
@@ -102,6 +103,12 @@ class RunApplication(Application[str]):
     name = "phaseledger"
     snapshotting_projectors = {WorkflowRun: project_run}  # noqa: RUF012
 
+    def construct_transcoder(self) -> Transcoder:
+        """eventsourcing's JSON format, written and read by orjson (see :mod:`._codec`)."""
+        transcoder = FastJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
+
 
 _SETUP_LOCK = 0x70686173656C6467  # pg_advisory_lock key held while a store creates its tables
 
@@ -137,6 +144,10 @@ class Store:
         self.url = StoreURL.parse(url)
         env = dict(self.url.env)
         env["ORIGINATOR_ID_TYPE"] = "text"
+        if self.url.backend == "postgresql":
+            from phaseledger.engine._postgres import OneTripRecorder
+
+            env["APPLICATION_RECORDER_TOPIC"] = get_topic(OneTripRecorder)
         if snapshot_every:
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
         try:
@@ -150,6 +161,8 @@ class Store:
         except Exception as exc:  # psycopg, sqlite3 and eventsourcing raise various types here
             raise StoreUnavailable(f"cannot open store {self.url.redacted}: {exc}") from exc
         self.snapshot_every = snapshot_every
+        self._prepared: dict[tuple[str, int], StoredEvent] = {}
+        """Snapshots made by :meth:`prepare_snapshot`, waiting for their events to be saved."""
         self.started_topic = get_topic(WorkflowRun.RunStarted)
 
     @property
@@ -179,27 +192,60 @@ class Store:
 
     def save(self, run: WorkflowRun) -> int:
         """Append the run's pending events (see :meth:`save_events`)."""
-        return self.save_events(run.id, run.collect_events())
+        events = run.collect_events()
+        self.prepare_snapshot(run, events)
+        return self.save_events(run.id, events)
+
+    def prepare_snapshot(self, run: WorkflowRun, events: Sequence[WorkflowRun.Event]) -> None:
+        """Take the snapshot due with ``events`` (just collected from ``run``) from the run in memory.
+
+        When the last event's version is a multiple of ``snapshot_every`` (always, for
+        runs committing every step), the snapshot at that version is the run as it is now:
+        it is encoded here and stored by the :meth:`save_events` call for these events, so
+        nothing is read back from the store. Call this where the run lives (on the event
+        loop), not in a thread while the run may change.
+        """
+        if not (self.snapshot_every and events and self.app.snapshots is not None):
+            return
+        last = events[-1].originator_version
+        if last % self.snapshot_every:
+            return
+        if run.version != last or run.pending_events:
+            return  # not the run these events came from: save_events reads the state back
+        self._prepared[(run.id, last)] = self.app.mapper.to_stored_event(WorkflowRun.Snapshot.take(run))
 
     def save_events(self, run_id: str, events: Sequence[WorkflowRun.Event]) -> int:
         """Append events of one run in one transaction; return the last notification id.
 
         Raises :class:`ConcurrencyConflict` when another writer appended first: then nothing
         was written and the caller's copy of the run is stale (reload it). Snapshots are
-        taken for versions that are multiples of ``snapshot_every``.
+        taken at versions that are multiples of ``snapshot_every``: the one made by
+        :meth:`prepare_snapshot` for these events when there is one, else from the state
+        read back from the store.
         """
         if not events:
             return 0
+        snapshot = self._prepared.pop((run_id, events[-1].originator_version), None)
         try:
-            recordings = self.app.save(*events)
+            # The event store directly: Application.save adds a Protocol isinstance check per
+            # event and snapshot bookkeeping this application does not use.
+            recordings = self.app.events.put(events)
         except IntegrityError:
             raise ConcurrencyConflict(run_id, events[0].originator_version) from None
         except PersistenceError as exc:
             raise StoreUnavailable(f"store {self.url.redacted} failed to append: {exc}") from exc
         if self.snapshot_every:
             for event in events:
-                if event.originator_version % self.snapshot_every == 0:
-                    self.take_snapshot(run_id, event.originator_version)
+                version = event.originator_version
+                if version % self.snapshot_every:
+                    continue
+                if snapshot is not None and snapshot.originator_version == version and self.app.snapshots:
+                    try:
+                        self.app.snapshots.recorder.insert_events([snapshot])
+                    except PersistenceError as exc:
+                        raise StoreUnavailable(f"store {self.url.redacted} failed to snapshot: {exc}") from exc
+                else:
+                    self.take_snapshot(run_id, version)
         return recordings[-1].notification.id if recordings else 0
 
     def take_snapshot(self, run_id: str, version: int | None = None) -> None:
