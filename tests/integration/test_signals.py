@@ -174,3 +174,52 @@ async def test_signal_ids_make_sending_idempotent(store_url: str) -> None:
     await engine.signal("i", "approve", {"approved": True}, signal_id="req-1")
     received = [e for e in engine.history("i") if e.type == "SignalReceived"]
     assert [e.data["signal_id"] for e in received] == ["req-1"]
+
+
+def gated_wait_workflow(gate: asyncio.Event) -> Workflow[Review]:
+    wf = Workflow("gated-wait", state=Review, signals={"approve": Approval})
+
+    async def slow() -> str:
+        await gate.wait()
+        return "planned"
+
+    @wf.phase(initial=True, to="done")
+    async def plan(ctx: Context[Review]) -> None:
+        ctx.state.seen.append(await ctx.step("plan", slow))
+        ctx.state.approved = (await ctx.wait_for_signal("approve")).approved
+
+    @wf.phase(final=True)
+    async def done(ctx: Context[Review]) -> bool | None:
+        return ctx.state.approved
+
+    return wf
+
+
+@pytest.mark.parametrize("batch", [1, 10])
+async def test_a_signal_sent_while_the_run_is_driven_is_rebased_not_lost(store_url: str, batch: int) -> None:
+    """The driver's next commit conflicts with the signal: it rebases over it and goes on.
+
+    With batched commits the driver even suspends for the signal it has not seen yet; the
+    rebased run is then waiting with the signal in its inbox, which makes it due at once.
+    """
+    gate = asyncio.Event()
+    wf = gated_wait_workflow(gate)
+    engine = Engine(store_url, workflows=[wf], checkpoint_every_n_steps=batch)
+    driving = asyncio.ensure_future(engine.run(wf, run_id="race"))
+    while not engine.store.exists("race") or "race" not in engine._active:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.02)  # the step is in flight
+    await engine.signal("race", "approve", {"approved": True})
+    gate.set()
+    run = await driving
+    if batch == 1:
+        assert run.status == "completed" and run.output is True
+    else:
+        assert run.status == "waiting" and run.suspended["signal"] == "approve"
+        stats = await engine.worker(poll_interval=0.01).run(until_idle=True)  # runnable: the signal is in
+        assert stats.completed == 1
+    final = engine.get("race")
+    assert final.status == "completed" and final.output is True
+    history = engine.history("race")
+    assert [e.version for e in history] == list(range(1, len(history) + 1))
+    assert [e.data["name"] for e in history if e.type == "StepRecorded"] == ["plan", "approve"]
