@@ -95,6 +95,9 @@ class Result:
         text = f"  {self.case:<44} {self.metric:<22} {self.value.format(self.unit)}"
         if self.ratio is not None:
             text += f"   = {self.ratio.format('x', 2)} {self.floor_name}"
+        versus = self.extra.get("x_phaseledger")
+        if versus:
+            text += f"   = {versus['median']:,.2f}x [{versus['min']:,.2f}–{versus['max']:,.2f}] phaseledger"
         if self.target:
             text += f"   (target {self.target})"
         return text
@@ -104,6 +107,15 @@ def collected(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` after a full garbage collection, so earlier work does not bill it."""
     gc.collect()
     return fn()
+
+
+def bracketed(floor: Callable[[], float], subject: Callable[[], float]) -> tuple[float, float]:
+    """``(subject, floor)``, the floor being the mean of one measurement just before the
+    subject and one just after, so a burst of load during the pair moves both figures."""
+    before = collected(floor)
+    value = collected(subject)
+    after = collected(floor)
+    return value, (before + after) / 2
 
 
 # -- stores -------------------------------------------------------------------------------------

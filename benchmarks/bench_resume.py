@@ -17,7 +17,7 @@ import math
 import sqlite3
 from dataclasses import dataclass
 
-from benchmarks._harness import Backends, Result, collected, now, postgres_conninfo
+from benchmarks._harness import Backends, Result, bracketed, now, postgres_conninfo
 from benchmarks.floors import postgres_commit_floor, sqlite_commit_floor, store_sqlite_synchronous
 from benchmarks.workloads import HistoryState, SimulatedCrash, Timings, history_workflow
 from phaseledger import Engine
@@ -106,6 +106,15 @@ def raw_read_seconds(store: Store, run_id: str) -> float:
     return elapsed
 
 
+def _load_seconds(store: Store, run_id: str) -> float:
+    start = now()
+    run = store.load(run_id)
+    elapsed = now() - start
+    if run.version != len(store.events(run_id)):
+        raise RuntimeError(f"replay of {run_id!r} stopped at version {run.version}")
+    return elapsed
+
+
 def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
     """Measure resume cost and replay throughput on SQLite and (when reachable) PostgreSQL."""
     results = []
@@ -120,10 +129,12 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
                     run_id = asyncio.run(build_run(url, events, snapshot_every, timings))
                     values, floors = [], []
                     for _ in range(sizes.repeats):
-                        floors.append(_floor(backends, backend, url, sizes.floor_ops, synchronous) * 1e3)
-                        values.append(collected(
-                            lambda url=url: asyncio.run(resume_once(url, run_id, snapshot_every, timings))
-                        ) * 1e3)
+                        value, floor = bracketed(
+                            lambda url=url: _floor(backends, backend, url, sizes.floor_ops, synchronous),
+                            lambda url=url: asyncio.run(resume_once(url, run_id, snapshot_every, timings)),
+                        )
+                        values.append(value * 1e3)
+                        floors.append(floor * 1e3)
                 label = f"every {snapshot_every}" if snapshot_every else "none"
                 target = "≤ 20 ms" if backend == "sqlite" and snapshot_every and events >= 10_000 else None
                 results.append(Result.paired(
@@ -144,12 +155,9 @@ def _replay(backends: Backends, backend: str, sizes: Sizes) -> Result:
             count = len(store.events(run_id))
             values, floors = [], []
             for _ in range(sizes.repeats):
-                floors.append(count / collected(lambda: raw_read_seconds(store, run_id)))
-                start = collected(now)
-                run = store.load(run_id)
-                values.append(count / (now() - start))
-                if run.version != count:
-                    raise RuntimeError(f"replayed {run.version} events, expected {count}")
+                value, floor = bracketed(lambda: raw_read_seconds(store, run_id), lambda: _load_seconds(store, run_id))
+                values.append(count / value)
+                floors.append(count / floor)
         finally:
             store.close()
     return Result.paired(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from benchmarks._harness import Backends, Result, collected
+from benchmarks._harness import Backends, Result, bracketed
 from benchmarks.floors import call_floor, postgres_commit_floor, sqlite_commit_floor, store_sqlite_synchronous
 from benchmarks.workloads import StepsState, Timings, steps_workflow
 from phaseledger import Engine
@@ -24,7 +24,8 @@ class Sizes:
     """How big and how often."""
 
     steps: int = 1000
-    floor_ops: int = 500
+    floor_ops: int = 300
+    """Commits per floor measurement (one before and one after each run)."""
     repeats: int = 5
     checkpoints: tuple[int, ...] = (1, 10)
 
@@ -65,8 +66,12 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
                 with backends.store_url(backend, "steps") as url:
                     if backend == "sqlite" and synchronous is None:
                         synchronous = store_sqlite_synchronous(url)
-                    floors.append(floor_seconds(backends, backend, url, sizes.floor_ops, synchronous) * 1e6)
-                    values.append(collected(lambda url=url: asyncio.run(run_steps(url, sizes.steps, checkpoint))) * 1e6)
+                    value, floor = bracketed(
+                        lambda url=url: floor_seconds(backends, backend, url, sizes.floor_ops, synchronous),
+                        lambda url=url: asyncio.run(run_steps(url, sizes.steps, checkpoint)),
+                    )
+                    values.append(value * 1e6)
+                    floors.append(floor * 1e6)
             results.append(Result.paired(
                 "steps", f"{backend} checkpoint_every_n_steps={checkpoint}", "per step", "µs", values,
                 FLOOR_NAMES[backend], floors, target=TARGETS.get(backend) if checkpoint == 1 else None,

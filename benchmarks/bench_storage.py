@@ -58,16 +58,28 @@ def storage_workflow() -> Workflow[PayloadState]:
     return wf
 
 
-def table_bytes(store: Store, table: str, topic_suffix: str | None) -> tuple[int, int]:
-    """``(rows, bytes)`` of a table's rows (all of them, or those whose topic ends so)."""
-    where = "WHERE topic LIKE %s" if store.url.backend == "postgresql" else "WHERE topic LIKE ?"
-    columns = "octet_length(originator_id) + 8 + octet_length(topic) + octet_length(state)"
-    if store.url.backend == "sqlite":
+def table_bytes(store: Store, table: str, topic_suffix: str | None, *, kind: str | None = None) -> tuple[int, int]:
+    """``(rows, bytes)`` of a table's rows: all, or those whose topic ends so (and of this step kind)."""
+    postgres = store.url.backend == "postgresql"
+    mark = "%s" if postgres else "?"
+    if postgres:
+        columns = "octet_length(originator_id) + 8 + octet_length(topic) + octet_length(state)"
+        state_text = "convert_from(state, 'UTF8')"
+    else:
         columns = "length(CAST(originator_id AS BLOB)) + 8 + length(CAST(topic AS BLOB)) + length(state)"
-    query = f"SELECT count(*), coalesce(sum({columns}), 0) FROM {{table}} {where if topic_suffix else ''}"
-    params = (f"%{topic_suffix}",) if topic_suffix else ()
+        state_text = "CAST(state AS TEXT)"
+    where, params = [], []
+    if topic_suffix:
+        where.append(f"topic LIKE {mark}")
+        params.append(f"%{topic_suffix}")
+    if kind:
+        where.append(f"{state_text} LIKE {mark}")
+        params.append(f'%"kind":"{kind}"%')
+    query = f"SELECT count(*), coalesce(sum({columns}), 0) FROM {{table}}"
+    if where:
+        query += " WHERE " + " AND ".join(where)
     datastore = store.app.recorder.datastore  # type: ignore[attr-defined]
-    if store.url.backend == "sqlite":
+    if not postgres:
         with datastore.transaction(commit=False) as cursor:
             cursor.execute(query.format(table=table), params)
             rows, size = cursor.fetchone()

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import bench_resume, bench_steps, bench_storage
+from benchmarks import bench_agents, bench_projections, bench_resume, bench_steps, bench_storage, bench_workers
 from benchmarks._harness import Backends, Result
+from benchmarks.compare import bench_compare
 
 
 @dataclass(frozen=True)
@@ -46,5 +47,24 @@ BENCHMARKS: dict[str, Benchmark] = {
     "storage": Benchmark(
         "bytes stored per step", bench_storage.run, bench_storage.Sizes(),
         bench_storage.Sizes(steps=20, payload_bytes=50),
+    ),
+    "agents": Benchmark(
+        "durable pydantic-ai agent overhead per journaled unit", bench_agents.run, bench_agents.Sizes(),
+        bench_agents.Sizes(runs=3, repeats=1), requires=bench_agents.unavailable,
+    ),
+    "projections": Benchmark(
+        "report projection rebuild: events/s and peak memory", bench_projections.run, bench_projections.Sizes(),
+        bench_projections.Sizes(events=400, steps_per_run=20, repeats=1), requires=bench_projections.unavailable,
+    ),
+    "workers": Benchmark(
+        "PostgreSQL workers: throughput with 1, 2, 4 processes; signal-to-wake delay", bench_workers.run,
+        bench_workers.Sizes(), bench_workers.Sizes(runs=4, steps=2, io_seconds=0.005, processes=(1,), signals=2),
+        requires=lambda: None,
+    ),
+    "compare": Benchmark(
+        "phaseledger, LangGraph and DBOS Transact: steps, recovery after a kill, state rebuild",
+        bench_compare.run, bench_compare.Sizes(),
+        bench_compare.Sizes(steps=12, kill_at=6, floor_ops=5, repeats=1, timeout=300.0, backends=("sqlite",)),
+        requires=bench_compare.unavailable,
     ),
 }

@@ -1,0 +1,136 @@
+"""phaseledger against LangGraph (SqliteSaver / PostgresSaver) and DBOS Transact (SQLite / PostgreSQL).
+
+The same workload on each: a run of ``steps`` trivial steps, each made durable before the
+next starts (phaseledger ``checkpoint_every_n_steps=1``; LangGraph ``durability="sync"``,
+one node execution per step; DBOS one ``@DBOS.step`` per step). Three figures:
+
+- per step: seconds per step of the whole run, against the commit floor measured in the
+  same process just before and after, and against phaseledger in the same repeat;
+- recovery: the run is killed (SIGKILL) when step ``kill_at`` starts; a new process opens
+  the store and recovers the run; the clock stops when that step starts again;
+- state rebuild: a new process opens the store and rebuilds the finished run's state
+  (phaseledger ``Store.load``, LangGraph ``get_state``, DBOS ``list_workflow_steps``).
+
+Each measurement runs in a process of its own (:mod:`benchmarks.compare.peer`); the
+systems take turns within each repeat, on fresh databases.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks._harness import Backends, Result
+
+PEERS = {"langgraph": ("langgraph", "langgraph.checkpoint.sqlite", "langgraph.checkpoint.postgres"), "dbos": ("dbos",)}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big and how often."""
+
+    steps: int = 1000
+    kill_at: int = 500
+    floor_ops: int = 200
+    repeats: int = 3
+    timeout: float = 900.0
+    backends: tuple[str, ...] = ("sqlite", "postgres")
+    """Which of the available durable backends to compare on."""
+
+
+def installed_peers() -> list[str]:
+    """The peers whose packages are importable here."""
+    return [name for name, modules in PEERS.items() if all(importlib.util.find_spec(m) for m in modules)]
+
+
+def unavailable() -> str | None:
+    """Why the comparison cannot run here, or None."""
+    if not installed_peers():
+        return 'LangGraph and DBOS are not installed: pip install -e ".[compare]"'
+    return None
+
+
+def _peer(system: str, backend: str, task: str, store: str, sizes: Sizes) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.compare.peer", system, backend, task, store,
+               "--steps", str(sizes.steps), "--kill-at", str(sizes.kill_at), "--floor-ops", str(sizes.floor_ops)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=sizes.timeout, check=False)
+    if task == "crash":
+        if done.returncode != -9:
+            raise RuntimeError(f"{system} on {backend} was not killed (exit {done.returncode}): {done.stderr[-2000:]}")
+        return {}
+    if done.returncode != 0:
+        raise RuntimeError(f"{system} {task} on {backend} failed (exit {done.returncode}): {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _store(backends: Backends, backend: str, stack: Any, label: str) -> str:
+    if backend == "sqlite":
+        return str(backends.sqlite_path(label))
+    url, _schema = stack.enter_context(backends.postgres_schema(label))
+    return url
+
+
+def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
+    """Measure phaseledger and each installed peer on SQLite and (when reachable) PostgreSQL."""
+    import contextlib
+
+    systems = ["phaseledger", *installed_peers()]
+    results = []
+    for backend in [b for b in backends.durable if b in sizes.backends]:
+        per_step: dict[str, list[float]] = {s: [] for s in systems}
+        floors: dict[str, list[float]] = {s: [] for s in systems}
+        recover: dict[str, list[float]] = {s: [] for s in systems}
+        recover_floors: dict[str, list[float]] = {s: [] for s in systems}
+        rebuild: dict[str, list[float]] = {s: [] for s in systems}
+        for _ in range(sizes.repeats):
+            for system in systems:
+                with contextlib.ExitStack() as stack:
+                    measured = _peer(system, backend, "steps", _store(backends, backend, stack, system), sizes)
+                per_step[system].append(measured["per_step"] * 1e6)
+                floors[system].append(measured["floor"] * 1e6)
+                with contextlib.ExitStack() as stack:
+                    store = _store(backends, backend, stack, system)
+                    _peer(system, backend, "crash", store, sizes)
+                    measured = _peer(system, backend, "recover", store, sizes)
+                recover[system].append(measured["recover_to_first_step"] * 1e3)
+                recover_floors[system].append(measured["floor"] * 1e3)
+                rebuild[system].append(measured["rebuild"] * 1e3)
+        floor_name = f"{backend} commit"
+        for system in systems:
+            extra: dict[str, Any] = {"system": system, "backend": backend, "steps": sizes.steps}
+            if system != "phaseledger":
+                extra["x_phaseledger"] = _ratios(per_step[system], per_step["phaseledger"])
+            results.append(Result.paired(
+                "compare", f"{system} on {backend}", "per step", "µs", per_step[system], floor_name, floors[system],
+                target="phaseledger ≥ 5x cheaper" if system != "phaseledger" else None, **extra,
+            ))
+        for system in systems:
+            extra = {"system": system, "backend": backend, "kill_at": sizes.kill_at}
+            if system != "phaseledger":
+                extra["x_phaseledger"] = _ratios(recover[system], recover["phaseledger"])
+            results.append(Result.paired(
+                "compare", f"{system} on {backend}, killed at step {sizes.kill_at}", "recover to first step", "ms",
+                recover[system], floor_name, recover_floors[system], **extra,
+            ))
+        for system in systems:
+            extra = {"system": system, "backend": backend, "steps": sizes.steps}
+            if system != "phaseledger":
+                extra["x_phaseledger"] = _ratios(rebuild[system], rebuild["phaseledger"])
+            results.append(Result.paired(
+                "compare", f"{system} on {backend}, {sizes.steps:,}-step run", "state rebuild", "ms",
+                rebuild[system], floor_name, recover_floors[system], **extra,
+            ))
+    return results
+
+
+def _ratios(values: list[float], reference: list[float]) -> dict[str, float]:
+    """Paired ratios (same repeat) of a peer's figure to phaseledger's: median, min, max."""
+    ratios = [v / r for v, r in zip(values, reference, strict=True) if r]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)} if ratios else {}
