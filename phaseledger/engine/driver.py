@@ -20,6 +20,7 @@ from phaseledger.domain.errors import (
     NonDeterminismError,
     PhaseledgerError,
     SerializationError,
+    StoreUnavailable,
     describe_error,
 )
 from phaseledger.domain.run import CANCELLED, WorkflowRun
@@ -191,12 +192,12 @@ class RunDriver:
                         )
                 except (Suspended, Cancelled, Superseded, Released):
                     raise
-                except NonDeterminismError:
-                    self.run.collect_events()  # leave the log untouched: old code can still finish the run
+                except (NonDeterminismError, StoreUnavailable, ConcurrencyConflict):
+                    # Not the workflow's fault: leave the log untouched so the run can be
+                    # resumed (by the old code, once the store is back, or by its owner).
+                    self.run.collect_events()
                     raise
-                except (Exception, asyncio.CancelledError) as exc:
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
+                except Exception as exc:
                     await self._fail(exc)
                     return
                 await self.commit()
