@@ -22,6 +22,7 @@ from eventsourcing.utils import get_topic
 from phaseledger.domain.errors import ConcurrencyConflict, RunNotFound, StoreUnavailable
 from phaseledger.domain.run import WorkflowRun, project_run
 from phaseledger.engine._codec import FastJSONTranscoder
+from phaseledger.engine._codec import FastJSONTranscoder
 
 DEFAULT_STORE = "sqlite:///phaseledger.db"
 STORE_ENV_VAR = "PHASELEDGER_STORE"
@@ -73,7 +74,9 @@ class StoreURL:
                 "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", ["10"])[0],
                 "POSTGRES_POOL_SIZE": query.get("pool_size", ["5"])[0],
                 "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", ["10"])[0],
-                "POSTGRES_PRE_PING": "y",
+                # No ping before each use of a pooled connection: it costs a round trip per
+                # append and read, and eventsourcing's recorders retry on a broken connection.
+                "POSTGRES_PRE_PING": query.get("pre_ping", ["n"])[0],
                 "POSTGRES_ENABLE_DB_FUNCTIONS": "n",  # 'y' drops tracking rows in 9.5
             }
             conninfo = (
@@ -102,6 +105,12 @@ class RunApplication(Application[str]):
 
     name = "phaseledger"
     snapshotting_projectors = {WorkflowRun: project_run}  # noqa: RUF012
+
+    def construct_transcoder(self) -> Transcoder:
+        """eventsourcing's JSON format, written and read by orjson (see :mod:`._codec`)."""
+        transcoder = FastJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def construct_transcoder(self) -> Transcoder:
         """eventsourcing's JSON format, written and read by orjson (see :mod:`._codec`)."""
@@ -148,6 +157,10 @@ class Store:
             from phaseledger.engine._postgres import OneTripRecorder
 
             env["APPLICATION_RECORDER_TOPIC"] = get_topic(OneTripRecorder)
+        if self.url.backend == "postgresql":
+            from phaseledger.engine._postgres import OneTripRecorder
+
+            env["APPLICATION_RECORDER_TOPIC"] = get_topic(OneTripRecorder)
         if snapshot_every:
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
         try:
@@ -161,6 +174,8 @@ class Store:
         except Exception as exc:  # psycopg, sqlite3 and eventsourcing raise various types here
             raise StoreUnavailable(f"cannot open store {self.url.redacted}: {exc}") from exc
         self.snapshot_every = snapshot_every
+        self._prepared: dict[tuple[str, int], StoredEvent] = {}
+        """Snapshots made by :meth:`prepare_snapshot`, waiting for their events to be saved."""
         self._prepared: dict[tuple[str, int], StoredEvent] = {}
         """Snapshots made by :meth:`prepare_snapshot`, waiting for their events to be saved."""
         self.started_topic = get_topic(WorkflowRun.RunStarted)
