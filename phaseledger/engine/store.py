@@ -22,7 +22,6 @@ from eventsourcing.utils import get_topic
 from phaseledger.domain.errors import ConcurrencyConflict, RunNotFound, StoreUnavailable
 from phaseledger.domain.run import WorkflowRun, project_run
 from phaseledger.engine._codec import FastJSONTranscoder
-from phaseledger.engine._codec import FastJSONTranscoder
 
 DEFAULT_STORE = "sqlite:///phaseledger.db"
 STORE_ENV_VAR = "PHASELEDGER_STORE"
@@ -112,12 +111,6 @@ class RunApplication(Application[str]):
         self.register_transcodings(transcoder)
         return transcoder
 
-    def construct_transcoder(self) -> Transcoder:
-        """eventsourcing's JSON format, written and read by orjson (see :mod:`._codec`)."""
-        transcoder = FastJSONTranscoder()
-        self.register_transcodings(transcoder)
-        return transcoder
-
 
 _SETUP_LOCK = 0x70686173656C6467  # pg_advisory_lock key held while a store creates its tables
 
@@ -157,10 +150,6 @@ class Store:
             from phaseledger.engine._postgres import OneTripRecorder
 
             env["APPLICATION_RECORDER_TOPIC"] = get_topic(OneTripRecorder)
-        if self.url.backend == "postgresql":
-            from phaseledger.engine._postgres import OneTripRecorder
-
-            env["APPLICATION_RECORDER_TOPIC"] = get_topic(OneTripRecorder)
         if snapshot_every:
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
         try:
@@ -174,8 +163,6 @@ class Store:
         except Exception as exc:  # psycopg, sqlite3 and eventsourcing raise various types here
             raise StoreUnavailable(f"cannot open store {self.url.redacted}: {exc}") from exc
         self.snapshot_every = snapshot_every
-        self._prepared: dict[tuple[str, int], StoredEvent] = {}
-        """Snapshots made by :meth:`prepare_snapshot`, waiting for their events to be saved."""
         self._prepared: dict[tuple[str, int], StoredEvent] = {}
         """Snapshots made by :meth:`prepare_snapshot`, waiting for their events to be saved."""
         self.started_topic = get_topic(WorkflowRun.RunStarted)
