@@ -42,8 +42,6 @@ from phaseledger.engine.compare import Difference, Divergence, RunComparison, Ru
 from phaseledger.engine.retention import CompactionReport, RetentionPolicy, RetentionReport
 from phaseledger.engine.timetravel import Checkpoint, ForkInfo, ForkPoint, JournalEntry, Lineage, RunAt
 
-__version__ = "0.1.0"
-
 if TYPE_CHECKING:
     from phaseledger.engine.agents import (
         SUPPORTED_PYDANTIC_AI,
@@ -70,9 +68,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'phaseledger' has no attribute {name!r}")
 
 
+__version__ = "0.1.0"
+
 __all__ = [
-    "Checkpoint",
-    "CheckpointNotFound",
     "SUPPORTED_PYDANTIC_AI",
     "AgentNotDurable",
     "AgentRunFailed",
@@ -80,6 +78,8 @@ __all__ = [
     "DurableAgentResult",
     "PhaseledgerDurability",
     "UnsupportedPydanticAI",
+    "Checkpoint",
+    "CheckpointNotFound",
     "CompactionReport",
     "Difference",
     "Divergence",

@@ -34,6 +34,7 @@ from phaseledger.engine.timetravel import Checkpoint, Lineage, RunAt, TimeTravel
 from phaseledger.engine.tokens import looks_like_token, resolve_key
 
 if TYPE_CHECKING:
+    from phaseledger.engine.worker import Worker
     from phaseledger.projections.reports import Reports
 
 T = TypeVar("T")
