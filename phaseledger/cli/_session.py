@@ -6,8 +6,6 @@ the command starts, so ``phaseledger --help`` stays fast.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -116,60 +114,15 @@ class Session:
 
 
 def load_workflows(spec: str) -> list[Workflow[Any]]:
-    """Import ``spec`` and return the workflows it defines.
+    """Import ``spec`` and return its workflows (see :func:`phaseledger.engine.loading.load_workflows`).
 
-    ``spec`` is a module import path (``myapp.workflows``), ``module:attribute`` (a
-    workflow, a list of them, or a function returning either) or a ``path/to/file.py``.
-    Without an attribute, a module-level ``workflows`` list wins; otherwise every
-    :class:`~phaseledger.Workflow` at module level is taken.
+    A console script does not see the current directory, so it is put on ``sys.path`` first.
     """
-    from phaseledger.domain.workflow import Workflow
+    from phaseledger.engine.loading import load_workflows as load
 
-    module_path, _, attribute = spec.partition(":")
-    module = _import(module_path, spec)
-    if attribute:
-        try:
-            target: Any = getattr(module, attribute)
-        except AttributeError:
-            raise CommandError(f"workflows module {module_path!r} has no attribute {attribute!r}") from None
-        if callable(target) and not isinstance(target, Workflow):
-            target = target()
-        found = [target] if isinstance(target, Workflow) else list(target)
-    elif isinstance(getattr(module, "workflows", None), (list, tuple)):
-        found = list(module.workflows)
-    else:
-        found = [value for value in vars(module).values() if isinstance(value, Workflow)]
-    bad = [item for item in found if not isinstance(item, Workflow)]
-    if bad:
-        raise CommandError(f"{spec!r} lists {bad[0]!r}, which is not a phaseledger.Workflow")
-    if not found:
-        raise CommandError(
-            f"{spec!r} defines no workflows: define phaseledger.Workflow objects at module level, "
-            "a `workflows` list, or name one with MODULE:ATTRIBUTE"
-        )
-    return found
-
-
-def _import(module_path: str, spec: str) -> Any:
-    if module_path.endswith(".py"):
-        path = Path(module_path).expanduser().resolve()
-        if not path.is_file():
-            raise CommandError(f"workflows file {module_path!r} does not exist")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        if module_spec is None or module_spec.loader is None:
-            raise CommandError(f"cannot load workflows file {module_path!r}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[path.stem] = module
-        module_spec.loader.exec_module(module)
-        return module
     if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # a console script does not see the current directory
+        sys.path.insert(0, os.getcwd())
     try:
-        return importlib.import_module(module_path)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_path.startswith(exc.name):
-            raise CommandError(
-                f"cannot import workflows module {spec!r}: no module named {exc.name!r} "
-                "(check the import path and that it is on PYTHONPATH)"
-            ) from None
-        raise
+        return load(spec)
+    except UnknownWorkflow as exc:
+        raise CommandError(str(exc)) from None

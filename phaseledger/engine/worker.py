@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import time
@@ -43,6 +42,7 @@ from phaseledger.domain.run import CANCELLED, COMPLETED, FAILED, RUNNING
 from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.driver import Cancelled, Released, Superseded
 from phaseledger.engine.leases import Claim, Leases, open_leases, worker_identity
+from phaseledger.engine.loading import load_workflows
 from phaseledger.engine.runindex import RunIndex, open_run_index, workflow_key
 
 if TYPE_CHECKING:
@@ -368,39 +368,6 @@ class Worker:
                     self.engine._interrupt(run_id, Superseded)
 
 
-def load_workflows(spec: str) -> list[Workflow[Any]]:
-    """The workflows named by an import path: ``package.module`` or ``package.module:attribute``.
-
-    Without an attribute, a module-level ``workflows`` list wins, else every
-    :class:`~phaseledger.Workflow` defined at module level. An attribute may be a
-    workflow, a list of them, or a function returning either.
-    """
-    module_path, _, attribute = spec.partition(":")
-    try:
-        module = importlib.import_module(module_path)
-    except ImportError as exc:
-        raise UnknownWorkflow(
-            f"cannot import workflows module {module_path!r}: {exc} (check the import path and PYTHONPATH)"
-        ) from exc
-    if attribute:
-        if not hasattr(module, attribute):
-            raise UnknownWorkflow(f"workflows module {module_path!r} has no attribute {attribute!r}")
-        target: Any = getattr(module, attribute)
-        if callable(target) and not isinstance(target, Workflow):
-            target = target()
-        found = [target] if isinstance(target, Workflow) else list(target)
-    elif isinstance(getattr(module, "workflows", None), (list, tuple)):
-        found = list(module.workflows)
-    else:
-        found = [value for value in vars(module).values() if isinstance(value, Workflow)]
-    if not found or not all(isinstance(w, Workflow) for w in found):
-        raise UnknownWorkflow(
-            f"{spec!r} defines no workflows: define phaseledger.Workflow objects at module level, "
-            "a `workflows` list, or name one with module:attribute"
-        )
-    return found
-
-
 async def run_worker(
     store_url: str | None,
     workflows: str | Iterable[Workflow[Any]],
@@ -416,7 +383,7 @@ async def run_worker(
 ) -> WorkerStats:
     """Run a worker on a store until SIGTERM/SIGINT (or until idle): what ``phaseledger worker`` does.
 
-    ``workflows`` is an import path (see :func:`load_workflows`) or the workflows
+    ``workflows`` is an import path (see :func:`phaseledger.engine.loading.load_workflows`) or the workflows
     themselves; ``engine_options`` are passed to :class:`~phaseledger.Engine` (for example
     ``max_inline_wait`` or ``checkpoint_every_n_steps``).
     """

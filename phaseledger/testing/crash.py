@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import importlib
-import importlib.util
 import inspect
 import json
 import os
@@ -64,7 +62,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-from phaseledger.domain.errors import PhaseledgerError
+from phaseledger.domain.errors import PhaseledgerError, UnknownWorkflow
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.workflow import Workflow
 
@@ -166,27 +164,17 @@ class _Probe:
 
 
 def load_workflows(target: str) -> list[Workflow[Any]]:
-    """Import ``module:attr`` or ``path/to/file.py:attr``: a Workflow, a list of them, or a
-    zero-argument callable returning either (all versions are registered in the engine)."""
-    module_name, sep, attr = target.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise CrashHarnessError(f"target {target!r} must look like package.module:workflow or file.py:workflow")
+    """The workflows named by ``module:attr`` or ``path/to/file.py:attr`` (see
+    :func:`phaseledger.engine.loading.load_workflows`); all versions are registered."""
+    from phaseledger.engine.loading import load_workflows as load
+
+    module_path = target.rpartition(":")[0]
+    if module_path.endswith(".py"):
+        sys.path.insert(0, str(Path(module_path).resolve().parent))  # so the file can import its neighbours
     try:
-        if module_name.endswith(".py"):
-            path = Path(module_name).resolve()
-            sys.path.insert(0, str(path.parent))
-            module = importlib.import_module(path.stem)
-        else:
-            module = importlib.import_module(module_name)
-        obj = getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
+        return load(target)
+    except (UnknownWorkflow, ImportError) as exc:
         raise CrashHarnessError(f"cannot load {target!r}: {exc}") from exc
-    if callable(obj) and not isinstance(obj, Workflow):
-        obj = obj()
-    workflows = [obj] if isinstance(obj, Workflow) else list(obj)
-    if not workflows or not all(isinstance(w, Workflow) for w in workflows):
-        raise CrashHarnessError(f"{target!r} is not a Workflow, a list of Workflows or a factory of them")
-    return workflows
 
 
 async def _child_drive(args: argparse.Namespace) -> dict[str, Any]:
