@@ -12,15 +12,15 @@ import gc
 import json
 import os
 import platform
-import statistics
 import sqlite3
+import statistics
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +276,7 @@ def write_json(results: Sequence[Result], facts: dict[str, Any], settings: dict[
                out_dir: Path = RESULTS_DIR) -> Path:
     """Write the results as JSON (``<timestamp>.json`` and ``latest.json``); return the path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     document = {
         "generated_at": stamp,
         "machine": facts,

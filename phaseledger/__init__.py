@@ -7,24 +7,24 @@ that stops anywhere resumes from its log: recorded steps and model calls never r
 from typing import TYPE_CHECKING, Any
 
 from phaseledger.domain.errors import (
+    CheckpointNotFound,
     CircuitOpen,
     ConcurrencyConflict,
+    HistoryCompacted,
     InvalidInput,
     InvalidToken,
-    CheckpointNotFound,
-    HistoryCompacted,
-    RunNotFinished,
-    TokenKeyMissing,
     InvalidTransition,
     NonDeterminismError,
     PhaseledgerError,
     RunExists,
     RunFinished,
+    RunNotFinished,
     RunNotFound,
     SerializationError,
     SignalTimeout,
     StepFailed,
     StoreUnavailable,
+    TokenKeyMissing,
     UnknownWorkflow,
     WorkerAlreadyRunning,
     WorkflowDefinitionError,
@@ -33,14 +33,14 @@ from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.workflow import Phase, Workflow
 from phaseledger.engine.breaker import CircuitBreaker
+from phaseledger.engine.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
 from phaseledger.engine.context import Context, idempotency_key
 from phaseledger.engine.engine import Engine
+from phaseledger.engine.retention import CompactionReport, RetentionPolicy, RetentionReport
 from phaseledger.engine.store import Store
+from phaseledger.engine.timetravel import Checkpoint, ForkInfo, ForkPoint, JournalEntry, Lineage, RunAt
 from phaseledger.engine.views import RecordedEvent, Run, Usage
 from phaseledger.engine.worker import Worker, WorkerStats, run_worker
-from phaseledger.engine.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
-from phaseledger.engine.retention import CompactionReport, RetentionPolicy, RetentionReport
-from phaseledger.engine.timetravel import Checkpoint, ForkInfo, ForkPoint, JournalEntry, Lineage, RunAt
 
 if TYPE_CHECKING:
     from phaseledger.engine.agents import (

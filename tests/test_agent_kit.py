@@ -19,9 +19,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import sys
 
+from phaseledger.cli import (
+    _act,  # noqa: F401
+    _read,  # noqa: F401, I001 - commands register on import, in the order of --help
+    _tools,  # noqa: F401
+)
 from phaseledger.cli import _render as render
-from phaseledger.cli import _read  # noqa: F401, I001 - commands register on import, in the order of --help
-from phaseledger.cli import _act  # noqa: F401
-from phaseledger.cli import _tools  # noqa: F401
 from phaseledger.cli._base import app
 
 __all__ = ["app", "main"]

@@ -8,7 +8,6 @@ import typer
 
 from phaseledger.cli._session import WORKFLOWS_ENV_VAR, Session
 
-
 app = typer.Typer(
     name="phaseledger",
     help="Inspect, drive and draw durable workflow runs kept in an event log.",

@@ -15,7 +15,7 @@ import time
 import uuid as _uuid
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -67,7 +67,7 @@ def idempotency_key() -> str:
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Context(Generic[StateT]):

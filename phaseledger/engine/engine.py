@@ -20,18 +20,18 @@ from phaseledger.domain.errors import (
     RunFinished,
 )
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
-from phaseledger.domain.run import FAILED, RUNNING, SLEEPING, RETRYING, WAITING, WorkflowRun
+from phaseledger.domain.run import FAILED, RETRYING, RUNNING, SLEEPING, WAITING, WorkflowRun
 from phaseledger.domain.values import validate_payload
 from phaseledger.domain.workflow import Workflow, WorkflowRegistry
 from phaseledger.engine.breaker import CircuitBreaker
+from phaseledger.engine.compare import RunComparison, compare_runs
 from phaseledger.engine.driver import Cancelled, RunDriver
+from phaseledger.engine.retention import CompactionReport, Retention, RetentionPolicy, RetentionReport
 from phaseledger.engine.runindex import is_due
 from phaseledger.engine.store import Store
-from phaseledger.engine.views import RecordedEvent, Run, event_view, run_view
-from phaseledger.engine.compare import RunComparison, compare_runs
-from phaseledger.engine.retention import CompactionReport, RetentionPolicy, RetentionReport, Retention
 from phaseledger.engine.timetravel import Checkpoint, Lineage, RunAt, TimeTravel
 from phaseledger.engine.tokens import looks_like_token, resolve_key
+from phaseledger.engine.views import RecordedEvent, Run, event_view, run_view
 
 if TYPE_CHECKING:
     from phaseledger.engine.worker import Worker

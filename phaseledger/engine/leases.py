@@ -25,7 +25,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -176,7 +176,7 @@ class LocalLeases(Leases):
     def claim(self, owner: str, limit: int, lease_seconds: float, keys: Iterable[str]) -> list[Claim]:
         if limit <= 0:
             return []
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with self._lock:
             skip = len(self._held) + len(self._fences)
             claims: list[Claim] = []
@@ -204,7 +204,7 @@ class LocalLeases(Leases):
         with self._lock:
             if self._held.get(run_id) == owner:
                 del self._held[run_id]
-                not_before = datetime.now(timezone.utc) + timedelta(seconds=hold_seconds)
+                not_before = datetime.now(UTC) + timedelta(seconds=hold_seconds)
                 self._fences[run_id] = (fence, not_before)
 
     def close(self) -> None:

@@ -31,7 +31,7 @@ the next event and read models that tracked it would skip that event.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -191,7 +191,7 @@ class Retention:
 
     def apply(self, policy: RetentionPolicy, *, now: datetime | None = None) -> RetentionReport:
         """Apply ``policy`` to every finished run of the store; unfinished runs are left alone."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         report = RetentionReport()
         run_ids = [rid for rid in self.store.run_ids() if not self.store.is_memory or self.store.exists(rid)]
         parents: set[str] = set()

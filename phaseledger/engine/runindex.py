@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, PersistenceError, Tracking, TrackingRecorder
@@ -32,7 +32,7 @@ from phaseledger.domain.run import FINISHED, RUNNING, WAITING, WorkflowRun
 from phaseledger.engine import _worker_sql as q
 from phaseledger.engine.store import Store
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _awaited_signal_arrived(run: WorkflowRun) -> bool:
@@ -47,7 +47,7 @@ def is_due(run: WorkflowRun, now: datetime | None = None) -> bool:
     if run.status == RUNNING or _awaited_signal_arrived(run):
         return True
     until = (run.suspended or {}).get("until")
-    return until is not None and (now or datetime.now(timezone.utc)) >= until
+    return until is not None and (now or datetime.now(UTC)) >= until
 
 
 def runnable_at(run: WorkflowRun) -> datetime | None:
@@ -107,7 +107,7 @@ def workflow_key(name: str, version: int) -> str:
 
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -246,7 +246,7 @@ def _ts(value: datetime | None) -> float | None:
 
 
 def _dt(value: float | None) -> datetime | None:
-    return datetime.fromtimestamp(value, timezone.utc) if value is not None else None
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
 
 
 class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):

@@ -26,19 +26,19 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from phaseledger.domain.errors import (
     CheckpointNotFound,
+    ConcurrencyConflict,
     HistoryCompacted,
     InvalidInput,
     InvalidToken,
     RunExists,
     RunNotFound,
-    ConcurrencyConflict,
 )
 from phaseledger.domain.run import COMPLETED, FAILED, WorkflowRun
 from phaseledger.domain.values import copy_json, encode_value
@@ -385,7 +385,7 @@ class TimeTravel:
             merged.update(data)
 
         new_id = new_run_id or f"{source_id}-fork-{uuid.uuid4().hex[:8]}"
-        parent = {"run_id": source_id, "version": version, "forked_on": datetime.now(timezone.utc).isoformat(),
+        parent = {"run_id": source_id, "version": version, "forked_on": datetime.now(UTC).isoformat(),
                   "overrides": merged}
         fields = _fields(started)
         fields["parent"] = parent

@@ -26,9 +26,8 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any
-
 from datetime import datetime
+from typing import Any
 
 from eventsourcing.domain import (
     BaseAggregate,

@@ -10,13 +10,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
-from phaseledger import Context, Engine, PhaseledgerError, Workflow, WorkerAlreadyRunning
+from phaseledger import Context, Engine, PhaseledgerError, WorkerAlreadyRunning, Workflow
 from phaseledger.engine.leases import PostgresLeases
 from phaseledger.engine.runindex import IndexRow, is_due, open_run_index, runnable_at
 from tests.integration import worker_fleet
@@ -165,7 +165,7 @@ async def test_the_run_index_rebuilds_to_the_same_rows(store_url: str) -> None:
 def test_runnable_at_agrees_with_is_due() -> None:
     from phaseledger.domain.run import WorkflowRun
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     run = WorkflowRun._create(WorkflowRun.RunStarted, id="x", workflow="w", workflow_version=1, input={}, parent=None)
     cases = []
     for reason, until, signal_name, inbox in [

@@ -11,10 +11,10 @@ import asyncio
 import copy
 import itertools
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
-import uuid
 from hypothesis import HealthCheck, given, settings
 
 from phaseledger import Engine

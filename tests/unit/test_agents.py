@@ -5,27 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 from pydantic_ai import Agent, RunContext
-from pydantic_ai.capabilities import AbstractCapability, ModelFallback
-from pydantic_ai.exceptions import ModelHTTPError
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
-from pydantic_ai.usage import RequestUsage
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.messages import ModelResponse, TextPart
+from pydantic_ai.models.function import FunctionModel
 
-from phaseledger import CircuitBreaker, Context, Engine, NonDeterminismError, RetryPolicy, Workflow
+from phaseledger import Context, Engine, NonDeterminismError, Workflow
 from phaseledger.engine.agents import (
     AgentNotDurable,
-    DurableAgent,
-    PhaseledgerDurability,
-    UnsupportedPydanticAI,
-    check_pydantic_ai_version,
 )
 from tests.test_agent_kit import (
     Crash,
     Outcome,
     Recorder,
-    Report,
     Script,
     ScriptState,
     outcome_of,

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -38,7 +38,7 @@ STANDARD = _transcoder(JSONTranscoder)
 FAST = _transcoder(FastJSONTranscoder)
 
 datetimes = st.datetimes(
-    min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.just(timezone.utc)
+    min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
 ) | st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1))
 scalars = (
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from phaseledger.domain.run import WorkflowRun, project_run
 
@@ -41,7 +41,7 @@ def test_steps_form_the_journal_of_the_current_phase_visit() -> None:
 
 def test_failed_attempts_are_kept_until_the_step_is_recorded() -> None:
     run = started()
-    when = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    when = datetime(2030, 1, 1, tzinfo=UTC)
     run.trigger_event(
         WorkflowRun.StepAttemptFailed, seq=0, key="0", name="s0", error_type="E", message="m",
         retryable=True, attempt=1, retry_at=when,

@@ -85,7 +85,7 @@ def _decode_error(name: str, error: dict[str, Any]) -> BaseException:
 def _check(ctx: Context[Any], key: str, identity: UnitIdentity, name: str) -> dict[str, Any] | None:
     try:
         return ctx._lookup(key, identity.kind, name, identity.fingerprint)
-    except NonDeterminismError as exc:
+    except NonDeterminismError:
         entry = ctx._driver.run.journal.get(key)
         if entry is None or entry["name"] != name or entry["kind"] != identity.kind:
             raise
