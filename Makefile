@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOWEST := .venv-lowest
 
-.PHONY: demo test test-fast bench bench-smoke clean
+.PHONY: demo test test-fast test-lowest bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +22,14 @@ test: $(STAMP)  ## the whole suite (PostgreSQL tests skip outside CI when no ser
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-bench: $(STAMP)  ## the benchmark suite (figures as ratios to floors measured in the same run)
+test-lowest:  ## unit, property and docs tests on the lowest dependency versions pyproject.toml allows
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet -e ".[dev]" -c constraints/lowest.txt
+	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/property tests/test_docs.py
+
+bench: $(STAMP)  ## the benchmark suite, LangGraph and DBOS included (ratios to floors measured in the same run)
+	$(PY) -m pip install --quiet -e ".[dev,compare]"
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis phaseledger.db* demo.db* demo-*.svg
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .hypothesis phaseledger.db* demo.db* demo-*.svg
