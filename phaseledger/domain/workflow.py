@@ -247,24 +247,37 @@ class Workflow(Generic[StateT]):
         )
 
     def diagram(self, *, active: str | None = None) -> str:
-        """The state machine as Mermaid ``stateDiagram-v2`` text (no system packages needed)."""
+        """The state machine as Mermaid ``stateDiagram-v2`` text (no system packages needed).
+
+        ``active`` highlights one phase, for example the phase a run is in.
+        """
         from transitions.extensions import GraphMachine
 
         self.validate()
+        if active is not None and active not in self.phases:
+            raise WorkflowDefinitionError(f"workflow {self.name!r} has no phase {active!r} to highlight")
+        title = f"{self.name} v{self.version}"
         graph_machine = GraphMachine(
             states=list(self.phases),
-            initial=active or self.initial_phase,
+            initial=self.initial_phase,
             transitions=self._transition_specs(),
             auto_transitions=False,
             send_event=True,
             graph_engine="mermaid",
             show_conditions=True,
-            title=f"{self.name} v{self.version}",
+            title=title,
         )
-        source = graph_machine.get_graph().draw(None)
-        finals = [p.name for p in self.phases.values() if p.final]
-        lines = [line for line in source.splitlines() if line.strip()]
-        lines.extend(f"  {name} --> [*]" for name in finals)
+        lines = []
+        for line in graph_machine.get_graph().draw(None).splitlines():
+            words = line.split()
+            if not words:
+                continue
+            if line == title:
+                line = f"title: {title}"  # front matter is YAML: Mermaid reads the title key
+            elif words[0] == "Class" and len(words) == 3:  # transitions writes `Class`; Mermaid documents `class`
+                line = f"  class {words[1]} {'s_active' if words[1] == active else 's_default'}"
+            lines.append(line)
+        lines.extend(f"  {p.name} --> [*]" for p in self.phases.values() if p.final)
         return "\n".join(lines) + "\n"
 
 

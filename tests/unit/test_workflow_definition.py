@@ -115,3 +115,13 @@ def test_diagram_is_mermaid_with_guards_and_final_states() -> None:
     assert "b --> a: a [guard_a]" in text
     assert "[*] --> a" in text
     assert "c --> [*]" in text
+    assert text.startswith("---\ntitle: wf v1\n---\n")
+    assert "class a s_default" in text and "Class " not in text
+
+
+def test_diagram_highlights_the_phase_a_run_is_in() -> None:
+    text = linear().diagram(active="b")
+    assert "class b s_active" in text and "class a s_default" in text
+    assert "[*] --> a" in text  # the start stays the initial phase
+    with pytest.raises(WorkflowDefinitionError, match="no phase 'x'"):
+        linear().diagram(active="x")
