@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic_ai.agent import EventStreamHandler
+from pydantic_ai.agent import AbstractAgent, EventStreamHandler
+from pydantic_ai.capabilities import AbstractCapability, CapabilityOrdering, CombinedCapability, Instrumentation
 from pydantic_ai.capabilities.abstract import WrapRunHandler
 from pydantic_ai.durable_exec import (
     JSON_CODEC,
@@ -42,6 +43,34 @@ def _serialization_failure(exc: Exception) -> BaseException:
         f"an agent unit's result cannot be recorded as JSON: {exc}. Return JSON-able values, "
         "pydantic models or dataclasses from tools (BinaryContent for binary data)"
     )
+
+
+class AgentRunReplayScope(AbstractCapability[Any]):
+    """Keep the telemetry of replayed work of a durable agent run out of traces and metrics.
+
+    In a phase handler it runs the agent run inside pydantic-ai's ``replay_scope()``, and the
+    journal reports each unit with ``record_durable_unit`` (see ``_units``): a span whose
+    units were all served from the journal is never exported, and the token metrics of a
+    replayed model request are not recorded again. It wraps pydantic-ai's ``Instrumentation``
+    capability, so the scope is open before the run's ``invoke_agent`` span starts: an agent
+    run replayed in full exports no span at all, for ``ctx.run_agent(...)`` and a plain
+    ``agent.run(...)`` alike. :class:`PhaseledgerDurability` adds it to the agent.
+    """
+
+    def get_ordering(self) -> CapabilityOrdering:
+        """Outside the instrumentation capability, whose ``wrap_run`` opens the run's span."""
+        return CapabilityOrdering(position="outermost", wraps=(Instrumentation,))
+
+    async def wrap_run(self, ctx: RunContext[Any], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
+        """Open the replay scope for an agent run in a phase handler (once, if runs nest)."""
+        if container_context() is None or REPLAY_SCOPED.get():
+            return await handler()
+        token = REPLAY_SCOPED.set(True)
+        try:
+            with replay_scope():
+                return await handler()
+        finally:
+            REPLAY_SCOPED.reset(token)
 
 
 @dataclass(init=False, kw_only=True)
@@ -121,6 +150,10 @@ class PhaseledgerDurability(BaseDurabilityCapability[AgentDepsT]):
             self._backend_owner = self
         return self._backend
 
+    def for_agent(self, agent: AbstractAgent[AgentDepsT, Any]) -> AbstractCapability[AgentDepsT]:
+        """The bound copy for ``agent``, with :class:`AgentRunReplayScope` around the agent's run."""
+        return CombinedCapability([AgentRunReplayScope(), super().for_agent(agent)])
+
     # -- replay-stable identity --------------------------------------------------------
 
     def get_default_run_id(self) -> str | None:
@@ -152,25 +185,18 @@ class PhaseledgerDurability(BaseDurabilityCapability[AgentDepsT]):
     # -- the run ------------------------------------------------------------------------
 
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
-        """In a workflow: scope the run's telemetry and journal its handled failures."""
+        """In a workflow: journal the run's handled failures (``AgentRunReplayScope`` scopes its telemetry)."""
         context = container_context()
         if context is None:
             return await super().wrap_run(ctx, handler=handler)
         journal = phase_agents(context).run(ctx.run_id)
         run_token = AGENT_RUN.set(ctx.run_id)
-        scoped = REPLAY_SCOPED.get()
-        scope_token = REPLAY_SCOPED.set(True)
         try:
-            if scoped:
-                result = await super().wrap_run(ctx, handler=handler)
-            else:
-                with replay_scope():
-                    result = await super().wrap_run(ctx, handler=handler)
+            result = await super().wrap_run(ctx, handler=handler)
         except BaseException:
             journal.pending.clear()  # failures that ended the run are not handled: they re-run on resume
             raise
         finally:
-            REPLAY_SCOPED.reset(scope_token)
             AGENT_RUN.reset(run_token)
         flush_pending(context, journal)
         return result

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pydantic_ai.agent import AbstractAgent
-from pydantic_ai.durable_exec import replay_scope
 
 from phaseledger.domain.errors import PhaseledgerError
 from phaseledger.engine.agents._capability import PhaseledgerDurability
-from phaseledger.engine.agents._scope import REPLAY_SCOPED
 from phaseledger.engine.context import _CURRENT_CONTEXT
 
 if TYPE_CHECKING:
@@ -26,7 +24,7 @@ async def run_agent(ctx: Context[Any], agent: AbstractAgent[Any, Any], user_prom
                     **kwargs: Any) -> AgentRunResult[Any]:
     """Run ``agent`` in the phase handler of ``ctx``, journaling its model requests and tool calls.
 
-    Replayed work is kept out of traces (pydantic-ai's ``replay_scope``). Raises
+    Replayed work is kept out of traces (``AgentRunReplayScope``, part of the capability). Raises
     :class:`AgentNotDurable` when the agent lacks the capability: its calls would not be
     journaled and would run again, and be paid again, on every replay.
     """
@@ -39,10 +37,7 @@ async def run_agent(ctx: Context[Any], agent: AbstractAgent[Any, Any], user_prom
             "Agent(..., name='...', capabilities=[PhaseledgerDurability()])"
         )
     context_token = _CURRENT_CONTEXT.set(ctx)
-    scope_token = REPLAY_SCOPED.set(True)
     try:
-        with replay_scope():
-            return await agent.run(user_prompt, **kwargs)
+        return await agent.run(user_prompt, **kwargs)
     finally:
-        REPLAY_SCOPED.reset(scope_token)
         _CURRENT_CONTEXT.reset(context_token)
