@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 from transitions import EventData, Machine
@@ -18,12 +18,10 @@ from transitions import EventData, Machine
 from phaseledger.domain.errors import InvalidTransition, WorkflowDefinitionError
 from phaseledger.domain.retry import RetryPolicy
 
-if TYPE_CHECKING:  # the engine's Context is only a type here; domain does not import engine
-    from phaseledger.engine.context import Context
-
 StateT = TypeVar("StateT", bound=BaseModel)
 Guard = Callable[[Any], bool]
-Handler = Callable[["Context[Any]"], Awaitable[Any]]
+Handler = Callable[[Any], Awaitable[Any]]
+"""``async def handler(ctx: phaseledger.Context[State]) -> str | None`` (the domain does not import the engine)."""
 
 
 @dataclass(frozen=True)
