@@ -139,7 +139,8 @@ async def check_replay(
                 break
         got = comparable_events(await engine._call_store(shared.events, prefix_id))
         if got != expected:
-            first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+            pairs = enumerate(zip(got, expected, strict=False))
+            first = next((i for i, (a, b) in pairs if a != b), min(len(got), len(expected)))
             raise ReplayMismatch(
                 f"resuming after event {k} of {len(events)} diverged at event {first + 1}: "
                 f"got {got[first] if first < len(got) else 'nothing'}, "
