@@ -179,6 +179,9 @@ class Fold:
         run["input_tokens"] += tokens_in
         run["output_tokens"] += tokens_out
         run["cost"] = _add_cost(run["cost"], usage.get("cost"))
+        inherited = run["parent_version"] is not None and e.originator_version <= run["parent_version"]
+        if inherited:  # a fork's copy of its parent's call: paid once, counted in the parent's usage
+            return
         model = str(usage.get("model") or "unknown")
         bucket = self._usage(run["workflow"], model, e.timestamp.astimezone(UTC).date())
         bucket["calls"] += 1

@@ -113,7 +113,7 @@ USAGE = Table(
         ("workflow", "text", "the workflow's name"),
         ("model", "text", "usage['model'] of the recorded call ('unknown' when absent)"),
         ("day", "date", "UTC day of the recorded call"),
-        ("calls", "int", "recorded calls that reported usage"),
+        ("calls", "int", "recorded calls that reported usage (a fork's copies of its parent's calls count once)"),
         ("requests", "int", "model requests"),
         ("input_tokens", "int", "input tokens"),
         ("output_tokens", "int", "output tokens"),
