@@ -88,6 +88,8 @@ class Engine:
         """Set by workers: the ``time.monotonic()`` after which a run's lease may be gone."""
         self.event_observer: Callable[[WorkflowRun], None] | None = None
         """Testing hook: called with the run after each event a driver records."""
+        self._append_hooks: list[Callable[[], None]] = []
+        """Called on the loop after start, signal and cancel append (workers of this engine wake up)."""
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -170,6 +172,7 @@ class Engine:
             await self._call_store(self.store.save, run)
         except ConcurrencyConflict:
             raise RunExists(run_id) from None
+        self._appended()
         return run_view(run, workflow.state_model)
 
     async def run(self, workflow: Workflow[Any], input: BaseModel | Mapping[str, Any] | None = None,
@@ -218,6 +221,11 @@ class Engine:
     async def _append(self, run: WorkflowRun, event_class: type[WorkflowRun.Event], **fields: Any) -> None:
         run.trigger_event(event_class, **fields)
         await self._call_store(self.store.save, run)
+        self._appended()
+
+    def _appended(self) -> None:
+        for hook in list(self._append_hooks):
+            hook()
 
     async def _drive(self, run_id: str, run: WorkflowRun | None = None) -> Run:
         if run_id in self._active:

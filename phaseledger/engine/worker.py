@@ -5,7 +5,9 @@ due timer, or is due for a retry after backoff. A :class:`Worker` finds them in 
 index (:mod:`.runindex`, which follows the notification log, so none is ever missed),
 claims them (:mod:`.leases`), drives up to ``concurrency`` of them at once with
 ``engine.resume`` and releases each when its drive ends (completed, failed, suspended
-again, cancelled, or taken over).
+again, cancelled, or taken over). An idle worker looks again every ``poll_interval``
+seconds, or as soon as new events are committed (:mod:`.wakeups`: ``LISTEN`` on
+PostgreSQL, appends by the worker's own engine elsewhere).
 
 On PostgreSQL any number of worker processes on any number of machines share a store;
 the run of a worker that died is claimed again when its lease expires. SQLite and
@@ -44,6 +46,7 @@ from phaseledger.engine.driver import Cancelled, Released, Superseded
 from phaseledger.engine.leases import Claim, Leases, open_leases, worker_identity
 from phaseledger.engine.loading import load_workflows
 from phaseledger.engine.runindex import RunIndex, open_run_index, workflow_key
+from phaseledger.engine.wakeups import AppendListener
 
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine
@@ -73,6 +76,8 @@ class WorkerStats:
     """Drives that raised (logged); the run is held back for ``error_backoff`` seconds."""
     indexed: int = 0
     """Notifications of the log this worker indexed."""
+    notified: int = 0
+    """Wake-ups asked for by new events: PostgreSQL notifications, or appends by this worker's engine."""
 
 
 class Worker:
@@ -101,7 +106,7 @@ class Worker:
         self.lease_seconds = float(lease_seconds)
         """How long a claim lasts unless renewed; renewed every third of it while driving."""
         self.poll_interval = float(poll_interval)
-        """How often the worker looks for new runnable runs when idle."""
+        """How often an idle worker looks for runnable runs when no wake-up comes first (see :mod:`.wakeups`)."""
         self.error_backoff = float(error_backoff)
         self.id = worker_id or f"{worker_identity()}:{uuid.uuid4().hex[:8]}"
         self.stats = WorkerStats()
@@ -114,6 +119,9 @@ class Worker:
         self._running = False
         self._index: RunIndex | None = None
         self._leases: Leases | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.listener: AppendListener | None = None
+        """On PostgreSQL while running: the connection that wakes this worker when events are committed."""
 
     def __repr__(self) -> str:
         return f"Worker({self.id!r}, store={self.engine.store.url.redacted!r}, concurrency={self.concurrency})"
@@ -163,9 +171,14 @@ class Worker:
         self._ended.clear()
         removers = self._install_signal_handlers() if handle_signals else []
         renewer: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self.engine._append_hooks.append(self._notified)
         try:
             self._index = await self._call(open_run_index, self.engine.store)
             self._leases = await self._call(open_leases, self._index, self.id)
+            self.listener = self._listener()
+            if self.listener is not None:
+                self.listener.start()
             renewer = asyncio.ensure_future(self._renew_forever())
             self._started.set()
             log.info("worker %s started on %s (concurrency %d)", self.id, self.engine.store.url.redacted,
@@ -183,6 +196,11 @@ class Worker:
             raise
         finally:
             await self._shutdown()
+            with contextlib.suppress(ValueError):
+                self.engine._append_hooks.remove(self._notified)
+            if self.listener is not None:
+                await self.listener.close()
+            self.listener = None
             if renewer is not None:
                 renewer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -241,6 +259,31 @@ class Worker:
             self.engine._interrupt(run_id, Released)
         while self._tasks:
             await asyncio.wait(list(self._tasks.values()))
+
+    # -- wake-ups ------------------------------------------------------------------------
+
+    def _listener(self) -> AppendListener | None:
+        """A LISTEN connection on the store's notification channel (PostgreSQL only)."""
+        store = self.engine.store
+        if store.url.backend != "postgresql" or not store.url.postgres_conninfo:
+            return None
+        return AppendListener(store.url.postgres_conninfo, store.app.recorder.channel_name, self._notified)
+
+    def _notified(self) -> None:
+        """Wake the loop: new events were committed (many calls before it wakes make one catch-up)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            if len(self._tasks) < self.concurrency:  # when full, the end of a drive wakes the loop
+                self.stats.notified += 1
+                self._wakeup.set()
+        else:  # an engine call from another thread or loop
+            loop.call_soon_threadsafe(self._notified)
 
     # -- the loop ------------------------------------------------------------------------
 
