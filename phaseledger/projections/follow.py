@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Follower:
+class Follower(ABC):
     """A background thread applying new run events to the report tables until stopped."""
 
     def __init__(self, reports: Reports, interval: float) -> None:
@@ -77,8 +78,9 @@ class Follower:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """Apply events until stopped (returns, or raises to be retried after a backoff)."""
 
 
 class PollingFollower(Follower):
