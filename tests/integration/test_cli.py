@@ -381,8 +381,6 @@ def test_demo_rejects_an_unusable_model(tmp_path: Path) -> None:
     one_line_error(result, "no-such-provider:model")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("phaseledger.demo.research") is None,
-                    reason="the research workflow of the demo is not there")
 def test_demo_kills_resumes_and_explains(tmp_path: Path) -> None:
     result = cli("demo", "--db", "demo.db", cwd=tmp_path)
     out = result.stdout
