@@ -102,7 +102,7 @@ class RunDriver:
             events = self.run.collect_events()
             self.engine.store.prepare_snapshot(self.run, events)  # from memory, before the thread hop
             try:
-                await self.engine._call_store(self.engine.store.save_events, self.run.id, events)
+                await self.engine.store.save_events_async(self.run.id, events)
             except ConcurrencyConflict:
                 await self._rebase(events)
             self.unsaved_steps = 0
@@ -124,7 +124,7 @@ class RunDriver:
         pending = fresh.collect_events()
         self.engine.store.prepare_snapshot(fresh, pending)
         try:
-            await self.engine._call_store(self.engine.store.save_events, self.run.id, pending)
+            await self.engine.store.save_events_async(self.run.id, pending)
         except ConcurrencyConflict:
             await self._rebase(pending)
 

@@ -7,6 +7,7 @@ sqlite and postgres persistence modules. Tables are created on first use.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -139,7 +140,9 @@ class Store:
     """Where runs live: loads and saves :class:`WorkflowRun` aggregates and reads their events.
 
     Methods are synchronous (eventsourcing is); the engine calls them from a worker
-    thread for SQLite and PostgreSQL so the event loop keeps running.
+    thread for SQLite and PostgreSQL so the event loop keeps running. The journal's
+    appends have an async twin, :meth:`save_events_async`, which on PostgreSQL needs no
+    thread at all.
     """
 
     def __init__(self, url: str | None = None, *, snapshot_every: int | None = 100) -> None:
@@ -163,6 +166,11 @@ class Store:
         except Exception as exc:  # psycopg, sqlite3 and eventsourcing raise various types here
             raise StoreUnavailable(f"cannot open store {self.url.redacted}: {exc}") from exc
         self.snapshot_every = snapshot_every
+        self._loop_appender: Any = None
+        if self.url.backend == "postgresql":
+            from phaseledger.engine._postgres import LoopAppender
+
+            self._loop_appender = LoopAppender(self.app.recorder, self.url.postgres_conninfo or "")  # type: ignore[arg-type]
         self._prepared: dict[tuple[str, int], StoredEvent] = {}
         """Snapshots made by :meth:`prepare_snapshot`, waiting for their events to be saved."""
         self.started_topic = get_topic(WorkflowRun.RunStarted)
@@ -174,6 +182,8 @@ class Store:
 
     def close(self) -> None:
         """Release connections and files."""
+        if self._loop_appender is not None:
+            self._loop_appender.close()
         self.app.close()
 
     def exists(self, run_id: str) -> bool:
@@ -225,9 +235,39 @@ class Store:
         :meth:`prepare_snapshot` for these events when there is one, else from the state
         read back from the store.
         """
+        return self._save_events(run_id, events)
+
+    async def save_events_async(self, run_id: str, events: Sequence[WorkflowRun.Event]) -> int:
+        """:meth:`save_events` for callers on an event loop, which keeps running meanwhile.
+
+        On PostgreSQL the append is sent from the loop itself (see
+        :class:`~phaseledger.engine._postgres.LoopAppender`) and :meth:`save_events` is not
+        called; SQLite appends call it in a worker thread, memory stores at once.
+        """
+        if self.is_memory:
+            return self.save_events(run_id, events)
+        if self._loop_appender is None or not events:
+            return await asyncio.to_thread(self.save_events, run_id, events)
+        stored = [self.app.mapper.to_stored_event(event) for event in events]
+        snapshot = self._prepared.pop((run_id, events[-1].originator_version), None)
+        try:
+            ids = await self._loop_appender.append(stored)
+        except IntegrityError:
+            raise ConcurrencyConflict(run_id, events[0].originator_version) from None
+        except PersistenceError as exc:
+            raise StoreUnavailable(f"store {self.url.redacted} failed to append: {exc}") from exc
+        if ids is None:  # the loop's connection is unavailable: the recorder's path retries
+            return await asyncio.to_thread(self._save_events, run_id, events, snapshot)
+        if self._snapshot_due(events):
+            await asyncio.to_thread(self._store_snapshots, run_id, events, snapshot)
+        return ids[-1]
+
+    def _save_events(self, run_id: str, events: Sequence[WorkflowRun.Event],
+                     snapshot: StoredEvent | None = None) -> int:
         if not events:
             return 0
-        snapshot = self._prepared.pop((run_id, events[-1].originator_version), None)
+        # Taken before the append: after a conflict these versions mean other events.
+        snapshot = snapshot or self._prepared.pop((run_id, events[-1].originator_version), None)
         try:
             # The event store directly: Application.save adds a Protocol isinstance check per
             # event and snapshot bookkeeping this application does not use.
@@ -236,19 +276,28 @@ class Store:
             raise ConcurrencyConflict(run_id, events[0].originator_version) from None
         except PersistenceError as exc:
             raise StoreUnavailable(f"store {self.url.redacted} failed to append: {exc}") from exc
-        if self.snapshot_every:
-            for event in events:
-                version = event.originator_version
-                if version % self.snapshot_every:
-                    continue
-                if snapshot is not None and snapshot.originator_version == version and self.app.snapshots:
-                    try:
-                        self.app.snapshots.recorder.insert_events([snapshot])
-                    except PersistenceError as exc:
-                        raise StoreUnavailable(f"store {self.url.redacted} failed to snapshot: {exc}") from exc
-                else:
-                    self.take_snapshot(run_id, version)
+        if self._snapshot_due(events):
+            self._store_snapshots(run_id, events, snapshot)
         return recordings[-1].notification.id if recordings else 0
+
+    def _snapshot_due(self, events: Sequence[WorkflowRun.Event]) -> bool:
+        return bool(self.snapshot_every) and any(e.originator_version % self.snapshot_every == 0 for e in events)
+
+    def _store_snapshots(self, run_id: str, events: Sequence[WorkflowRun.Event],
+                         snapshot: StoredEvent | None) -> None:
+        """Store the snapshots due at these (appended) events' versions (``snapshot``: the
+        one :meth:`prepare_snapshot` made, if any)."""
+        for event in events:
+            version = event.originator_version
+            if version % self.snapshot_every:
+                continue
+            if snapshot is not None and snapshot.originator_version == version and self.app.snapshots:
+                try:
+                    self.app.snapshots.recorder.insert_events([snapshot])
+                except PersistenceError as exc:
+                    raise StoreUnavailable(f"store {self.url.redacted} failed to snapshot: {exc}") from exc
+            else:
+                self.take_snapshot(run_id, version)
 
     def take_snapshot(self, run_id: str, version: int | None = None) -> None:
         """Store the run's folded state at ``version`` (latest when None)."""

@@ -43,11 +43,18 @@ class _Probe:
 
         probe = self
         save_events = Store.save_events
+        save_events_async = Store.save_events_async
         journaled = Context._journaled
 
         def probed_save_events(store: Store, run_id: str, events: Sequence[Any]) -> int:
             result = save_events(store, run_id, events)
             if events:
+                probe.hit("after_append")
+            return result
+
+        async def probed_save_events_async(store: Store, run_id: str, events: Sequence[Any]) -> int:
+            result = await save_events_async(store, run_id, events)
+            if events and store._loop_appender is not None:  # otherwise save_events was probed
                 probe.hit("after_append")
             return result
 
@@ -67,6 +74,7 @@ class _Probe:
             return await journaled(ctx, key, kind, name, probed_call, *args, **kwargs)
 
         Store.save_events = probed_save_events  # type: ignore[method-assign]
+        Store.save_events_async = probed_save_events_async  # type: ignore[method-assign]
         Context._journaled = probed_journaled  # type: ignore[method-assign]
 
 

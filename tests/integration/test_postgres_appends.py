@@ -1,0 +1,185 @@
+"""PostgreSQL appends on the journal's hot path: from the event loop, one prepared call, a LIFO pool."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from eventsourcing.postgres import PostgresApplicationRecorder
+from pydantic import BaseModel
+
+from phaseledger import ConcurrencyConflict, Context, Engine, Workflow
+from phaseledger.domain.run import WorkflowRun
+from phaseledger.engine.store import Store, StoreURL
+
+pytestmark = pytest.mark.postgres
+
+
+class Empty(BaseModel):
+    pass
+
+
+def started(run_id: str) -> WorkflowRun:
+    return WorkflowRun._create(WorkflowRun.RunStarted, id=run_id, workflow="w", workflow_version=1, input={},
+                               parent=None)
+
+
+def signals(run: WorkflowRun, n: int) -> list[WorkflowRun.Event]:
+    for i in range(n):
+        run.trigger_event(WorkflowRun.SignalReceived, signal_id=f"{run.version}-{i}", name="go", payload={"q": "'\\"})
+    return run.collect_events()  # type: ignore[return-value]
+
+
+def thread_free(store: Store) -> list[str]:
+    """Make the store's synchronous append fail the test if it is called; returns the calls."""
+    calls: list[str] = []
+
+    def forbidden(run_id: str, events: Any, snapshot: Any = None) -> int:
+        calls.append(run_id)
+        raise AssertionError("the append took the synchronous path")
+
+    store._save_events = forbidden  # type: ignore[method-assign]
+    store.save_events = forbidden  # type: ignore[method-assign]
+    return calls
+
+
+async def test_loop_appends_need_no_thread_and_keep_notification_order(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    try:
+        run = started("r")
+        first = await store.save_events_async("r", run.collect_events())
+        thread_free(store)
+        ids = [first]
+        for batch in (1, 3, 1):
+            ids.append(await store.save_events_async("r", signals(run, batch)))
+        logged = [n.id for n in store.app.recorder.select_notifications(start=0, limit=100)]
+        assert logged == sorted(logged) and len(logged) == 6 and ids == [logged[i] for i in (0, 1, 4, 5)]
+        assert store.load("r").inbox == run.inbox
+    finally:
+        store.close()
+
+
+async def test_loop_append_conflict_writes_nothing_and_the_connection_stays_usable(postgres_url: str) -> None:
+    store, other = Store(postgres_url), Store(postgres_url)
+    try:
+        await store.save_events_async("r", started("r").collect_events())
+        mine, theirs = store.load("r"), other.load("r")
+        await other.save_events_async("r", signals(theirs, 1))
+        with pytest.raises(ConcurrencyConflict):
+            await store.save_events_async("r", signals(mine, 2))
+        assert [e.originator_version for e in store.events("r")] == [1, 2]
+        thread_free(store)
+        fresh = store.load("r")
+        await store.save_events_async("r", signals(fresh, 1))  # the same loop connection, after the failure
+        assert store.load("r").version == 3
+    finally:
+        store.close()
+        other.close()
+
+
+async def test_a_broken_loop_connection_falls_back_to_the_retrying_path(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    try:
+        run = started("r")
+        await store.save_events_async("r", run.collect_events())
+        conn = store._loop_appender._conn
+        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "", autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        await store.save_events_async("r", signals(run, 1))  # fails on the loop, then appends in a thread
+        assert store._loop_appender._conn is None
+        await store.save_events_async("r", signals(run, 1))  # and the loop reconnects
+        assert store._loop_appender._conn is not None
+        assert [e.originator_version for e in store.events("r")] == [1, 2, 3]
+    finally:
+        store.close()
+
+
+def test_each_event_loop_gets_its_own_connection_and_a_live_other_loop_is_left_alone(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    try:
+        run = started("r")
+        asyncio.run(store.save_events_async("r", run.collect_events()))
+        first = store._loop_appender._conn
+        asyncio.run(store.save_events_async("r", signals(run, 1)))  # a new loop: the old one is closed
+        second = store._loop_appender._conn
+        assert first is not None and first.closed and second is not None and not second.closed
+
+        holder = asyncio.new_event_loop()
+        owned, release = threading.Event(), threading.Event()
+
+        async def hold() -> None:
+            await store.save_events_async("r", signals(run, 1))
+            owned.set()
+            await asyncio.get_running_loop().run_in_executor(None, release.wait)
+
+        thread = threading.Thread(target=holder.run_until_complete, args=(hold(),))
+        thread.start()
+        try:
+            assert owned.wait(10)
+            owner = store._loop_appender._conn
+            asyncio.run(store.save_events_async("r", signals(run, 1)))  # through the thread path
+            assert store._loop_appender._conn is owner and not owner.closed
+        finally:
+            release.set()
+            thread.join(10)
+            holder.close()
+        assert [e.originator_version for e in store.events("r")] == [1, 2, 3, 4]
+    finally:
+        store.close()
+    assert store._loop_appender._conn is None
+
+
+async def test_snapshots_are_stored_after_loop_appends(postgres_url: str) -> None:
+    wf = Workflow("snaps", state=Empty, checkpoint_every_n_steps=1)
+
+    @wf.phase(initial=True, final=True)
+    async def work(ctx: Context[Empty]) -> int:
+        for i in range(12):
+            await ctx.step("s", lambda i=i: i)
+        return 12
+
+    engine = Engine(postgres_url, workflows=[wf], snapshot_every=5)
+    try:
+        run = await engine.run(wf, run_id="r")
+        assert run.status == "completed" and run.output == 12
+        versions = [s.originator_version for s in engine.store.app.snapshots.get("r")]  # type: ignore[union-attr]
+        assert versions == [v for v in range(5, len(engine.store.events("r")) + 1, 5)]
+    finally:
+        engine.close()
+
+
+def test_the_pool_hands_out_the_most_recently_returned_connection(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    try:
+        pool = store.app.recorder.datastore.pool  # type: ignore[attr-defined]
+        pool.wait()
+        with pool.connection() as a, pool.connection() as b:
+            pids = {a.info.backend_pid, b.info.backend_pid}
+        last = a.info.backend_pid  # returned last (the with statement exits b first)
+        for _ in range(5):
+            with pool.connection() as again:
+                assert again.info.backend_pid == last
+        assert len(pids) == 2
+    finally:
+        store.close()
+
+
+def test_a_store_made_by_an_earlier_release_gets_the_append_function(postgres_url: str) -> None:
+    conninfo = StoreURL.parse(postgres_url).postgres_conninfo or ""
+    schema = StoreURL.parse(postgres_url).postgres_schema
+    store = Store(postgres_url)
+    store.save(started("old"))
+    store.close()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP FUNCTION "{schema}".phaseledger_events_append')  # as before the function existed
+    reopened = Store(postgres_url)
+    try:
+        assert isinstance(reopened.app.recorder, PostgresApplicationRecorder)
+        run = reopened.load("old")
+        reopened.save_events("old", signals(run, 2))
+        assert reopened.load("old").version == 3
+    finally:
+        reopened.close()
