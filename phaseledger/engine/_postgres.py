@@ -169,10 +169,13 @@ class LoopAppender:
             self.close()
         if self._conn is None:
             try:
-                self._conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
             except psycopg.Error:
                 return None
-            self._loop = loop
+            if self._conn is not None:  # another task of this loop connected meanwhile
+                conn.pgconn.finish()
+                return self._conn if self._loop is loop else None
+            self._conn, self._loop = conn, loop
         return self._conn
 
     def close(self) -> None:

@@ -183,3 +183,26 @@ def test_a_store_made_by_an_earlier_release_gets_the_append_function(postgres_ur
         assert reopened.load("old").version == 3
     finally:
         reopened.close()
+
+
+async def test_concurrent_first_appends_on_one_loop_share_one_connection(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[psycopg.AsyncConnection[Any]] = []
+    connect = psycopg.AsyncConnection.connect
+
+    async def counted(*args: Any, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+        conn = await connect(*args, **kwargs)
+        made.append(conn)
+        return conn
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", counted)
+    store = Store(postgres_url)
+    try:
+        runs = [started(f"r{i}") for i in range(5)]
+        await asyncio.gather(*(store.save_events_async(run.id, run.collect_events()) for run in runs))
+        assert len(made) > 1  # they raced to connect
+        assert [c for c in made if not c.closed] == [store._loop_appender._conn]  # the others were closed
+        assert sorted(store.run_ids()) == [f"r{i}" for i in range(5)]
+    finally:
+        store.close()
