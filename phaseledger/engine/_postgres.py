@@ -24,6 +24,7 @@ closes them first.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -117,6 +118,10 @@ class OneTripRecorder(PostgresApplicationRecorder):
         )
 
 
+RETRY_SECONDS = 5.0
+"""How long a :class:`LoopAppender` leaves the synchronous path alone after failing to connect."""
+
+
 class LoopAppender:
     """Appends through a psycopg ``AsyncConnection`` on the running event loop.
 
@@ -126,9 +131,10 @@ class LoopAppender:
     itself, on one connection bound to that loop; concurrent appends from one loop queue on
     it, as they would on the table lock anyway.
 
-    :meth:`append` returns ``None`` when it cannot be used (another loop owns the
-    connection, or the connection failed or could not be made): the caller then takes the
-    recorder's synchronous path, which retries.
+    :meth:`append` returns ``None`` when it cannot be used: while the loop's connection is
+    being made (the first append of a loop starts that in the background rather than wait
+    for it), when another live loop owns the connection, or when the connection failed.
+    The caller then takes the recorder's synchronous path, which retries.
     """
 
     def __init__(self, recorder: OneTripRecorder, conninfo: str) -> None:
@@ -136,10 +142,13 @@ class LoopAppender:
         self.conninfo = conninfo
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
+        """After a failed connection attempt, when (monotonic) to try again."""
 
     async def append(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:
         """Append in one transaction; the notification ids, or None (use the sync path)."""
-        conn = await self._connection()
+        conn = self._connection()
         if conn is None:
             return None
         try:
@@ -161,25 +170,40 @@ class LoopAppender:
             raise PersistenceError(f"appended {len(stored_events)} events but got {len(ids)} ids")
         return ids
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any] | None:
+    async def connected(self) -> bool:
+        """Wait for this loop's connection (starting it if needed); whether there is one."""
+        if self._connection() is None and self._connecting is not None and self._loop is asyncio.get_running_loop():
+            await asyncio.shield(self._connecting)
+        return self._connection() is not None
+
+    def _connection(self) -> psycopg.AsyncConnection[Any] | None:
         loop = asyncio.get_running_loop()
-        if self._conn is not None and self._loop is not loop:
+        if self._loop is not loop:
             if self._loop is not None and not self._loop.is_closed():
                 return None  # another live loop (another thread) owns it
             self.close()
-        if self._conn is None:
-            try:
-                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-            except psycopg.Error:
+            if time.monotonic() < self._retry_at:
                 return None
-            if self._conn is not None:  # another task of this loop connected meanwhile
-                conn.pgconn.finish()
-                return self._conn if self._loop is loop else None
-            self._conn, self._loop = conn, loop
+            self._loop = loop
+            self._connecting = loop.create_task(self._connect())
         return self._conn
+
+    async def _connect(self) -> None:
+        task = asyncio.current_task()
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        except psycopg.Error:
+            if self._connecting is task:  # an append after RETRY_SECONDS tries again
+                self._loop = self._connecting = None
+                self._retry_at = time.monotonic() + RETRY_SECONDS
+            return
+        if self._connecting is task:
+            self._conn, self._connecting = conn, None
+        else:  # closed meanwhile
+            conn.pgconn.finish()
 
     def close(self) -> None:
         """Close the connection (synchronously: its loop may be gone)."""
-        conn, self._conn, self._loop = self._conn, None, None
+        conn, self._conn, self._loop, self._connecting = self._conn, None, None, None
         if conn is not None and not conn.closed:
             conn.pgconn.finish()

@@ -50,7 +50,8 @@ async def test_loop_appends_need_no_thread_and_keep_notification_order(postgres_
     store = Store(postgres_url)
     try:
         run = started("r")
-        first = await store.save_events_async("r", run.collect_events())
+        first = await store.save_events_async("r", run.collect_events())  # in a thread, while the loop connects
+        assert await store._loop_appender.connected()
         thread_free(store)
         ids = [first]
         for batch in (1, 3, 1):
@@ -68,6 +69,7 @@ async def test_loop_append_conflict_writes_nothing_and_the_connection_stays_usab
         await store.save_events_async("r", started("r").collect_events())
         mine, theirs = store.load("r"), other.load("r")
         await other.save_events_async("r", signals(theirs, 1))
+        assert await store._loop_appender.connected()
         with pytest.raises(ConcurrencyConflict):
             await store.save_events_async("r", signals(mine, 2))
         assert [e.originator_version for e in store.events("r")] == [1, 2]
@@ -85,33 +87,42 @@ async def test_a_broken_loop_connection_falls_back_to_the_retrying_path(postgres
     try:
         run = started("r")
         await store.save_events_async("r", run.collect_events())
+        assert await store._loop_appender.connected()
         conn = store._loop_appender._conn
         with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "", autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
         await store.save_events_async("r", signals(run, 1))  # fails on the loop, then appends in a thread
         assert store._loop_appender._conn is None
-        await store.save_events_async("r", signals(run, 1))  # and the loop reconnects
-        assert store._loop_appender._conn is not None
-        assert [e.originator_version for e in store.events("r")] == [1, 2, 3]
+        await store.save_events_async("r", signals(run, 1))  # in a thread again, while the loop reconnects
+        assert await store._loop_appender.connected()
+        thread_free(store)
+        await store.save_events_async("r", signals(run, 1))
+        assert [e.originator_version for e in store.events("r")] == [1, 2, 3, 4]
     finally:
         store.close()
 
 
 def test_each_event_loop_gets_its_own_connection_and_a_live_other_loop_is_left_alone(postgres_url: str) -> None:
     store = Store(postgres_url)
+    appender = store._loop_appender
+    run = started("r")
+
+    async def append_connected(events: list[WorkflowRun.Event]) -> Any:
+        await store.save_events_async("r", events)
+        assert await appender.connected()
+        return appender._conn
+
     try:
-        run = started("r")
-        asyncio.run(store.save_events_async("r", run.collect_events()))
-        first = store._loop_appender._conn
-        asyncio.run(store.save_events_async("r", signals(run, 1)))  # a new loop: the old one is closed
-        second = store._loop_appender._conn
-        assert first is not None and first.closed and second is not None and not second.closed
+        first = asyncio.run(append_connected(run.collect_events()))
+        second = asyncio.run(append_connected(signals(run, 1)))  # a new loop: the old loop's is closed
+        assert first.closed and not second.closed
 
         holder = asyncio.new_event_loop()
         owned, release = threading.Event(), threading.Event()
+        owner: list[Any] = []
 
         async def hold() -> None:
-            await store.save_events_async("r", signals(run, 1))
+            owner.append(await append_connected(signals(run, 1)))
             owned.set()
             await asyncio.get_running_loop().run_in_executor(None, release.wait)
 
@@ -119,9 +130,9 @@ def test_each_event_loop_gets_its_own_connection_and_a_live_other_loop_is_left_a
         thread.start()
         try:
             assert owned.wait(10)
-            owner = store._loop_appender._conn
+            assert second.closed and owner[0] is appender._conn
             asyncio.run(store.save_events_async("r", signals(run, 1)))  # through the thread path
-            assert store._loop_appender._conn is owner and not owner.closed
+            assert appender._conn is owner[0] and not owner[0].closed
         finally:
             release.set()
             thread.join(10)
@@ -129,7 +140,7 @@ def test_each_event_loop_gets_its_own_connection_and_a_live_other_loop_is_left_a
         assert [e.originator_version for e in store.events("r")] == [1, 2, 3, 4]
     finally:
         store.close()
-    assert store._loop_appender._conn is None
+    assert appender._conn is None
 
 
 async def test_snapshots_are_stored_after_loop_appends(postgres_url: str) -> None:
@@ -185,7 +196,7 @@ def test_a_store_made_by_an_earlier_release_gets_the_append_function(postgres_ur
         reopened.close()
 
 
-async def test_concurrent_first_appends_on_one_loop_share_one_connection(
+async def test_concurrent_first_appends_on_one_loop_make_one_connection(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made: list[psycopg.AsyncConnection[Any]] = []
@@ -201,8 +212,28 @@ async def test_concurrent_first_appends_on_one_loop_share_one_connection(
     try:
         runs = [started(f"r{i}") for i in range(5)]
         await asyncio.gather(*(store.save_events_async(run.id, run.collect_events()) for run in runs))
-        assert len(made) > 1  # they raced to connect
-        assert [c for c in made if not c.closed] == [store._loop_appender._conn]  # the others were closed
+        assert await store._loop_appender.connected()
+        assert made == [store._loop_appender._conn]
         assert sorted(store.run_ids()) == [f"r{i}" for i in range(5)]
+    finally:
+        store.close()
+
+
+def test_an_unreachable_server_leaves_appends_to_the_retrying_path(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    appender = store._loop_appender
+    appender.conninfo += " port=1"  # nothing listens there: the loop cannot connect
+    run = started("r")
+
+    async def main() -> None:
+        await store.save_events_async("r", run.collect_events())
+        assert not await appender.connected()
+        assert appender._retry_at > 0 and appender._connecting is None
+        await store.save_events_async("r", signals(run, 1))  # within the retry delay: no new attempt
+        assert appender._connecting is None
+
+    try:
+        asyncio.run(main())
+        assert [e.originator_version for e in store.events("r")] == [1, 2]
     finally:
         store.close()
