@@ -36,9 +36,16 @@ from eventsourcing.persistence import (
     PersistenceError,
     StoredEvent,
 )
-from eventsourcing.postgres import ConnectionPool, PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.postgres import ConnectionPool, PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from eventsourcing.utils import Environment
 from eventsourcing.utils import retry
 from psycopg import sql
+
+
+STORE_VERSION = "phaseledger store 1"
+"""Set as the append function's comment: a store that has it needs no set-up when opened."""
+APPEND_ARGS = "text[], bigint[], text[], bytea[], text"
+_SETUP_LOCK = 0x70686173656C6467  # pg_advisory_lock key held while a store is set up
 
 
 class LifoConnectionPool(ConnectionPool):  # type: ignore[type-arg]
@@ -63,11 +70,10 @@ class OneTripRecorder(PostgresApplicationRecorder):
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events") -> None:
         super().__init__(datastore, events_table_name=events_table_name)
-        use_lifo_pool(datastore)
         schema = sql.Identifier(self.datastore.schema)
         self._function_name = f"{self.events_table_name}_append"
         function = sql.Identifier(self._function_name)
-        # CREATE OR REPLACE on every start, so a store created by an older release gets it.
+        # CREATE OR REPLACE, so a store set up by an older release gets this one.
         self.sql_create_statements.append(
             sql.SQL(
                 "CREATE OR REPLACE FUNCTION {schema}.{function}("
@@ -87,10 +93,21 @@ class OneTripRecorder(PostgresApplicationRecorder):
                 channel=sql.Literal(self.channel_name),
             )
         )
-        self.append_statement = sql.SQL(
+        self.sql_create_statements.append(
+            sql.SQL("COMMENT ON FUNCTION {schema}.{function}({args}) IS {version}").format(
+                schema=schema, function=function, args=sql.SQL(APPEND_ARGS), version=sql.Literal(STORE_VERSION)
+            )
+        )
+        # Arrays for a batch; for one event (the common case) scalars, wrapped in arrays by
+        # the server: psycopg adapts them several times faster than one-element lists.
+        self._batch_call = sql.SQL(
             "SELECT * FROM {schema}.{function}(%s::text[], %s::bigint[], %s::text[], %s::bytea[], %s::text)"
         ).format(schema=schema, function=function)
-        """The prepared call that appends a batch (its parameters: :meth:`append_params`)."""
+        self._single_call = sql.SQL(
+            "SELECT * FROM {schema}.{function}("
+            "ARRAY[%s::text], ARRAY[%s::bigint], ARRAY[%s::text], ARRAY[%s::bytea], %s::text)"
+        ).format(schema=schema, function=function)
+        self._compiled: dict[bool, bytes] = {}
         self._lock_timeout = f"{int(self.datastore.lock_timeout)}s"
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
@@ -101,21 +118,109 @@ class OneTripRecorder(PostgresApplicationRecorder):
         # The pool's connections are in autocommit mode: the call is its own transaction,
         # and a failed one (a version conflict) leaves the connection idle and usable.
         with self.datastore.get_connection() as conn, conn.cursor(binary=True) as cursor:
-            cursor.execute(self.append_statement, self.append_params(stored_events), prepare=True)
+            cursor.execute(*self.append_call(stored_events, conn), prepare=True)
             ids = [row[self._function_name] for row in cursor.fetchall()]
         if len(ids) != len(stored_events):
             raise OperationalError(f"appended {len(stored_events)} events but got {len(ids)} ids")
         return ids
 
-    def append_params(self, stored_events: Sequence[StoredEvent]) -> tuple[Any, ...]:
-        """The parameters of the append call for these events."""
-        return (
+    def append_call(
+        self, stored_events: Sequence[StoredEvent], conn: psycopg.BaseConnection[Any]
+    ) -> tuple[bytes, tuple[Any, ...]]:
+        """The statement (composed once) and parameters that append these events."""
+        single = len(stored_events) == 1
+        statement = self._compiled.get(single)
+        if statement is None:
+            statement = self._compiled[single] = (self._single_call if single else self._batch_call).as_bytes(conn)
+        if single:
+            event = stored_events[0]
+            return statement, (str(event.originator_id), event.originator_version, event.topic, event.state,
+                               self._lock_timeout)
+        return statement, (
             [str(event.originator_id) for event in stored_events],
             [event.originator_version for event in stored_events],
             [event.topic for event in stored_events],
             [event.state for event in stored_events],
             self._lock_timeout,
         )
+
+
+def _qualified(schema: str, name: str) -> str:
+    """``"schema"."name"``, quoted as an identifier, for the ``to_reg*`` functions."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in (schema, name))
+
+
+class StoreFactory(PostgresFactory):
+    """eventsourcing's PostgreSQL factory for phaseledger stores.
+
+    It gives the datastore a LIFO pool and :class:`OneTripRecorder` appends, and sets the
+    store up only when it needs it: one query tells whether the tables and the append
+    function of this release are there (the common case, which then runs no DDL at all).
+    Otherwise it creates the schema, the tables and the function under an advisory lock,
+    because PostgreSQL refuses concurrent DDL on the same catalog rows ("tuple concurrently
+    updated") that processes opening one new store would send.
+    """
+
+    application_recorder_class = OneTripRecorder
+
+    def __init__(self, env: Environment) -> None:
+        super().__init__(env)
+        use_lifo_pool(self.datastore)
+        self._set_up = not super().env_create_table()
+        if self._set_up:
+            return
+        # The check runs on a connection of its own, which fails at once with the server's
+        # reason when the store is unreachable (the pool would retry until its timeout);
+        # the pool makes its first connection meanwhile.
+        self.datastore.pool.open(wait=False)
+        try:
+            with psycopg.connect(**self._connect_kwargs()) as conn:
+                self._set_up = self._is_set_up(conn) or self._set_up_store(conn)
+        except BaseException:
+            self.datastore.close()
+            raise
+
+    def env_create_table(self) -> bool:
+        """Whether recorders create their tables: never, the factory has seen to them."""
+        return not self._set_up
+
+    def _names(self) -> tuple[str, str, str]:
+        prefix = self.env.name.lower() or "stored"
+        return f"{prefix}_events", f"{prefix}_snapshots", f"{prefix}_events_append"
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.datastore.pool.kwargs or {})
+        if self.datastore.pool.get_password_func:
+            kwargs["password"] = self.datastore.pool.get_password_func()
+        timeout = self.env.get(self.POSTGRES_CONNECT_TIMEOUT)
+        return {**kwargs, "autocommit": True, "connect_timeout": int(float(timeout)) if timeout else 10}
+
+    def _is_set_up(self, conn: psycopg.Connection[Any]) -> bool:
+        events, snapshots, function = self._names()
+        schema = self.datastore.schema
+        query = sql.SQL(
+            "SELECT obj_description(to_regprocedure({function}), 'pg_proc') = {version} "
+            "AND to_regclass({events}) IS NOT NULL AND to_regclass({snapshots}) IS NOT NULL AS ready"
+        ).format(
+            function=sql.Literal(f"{_qualified(schema, function)}({APPEND_ARGS})"),
+            version=sql.Literal(STORE_VERSION),
+            events=sql.Literal(_qualified(schema, events)),
+            snapshots=sql.Literal(_qualified(schema, snapshots)),
+        )
+        row = conn.execute(query).fetchone()
+        return bool(row and row["ready"])
+
+    def _set_up_store(self, conn: psycopg.Connection[Any]) -> bool:
+        events, snapshots, _ = self._names()
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
+        try:
+            if not self._is_set_up(conn):  # unless another process did it while we waited
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.datastore.schema)))
+                OneTripRecorder(self.datastore, events_table_name=events).create_table()
+                self.aggregate_recorder_class(self.datastore, events_table_name=snapshots).create_table()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
+        return True
 
 
 RETRY_SECONDS = 5.0
@@ -153,8 +258,7 @@ class LoopAppender:
             return None
         try:
             async with conn.cursor(binary=True) as cursor:
-                params = self.recorder.append_params(stored_events)
-                await cursor.execute(self.recorder.append_statement, params, prepare=True)
+                await cursor.execute(*self.recorder.append_call(stored_events, conn), prepare=True)
                 ids = [row[0] for row in await cursor.fetchall()]
         except psycopg.IntegrityError as exc:
             raise IntegrityError(str(exc)) from exc

@@ -11,7 +11,6 @@ import asyncio
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,29 +113,6 @@ class RunApplication(Application[str]):
         return transcoder
 
 
-_SETUP_LOCK = 0x70686173656C6467  # pg_advisory_lock key held while a store creates its tables
-
-
-@contextmanager
-def _postgres_setup(url: StoreURL) -> Iterator[None]:
-    """Create the schema, and hold an advisory lock while the tables are created.
-
-    PostgreSQL refuses concurrent DDL on the same catalog rows ("tuple concurrently
-    updated"), which several processes opening one new store at once would otherwise hit.
-    """
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(url.postgres_conninfo or "", autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
-        try:
-            if url.postgres_schema and url.postgres_schema != "public":
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(url.postgres_schema)))
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
-
-
 class Store:
     """Where runs live: loads and saves :class:`WorkflowRun` aggregates and reads their events.
 
@@ -151,19 +127,15 @@ class Store:
         env = dict(self.url.env)
         env["ORIGINATOR_ID_TYPE"] = "text"
         if self.url.backend == "postgresql":
-            from phaseledger.engine._postgres import OneTripRecorder
+            from phaseledger.engine._postgres import StoreFactory
 
-            env["APPLICATION_RECORDER_TOPIC"] = get_topic(OneTripRecorder)
+            env["PERSISTENCE_MODULE"] = get_topic(StoreFactory)
         if snapshot_every:
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
         try:
             if self.url.sqlite_path:
                 Path(self.url.sqlite_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            if self.url.backend == "postgresql":
-                with _postgres_setup(self.url):
-                    self.app = RunApplication(env=env)
-            else:
-                self.app = RunApplication(env=env)
+            self.app = RunApplication(env=env)
         except Exception as exc:  # psycopg, sqlite3 and eventsourcing raise various types here
             raise StoreUnavailable(f"cannot open store {self.url.redacted}: {exc}") from exc
         self.snapshot_every = snapshot_every

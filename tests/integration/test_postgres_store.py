@@ -1,17 +1,18 @@
-"""PostgreSQL appends on the journal's hot path: from the event loop, one prepared call, a LIFO pool."""
+"""The PostgreSQL store: appends from the event loop in one prepared call, a LIFO pool, set-up once."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 import pytest
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresRecorder
 from pydantic import BaseModel
 
-from phaseledger import ConcurrencyConflict, Context, Engine, Workflow
+from phaseledger import ConcurrencyConflict, Context, Engine, StoreUnavailable, Workflow
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.engine.store import Store, StoreURL
 
@@ -237,3 +238,45 @@ def test_an_unreachable_server_leaves_appends_to_the_retrying_path(postgres_url:
         assert [e.originator_version for e in store.events("r")] == [1, 2]
     finally:
         store.close()
+
+
+def test_processes_opening_a_new_store_at_once_set_it_up_once(postgres_url: str) -> None:
+    barrier = threading.Barrier(4)
+
+    def open_and_start(i: int) -> str:
+        barrier.wait(10)
+        store = Store(postgres_url)
+        try:
+            store.save(started(f"r{i}"))
+            return type(store.app.recorder).__name__
+        finally:
+            store.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(open_and_start, range(4))) == ["OneTripRecorder"] * 4
+    store = Store(postgres_url)
+    try:
+        assert sorted(store.run_ids()) == ["r0", "r1", "r2", "r3"]
+    finally:
+        store.close()
+
+
+def test_opening_a_store_that_is_set_up_runs_no_ddl(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Store(postgres_url).close()
+
+    def no_ddl(self: PostgresRecorder) -> None:
+        raise AssertionError("DDL on a store that is set up")
+
+    monkeypatch.setattr(PostgresRecorder, "create_table", no_ddl)
+    store = Store(postgres_url)
+    try:
+        store.save(started("r"))
+        assert store.load("r").version == 1
+    finally:
+        store.close()
+    schema = StoreURL.parse(postgres_url).postgres_schema
+    with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "", autocommit=True) as conn:
+        conn.execute(f'COMMENT ON FUNCTION "{schema}".phaseledger_events_append(text[], bigint[], text[], bytea[], text)'
+                     " IS 'an older release'")
+    with pytest.raises(StoreUnavailable, match="DDL on a store that is set up"):
+        Store(postgres_url)  # another release's function: set up again (refused here by the spy)
