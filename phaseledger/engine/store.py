@@ -72,7 +72,9 @@ class StoreURL:
                 "POSTGRES_PASSWORD": unquote(parts.password or ""),
                 "POSTGRES_SCHEMA": schema,
                 "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", ["10"])[0],
-                "POSTGRES_POOL_SIZE": query.get("pool_size", ["5"])[0],
+                # Connections kept open; more are made on demand, up to pool_size + max_overflow.
+                # The pool hands out the most recently used first, so one serves a lone run.
+                "POSTGRES_POOL_SIZE": query.get("pool_size", ["1"])[0],
                 "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", ["10"])[0],
                 # No ping before each use of a pooled connection: it costs a round trip per
                 # append and read, and eventsourcing's recorders retry on a broken connection.
