@@ -100,7 +100,7 @@ class RunDriver:
             if not self.run.pending_events:
                 return
             events = self.run.collect_events()
-            self.engine.store.prepare_snapshot(self.run, events)  # from memory, before the thread hop
+            self.engine.store.prepare_snapshot(self.run, events)  # from the run in memory, before the append
             try:
                 await self.engine.store.save_events_async(self.run.id, events)
             except ConcurrencyConflict:
