@@ -115,6 +115,28 @@ class RunApplication(Application[str]):
         return transcoder
 
 
+NOT_WANTED = object()
+"""What :meth:`Store.prepare_snapshot` notes for a version at which no snapshot is wanted."""
+
+
+def snapshot_wanted(version: int, phase_entered_version: int, every: int) -> bool:
+    """Whether the run's snapshot at ``version`` (a multiple of ``every``) is worth storing.
+
+    A snapshot holds the journal of the current phase visit, so in a long visit each one
+    is as large as the visit so far, and one every ``every`` events would store a quadratic
+    amount. Within a visit, snapshots are therefore kept at the first multiple of ``every``
+    past ``every``, 2, 4, 8... times ``every`` events into it: what they store grows
+    linearly with the visit, and a resume still reads at most about half the visit's
+    events after its latest snapshot (resuming replays the whole visit anyway). Visits
+    shorter than ``2 * every`` events are snapshotted every ``every`` events.
+    """
+    into = version - phase_entered_version
+    if into < 2 * every:
+        return True
+    mark = every << ((into // every).bit_length() - 1)  # the largest every * 2**k <= into
+    return into - mark < every
+
+
 class Store:
     """Where runs live: loads and saves :class:`WorkflowRun` aggregates and reads their events.
 
@@ -147,7 +169,7 @@ class Store:
             from phaseledger.engine._postgres import LoopAppender
 
             self._loop_appender = LoopAppender(self.app.recorder, self.url.postgres_conninfo or "")  # type: ignore[arg-type]
-        self._prepared: dict[tuple[str, int], StoredEvent] = {}
+        self._prepared: dict[tuple[str, int], StoredEvent | object] = {}
         """Snapshots made by :meth:`prepare_snapshot`, waiting for their events to be saved."""
         self.started_topic = get_topic(WorkflowRun.RunStarted)
 
@@ -191,9 +213,10 @@ class Store:
 
         When the last event's version is a multiple of ``snapshot_every`` (always, for
         runs committing every step), the snapshot at that version is the run as it is now:
-        it is encoded here and stored by the :meth:`save_events` call for these events, so
-        nothing is read back from the store. Call this where the run lives (on the event
-        loop), not in a thread while the run may change.
+        it is encoded here (or found not wanted, see :func:`snapshot_wanted`) and stored by
+        the :meth:`save_events` call for these events, so nothing is read back from the
+        store. Call this where the run lives (on the event loop), not in a thread while the
+        run may change.
         """
         if not (self.snapshot_every and events and self.app.snapshots is not None):
             return
@@ -202,7 +225,10 @@ class Store:
             return
         if run.version != last or run.pending_events:
             return  # not the run these events came from: save_events reads the state back
-        self._prepared[(run.id, last)] = self.app.mapper.to_stored_event(WorkflowRun.Snapshot.take(run))
+        wanted = snapshot_wanted(last, run.phase_entered_version, self.snapshot_every)
+        self._prepared[(run.id, last)] = (
+            self.app.mapper.to_stored_event(WorkflowRun.Snapshot.take(run)) if wanted else NOT_WANTED
+        )
 
     def save_events(self, run_id: str, events: Sequence[WorkflowRun.Event]) -> int:
         """Append events of one run in one transaction; return the last notification id.
@@ -243,7 +269,7 @@ class Store:
         return ids[-1]
 
     def _save_events(self, run_id: str, events: Sequence[WorkflowRun.Event],
-                     snapshot: StoredEvent | None = None) -> int:
+                     snapshot: StoredEvent | object | None = None) -> int:
         if not events:
             return 0
         # Taken before the append: after a conflict these versions mean other events.
@@ -264,20 +290,25 @@ class Store:
         return bool(self.snapshot_every) and any(e.originator_version % self.snapshot_every == 0 for e in events)
 
     def _store_snapshots(self, run_id: str, events: Sequence[WorkflowRun.Event],
-                         snapshot: StoredEvent | None) -> None:
-        """Store the snapshots due at these (appended) events' versions (``snapshot``: the
-        one :meth:`prepare_snapshot` made, if any)."""
+                         snapshot: StoredEvent | object | None) -> None:
+        """Store the snapshots wanted at these (appended) events' versions; ``snapshot`` is
+        what :meth:`prepare_snapshot` made for the last one, if anything."""
         for event in events:
             version = event.originator_version
             if version % self.snapshot_every:
                 continue
-            if snapshot is not None and snapshot.originator_version == version and self.app.snapshots:
-                try:
-                    self.app.snapshots.recorder.insert_events([snapshot])
-                except PersistenceError as exc:
-                    raise StoreUnavailable(f"store {self.url.redacted} failed to snapshot: {exc}") from exc
-            else:
-                self.take_snapshot(run_id, version)
+            prepared = snapshot if isinstance(snapshot, StoredEvent) and snapshot.originator_version == version else None
+            if snapshot is NOT_WANTED and version == events[-1].originator_version:
+                continue
+            try:
+                if prepared is not None and self.app.snapshots:
+                    self.app.snapshots.recorder.insert_events([prepared])
+                    continue
+                run = self.load(run_id, version)  # a version within the batch: read it back
+                if snapshot_wanted(version, run.phase_entered_version, self.snapshot_every) and self.app.snapshots:
+                    self.app.snapshots.put([WorkflowRun.Snapshot.take(run)])
+            except PersistenceError as exc:
+                raise StoreUnavailable(f"store {self.url.redacted} failed to snapshot: {exc}") from exc
 
     def take_snapshot(self, run_id: str, version: int | None = None) -> None:
         """Store the run's folded state at ``version`` (latest when None)."""

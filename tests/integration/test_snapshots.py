@@ -10,7 +10,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from phaseledger import Context, Engine, RetryPolicy, StepFailed, Store, Workflow
-from phaseledger.domain.run import project_run
+from phaseledger.engine.store import snapshot_wanted
+from phaseledger.domain.run import WorkflowRun, project_run
 
 STEPS = 130
 SNAPSHOT_EVERY = 50
@@ -101,3 +102,46 @@ async def test_without_snapshots_the_whole_history_is_read(store_url: str) -> No
     with counting_reads(engine.store) as reads:
         engine.store.load("long")
     assert reads == [(None, suspended.version)]
+
+
+def one_long_visit(steps: int) -> Workflow[Count]:
+    wf = Workflow("one-visit", state=Count, checkpoint_every_n_steps=3)  # batches cross snapshot versions
+
+    @wf.phase(initial=True, to="finish")
+    async def work(ctx: Context[Count]) -> None:
+        for _ in range(steps):
+            ctx.state.n = await ctx.step("inc", lambda n: n + 1, ctx.state.n)
+        await ctx.wait_for_signal("go")
+
+    @wf.phase(final=True)
+    async def finish(ctx: Context[Count]) -> int:
+        return ctx.state.n
+
+    return wf
+
+
+async def test_a_long_phase_visit_stores_snapshots_at_doubling_offsets(store_url: str) -> None:
+    every, steps = 10, 400
+    wf = one_long_visit(steps)
+    engine = Engine(store_url, workflows=[wf], snapshot_every=every)
+    suspended = await engine.run(wf, run_id="r")
+    assert suspended.status == "waiting"
+    store = engine.store
+    entered = 2  # RunStarted, then PhaseEntered at version 2
+    snapshots = list(store.app.snapshots.get("r"))  # type: ignore[union-attr]
+    versions = [s.originator_version for s in snapshots]
+    assert versions == [v for v in range(every, suspended.version + 1, every) if snapshot_wanted(v, entered, every)]
+    assert versions == [10, 20, 30, 50, 90, 170, 330]  # not the 40 that one every 10 events would store
+    events = store.events("r")
+    for snapshot in snapshots:  # each equals the fold of the log up to its version
+        folded = project_run(None, events[: snapshot.originator_version])
+        assert snapshot.state == WorkflowRun.Snapshot.take(folded).state  # type: ignore[attr-defined]
+
+    reopened = Engine(store if store_url == "memory://" else store_url, workflows=[wf], snapshot_every=every)
+    with counting_reads(reopened.store) as reads:
+        loaded = reopened.store.load("r")
+    assert reads == [(330, suspended.version - 330)]  # at most about half the visit after the snapshot
+    assert comparable_state(loaded) == comparable_state(project_run(None, events))
+    await reopened.signal("r", "go")
+    done = await reopened.resume("r")
+    assert done.status == "completed" and done.output == steps
