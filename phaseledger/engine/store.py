@@ -292,21 +292,23 @@ class Store:
     def _store_snapshots(self, run_id: str, events: Sequence[WorkflowRun.Event],
                          snapshot: StoredEvent | object | None) -> None:
         """Store the snapshots wanted at these (appended) events' versions; ``snapshot`` is
-        what :meth:`prepare_snapshot` made for the last one, if anything."""
+        what :meth:`prepare_snapshot` decided for the last one (None: nothing)."""
+        snapshots = self.app.snapshots
+        if snapshots is None:
+            return
+        last = events[-1].originator_version
         for event in events:
             version = event.originator_version
             if version % self.snapshot_every:
                 continue
-            prepared = snapshot if isinstance(snapshot, StoredEvent) and snapshot.originator_version == version else None
-            if snapshot is NOT_WANTED and version == events[-1].originator_version:
-                continue
             try:
-                if prepared is not None and self.app.snapshots:
-                    self.app.snapshots.recorder.insert_events([prepared])
+                if version == last and snapshot is not None:  # decided from the run in memory
+                    if snapshot is not NOT_WANTED:
+                        snapshots.recorder.insert_events([snapshot])  # type: ignore[list-item]
                     continue
-                run = self.load(run_id, version)  # a version within the batch: read it back
-                if snapshot_wanted(version, run.phase_entered_version, self.snapshot_every) and self.app.snapshots:
-                    self.app.snapshots.put([WorkflowRun.Snapshot.take(run)])
+                run = self.load(run_id, version)  # no run in memory at this version: read it back
+                if snapshot_wanted(version, run.phase_entered_version, self.snapshot_every):
+                    snapshots.put([WorkflowRun.Snapshot.take(run)])
             except PersistenceError as exc:
                 raise StoreUnavailable(f"store {self.url.redacted} failed to snapshot: {exc}") from exc
 
