@@ -41,7 +41,7 @@ from pydantic_ai.usage import RequestUsage
 
 from phaseledger import Context, Engine, Workflow
 from phaseledger.engine.agents import PhaseledgerDurability
-from phaseledger.engine.agents._identity import strip_volatile
+from phaseledger.domain.values import strip_volatile
 
 TOOLS = ("square", "lookup", "flaky")
 

@@ -131,3 +131,16 @@ def json_size(data: JSONValue) -> int:
     return len(json.dumps(data, separators=(",", ":")).encode())
 
 
+# Message fields that change on every attempt of the same call, left out of request
+# fingerprints and comparisons; the run and conversation ids embed the phaseledger run id,
+# which differs in a fork of the run.
+_VOLATILE_KEYS = frozenset({"timestamp", "request_timestamp", "duration", "run_id", "conversation_id"})
+
+
+def strip_volatile(value: Any) -> Any:
+    """A copy of a dumped message structure without the fields that change on every attempt."""
+    if isinstance(value, dict):
+        return {k: strip_volatile(v) for k, v in value.items() if k not in _VOLATILE_KEYS}
+    if isinstance(value, list):
+        return [strip_volatile(v) for v in value]
+    return value

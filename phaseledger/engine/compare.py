@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from phaseledger.domain.errors import InvalidInput
 from phaseledger.domain.run import WorkflowRun
-from phaseledger.domain.values import copy_json
+from phaseledger.domain.values import copy_json, strip_volatile
 from phaseledger.engine.views import Usage, run_view
 
 if TYPE_CHECKING:
@@ -40,22 +40,13 @@ class TrailItem(BaseModel):
         """
         mine, theirs = self.result, other.result
         if self.kind in _MODEL_KINDS:
-            mine, theirs = _strip_volatile(mine), _strip_volatile(theirs)
+            mine, theirs = strip_volatile(mine), strip_volatile(theirs)
         return (self.phase, self.kind, self.name, mine, self.error) == (
             other.phase, other.kind, other.name, theirs, other.error
         )
 
 
 _MODEL_KINDS = frozenset({"model", "agent"})
-_VOLATILE = frozenset({"timestamp", "run_id", "conversation_id"})
-
-
-def _strip_volatile(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_volatile(v) for k, v in value.items() if k not in _VOLATILE}
-    if isinstance(value, list):
-        return [_strip_volatile(v) for v in value]
-    return value
 
 
 class Difference(BaseModel):

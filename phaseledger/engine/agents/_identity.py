@@ -40,10 +40,9 @@ from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelRequest, ModelRe
 from pydantic_ai.models import ModelRequestParameters
 from pydantic_ai.tools import RunContext
 
+from phaseledger.domain.values import strip_volatile
+
 _PARAMETERS = TypeAdapter(ModelRequestParameters)
-# Left out of request fingerprints: timestamps change on every attempt, and the run and
-# conversation ids embed the phaseledger run id, which differs in a fork of the run.
-_VOLATILE_KEYS = frozenset({"timestamp", "run_id", "conversation_id"})
 
 
 @dataclass(frozen=True)
@@ -67,15 +66,6 @@ def digest(value: Any) -> str:
     """A short, stable hash of a JSON-able value."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def strip_volatile(value: Any) -> Any:
-    """A copy of a dumped message structure without the fields that change on every attempt."""
-    if isinstance(value, dict):
-        return {k: strip_volatile(v) for k, v in value.items() if k not in _VOLATILE_KEYS}
-    if isinstance(value, list):
-        return [strip_volatile(v) for v in value]
-    return value
 
 
 def _find(cache_key: tuple[object, ...], kind: type[Any]) -> Any:
