@@ -14,8 +14,10 @@ from phaseledger.domain.errors import (
     InvalidInput,
     InvalidToken,
     InvalidTransition,
+    LeaseLost,
     NonDeterminismError,
     PhaseledgerError,
+    RunBusy,
     RunExists,
     RunFinished,
     RunNotFinished,
@@ -36,6 +38,7 @@ from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
 from phaseledger.engine.context import Context, idempotency_key
 from phaseledger.engine.engine import Engine
+from phaseledger.engine.ownership import Driving
 from phaseledger.engine.retention import CompactionReport, RetentionPolicy, RetentionReport
 from phaseledger.engine.store import Store
 from phaseledger.engine.timetravel import Checkpoint, ForkInfo, ForkPoint, JournalEntry, Lineage, RunAt
@@ -101,16 +104,19 @@ __all__ = [
     "CircuitOpen",
     "ConcurrencyConflict",
     "Context",
+    "Driving",
     "Engine",
     "InvalidInput",
     "InvalidToken",
     "InvalidTransition",
+    "LeaseLost",
     "NonDeterminismError",
     "Phase",
     "PhaseledgerError",
     "RecordedEvent",
     "RetryPolicy",
     "Run",
+    "RunBusy",
     "RunExists",
     "RunFinished",
     "RunNotFound",

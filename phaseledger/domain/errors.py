@@ -23,13 +23,16 @@ Every error a user can hit derives from :class:`PhaseledgerError`. Definition er
     ├── StepFailed                   a step failed and will not be retried any more
     ├── CircuitOpen                  a circuit breaker refuses calls for now
     ├── SignalTimeout                no signal arrived before the timeout
-    └── WorkerAlreadyRunning         another worker owns this SQLite or memory:// store
+    ├── WorkerAlreadyRunning         another worker owns this SQLite or memory:// store
+    ├── RunBusy                      another live process drives the run now
+    └── LeaseLost                    this driver lost the run to another one and stopped
 
 Messages name the ids involved and say what to do.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -209,6 +212,45 @@ class WorkerAlreadyRunning(PhaseledgerError):
         )
         self.store = store
         self.holder = holder
+
+
+class RunBusy(PhaseledgerError):
+    """Another live process drives this run: its lease is held and its heartbeat is fresh.
+
+    ``owner`` names the driver (``host:pid:id``); ``expires_at`` is when its lease runs out
+    unless renewed. Wait for it, or take the run over explicitly (``steal=True``).
+    """
+
+    def __init__(self, run_id: str, owner: str, host: str | None, pid: int | None,
+                 expires_at: datetime, heartbeat: str) -> None:
+        where = f"{host}:{pid}" if host else owner
+        super().__init__(
+            f"run {run_id!r} is being driven by {where} (driver {owner}, {heartbeat}); its lease "
+            f"expires at {expires_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC unless renewed. Wait for that driver to "
+            "finish, or take the run over with resume(..., steal=True) / `phaseledger resume --steal` "
+            "(the step it is running now may then run twice)"
+        )
+        self.run_id = run_id
+        self.owner = owner
+        self.host = host
+        self.pid = pid
+        self.expires_at = expires_at
+
+
+class LeaseLost(PhaseledgerError):
+    """This driver lost its run: another driver took it over, or the lease ran out unrenewed.
+
+    The driver stopped at its next journal boundary and appended nothing more; the run's
+    new owner continues it.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"lost the lease on run {run_id!r}: another driver took the run over (or this "
+            "process could not renew its lease in time), so this one stopped at its last journal "
+            "boundary without writing. engine.get() shows the run as its new owner leaves it"
+        )
+        self.run_id = run_id
 
 
 def describe_error(exc: BaseException, *, traceback_lines: int = 12) -> dict[str, Any]:

@@ -11,10 +11,14 @@ the same file on SQLite):
 ``phaseledger_runindex_tracking`` (PostgreSQL) / ``tracking`` (SQLite)
     The notification id the index has reached: eventsourcing's tracking table, under the
     name ``phaseledger.runindex``.
-``phaseledger_leases`` (PostgreSQL only)
-    Which worker holds which run, until when. ``fence`` is the run version the lease was
-    left at: the run is only claimed again once the index has caught up with it, so a run
-    is not picked up on an index row older than what its last worker saw.
+``phaseledger_leases``
+    Which process drives which run, until when, and its last heartbeat: a worker's claim
+    or any other driver's lease (``engine.run``, ``engine.resume``, the CLI). ``owner``,
+    ``host`` and ``pid`` name the driver; ``proc_start`` tells a reused pid from the
+    process that took the lease. ``fence`` is the run version the lease was left at: a
+    worker claims the run again only once the index has caught up with it, so a run is not
+    picked up on an index row older than what its last driver saw (PostgreSQL; SQLite's one
+    worker keeps its fences in memory).
 
 Named parameters (``%(name)s`` for psycopg, ``:name`` for sqlite3) keep the statements
 readable. ``{schema}`` is filled in with a quoted identifier.
@@ -52,9 +56,18 @@ PG_CREATE = (
         owner       text,                      -- NULL once released
         expires_at  timestamptz NOT NULL,      -- after this any worker may claim the run
         fence       bigint NOT NULL,           -- claim only when the index row reached this version
-        claims      integer NOT NULL DEFAULT 1
+        claims      integer NOT NULL DEFAULT 1,
+        host        text,                      -- the driver: host, process id and its start time
+        pid         integer,
+        proc_start  double precision,
+        heartbeat_at timestamptz
     )
     """,
+    # Stores made before leases named their driver get the columns added.
+    "ALTER TABLE {schema}.phaseledger_leases ADD COLUMN IF NOT EXISTS host text",
+    "ALTER TABLE {schema}.phaseledger_leases ADD COLUMN IF NOT EXISTS pid integer",
+    "ALTER TABLE {schema}.phaseledger_leases ADD COLUMN IF NOT EXISTS proc_start double precision",
+    "ALTER TABLE {schema}.phaseledger_leases ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz",
 )
 
 # Serialises table creation when several workers start on a fresh schema at once.
@@ -121,18 +134,22 @@ PG_CLAIM = """
         LIMIT %(limit)s
         FOR UPDATE OF i SKIP LOCKED
     )
-    INSERT INTO {schema}.phaseledger_leases AS l (run_id, owner, expires_at, fence)
-    SELECT run_id, %(owner)s, now() + make_interval(secs => %(lease)s), version FROM candidates
+    INSERT INTO {schema}.phaseledger_leases AS l
+        (run_id, owner, host, pid, proc_start, heartbeat_at, expires_at, fence)
+    SELECT run_id, %(owner)s, %(host)s, %(pid)s, %(proc_start)s, now(),
+           now() + make_interval(secs => %(lease)s), version
+    FROM candidates
     ON CONFLICT (run_id) DO UPDATE SET
-        owner = excluded.owner, expires_at = excluded.expires_at,
-        fence = excluded.fence, claims = l.claims + 1
+        owner = excluded.owner, host = excluded.host, pid = excluded.pid,
+        proc_start = excluded.proc_start, heartbeat_at = excluded.heartbeat_at,
+        expires_at = excluded.expires_at, fence = excluded.fence, claims = l.claims + 1
     WHERE l.expires_at < now() AND excluded.fence >= l.fence
     RETURNING l.run_id, l.fence AS version
 """
 
 PG_RENEW = """
     UPDATE {schema}.phaseledger_leases
-    SET expires_at = now() + make_interval(secs => %(lease)s)
+    SET expires_at = now() + make_interval(secs => %(lease)s), heartbeat_at = now()
     WHERE owner = %(owner)s AND run_id = ANY(%(run_ids)s)
     RETURNING run_id
 """
@@ -154,7 +171,37 @@ PG_SELECT_LEASES = """
     SELECT run_id, owner, expires_at, fence, claims FROM {schema}.phaseledger_leases ORDER BY run_id
 """
 
-# -- SQLite (one worker process per store: no leases table) ------------------------------
+# -- run leases of every driver (engine.run / resume / retry / fork, the CLI, workers) ----
+# A driver takes a run's lease when it is free, released, expired, already its own, or
+# held by ``%(takeover)s``: an owner found dead on this host, or the holder a driver
+# steals from (compare-and-set on the owner, so two stealers cannot both win).
+
+PG_ACQUIRE = """
+    INSERT INTO {schema}.phaseledger_leases AS l
+        (run_id, owner, host, pid, proc_start, heartbeat_at, expires_at, fence)
+    VALUES (%(run_id)s, %(owner)s, %(host)s, %(pid)s, %(proc_start)s, now(),
+            now() + make_interval(secs => %(lease)s), 0)
+    ON CONFLICT (run_id) DO UPDATE SET
+        owner = excluded.owner, host = excluded.host, pid = excluded.pid,
+        proc_start = excluded.proc_start, heartbeat_at = excluded.heartbeat_at,
+        expires_at = excluded.expires_at, claims = l.claims + 1
+    WHERE l.owner IS NULL OR l.owner = excluded.owner OR l.expires_at < now()
+       OR l.owner = %(takeover)s
+"""
+
+PG_LEASE_ROWS = """
+    SELECT run_id, owner, host, pid, proc_start, heartbeat_at, expires_at, now() AS db_now
+    FROM {schema}.phaseledger_leases
+    WHERE owner IS NOT NULL AND (%(run_ids)s::text[] IS NULL OR run_id = ANY(%(run_ids)s))
+"""
+
+PG_RELEASE_RUN = """
+    UPDATE {schema}.phaseledger_leases
+    SET owner = NULL, expires_at = now(), fence = GREATEST(fence, %(fence)s)
+    WHERE run_id = %(run_id)s AND owner = %(owner)s
+"""
+
+# -- SQLite (one worker process per store; the leases table holds every driver's lease) ----
 
 SQLITE_CREATE = (
     """
@@ -173,7 +220,51 @@ SQLITE_CREATE = (
     CREATE INDEX IF NOT EXISTS phaseledger_runindex_runnable
         ON phaseledger_runindex (runnable_at) WHERE runnable_at IS NOT NULL
     """,
+    """
+    CREATE TABLE IF NOT EXISTS phaseledger_leases (
+        run_id       TEXT PRIMARY KEY,
+        owner        TEXT,                     -- NULL once released
+        host         TEXT,
+        pid          INTEGER,
+        proc_start   REAL,
+        heartbeat_at REAL,                     -- POSIX seconds
+        expires_at   REAL NOT NULL,
+        fence        INTEGER NOT NULL DEFAULT 0,
+        claims       INTEGER NOT NULL DEFAULT 1
+    )
+    """,
 )
+
+SQLITE_ACQUIRE = """
+    INSERT INTO phaseledger_leases AS l
+        (run_id, owner, host, pid, proc_start, heartbeat_at, expires_at)
+    VALUES (:run_id, :owner, :host, :pid, :proc_start, :now, :now + :lease)
+    ON CONFLICT (run_id) DO UPDATE SET
+        owner = excluded.owner, host = excluded.host, pid = excluded.pid,
+        proc_start = excluded.proc_start, heartbeat_at = excluded.heartbeat_at,
+        expires_at = excluded.expires_at, claims = l.claims + 1
+    WHERE l.owner IS NULL OR l.owner = excluded.owner OR l.expires_at < :now
+       OR l.owner = :takeover
+"""
+
+SQLITE_LEASE_ROWS = """
+    SELECT run_id, owner, host, pid, proc_start, heartbeat_at, expires_at
+    FROM phaseledger_leases WHERE owner IS NOT NULL
+"""
+
+SQLITE_LEASE_ROW = SQLITE_LEASE_ROWS + " AND run_id = :run_id"
+
+# {ids} is a list of "?" placeholders, one per run id.
+SQLITE_RENEW = """
+    UPDATE phaseledger_leases SET heartbeat_at = ?, expires_at = ?
+    WHERE owner = ? AND run_id IN ({ids})
+    RETURNING run_id
+"""
+
+SQLITE_RELEASE_RUN = """
+    UPDATE phaseledger_leases SET owner = NULL, expires_at = :now, fence = max(fence, :fence)
+    WHERE run_id = :run_id AND owner = :owner
+"""
 
 SQLITE_UPSERT_ROW = """
     INSERT INTO phaseledger_runindex

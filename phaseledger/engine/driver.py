@@ -1,10 +1,11 @@
 """Driving one run: replay the current phase from its journal, record new work, change phase.
 
-A :class:`RunDriver` owns the run's aggregate while it drives it. It appends events to
+A :class:`RunDriver` owns the run's aggregate while it drives it, under the run's lease
+(:mod:`.ownership`). It appends events to
 the aggregate and commits them in batches (``checkpoint_every_n_steps``); errors, phase
 changes, suspensions and the end of the run commit at once. When another writer appended
 to the run meanwhile, only signals are rebased over; anything else means another driver
-owns the run, and this one stops without appending.
+owns the run, and this one stops without appending and raises :class:`~phaseledger.LeaseLost`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from phaseledger.domain.errors import (
     ConcurrencyConflict,
     InvalidTransition,
+    LeaseLost,
     NonDeterminismError,
     PhaseledgerError,
     SerializationError,
@@ -135,11 +137,10 @@ class RunDriver:
         or seen by the worker's lease renewal), a worker shutting down, or a lease that ran
         out stops the run here, before it does anything more.
         """
-        stop = self.engine._interrupts.get(self.run.id)
+        stop = self.engine.control.stop_requested(self.run.id)
         if stop is not None:
             raise stop()
-        deadline = self.engine._lease_deadlines.get(self.run.id)
-        if deadline is not None and time.monotonic() > deadline:
+        if self.engine.control.lease_ran_out(self.run.id, time.monotonic()):
             raise Superseded()
 
     # -- driving -----------------------------------------------------------------------
@@ -148,11 +149,16 @@ class RunDriver:
         """Run phases until the run completes, fails, suspends or is cancelled."""
         try:
             await self._drive_phases()
-        except (Cancelled, Superseded):
-            # Another writer owns the run now (or cancelled it): drop what was not committed
-            # and show the run as the log has it.
+        except Cancelled:
+            # Cancelled by another writer: drop what was not committed and show the run as
+            # the log has it.
             self.run.collect_events()
             self.run = await self.engine._call_store(self.engine.store.load, self.run.id)
+        except Superseded:
+            # Another driver owns the run now: what this one did not commit is dropped, and
+            # its view would be stale, so say so instead of returning it.
+            self.run.collect_events()
+            raise LeaseLost(self.run.id) from None
 
     async def _drive_phases(self) -> None:
         from phaseledger.engine.context import Context

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from phaseledger.domain.errors import (
     ConcurrencyConflict,
     InvalidInput,
+    LeaseLost,
     PhaseledgerError,
     RunExists,
     RunFinished,
@@ -25,7 +27,8 @@ from phaseledger.domain.values import validate_payload
 from phaseledger.domain.workflow import Workflow, WorkflowRegistry
 from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.compare import RunComparison, compare_runs
-from phaseledger.engine.driver import Cancelled, RunDriver
+from phaseledger.engine.driver import Cancelled, RunDriver, Superseded
+from phaseledger.engine.ownership import DriverId, LeaseBook, RunControl, open_lease_book
 from phaseledger.engine.retention import CompactionReport, Retention, RetentionPolicy, RetentionReport
 from phaseledger.engine.runindex import is_due
 from phaseledger.engine.store import Store
@@ -63,9 +66,12 @@ class Engine:
         on_checkpoint: CheckpointCallback | None = None,
         on_resume: ResumeCallback | None = None,
         token_key: str | bytes | None = None,
+        lease_seconds: float = 30.0,
     ) -> None:
         if checkpoint_every_n_steps < 1:
             raise PhaseledgerError("checkpoint_every_n_steps must be >= 1")
+        if lease_seconds <= 0:
+            raise PhaseledgerError("lease_seconds must be > 0")
         self.store = store if isinstance(store, Store) else Store(store, snapshot_every=snapshot_every)
         self.registry = WorkflowRegistry()
         for workflow in workflows:
@@ -81,11 +87,14 @@ class Engine:
         self._token_key = resolve_key(token_key)
         """Signs resume tokens (``token_key=`` or ``$PHASELEDGER_TOKEN_KEY``); None: no tokens."""
         self.time_travel = TimeTravel(self)
-        self._active: dict[str, asyncio.Task[Run]] = {}
-        self._interrupts: dict[str, type[BaseException]] = {}
-        """Runs driven here that must stop at their next journal boundary (cancel, worker shutdown)."""
-        self._lease_deadlines: dict[str, float] = {}
-        """Set by workers: the ``time.monotonic()`` after which a run's lease may be gone."""
+        self.lease_seconds = float(lease_seconds)
+        """How long a driver's lease on a run lasts unless renewed (every third of it, by a heartbeat)."""
+        self.driver_id = DriverId.here()
+        """How this engine names itself in the leases of the runs it drives."""
+        self.control = RunControl()
+        """The runs driven here: their tasks, leases and requests to stop (shared with workers)."""
+        self._lease_book: LeaseBook | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self.event_observer: Callable[[WorkflowRun], None] | None = None
         """Testing hook: called with the run after each event a driver records."""
         self._append_hooks: list[Callable[[], None]] = []
@@ -136,6 +145,8 @@ class Engine:
         reports = self.__dict__.get("_reports")
         if reports is not None:
             reports.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         self.store.close()
 
     async def __aenter__(self) -> Engine:
@@ -177,27 +188,48 @@ class Engine:
 
     async def run(self, workflow: Workflow[Any], input: BaseModel | Mapping[str, Any] | None = None,
                   *, run_id: str | None = None) -> Run:
-        """Start a run and drive it until it completes, fails or suspends; return its view."""
-        started = await self.start(workflow, input, run_id=run_id)
-        return await self._drive(started.run_id)
+        """Start a run and drive it until it completes, fails or suspends; return its view.
 
-    async def resume(self, run_id: str, *, reason: str | None = None) -> Run:
+        The run's lease is taken before its first event is written, so no worker picks the
+        new run up meanwhile.
+        """
+        run_id = run_id or str(uuid.uuid4())
+        await self._take(run_id, steal=False)
+        try:
+            await self.start(workflow, input, run_id=run_id)
+        except BaseException:
+            await self._let_go(run_id, 0)
+            raise
+        return await self._drive(run_id)
+
+    async def resume(self, run_id: str, *, reason: str | None = None, steal: bool = False) -> Run:
         """Drive an existing run from its log: replay the current phase, then continue live.
 
         A suspended run that is not due yet (no signal, wake time not reached) is left as it
         is. Raises :class:`RunNotFound`, :class:`RunFinished` or :class:`UnknownWorkflow`.
         ``run_id`` may be a resume token (``engine.resume_token``): it is verified first and
         a forged, edited, truncated or foreign one raises :class:`InvalidToken`.
+
+        Raises :class:`RunBusy` while another live process drives the run (its lease is
+        held and renewed). ``steal=True`` takes the run over anyway: the other driver stops
+        at its next journal boundary with :class:`LeaseLost`, and the step it was running
+        then may run twice (at-least-once, with the same idempotency key).
         """
         if looks_like_token(run_id):
             run_id = await self._call_store(self.time_travel.run_id_of, run_id)
-        if run_id in self._active:
-            return await asyncio.shield(self._active[run_id])
-        run = await self._call_store(self.store.load, run_id)
-        if run.finished:
-            raise RunFinished(run_id, run.status, "resume")
-        workflow = self._workflow_of(run)
+        if run_id in self.control.active:
+            return await asyncio.shield(self.control.active[run_id])
+        await self._take(run_id, steal=steal)
+        try:
+            run = await self._call_store(self.store.load, run_id)
+            if run.finished:
+                raise RunFinished(run_id, run.status, "resume")
+            workflow = self._workflow_of(run)
+        except BaseException:
+            await self._let_go(run_id, 0)
+            raise
         if not is_due(run):
+            await self._let_go(run_id, run.version)
             return run_view(run, workflow.state_model)
         why = reason or {RUNNING: "recover", WAITING: "signal", SLEEPING: "timer", RETRYING: "retry_due"}[run.status]
         # Not saved yet: the driver commits it before anything runs live (the claim that makes
@@ -206,14 +238,24 @@ class Engine:
         self._notify_resume(run, why)
         return await self._drive(run_id, run)
 
-    async def retry(self, run_id: str) -> Run:
-        """Re-enter the failed phase of a failed run, keeping the steps it recorded."""
-        run = await self._call_store(self.store.load, run_id)
-        if run.status != FAILED:
-            if run.finished:
-                raise RunFinished(run_id, run.status, "retry")
-            raise PhaseledgerError(f"run {run_id!r} is {run.status}, not failed: use engine.resume({run_id!r})")
-        self._workflow_of(run)
+    async def retry(self, run_id: str, *, steal: bool = False) -> Run:
+        """Re-enter the failed phase of a failed run, keeping the steps it recorded.
+
+        Takes the run's lease like :meth:`resume` (:class:`RunBusy`, ``steal``).
+        """
+        if run_id in self.control.active:
+            return await asyncio.shield(self.control.active[run_id])
+        await self._take(run_id, steal=steal)
+        try:
+            run = await self._call_store(self.store.load, run_id)
+            if run.status != FAILED:
+                if run.finished:
+                    raise RunFinished(run_id, run.status, "retry")
+                raise PhaseledgerError(f"run {run_id!r} is {run.status}, not failed: use engine.resume({run_id!r})")
+            self._workflow_of(run)
+        except BaseException:
+            await self._let_go(run_id, 0)
+            raise
         run.trigger_event(WorkflowRun.RunResumed, reason="retry")  # committed by the driver, as in resume()
         self._notify_resume(run, "retry")
         return await self._drive(run_id, run)
@@ -228,14 +270,17 @@ class Engine:
             hook()
 
     async def _drive(self, run_id: str, run: WorkflowRun | None = None) -> Run:
-        if run_id in self._active:
-            return await asyncio.shield(self._active[run_id])
-        task = asyncio.ensure_future(self._drive_once(run_id, run))
-        self._active[run_id] = task
+        """Drive a run under its lease (taken here unless the caller or a worker holds it)."""
+        if run_id in self.control.active:
+            return await asyncio.shield(self.control.active[run_id])
+        if self.control.holder(run_id) is None:
+            await self._take(run_id, steal=False)
+        task = asyncio.ensure_future(self._drive_held(run_id, run))
+        self.control.active[run_id] = task
 
         def done(_: object) -> None:
-            self._active.pop(run_id, None)
-            self._interrupts.pop(run_id, None)
+            self.control.active.pop(run_id, None)
+            self.control.drop(run_id)
 
         try:
             return await asyncio.shield(task)
@@ -245,20 +290,80 @@ class Engine:
             else:
                 task.add_done_callback(done)
 
-    def _interrupt(self, run_id: str, stop: type[BaseException]) -> bool:
-        """Make a run driven by this engine stop at its next journal boundary (False if idle here)."""
-        if run_id not in self._active:
-            return False
-        self._interrupts.setdefault(run_id, stop)
-        return True
+    async def _drive_held(self, run_id: str, run: WorkflowRun | None) -> Run:
+        """Drive the run, then give back the lease this engine took (a worker releases its own)."""
+        version = 0
+        try:
+            if run is None:
+                run = await self._call_store(self.store.load, run_id)
+            workflow = self._workflow_of(run)
+            driver = RunDriver(self, run, workflow)
+            try:
+                await driver.drive()
+            finally:
+                version = driver.run.version
+            return run_view(driver.run, workflow.state_model)
+        except LeaseLost:
+            self.control.drop(run_id)  # not ours any more: nothing to release
+            raise
+        finally:
+            if self.control.holder(run_id) == self.driver_id.owner:
+                self.control.drop(run_id)
+                await self._release(run_id, version)
 
-    async def _drive_once(self, run_id: str, run: WorkflowRun | None) -> Run:
-        if run is None:
-            run = await self._call_store(self.store.load, run_id)
-        workflow = self._workflow_of(run)
-        driver = RunDriver(self, run, workflow)
-        await driver.drive()
-        return run_view(driver.run, workflow.state_model)
+    # -- leases (see phaseledger.engine.ownership) -------------------------------------------
+
+    async def _leases(self) -> LeaseBook:
+        if self._lease_book is None:
+            self._lease_book = await self._call_store(open_lease_book, self.store)
+        return self._lease_book
+
+    async def _take(self, run_id: str, *, steal: bool) -> None:
+        """Take the run's lease for this engine (:class:`RunBusy` if another live driver has it)."""
+        if self.control.holder(run_id) is not None:
+            return  # held here already: a worker's claim, or this engine's own
+        book = await self._leases()
+        asked = time.monotonic()
+        await self._call_store(book.acquire, run_id, self.driver_id, self.lease_seconds, steal=steal)
+        self.control.hold(run_id, self.driver_id.owner, self.lease_seconds, asked)
+        if self._heartbeat is None or self._heartbeat.done() or self._heartbeat.get_loop() is not _running_loop():
+            self._heartbeat = asyncio.ensure_future(self._beat())
+
+    async def _let_go(self, run_id: str, version: int) -> None:
+        """Release the lease this engine took for a run it did not drive after all."""
+        if self.control.holder(run_id) != self.driver_id.owner or run_id in self.control.active:
+            return
+        self.control.drop(run_id)
+        await self._release(run_id, version)
+
+    async def _release(self, run_id: str, version: int) -> None:
+        try:
+            await self._call_store((await self._leases()).release, self.driver_id.owner, run_id, version)
+        except PhaseledgerError as exc:  # it expires by itself
+            log.warning("could not release the lease of run %s: %s", run_id, exc)
+
+    async def _beat(self) -> None:
+        """Renew this engine's leases every third of their length while it holds any."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            held = self.control.held_by(self.driver_id.owner)
+            if not held:
+                return
+            asked = time.monotonic()
+            try:
+                kept = await self._call_store((await self._leases()).renew, self.driver_id.owner, held,
+                                              self.lease_seconds)
+            except Exception as exc:  # the store is down: runs stop at a boundary once their lease may be gone
+                log.warning("could not renew the leases of %d run(s): %s", len(held), exc)
+                continue
+            for run_id in held:
+                if self.control.holder(run_id) != self.driver_id.owner:
+                    continue  # that drive ended meanwhile
+                if run_id in kept:
+                    self.control.hold(run_id, self.driver_id.owner, self.lease_seconds, asked)
+                else:
+                    log.warning("run %s was taken over by another driver; stopping it here", run_id)
+                    self.control.interrupt(run_id, Superseded)
 
     # -- signals and cancellation --------------------------------------------------------
 
@@ -304,7 +409,7 @@ class Engine:
             except ConcurrencyConflict:
                 await _backoff(attempt)
                 continue
-            self._interrupt(run_id, Cancelled)
+            self.control.interrupt(run_id, Cancelled)
             return self._view(run)
         raise ConcurrencyConflict(run_id)
 
@@ -336,8 +441,16 @@ class Engine:
     # -- queries -----------------------------------------------------------------------
 
     def get(self, run_id: str, *, version: int | None = None) -> Run:
-        """The run as it stands in the log (or as it stood at ``version``)."""
-        return self._view(self.store.load(run_id, version=version))
+        """The run as it stands in the log (or as it stood at ``version``), with who drives it."""
+        view = self._view(self.store.load(run_id, version=version))
+        if version is None and not view.finished:
+            view.driving = self._lease_book_now().get(run_id)
+        return view
+
+    def _lease_book_now(self) -> LeaseBook:
+        if self._lease_book is None:
+            self._lease_book = open_lease_book(self.store)
+        return self._lease_book
 
     def _view(self, run: WorkflowRun) -> Run:
         workflow = self.registry.workflows.get((run.workflow, run.workflow_version))
@@ -351,9 +464,13 @@ class Engine:
         """Every run in the store (optionally only those with this status or workflow)."""
         views = []
         for run_id in self.store.run_ids():
-            view = self.get(run_id)
+            view = self._view(self.store.load(run_id))
             if (status is None or view.status == status) and (workflow is None or view.workflow == workflow):
                 views.append(view)
+        leases = self._lease_book_now().held() if any(not v.finished for v in views) else {}
+        for view in views:
+            if not view.finished:
+                view.driving = leases.get(view.run_id)
         return views
 
     # -- time travel (phaseledger.engine.timetravel, compare, retention) ----------------
@@ -417,6 +534,13 @@ class Engine:
     def apply_retention(self, policy: RetentionPolicy, *, now: datetime | None = None) -> RetentionReport:
         """Compact or delete finished runs as ``policy`` says; unfinished runs are never touched."""
         return Retention(self).apply(policy, now=now)
+
+
+log = logging.getLogger("phaseledger")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
 
 
 def _notify(callback: Callable[[str, str], Any] | None, run_id: str, what: str) -> None:

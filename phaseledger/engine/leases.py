@@ -10,6 +10,13 @@ them, and *releases* each run when its drive ends. The backends:
   worker whose lease was taken over fails to append and stops without writing.
 - :class:`LocalLeases`: ``memory://`` and SQLite stores, where one worker process owns the
   store (:class:`StoreOwnership`; a second one gets :class:`~phaseledger.WorkerAlreadyRunning`).
+  Its claims are kept in memory; the engine then takes each run's lease in the store like
+  any other driver (:mod:`.ownership`), so a run driven by ``engine.run`` in another
+  process is not driven twice.
+
+On PostgreSQL a worker's claim *is* the run's lease (the same ``phaseledger_leases`` row
+that ``engine.run`` or ``engine.resume`` in any process takes), so workers and other
+drivers never drive one run at once.
 
 A released lease keeps a *fence*, the run version its worker left it at: the run is claimed
 again only once the index has caught up with that version, so no worker picks a run up
@@ -34,6 +41,7 @@ from eventsourcing.persistence import PersistenceError
 from phaseledger.domain.errors import StoreUnavailable, WorkerAlreadyRunning
 from phaseledger.domain.run import CANCELLED
 from phaseledger.engine import _worker_sql as q
+from phaseledger.engine.ownership import DriverId
 from phaseledger.engine.runindex import PostgresRunIndex, RunIndex
 from phaseledger.engine.store import Store
 
@@ -58,6 +66,9 @@ class Renewal:
 
 class Leases(ABC):
     """Claims, renews and releases runs for workers (one instance per worker)."""
+
+    claims_are_run_leases = False
+    """True when a claim is the run's lease in the store (the engine then takes none of its own)."""
 
     @abstractmethod
     def claim(self, owner: str, limit: int, lease_seconds: float, keys: Iterable[str]) -> list[Claim]:
@@ -216,9 +227,12 @@ class LocalLeases(Leases):
 class PostgresLeases(Leases):
     """Lease rows in the store's PostgreSQL schema, shared by every worker on the store."""
 
-    def __init__(self, index: PostgresRunIndex) -> None:
+    claims_are_run_leases = True
+
+    def __init__(self, index: PostgresRunIndex, driver: DriverId) -> None:
         self.index = index
         self.datastore = index.datastore
+        self.driver = driver
 
     def _run(self, statement: str, params: dict[str, Any], *, fetch: bool = True) -> list[dict[str, Any]]:
         try:
@@ -232,7 +246,9 @@ class PostgresLeases(Leases):
         keys = list(keys)
         if limit <= 0 or not keys:
             return []
-        rows = self._run(q.PG_CLAIM, {"owner": owner, "limit": limit, "lease": float(lease_seconds), "keys": keys})
+        rows = self._run(q.PG_CLAIM, {"owner": owner, "limit": limit, "lease": float(lease_seconds), "keys": keys,
+                                      "host": self.driver.host, "pid": self.driver.pid,
+                                      "proc_start": self.driver.proc_start})
         return [Claim(r["run_id"], r["version"]) for r in rows]
 
     def renew(self, owner: str, run_ids: Iterable[str], lease_seconds: float) -> Renewal:
@@ -261,11 +277,11 @@ class PostgresLeases(Leases):
         return self._run(q.PG_SELECT_LEASES, {})
 
 
-def open_leases(index: RunIndex, owner: str) -> Leases:
+def open_leases(index: RunIndex, driver: DriverId) -> Leases:
     """The leases of a worker on the index's store; claims the store on memory:// and SQLite."""
     if isinstance(index, PostgresRunIndex):
-        return PostgresLeases(index)
-    ownership = StoreOwnership(index.store, owner)
+        return PostgresLeases(index, driver)
+    ownership = StoreOwnership(index.store, driver.owner)
     ownership.acquire()
     return LocalLeases(index, ownership)
 

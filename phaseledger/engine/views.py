@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.values import decode_value, json_size
+from phaseledger.engine.ownership import Driving
 
 
 class Usage(BaseModel):
@@ -64,6 +65,19 @@ class Run(BaseModel):
     created_on: datetime
     updated_on: datetime
     finished_on: datetime | None = None
+    driving: Driving | None = None
+    """Who holds the run's lease and how fresh its heartbeat is (``engine.get`` and ``runs``
+    fill it in for unfinished runs; None when no driver holds it)."""
+
+    @property
+    def driver_status(self) -> str | None:
+        """For an unfinished run: ``running on host:pid, heartbeat 2 s ago``, ``orphaned: ...``
+        (its driver stopped renewing or its process is gone), ``not driven`` (none holds it)."""
+        if self.finished:
+            return None
+        if self.driving is not None:
+            return self.driving.describe()
+        return "orphaned: no driver holds it" if self.status == "running" else "not driven (suspended)"
 
     @property
     def finished(self) -> bool:

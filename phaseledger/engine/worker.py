@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from phaseledger.domain.errors import (
     ConcurrencyConflict,
+    LeaseLost,
     PhaseledgerError,
+    RunBusy,
     RunFinished,
     StoreUnavailable,
     UnknownWorkflow,
@@ -45,6 +47,7 @@ from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.driver import Cancelled, Released, Superseded
 from phaseledger.engine.leases import Claim, Leases, open_leases, worker_identity
 from phaseledger.engine.loading import load_workflows
+from phaseledger.engine.ownership import DriverId
 from phaseledger.engine.runindex import RunIndex, open_run_index, workflow_key
 from phaseledger.engine.wakeups import AppendListener
 
@@ -52,9 +55,6 @@ if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine
 
 log = logging.getLogger("phaseledger.worker")
-
-_LEASE_SAFETY = 0.8
-"""A run stops at its next journal boundary once this fraction of its lease passed unrenewed."""
 
 
 @dataclass
@@ -109,6 +109,8 @@ class Worker:
         """How often an idle worker looks for runnable runs when no wake-up comes first (see :mod:`.wakeups`)."""
         self.error_backoff = float(error_backoff)
         self.id = worker_id or f"{worker_identity()}:{uuid.uuid4().hex[:8]}"
+        self.driver = DriverId.here(self.id)
+        """How this worker names itself in run leases (its id, host and process)."""
         self.stats = WorkerStats()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()
@@ -175,7 +177,7 @@ class Worker:
         self.engine._append_hooks.append(self._notified)
         try:
             self._index = await self._call(open_run_index, self.engine.store)
-            self._leases = await self._call(open_leases, self._index, self.id)
+            self._leases = await self._call(open_leases, self._index, self.driver)
             self.listener = self._listener()
             if self.listener is not None:
                 self.listener.start()
@@ -223,13 +225,13 @@ class Worker:
         """
         if now:
             for run_id in list(self._tasks):
-                active = self.engine._active.get(run_id)
+                active = self.engine.control.active.get(run_id)
                 if active is not None:
                     active.cancel()
                 self._tasks[run_id].cancel()
         self._stopping = True
         for run_id in list(self._tasks):
-            self.engine._interrupt(run_id, Released)
+            self.engine.control.interrupt(run_id, Released)
         self._wakeup.set()
 
     def _install_signal_handlers(self) -> list[Any]:
@@ -256,7 +258,7 @@ class Worker:
     async def _shutdown(self) -> None:
         self._stopping = True
         for run_id in list(self._tasks):
-            self.engine._interrupt(run_id, Released)
+            self.engine.control.interrupt(run_id, Released)
         while self._tasks:
             await asyncio.wait(list(self._tasks.values()))
 
@@ -323,7 +325,8 @@ class Worker:
     def _start(self, claim: Claim) -> None:
         self.stats.claimed += 1
         log.info("worker %s claimed run %s (version %d)", self.id, claim.run_id, claim.version)
-        self.engine._lease_deadlines[claim.run_id] = time.monotonic() + self.lease_seconds * _LEASE_SAFETY
+        if self._leases is not None and self._leases.claims_are_run_leases:
+            self.engine.control.hold(claim.run_id, self.id, self.lease_seconds, time.monotonic())
         task = asyncio.ensure_future(self._drive(claim))
         self._tasks[claim.run_id] = task
 
@@ -339,9 +342,13 @@ class Worker:
         run_id, fence, hold = claim.run_id, claim.version, 0.0
         try:
             view = await self.engine.resume(run_id)
-        except ConcurrencyConflict:  # another writer took the run between claim and resume
+        except (ConcurrencyConflict, LeaseLost):  # another driver took the run over
             self.stats.lost += 1
             fence += 1
+        except RunBusy as exc:  # another process drives it (engine.run, resume): leave it to that one
+            self.stats.lost += 1
+            hold = min(self.poll_interval, 1.0)
+            log.info("worker %s: %s", self.id, exc)
         except RunFinished:  # the index had not seen the end of the run yet
             fence += 1
         except asyncio.CancelledError:
@@ -362,7 +369,8 @@ class Worker:
             if view.version <= claim.version and not view.finished and view.status != RUNNING:
                 hold = min(self.poll_interval, 1.0)  # not due by this worker's clock yet
         finally:
-            self.engine._lease_deadlines.pop(run_id, None)
+            if self.engine.control.holder(run_id) == self.id:
+                self.engine.control.drop(run_id)
             if self._leases is not None:
                 try:
                     await self._call(self._leases.release, self.id, run_id, fence, hold)
@@ -403,12 +411,13 @@ class Worker:
                 if self._tasks.get(run_id) is not task:
                     continue  # that drive ended meanwhile
                 if run_id in renewal.cancelled:
-                    self.engine._interrupt(run_id, Cancelled)
+                    self.engine.control.interrupt(run_id, Cancelled)
                 elif run_id in renewal.kept:
-                    self.engine._lease_deadlines[run_id] = asked + self.lease_seconds * _LEASE_SAFETY
+                    if self.engine.control.holder(run_id) == self.id:
+                        self.engine.control.hold(run_id, self.id, self.lease_seconds, asked)
                 else:
                     log.warning("worker %s lost its lease on run %s; stopping it", self.id, run_id)
-                    self.engine._interrupt(run_id, Superseded)
+                    self.engine.control.interrupt(run_id, Superseded)
 
 
 async def run_worker(

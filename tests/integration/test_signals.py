@@ -206,7 +206,7 @@ async def test_a_signal_sent_while_the_run_is_driven_is_rebased_not_lost(store_u
     wf = gated_wait_workflow(gate)
     engine = Engine(store_url, workflows=[wf], checkpoint_every_n_steps=batch)
     driving = asyncio.ensure_future(engine.run(wf, run_id="race"))
-    while not engine.store.exists("race") or "race" not in engine._active:
+    while not engine.store.exists("race") or "race" not in engine.control.active:
         await asyncio.sleep(0.005)
     await asyncio.sleep(0.02)  # the step is in flight
     await engine.signal("race", "approve", {"approved": True})

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from phaseledger import Context, Engine, PhaseledgerError, WorkerAlreadyRunning, Workflow
+from phaseledger import Context, Engine, PhaseledgerError, RunBusy, WorkerAlreadyRunning, Workflow
 from phaseledger.engine.leases import PostgresLeases
+from phaseledger.engine.ownership import DriverId
 from phaseledger.engine.runindex import IndexRow, is_due, open_run_index, runnable_at
 from tests.integration import worker_fleet
 
@@ -259,7 +260,7 @@ async def test_sigterm_releases_the_run_at_the_next_boundary(durable_store_url: 
     assert 1 <= len(left_at) < 5 and engine.get("slow").status == "running"
     assert sum(executions(effects).values()) == len(left_at)  # the step in flight was recorded
     if durable_store_url.startswith("postgresql"):
-        leases = PostgresLeases(open_run_index(engine.store)).leases()  # type: ignore[arg-type]
+        leases = PostgresLeases(open_run_index(engine.store), DriverId.here()).leases()  # type: ignore[arg-type]
         assert [lease["owner"] for lease in leases] == [None]  # released, not left to expire
     successor = start_worker(durable_store_url, effects, slow_step=0.01)
     try:
@@ -299,7 +300,7 @@ async def test_leases_expire_fence_and_hold(postgres_url: str) -> None:
     await engine.start(wf, run_id="r")
     index = open_run_index(engine.store)
     index.catch_up_fully()
-    leases = PostgresLeases(index)  # type: ignore[arg-type]
+    leases = PostgresLeases(index, DriverId.here())  # type: ignore[arg-type]
     keys = ["leased@1"]
     (claim,) = leases.claim("A", 5, 0.3, keys)
     assert claim.run_id == "r" and claim.version == 2
@@ -327,8 +328,8 @@ async def test_leases_expire_fence_and_hold(postgres_url: str) -> None:
     engine.close()
 
 
-async def test_two_engines_racing_on_one_run_append_once(postgres_url: str) -> None:
-    """Without leases, optimistic concurrency alone keeps a run to one driver."""
+async def test_two_engines_racing_on_one_run_one_drives_the_other_is_told(postgres_url: str) -> None:
+    """Two engines resuming one run at once: one drives it, the other gets RunBusy naming it."""
     ran: list[int] = []
     wf = Workflow("race", state=Count)
 
@@ -348,16 +349,17 @@ async def test_two_engines_racing_on_one_run_append_once(postgres_url: str) -> N
 
     first, second = Engine(postgres_url, workflows=[wf]), Engine(postgres_url, workflows=[wf])
     await first.start(wf, run_id="race")
-    views = await asyncio.gather(first.resume("race"), second.resume("race"))
-    assert sorted(v.status for v in views)[0] in ("completed", "running")
-    final = first.get("race")
-    if final.status != "completed":
-        final = await first.resume("race")
-    assert final.output == 3
+    outcomes = await asyncio.gather(first.resume("race"), second.resume("race"), return_exceptions=True)
+    busy = [o for o in outcomes if isinstance(o, RunBusy)]
+    done = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(busy) == 1 and len(done) == 1, outcomes
+    assert done[0].status == "completed" and done[0].output == 3
+    winner = first if done[0] is outcomes[0] else second
+    assert busy[0].owner == winner.driver_id.owner and busy[0].pid == os.getpid()
     history = first.history("race")
     assert [e.version for e in history] == list(range(1, len(history) + 1))
     assert [e.data["name"] for e in history if e.type == "StepRecorded"] == ["bump"] * 3
-    assert len(ran) <= 4  # the loser ran at most the one step it had started, then stopped
+    assert ran == [0, 1, 2]  # no step ran twice
     first.close()
     second.close()
 

@@ -10,11 +10,11 @@ import phaseledger.testing
 
 PUBLIC = {
     "AgentNotDurable", "AgentRunFailed", "Checkpoint", "CheckpointNotFound", "CircuitBreaker", "CircuitOpen",
-    "CompactionReport", "ConcurrencyConflict", "Context", "Difference", "Divergence", "DurableAgent",
+    "CompactionReport", "ConcurrencyConflict", "Context", "Difference", "Driving", "Divergence", "DurableAgent",
     "DurableAgentResult", "Engine", "ForkInfo", "ForkPoint", "HistoryCompacted", "InvalidInput", "InvalidToken",
-    "InvalidTransition", "JournalEntry", "Lineage", "NO_RETRY", "NonDeterminismError", "Phase",
+    "InvalidTransition", "JournalEntry", "LeaseLost", "Lineage", "NO_RETRY", "NonDeterminismError", "Phase",
     "PhaseledgerDurability", "PhaseledgerError", "RecordedEvent", "RetentionPolicy", "RetentionReport",
-    "RetryPolicy", "Run", "RunAt", "RunComparison", "RunExists", "RunFinished", "RunNotFinished", "RunNotFound",
+    "RetryPolicy", "Run", "RunAt", "RunBusy", "RunComparison", "RunExists", "RunFinished", "RunNotFinished", "RunNotFound",
     "RunSide", "SUPPORTED_PYDANTIC_AI", "SerializationError", "SignalTimeout", "StepFailed", "Store",
     "StoreUnavailable", "TokenKeyMissing", "TrailItem", "UnknownWorkflow", "UnsupportedPydanticAI", "Usage",
     "Worker", "WorkerAlreadyRunning", "WorkerStats", "Workflow", "WorkflowDefinitionError", "WorkflowRun",

@@ -1,0 +1,400 @@
+"""One owner per live run: leases with heartbeats, taken by every process that drives a run.
+
+``engine.run``, ``engine.resume``, ``engine.retry``, forks that drive, durable agents, the
+CLI and workers all drive runs through :meth:`Engine._drive`, which first takes the run's
+lease in the store (:class:`LeaseBook`): one row per run naming the driver (host, process
+id, engine or worker id), renewed by a heartbeat every third of its length. A second
+driver gets :class:`~phaseledger.RunBusy` naming the owner; it takes over only when
+
+- the lease expired (its driver stopped renewing: crashed, hung, or cut off),
+- the owner is a process of this host that no longer exists (a crash: no need to wait
+  out the lease), or
+- the caller asks for it (``steal=True``): the old driver then stops at its next journal
+  boundary with :class:`~phaseledger.LeaseLost` (its next append also conflicts with the
+  new owner's), and the step it was running may run twice.
+
+:class:`RunControl` is what one engine's drivers and its workers share about the runs
+driven in this process: which lease each run is driven under, until when it is known to
+be held, and the requests to stop at the next journal boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import uuid
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from phaseledger.domain.errors import RunBusy
+from phaseledger.engine import _worker_sql as q
+
+LEASE_SAFETY = 0.8
+"""A driver stops at its next journal boundary once this fraction of its lease passed unrenewed."""
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (clock ticks since boot; Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return float(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class DriverId:
+    """Who drives runs: a process (host and pid) and the engine or worker in it."""
+
+    owner: str
+    """``host:pid:xxxxxxxx``, unique per engine or worker."""
+    host: str
+    pid: int
+    proc_start: float | None
+
+    @classmethod
+    def here(cls, owner: str | None = None) -> DriverId:
+        """This process, named ``owner`` (a fresh ``host:pid:xxxxxxxx`` when None)."""
+        host, pid = socket.gethostname(), os.getpid()
+        return cls(owner or f"{host}:{pid}:{uuid.uuid4().hex[:8]}", host, pid, _process_start(pid))
+
+
+class Driving(BaseModel):
+    """Who drives a run now, as its lease says; shown by ``engine.get``/``runs`` and the CLI."""
+
+    owner: str
+    """The driver's id: ``host:pid:xxxxxxxx`` of an engine or a worker."""
+    host: str | None = None
+    pid: int | None = None
+    proc_start: float | None = None
+    heartbeat_at: datetime | None = None
+    """The driver's last heartbeat (when it took or renewed the lease)."""
+    expires_at: datetime
+    """When the lease runs out unless renewed."""
+    checked_at: datetime
+    """The store's clock when the lease was read (ages are measured against it)."""
+
+    @property
+    def process_gone(self) -> bool:
+        """True when the driver was a process of this host that no longer exists."""
+        if self.host != socket.gethostname() or self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, under another user
+        started = _process_start(self.pid)
+        return started is not None and self.proc_start is not None and started != self.proc_start
+
+    @property
+    def live(self) -> bool:
+        """The lease is held, unexpired, by a process not known to be gone."""
+        return self.expires_at > self.checked_at and not self.process_gone
+
+    @property
+    def heartbeat_age(self) -> float | None:
+        """Seconds since the last heartbeat."""
+        return (self.checked_at - self.heartbeat_at).total_seconds() if self.heartbeat_at else None
+
+    def describe(self) -> str:
+        """``running on host:pid, heartbeat 2 s ago`` or ``orphaned: last heartbeat 3 min ago``."""
+        where = f"{self.host}:{self.pid}" if self.host else self.owner
+        age = self.heartbeat_age
+        ago = f"{_duration(age)} ago" if age is not None else "at an unknown time"
+        if self.live:
+            return f"running on {where}, heartbeat {ago}"
+        why = "its process is gone" if self.process_gone else "its lease expired"
+        return f"orphaned: last heartbeat {ago} by {where} ({why})"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def busy(run_id: str, lease: Driving) -> RunBusy:
+    """The :class:`~phaseledger.RunBusy` error for a run held by ``lease``."""
+    age = lease.heartbeat_age
+    heartbeat = f"heartbeat {_duration(age)} ago" if age is not None else "no heartbeat yet"
+    return RunBusy(run_id, lease.owner, lease.host, lease.pid, lease.expires_at, heartbeat)
+
+
+class LeaseBook(ABC):
+    """The run leases of one store (memory, SQLite or PostgreSQL)."""
+
+    def acquire(self, run_id: str, driver: DriverId, seconds: float, *, steal: bool = False) -> None:
+        """Take the run's lease for ``driver`` or raise :class:`~phaseledger.RunBusy`.
+
+        Free, released, expired and own leases are taken at once; a lease of a process of
+        this host that no longer exists too; any other one only with ``steal``.
+        """
+        takeover = ""
+        for _ in range(3):
+            if self._try_acquire(run_id, driver, seconds, takeover):
+                return
+            holder = self.get(run_id)
+            if holder is None:
+                continue  # released meanwhile: try again
+            if not (steal or holder.process_gone):
+                raise busy(run_id, holder)
+            takeover = holder.owner  # compare-and-set: only if it is still that owner's
+        holder = self.get(run_id)
+        raise busy(run_id, holder) if holder else RuntimeError(f"could not take the lease of run {run_id!r}")
+
+    @abstractmethod
+    def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
+        """Take the lease if it is free, released, expired, ``driver``'s own or ``takeover``'s."""
+
+    @abstractmethod
+    def renew(self, owner: str, run_ids: Iterable[str], seconds: float) -> frozenset[str]:
+        """Extend ``owner``'s leases on these runs; return the runs it still holds."""
+
+    @abstractmethod
+    def release(self, owner: str, run_id: str, fence: int) -> None:
+        """Give the run back (if ``owner`` still holds it), at run version ``fence``."""
+
+    @abstractmethod
+    def held(self, run_ids: Iterable[str] | None = None) -> dict[str, Driving]:
+        """The held leases (of these runs, or all), by run id; expired ones included."""
+
+    def get(self, run_id: str) -> Driving | None:
+        """The run's lease while one is held (expired or not); None once released."""
+        return self.held([run_id]).get(run_id)
+
+
+# -- memory:// ----------------------------------------------------------------------------
+
+_MEMORY_BOOKS: weakref.WeakKeyDictionary[Any, MemoryLeaseBook] = weakref.WeakKeyDictionary()
+_MEMORY_BOOKS_LOCK = threading.Lock()
+
+
+class MemoryLeaseBook(LeaseBook):
+    """Leases of a ``memory://`` store, shared by every engine on the same store object."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, Driving] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, app: Any) -> MemoryLeaseBook:
+        """The lease book of one in-process store (its eventsourcing application)."""
+        with _MEMORY_BOOKS_LOCK:
+            book = _MEMORY_BOOKS.get(app)
+            if book is None:
+                book = _MEMORY_BOOKS[app] = cls()
+            return book
+
+    def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
+        now = datetime.now(UTC)
+        with self._lock:
+            row = self._rows.get(run_id)
+            if row is not None and row.owner not in (driver.owner, takeover) and row.expires_at >= now:
+                return False
+            self._rows[run_id] = Driving(owner=driver.owner, host=driver.host, pid=driver.pid,
+                                         proc_start=driver.proc_start, heartbeat_at=now,
+                                         expires_at=now + timedelta(seconds=seconds), checked_at=now)
+            return True
+
+    def renew(self, owner: str, run_ids: Iterable[str], seconds: float) -> frozenset[str]:
+        now = datetime.now(UTC)
+        kept = set()
+        with self._lock:
+            for run_id in run_ids:
+                row = self._rows.get(run_id)
+                if row is not None and row.owner == owner:
+                    self._rows[run_id] = row.model_copy(update={
+                        "heartbeat_at": now, "expires_at": now + timedelta(seconds=seconds)})
+                    kept.add(run_id)
+        return frozenset(kept)
+
+    def release(self, owner: str, run_id: str, fence: int) -> None:
+        with self._lock:
+            row = self._rows.get(run_id)
+            if row is not None and row.owner == owner:
+                del self._rows[run_id]
+
+    def held(self, run_ids: Iterable[str] | None = None) -> dict[str, Driving]:
+        now = datetime.now(UTC)
+        with self._lock:
+            wanted = self._rows if run_ids is None else {r: self._rows[r] for r in run_ids if r in self._rows}
+            return {r: row.model_copy(update={"checked_at": now}) for r, row in wanted.items()}
+
+
+# -- SQLite -------------------------------------------------------------------------------
+
+def _ts(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+class SQLiteLeaseBook(LeaseBook):
+    """Leases in the ``phaseledger_leases`` table of a SQLite store (clock: this host's)."""
+
+    def __init__(self, datastore: Any) -> None:
+        self.datastore = datastore
+
+    def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
+        now = datetime.now(UTC).timestamp()
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(q.SQLITE_ACQUIRE, {
+                "run_id": run_id, "owner": driver.owner, "host": driver.host, "pid": driver.pid,
+                "proc_start": driver.proc_start, "now": now, "lease": float(seconds), "takeover": takeover,
+            })
+            c.execute(q.SQLITE_LEASE_ROW, {"run_id": run_id})
+            row = c.fetchone()
+        return row is not None and row[1] == driver.owner
+
+    def renew(self, owner: str, run_ids: Iterable[str], seconds: float) -> frozenset[str]:
+        run_ids = list(run_ids)
+        if not run_ids:
+            return frozenset()
+        now = datetime.now(UTC).timestamp()
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(q.SQLITE_RENEW.format(ids=", ".join("?" * len(run_ids))), [now, now + seconds, owner, *run_ids])
+            return frozenset(r[0] for r in c.fetchall())
+
+    def release(self, owner: str, run_id: str, fence: int) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(q.SQLITE_RELEASE_RUN, {"run_id": run_id, "owner": owner, "fence": fence,
+                                             "now": datetime.now(UTC).timestamp()})
+
+    def held(self, run_ids: Iterable[str] | None = None) -> dict[str, Driving]:
+        wanted = None if run_ids is None else set(run_ids)
+        with self.datastore.transaction(commit=False) as c:
+            if wanted is not None and len(wanted) == 1:
+                c.execute(q.SQLITE_LEASE_ROW, {"run_id": next(iter(wanted))})
+            else:
+                c.execute(q.SQLITE_LEASE_ROWS)
+            rows = c.fetchall()
+        now = datetime.now(UTC)
+        return {
+            r[0]: Driving(owner=r[1], host=r[2], pid=r[3], proc_start=r[4], heartbeat_at=_ts(r[5]),
+                          expires_at=_ts(r[6]) or now, checked_at=now)
+            for r in rows if wanted is None or r[0] in wanted
+        }
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class PostgresLeaseBook(LeaseBook):
+    """Leases in the store schema's ``phaseledger_leases`` table, shared with worker claims
+    (clock: the database server's, so drivers on many hosts agree)."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+        self.datastore = index.datastore
+
+    def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(self.index.sql(q.PG_ACQUIRE), {
+                "run_id": run_id, "owner": driver.owner, "host": driver.host, "pid": driver.pid,
+                "proc_start": driver.proc_start, "lease": float(seconds), "takeover": takeover,
+            })
+            return bool(curs.rowcount)
+
+    def renew(self, owner: str, run_ids: Iterable[str], seconds: float) -> frozenset[str]:
+        run_ids = list(run_ids)
+        if not run_ids:
+            return frozenset()
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(self.index.sql(q.PG_RENEW), {"owner": owner, "run_ids": run_ids, "lease": float(seconds)})
+            return frozenset(r["run_id"] for r in curs.fetchall())
+
+    def release(self, owner: str, run_id: str, fence: int) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(self.index.sql(q.PG_RELEASE_RUN), {"run_id": run_id, "owner": owner, "fence": fence})
+
+    def held(self, run_ids: Iterable[str] | None = None) -> dict[str, Driving]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.index.sql(q.PG_LEASE_ROWS), {"run_ids": None if run_ids is None else list(run_ids)})
+            rows = curs.fetchall()
+        return {
+            r["run_id"]: Driving(owner=r["owner"], host=r["host"], pid=r["pid"], proc_start=r["proc_start"],
+                                 heartbeat_at=_aware(r["heartbeat_at"]), expires_at=_aware(r["expires_at"]),
+                                 checked_at=_aware(r["db_now"]))
+            for r in rows
+        }
+
+
+def open_lease_book(store: Any) -> LeaseBook:
+    """The lease book of a store (its tables are created with the run index's, on first use)."""
+    if store.url.backend == "memory":
+        return MemoryLeaseBook.of(store.app)
+    from phaseledger.engine.runindex import PostgresRunIndex, open_run_index
+
+    index = open_run_index(store)
+    if isinstance(index, PostgresRunIndex):
+        return PostgresLeaseBook(index)
+    return SQLiteLeaseBook(index.datastore)
+
+
+# -- what one engine's drivers and workers share --------------------------------------------
+
+class RunControl:
+    """The runs driven in this process by one engine: their tasks, leases and stop requests.
+
+    Drivers read it at every journal boundary (:meth:`stop_requested`, :meth:`lease_ran_out`); the engine's heartbeat
+    and its workers' renewers write it. Everything here runs on the engine's event loop.
+    """
+
+    def __init__(self) -> None:
+        self.active: dict[str, asyncio.Task[Any]] = {}
+        """The drive in progress of each run driven here."""
+        self._stops: dict[str, type[BaseException]] = {}
+        self._holders: dict[str, str] = {}
+        self._deadlines: dict[str, float] = {}
+
+    def interrupt(self, run_id: str, stop: type[BaseException]) -> bool:
+        """Make a run driven here stop at its next journal boundary (False if it is idle here)."""
+        if run_id not in self.active:
+            return False
+        self._stops.setdefault(run_id, stop)
+        return True
+
+    def hold(self, run_id: str, owner: str, seconds: float, now: float) -> None:
+        """Note that ``owner`` holds the run's lease for ``seconds`` from ``now`` (monotonic)."""
+        self._holders[run_id] = owner
+        self._deadlines[run_id] = now + seconds * LEASE_SAFETY
+
+    def holder(self, run_id: str) -> str | None:
+        """Under whose lease the run is driven here (a worker's claim, or the engine's own)."""
+        return self._holders.get(run_id)
+
+    def held_by(self, owner: str) -> list[str]:
+        """The runs held here under ``owner``'s lease."""
+        return [run_id for run_id, holder in self._holders.items() if holder == owner]
+
+    def stop_requested(self, run_id: str) -> type[BaseException] | None:
+        """The exception the run was asked to stop with at its next boundary, if any."""
+        return self._stops.get(run_id)
+
+    def lease_ran_out(self, run_id: str, now: float) -> bool:
+        """Whether the run's lease may be gone: not renewed in time (``now`` is monotonic)."""
+        deadline = self._deadlines.get(run_id)
+        return deadline is not None and now > deadline
+
+    def drop(self, run_id: str) -> None:
+        """Forget the run's lease and stop requests (its drive ended)."""
+        self._stops.pop(run_id, None)
+        self._holders.pop(run_id, None)
+        self._deadlines.pop(run_id, None)
