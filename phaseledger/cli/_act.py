@@ -13,6 +13,10 @@ from phaseledger.cli import _render as render
 from phaseledger.cli._base import JsonOpt, RunArg, app, session_of
 from phaseledger.cli._session import CommandError, Session
 
+StealOpt = Annotated[bool, typer.Option(
+    "--steal", help="Take the run over even while another live process drives it (that process stops at its "
+                    "next step; the step it was running may run twice).")]
+
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine
     from phaseledger.engine.views import Run
@@ -25,11 +29,13 @@ def resume(
         help="Run ids to resume.", show_default=False)] = None,
     all_runs: Annotated[bool, typer.Option(
         "--all", help="Resume every unfinished run that is due (crashed, woken or retry due).")] = False,
+    steal: StealOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Continue runs from their logs: recorded steps are replayed, the rest runs live.
 
-    Needs --workflows: the code of the runs' workflows.
+    Needs --workflows: the code of the runs' workflows. A run that another live process
+    drives is refused (its owner is named) unless --steal is given.
     """
     session = session_of(ctx)
     if not run_ids and not all_runs:
@@ -38,17 +44,20 @@ def resume(
         raise CommandError("pass run ids or --all, not both")
     with session.engine() as engine:
         targets = run_ids or _unfinished(engine)
-        results = asyncio.run(_resume_many(session, engine, targets, strict=not all_runs))
+        results = asyncio.run(_resume_many(session, engine, targets, strict=not all_runs, steal=steal))
     _report_resumed(session, results, as_json=as_json)
     if any(r["error"] for r in results):
         raise typer.Exit(1)
 
 
 def _unfinished(engine: Engine) -> list[str]:
-    return [run.run_id for run in engine.runs() if not run.finished]
+    """Unfinished runs that no other live process drives now."""
+    return [run.run_id for run in engine.runs()
+            if not run.finished and not (run.driving is not None and run.driving.live)]
 
 
-async def _resume_many(session: Session, engine: Engine, run_ids: list[str], *, strict: bool) -> list[dict[str, Any]]:
+async def _resume_many(session: Session, engine: Engine, run_ids: list[str], *, strict: bool,
+                       steal: bool) -> list[dict[str, Any]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from phaseledger.domain.errors import PhaseledgerError, UnknownWorkflow
@@ -63,7 +72,7 @@ async def _resume_many(session: Session, engine: Engine, run_ids: list[str], *, 
             progress.update(task, description=run_id)
             before = await engine._call_store(engine.get, run_id)
             try:
-                after = await engine.resume(run_id)
+                after = await engine.resume(run_id, steal=steal)
                 error = None
             except UnknownWorkflow as exc:
                 if strict:
@@ -103,7 +112,7 @@ def _report_resumed(session: Session, results: list[dict[str, Any]], *, as_json:
 
 
 @app.command()
-def retry(ctx: typer.Context, run_id: RunArg, as_json: JsonOpt = False) -> None:
+def retry(ctx: typer.Context, run_id: RunArg, steal: StealOpt = False, as_json: JsonOpt = False) -> None:
     """Re-enter the failed phase of a failed run, keeping the steps it recorded.
 
     Needs --workflows.
@@ -113,7 +122,7 @@ def retry(ctx: typer.Context, run_id: RunArg, as_json: JsonOpt = False) -> None:
     session = session_of(ctx)
     with session.engine() as engine:
         try:
-            run = asyncio.run(engine.retry(run_id))
+            run = asyncio.run(engine.retry(run_id, steal=steal))
         except UnknownWorkflow as exc:
             raise session.explain_unknown_workflow(exc) from None
     _report_run(session, run, "retried", as_json=as_json)

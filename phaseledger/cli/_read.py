@@ -85,6 +85,7 @@ def _print_run(session: Session, run: Run, events: list[Any], *, at: int | None)
     rows = [
         ("workflow", f"{run.workflow} v{run.workflow_version}"),
         ("status", render.status_text(run.status)),
+        *([("driver", render.escape(run.driver_status or ""))] if run.driver_status and at is None else []),
         ("phase", run.phase or "-"),
         ("events", str(run.version)),
         ("attempts", ", ".join(f"{phase}×{n}" for phase, n in run.attempts.items()) or "-"),

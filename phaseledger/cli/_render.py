@@ -189,13 +189,25 @@ def history_table(console: Console, events: Iterable[RecordedEvent], *, title: s
 
 def runs_table(console: Console, runs: Sequence[Run]) -> Table:
     """One row per run: id, workflow, status, phase, steps, tokens, last update."""
-    grid = table(console, ["run", "workflow", "status", "phase", "steps", "tokens", "updated"])
+    grid = table(console, ["run", "workflow", "status", "phase", "steps", "tokens", "updated", "driver"])
     for run in runs:
         grid.add_row(
             escape(run.run_id), f"{run.workflow}@{run.workflow_version}", status_text(run.status),
             run.phase or "-", str(run.steps), str(run.usage.total_tokens), when(run.updated_on),
+            escape(driver_summary(run)),
         )
     return grid
+
+
+def driver_summary(run: Run) -> str:
+    """Who drives an unfinished run, in a few words: ``host:pid, 2 s ago`` or ``orphaned``."""
+    if run.finished:
+        return "-"
+    lease = run.driving
+    if lease is not None and lease.live:
+        age = lease.heartbeat_age
+        return f"{lease.host}:{lease.pid}" + (f", {age:.0f} s ago" if age is not None else "")
+    return "orphaned" if run.status == "running" or lease is not None else "-"
 
 
 def steps_table(console: Console, events: Sequence[RecordedEvent], *, limit: int = 40) -> tuple[Table, int]:
@@ -240,6 +252,7 @@ def run_as_json(run: Run) -> dict[str, Any]:
     data = run.model_dump(mode="json")
     data["usage"]["total_tokens"] = run.usage.total_tokens
     data["usage"]["tokens_saved"] = run.usage.tokens_saved
+    data["driver_status"] = run.driver_status
     return data
 
 
