@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -145,8 +146,9 @@ class Engine:
         reports = self.__dict__.get("_reports")
         if reports is not None:
             reports.close()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        if self._heartbeat is not None and not self._heartbeat.done():
+            with contextlib.suppress(RuntimeError):  # its loop is closed already
+                self._heartbeat.cancel()
         self.store.close()
 
     async def __aenter__(self) -> Engine:

@@ -405,10 +405,15 @@ class TimeTravel:
                 )
         reason = "retry" if run.status == FAILED else "fork"
         run.trigger_event(WorkflowRun.RunResumed, reason=reason)
+        if drive:  # held before the fork is written, so no worker drives it meanwhile
+            await engine._take(new_id, steal=False)
         try:
             await engine._call_store(self.store.save, run)
-        except ConcurrencyConflict:
-            raise RunExists(new_id) from None
+        except BaseException as exc:
+            await engine._let_go(new_id, 0)
+            if isinstance(exc, ConcurrencyConflict):
+                raise RunExists(new_id) from None
+            raise
         engine._notify_resume(run, "fork")
         if not drive:
             return run_view(run, workflow.state_model)
