@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 import uuid
@@ -90,8 +91,7 @@ class Engine:
         self.time_travel = TimeTravel(self)
         self.lease_seconds = float(lease_seconds)
         """How long a driver's lease on a run lasts unless renewed (every third of it, by a heartbeat)."""
-        self.driver_id = DriverId.here()
-        """How this engine names itself in the leases of the runs it drives."""
+        self._driver_id = DriverId.here()
         self.control = RunControl()
         """The runs driven here: their tasks, leases and requests to stop (shared with workers)."""
         self._lease_book: LeaseBook | None = None
@@ -102,6 +102,13 @@ class Engine:
         """Called on the loop after start, signal and cancel append (workers of this engine wake up)."""
 
     # -- plumbing ----------------------------------------------------------------------
+
+    @property
+    def driver_id(self) -> DriverId:
+        """How this engine names itself in the leases of the runs it drives (renewed in a forked child)."""
+        if self._driver_id.pid != os.getpid():
+            self._driver_id = DriverId.here()
+        return self._driver_id
 
     async def _call_store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self.store.is_memory:
