@@ -62,10 +62,10 @@ class RunNotFound(PhaseledgerError):
 class RunExists(PhaseledgerError):
     """A run with this id already exists; pick another id or resume the existing run."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, detail: str = "") -> None:
         super().__init__(
-            f"run {run_id!r} already exists; use engine.resume({run_id!r}) to continue it "
-            "or start a run with another run_id"
+            f"run {run_id!r} already exists{' ' + detail if detail else ''}; use engine.resume({run_id!r}) "
+            "to continue it, start(..., if_exists='return') to get it back, or start a run with another run_id"
         )
         self.run_id = run_id
 

@@ -9,6 +9,7 @@ served from it without running; a call that does not match what was recorded rai
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import random as _random
 import time
@@ -313,7 +314,15 @@ class Context(Generic[StateT]):
         values or pydantic models and come back as the same type. ``retry`` overrides the
         phase, workflow and engine policies; ``breaker`` names a shared circuit breaker.
         Raises :class:`~phaseledger.StepFailed` when attempts are exhausted.
+
+        ``retry`` and ``breaker`` are this method's own options, never passed to ``fn``. When
+        ``fn`` itself takes a parameter of one of those names, passing that name here is
+        ambiguous and raises :class:`TypeError` (bind ``fn``'s argument with
+        :func:`functools.partial` or a lambda instead); ``retry`` must be a
+        :class:`~phaseledger.RetryPolicy` and ``breaker`` a breaker's name.
         """
+        if retry is not None or breaker is not None:
+            _check_step_options(fn, retry, breaker)
         return await self._journaled(
             self._next_key(), "step", name, lambda: fn(*args, **kwargs), retry=retry, breaker=breaker
         )
@@ -434,3 +443,28 @@ def _replayed_error(error: dict[str, Any]) -> BaseException:
     if error.get("type") == "SignalTimeout":
         return SignalTimeout(error.get("message", ""), float(error.get("timeout") or 0.0))
     return StepFailed(error.get("name", "?"), error.get("type", "Error"), error.get("message", ""), 0)
+
+
+_STEP_OPTIONS = ("retry", "breaker")
+
+
+def _check_step_options(fn: Callable[..., Any], retry: object, breaker: object) -> None:
+    """Refuse ``ctx.step`` options that ``fn`` could have been meant to receive."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature take no such keyword
+        parameters = {}  # type: ignore[assignment]
+    bound = fn.keywords if isinstance(fn, functools.partial) else {}  # the function's own, bound already
+    given = {"retry": retry, "breaker": breaker}
+    for name in _STEP_OPTIONS:
+        if given[name] is not None and name in parameters and name not in bound:
+            raise TypeError(
+                f"ctx.step(..., {name}=...) is ambiguous: {getattr(fn, '__name__', fn)!r} takes a parameter "
+                f"named {name!r}, but {name}= is ctx.step's own option. Pass the function's argument with "
+                f"functools.partial(fn, {name}=...) (or a lambda), and the step option, if any, as {name}= here"
+            )
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"ctx.step(..., retry=...) takes a RetryPolicy, got {type(retry).__name__}: "
+                        "to pass retry= to the function, use functools.partial")
+    if breaker is not None and not isinstance(breaker, str):
+        raise TypeError(f"ctx.step(..., breaker=...) takes a circuit breaker's name, got {type(breaker).__name__}")

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from phaseledger.projections.reports import Reports
 
 T = TypeVar("T")
+IfExists = Literal["raise", "return"]
 CheckpointCallback = Callable[[str, str], Any]
 ResumeCallback = Callable[[str, str], Any]
 
@@ -167,8 +168,21 @@ class Engine:
     # -- starting and driving ----------------------------------------------------------
 
     async def start(self, workflow: Workflow[Any], input: BaseModel | Mapping[str, Any] | None = None,
-                    *, run_id: str | None = None) -> Run:
-        """Record a new run of ``workflow`` (without driving it); raise :class:`RunExists` on a taken id."""
+                    *, run_id: str | None = None, if_exists: IfExists = "raise") -> Run:
+        """Record a new run of ``workflow`` (without driving it) and return its view.
+
+        A taken ``run_id`` raises :class:`RunExists`; with ``if_exists="return"`` starting is
+        idempotent (as with DBOS workflow ids): the existing run's view is returned when it
+        was started with the same workflow and input, and :class:`RunExists` says how they
+        differ otherwise.
+        """
+        return (await self._start(workflow, input, run_id, if_exists))[0]
+
+    async def _start(self, workflow: Workflow[Any], input: BaseModel | Mapping[str, Any] | None,
+                     run_id: str | None, if_exists: IfExists) -> tuple[Run, bool]:
+        """:meth:`start`; the flag says whether the run existed already."""
+        if if_exists not in ("raise", "return"):
+            raise InvalidInput(f"if_exists must be 'raise' or 'return', got {if_exists!r}")
         if workflow.key not in self.registry.workflows:
             self.register(workflow)
         try:
@@ -191,24 +205,36 @@ class Engine:
         try:
             await self._call_store(self.store.save, run)
         except ConcurrencyConflict:
-            raise RunExists(run_id) from None
+            if if_exists == "raise":
+                raise RunExists(run_id) from None
+            existing = await self._call_store(self.store.load, run_id)
+            if (existing.workflow, existing.input) != (workflow.name, data):
+                raise RunExists(run_id, "with another workflow or input than this start asks for") from None
+            return self._view(existing), True
         self._appended()
-        return run_view(run, workflow.state_model)
+        return run_view(run, workflow.state_model), False
 
     async def run(self, workflow: Workflow[Any], input: BaseModel | Mapping[str, Any] | None = None,
-                  *, run_id: str | None = None) -> Run:
+                  *, run_id: str | None = None, if_exists: IfExists = "raise") -> Run:
         """Start a run and drive it until it completes, fails or suspends; return its view.
 
         The run's lease is taken before its first event is written, so no worker picks the
-        new run up meanwhile.
+        new run up meanwhile. With ``if_exists="return"`` a run that exists already with the
+        same workflow and input is returned when finished and resumed otherwise, so a
+        script that runs ``engine.run(..., run_id="report-2026-12")`` can simply run again.
         """
         run_id = run_id or str(uuid.uuid4())
         await self._take(run_id, steal=False)
         try:
-            await self.start(workflow, input, run_id=run_id)
+            view, existed = await self._start(workflow, input, run_id, if_exists)
         except BaseException:
             await self._let_go(run_id, 0)
             raise
+        if existed:
+            if view.finished:
+                await self._let_go(run_id, view.version)
+                return view
+            return await self.resume(run_id)
         return await self._drive(run_id)
 
     async def resume(self, run_id: str, *, reason: str | None = None, steal: bool = False) -> Run:
