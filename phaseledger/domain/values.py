@@ -123,6 +123,10 @@ def validate_payload(model: type[BaseModel] | None, payload: Any, what: str) -> 
             return payload.model_dump(mode="json")
         return model.model_validate(payload).model_dump(mode="json")
     except ValidationError as exc:
+        if payload is None:
+            fields = ", ".join(model.model_fields) or "no fields"
+            raise InvalidInput(f"{what} is missing: it must be a {model.__qualname__} ({fields}); "
+                               "pass it as the payload (`--data JSON` on the command line)") from None
         raise InvalidInput(f"{what} does not match {model.__qualname__}: {exc}") from exc
 
 

@@ -76,7 +76,8 @@ class Workflow(Generic[StateT]):
         version: int = 1,
         retry: RetryPolicy | None = None,
         checkpoint_every_n_steps: int | None = None,
-        signals: Mapping[str, type[BaseModel]] | None = None,
+        signals: Mapping[str, type[BaseModel] | None] | None = None,
+        strict_signals: bool = True,
         description: str = "",
         on_checkpoint: Callable[[str, str], Any] | None = None,
         on_resume: Callable[[str, str], Any] | None = None,
@@ -94,7 +95,14 @@ class Workflow(Generic[StateT]):
         self.version = version
         self.retry = retry
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
-        self.signals: dict[str, type[BaseModel]] = dict(signals or {})
+        self.signals: dict[str, type[BaseModel] | None] = dict(signals or {})
+        """The signals runs take: name -> payload model (None: plain JSON)."""
+        self.strict_signals = strict_signals
+        """When signals are declared, refuse any other name (False: take any name, as before)."""
+        for signal_name, model in self.signals.items():
+            if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise WorkflowDefinitionError(
+                    f"workflow {name!r}: signal {signal_name!r} must map to a pydantic model class or None")
         self.description = description
         self.on_checkpoint = on_checkpoint
         """Called as ``on_checkpoint(run_id, label)`` after each phase entry ("phase") and ``ctx.checkpoint``."""

@@ -415,6 +415,12 @@ class Engine:
             if run.finished:
                 raise RunFinished(run_id, run.status, f"signal {name!r} to")
             workflow = self._workflow_of(run)
+            if workflow.signals and workflow.strict_signals and name not in workflow.signals:
+                raise InvalidInput(
+                    f"workflow {workflow.name!r} declares no signal {name!r}; its signals are "
+                    f"{', '.join(repr(n) for n in sorted(workflow.signals))}. Check the name's spelling, or "
+                    f"declare it: Workflow(..., signals={{{name!r}: None}}) takes plain JSON"
+                )
             data = validate_payload(workflow.signals.get(name), payload, f"the payload of signal {name!r}")
             if signal_id is not None and _signal_seen(run, signal_id):
                 return run_view(run, workflow.state_model)

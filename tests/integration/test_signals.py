@@ -33,7 +33,7 @@ class Review(BaseModel):
 
 
 def review_workflow(*, timeout: float | None = None, catch_timeout: bool = True) -> Workflow[Review]:
-    wf = Workflow("review", state=Review, signals={"approve": Approval})
+    wf = Workflow("review", state=Review, signals={"approve": Approval, "note": None})
 
     @wf.phase(initial=True, to="decide")
     async def plan(ctx: Context[Review]) -> None:

@@ -93,3 +93,28 @@ async def test_run_with_if_exists_return_resumes_an_unfinished_run() -> None:
         await engine.start(wf, run_id="r")  # recorded, never driven (a script that died)
         run = await engine.run(wf, run_id="r", if_exists="return")
     assert run.status == "completed" and calls == ["t"]
+
+
+class Approval(BaseModel):
+    approved: bool
+
+
+async def test_a_workflow_that_declares_signals_takes_only_those_and_says_what_a_payload_needs() -> None:
+    from phaseledger import InvalidInput
+
+    wf = Workflow("approve", state=Box, signals={"approve": Approval})
+
+    @wf.phase(initial=True, final=True)
+    async def wait(ctx: Context[Box]) -> bool:
+        return (await ctx.wait_for_signal("approve")).approved
+
+    async with Engine("memory://", workflows=[wf]) as engine:
+        await engine.run(wf, run_id="r")
+        before = len(engine.history("r"))
+        with pytest.raises(InvalidInput, match="declares no signal 'approvee'; its signals are 'approve'"):
+            await engine.signal("r", "approvee", {"approved": True})
+        with pytest.raises(InvalidInput, match=r"payload of signal 'approve' is missing: it must be a Approval \(approved\)"):
+            await engine.signal("r", "approve")
+        assert len(engine.history("r")) == before
+        await engine.signal("r", "approve", {"approved": True})
+        assert (await engine.resume("r")).output is True
