@@ -31,6 +31,7 @@ from phaseledger.domain.errors import (
     WorkerAlreadyRunning,
     WorkflowDefinitionError,
 )
+from phaseledger.domain.recorded_errors import RecordedError
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.workflow import Phase, Workflow
@@ -113,6 +114,7 @@ __all__ = [
     "NonDeterminismError",
     "Phase",
     "PhaseledgerError",
+    "RecordedError",
     "RecordedEvent",
     "RetryPolicy",
     "Run",

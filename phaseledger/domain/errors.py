@@ -21,6 +21,7 @@ Every error a user can hit derives from :class:`PhaseledgerError`. Definition er
     ├── CheckpointNotFound           a run has no checkpoint (or version) of that id
     ├── RunNotFinished               the action needs a finished run (compaction)
     ├── StepFailed                   a step failed and will not be retried any more
+    ├── RecordedError                a failure replayed from the log whose type is not rebuilt
     ├── CircuitOpen                  a circuit breaker refuses calls for now
     ├── SignalTimeout                no signal arrived before the timeout
     ├── WorkerAlreadyRunning         another worker owns this SQLite or memory:// store
@@ -33,7 +34,6 @@ Messages name the ids involved and say what to do.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 
 class PhaseledgerError(Exception):
@@ -251,12 +251,3 @@ class LeaseLost(PhaseledgerError):
             "boundary without writing. engine.get() shows the run as its new owner leaves it"
         )
         self.run_id = run_id
-
-
-def describe_error(exc: BaseException, *, traceback_lines: int = 12) -> dict[str, Any]:
-    """The JSON record of an error kept in the log: type, message and a short traceback."""
-    import traceback
-
-    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    short = "".join(tb).splitlines()[-traceback_lines:]
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": "\n".join(short)}

@@ -37,10 +37,8 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 from eventsourcing.postgres import ConnectionPool, PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
-from eventsourcing.utils import Environment
-from eventsourcing.utils import retry
+from eventsourcing.utils import Environment, retry
 from psycopg import sql
-
 
 STORE_VERSION = "phaseledger store 1"
 """Set as the append function's comment: a store that has it needs no set-up when opened."""

@@ -30,6 +30,7 @@ from phaseledger.domain.errors import (
     SignalTimeout,
     StepFailed,
 )
+from phaseledger.domain.recorded_errors import rebuild_error
 from phaseledger.domain.retry import RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.values import copy_json, decode_value, encode_value
@@ -218,7 +219,7 @@ class Context(Generic[StateT]):
         entry = self._lookup(key, kind, name, fingerprint)
         if entry is not None:
             if entry["error"]:
-                raise _replayed_error(entry["error"])
+                raise rebuild_error(entry["error"])
             return decode_value(entry["result"], entry["result_type"])
         policy = self._policy(retry)
         run = self._driver.run
@@ -412,7 +413,7 @@ class Context(Generic[StateT]):
         entry = self._lookup(key, "signal", name)
         if entry is not None:
             if entry["error"]:
-                raise _replayed_error(entry["error"])
+                raise rebuild_error(entry["error"])
             return model.model_validate(entry["result"]) if model else copy_json(entry["result"])
         run = self._driver.run
         for signal in run.inbox:
@@ -438,11 +439,6 @@ class Context(Generic[StateT]):
         except Exception as exc:
             raise SerializationError(f"the state of run {self.run_id!r} cannot be serialised: {exc}") from exc
 
-
-def _replayed_error(error: dict[str, Any]) -> BaseException:
-    if error.get("type") == "SignalTimeout":
-        return SignalTimeout(error.get("message", ""), float(error.get("timeout") or 0.0))
-    return StepFailed(error.get("name", "?"), error.get("type", "Error"), error.get("message", ""), 0)
 
 
 _STEP_OPTIONS = ("retry", "breaker")

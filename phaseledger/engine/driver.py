@@ -23,8 +23,8 @@ from phaseledger.domain.errors import (
     PhaseledgerError,
     SerializationError,
     StoreUnavailable,
-    describe_error,
 )
+from phaseledger.domain.recorded_errors import describe_error
 from phaseledger.domain.run import CANCELLED, WorkflowRun
 from phaseledger.domain.values import encode_value
 from phaseledger.domain.workflow import Workflow

@@ -1,7 +1,8 @@
 """Running one durable unit against the run's journal: replay it, or run it and record it.
 
 This is the engine side of :meth:`PhaseledgerBackend.execute`. A recorded unit is served
-from the journal (its encoded result, or its recorded failure raised again). Otherwise the
+from the journal (its encoded result, or its recorded failure raised again, rebuilt from
+plain data by :func:`~phaseledger.domain.recorded_errors.rebuild_error`). Otherwise the
 unit's body runs with the retry policy and circuit breaker of its configuration; every
 failed attempt is recorded (``StepAttemptFailed``) so backoff survives a crash, and the
 encoded result is recorded as ``StepRecorded``. The live path returns the same decoded
@@ -14,9 +15,7 @@ pydantic-ai (so a ``ModelFallback`` or an error hook sees the real error). The f
 
 from __future__ import annotations
 
-import base64
 import inspect
-import pickle
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,9 +29,8 @@ from phaseledger.domain.errors import (
     NonDeterminismError,
     PhaseledgerError,
     SerializationError,
-    StepFailed,
-    describe_error,
 )
+from phaseledger.domain.recorded_errors import describe_error, rebuild_error
 from phaseledger.domain.retry import RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.values import copy_json
@@ -59,27 +57,6 @@ class UnitConfig:
 
     retry: RetryPolicy | None = None
     breaker: str | Callable[[str], str | None] | None = None
-
-
-def _encode_error(exc: BaseException) -> dict[str, Any]:
-    error = describe_error(exc)
-    try:
-        error["pickle"] = base64.b64encode(pickle.dumps(exc)).decode()
-    except Exception:  # an exception that does not pickle replays as StepFailed with its type and message
-        pass
-    return error
-
-
-def _decode_error(name: str, error: dict[str, Any]) -> BaseException:
-    data = error.get("pickle")
-    if data:
-        try:
-            exc = pickle.loads(base64.b64decode(data))
-            if isinstance(exc, BaseException):
-                return exc
-        except Exception:  # the class moved or changed: fall back to a StepFailed naming it
-            pass
-    return StepFailed(name, error.get("type", "Error"), error.get("message", ""), 0)
 
 
 def _check(ctx: Context[Any], key: str, identity: UnitIdentity, name: str) -> dict[str, Any] | None:
@@ -136,7 +113,7 @@ async def run_unit(
     if entry is not None:
         record_durable_unit(executed=False)
         if entry["error"]:
-            raise _decode_error(name, entry["error"])
+            raise rebuild_error(entry["error"])
         shared = (entry.get("detail") or {}).get("run_usage")
         if shared and identity.run_context is not None:
             identity.run_context.usage.incr(run_usage_from_json(shared))
@@ -190,7 +167,8 @@ async def _run_live(
             await driver.commit()
             if final:
                 if not isinstance(exc, PhaseledgerError):
-                    journal.pending.append(PendingFailure(key, identity.kind, name, identity.fingerprint, _encode_error(exc)))
+                    failure = PendingFailure(key, identity.kind, name, identity.fingerprint, describe_error(exc))
+                    journal.pending.append(failure)
                 raise
             await ctx._wait_until(retry_at, "retry")
             attempt += 1
