@@ -514,6 +514,24 @@ class Engine:
                 view.driving = leases.get(view.run_id)
         return views
 
+    # -- the queries, awaitable: the store is read in a worker thread, the loop keeps running --
+
+    async def get_async(self, run_id: str, *, version: int | None = None) -> Run:
+        """:meth:`get` for code on an event loop (a request handler, a worker)."""
+        return await self._call_store(self.get, run_id, version=version)
+
+    async def history_async(self, run_id: str) -> list[RecordedEvent]:
+        """:meth:`history` for code on an event loop."""
+        return await self._call_store(self.history, run_id)
+
+    async def runs_async(self, *, status: str | None = None, workflow: str | None = None) -> list[Run]:
+        """:meth:`runs` for code on an event loop."""
+        return await self._call_store(self.runs, status=status, workflow=workflow)
+
+    async def state_at_async(self, run_id: str, version: int) -> RunAt:
+        """:meth:`state_at` for code on an event loop."""
+        return await self._call_store(self.state_at, run_id, version)
+
     # -- time travel (phaseledger.engine.timetravel, compare, retention) ----------------
 
     def checkpoints(self, run_id: str) -> list[Checkpoint]:

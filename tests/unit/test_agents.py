@@ -7,13 +7,11 @@ from typing import Any
 import pytest
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.capabilities import AbstractCapability
-from pydantic_ai.messages import ModelResponse, TextPart
+from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import FunctionModel
 
 from phaseledger import Context, Engine, NonDeterminismError, Workflow
-from phaseledger.engine.agents import (
-    AgentNotDurable,
-)
+from phaseledger.engine.agents import AgentNotDurable, PhaseledgerDurability
 from tests.test_agent_kit import (
     Crash,
     Outcome,
@@ -115,8 +113,26 @@ async def test_outside_a_workflow_the_agent_behaves_normally() -> None:
     assert recorder.total == SCRIPT.side_effects
 
 
-async def test_run_agent_needs_the_capability() -> None:
-    plain = Agent(FunctionModel(lambda m, i: ModelResponse(parts=[TextPart("hi")])), name="plain")
+async def test_run_agent_makes_a_plain_named_agent_durable_for_the_run() -> None:
+    """An agent built without the capability gets it for the run: its calls are journaled and replayed."""
+    calls = {"model": 0, "tool": 0}
+    fail = [True]
+
+    def model(messages: list[Any], info: Any) -> ModelResponse:
+        calls["model"] += 1
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart("add", {"a": 1, "b": 2}, tool_call_id="t1")])
+        if fail[0]:
+            raise ConnectionError("provider down")
+        return ModelResponse(parts=[TextPart("done")])
+
+    plain = Agent(FunctionModel(model), name="plain")
+
+    @plain.tool_plain
+    def add(a: int, b: int) -> int:
+        calls["tool"] += 1
+        return a + b
+
     workflow = Workflow("plain", state=ScriptState)
 
     @workflow.phase(initial=True, final=True)
@@ -124,9 +140,29 @@ async def test_run_agent_needs_the_capability() -> None:
         return (await ctx.run_agent(plain, "go")).output
 
     async with Engine("memory://", workflows=[workflow]) as engine:
+        view = await engine.run(workflow, {}, run_id="r")
+        assert view.status == "failed" and calls == {"model": 2, "tool": 1}
+        fail[0] = False
+        view = await engine.retry("r")
+        assert view.output == "done" and view.usage.replayed_requests == 1
+        assert calls == {"model": 3, "tool": 1}  # the first request and the tool came from the log
+        kinds = [e.data["kind"] for e in engine.history("r") if e.type == "StepRecorded"]
+        assert kinds == ["model", "tool", "model"]
+    assert PhaseledgerDurability.from_agent(plain) is None  # the agent itself is left as it was
+
+
+async def test_run_agent_needs_a_named_agent() -> None:
+    nameless = Agent(FunctionModel(lambda m, i: ModelResponse(parts=[TextPart("hi")])))
+    workflow = Workflow("nameless", state=ScriptState)
+
+    @workflow.phase(initial=True, final=True)
+    async def run(ctx: Context[ScriptState]) -> Any:
+        return (await ctx.run_agent(nameless, "go")).output
+
+    async with Engine("memory://", workflows=[workflow]) as engine:
         view = await engine.run(workflow, {})
     assert view.status == "failed" and view.error["type"] == AgentNotDurable.__name__
-    assert "PhaseledgerDurability" in view.error["message"]
+    assert "name=" in view.error["message"]
 
 
 async def test_plain_agent_run_in_a_handler_is_journaled_too() -> None:

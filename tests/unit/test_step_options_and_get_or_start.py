@@ -118,3 +118,24 @@ async def test_a_workflow_that_declares_signals_takes_only_those_and_says_what_a
         assert len(engine.history("r")) == before
         await engine.signal("r", "approve", {"approved": True})
         assert (await engine.resume("r")).output is True
+
+
+async def test_awaitable_queries_read_the_store_off_the_loop(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    wf = _workflow(lambda ctx: ctx.step("work", plain, "u"))
+    async with Engine(f"sqlite:///{tmp_path}/runs.db", workflows=[wf]) as engine:
+        await engine.run(wf, run_id="r")
+        threads: list[str] = []
+        load = engine.store.load
+
+        def spying_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread().name)
+            return load(*args, **kwargs)
+
+        engine.store.load = spying_load  # type: ignore[method-assign]
+        assert (await engine.get_async("r")).output == engine.get("r").output == "u"
+        assert [e.type for e in await engine.history_async("r")] == [e.type for e in engine.history("r")]
+        assert [r.run_id for r in await engine.runs_async(status="completed")] == ["r"]
+        assert (await engine.state_at_async("r", 2)).version == 2
+        assert threads[0] != threading.main_thread().name  # get_async read in a worker thread
