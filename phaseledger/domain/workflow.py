@@ -130,8 +130,10 @@ class Workflow(Generic[StateT]):
         """Declare a phase; the decorated ``async def handler(ctx)`` runs when it is entered.
 
         ``to`` is one phase, a list, or a mapping of phase to guard (a callable on the state,
-        or None). The handler returns the next phase, or None where exactly one transition is
-        allowed; a final phase has no ``to`` and its return value becomes the run's output.
+        or None). The handler returns the next phase, or None to let the guards choose (see
+        :meth:`next_phase`); a final phase has no ``to`` and its return value becomes the
+        run's output. A phase that lets its guards choose keeps one unguarded target at most,
+        its "else" branch (more make ``None`` ambiguous: the handler must then return a name).
         """
         if callable(name):
             raise WorkflowDefinitionError("use @workflow.phase(...) with parentheses")
@@ -217,40 +219,63 @@ class Workflow(Generic[StateT]):
         )
 
     def next_phase(self, current: str, requested: str | None, state: BaseModel) -> str:
-        """Decide the phase after ``current``: validate ``requested`` (or the only target).
+        """Decide the phase after ``current`` from what its handler returned and the state.
 
-        Raises :class:`InvalidTransition` when the machine has no such transition or its
-        guard is false. Pure: nothing is changed.
+        Guards are checked against the state as the handler left it. A returned name is an
+        explicit choice that its guard must allow. ``None`` lets the guards choose: the
+        targets in declaration order, the first whose guard holds; a target without a guard
+        is the "else" branch, taken when no guarded target holds (or the only target).
+        Raises :class:`InvalidTransition` naming the guards that held. Pure: nothing changes.
         """
         phase = self.phases[current]
         if requested is None:
-            if len(phase.targets) != 1:
-                raise InvalidTransition(
-                    f"phase {current!r} of workflow {self.name!r} returned None but may lead to "
-                    f"{sorted(phase.targets)}: return the name of the next phase"
-                )
-            requested = next(iter(phase.targets))
+            return self._guards_choose(phase, state)
         if not isinstance(requested, str):
             raise InvalidTransition(
                 f"phase {current!r} of workflow {self.name!r} returned {requested!r}: "
-                "a handler returns the name of the next phase (str) or None"
+                "a handler returns the name of the next phase (str) or None to let the guards choose"
             )
-        machine = self.machine
-        event = machine.events.get(requested)
-        transitions = event.transitions.get(current, []) if event else []
-        if not transitions:
-            allowed = sorted(phase.targets)
+        if requested not in phase.targets:
             raise InvalidTransition(
                 f"workflow {self.name!r} does not allow {current!r} -> {requested!r}; "
-                f"from {current!r} it may go to {allowed}"
+                f"from {current!r} it may go to {sorted(phase.targets)}"
             )
-        data = EventData(machine.get_state(current), event, machine, None, args=(), kwargs={"state": state})
-        for transition in transitions:
-            if all(condition.check(data) for condition in transition.conditions):
-                return transition.dest
+        if self._guard_holds(current, requested, state):
+            return requested
         raise InvalidTransition(
-            f"workflow {self.name!r}: the guard of {current!r} -> {requested!r} is false for the current state"
+            f"workflow {self.name!r}: the guard of {current!r} -> {requested!r} is false for the state the "
+            f"handler left; {self._holding(phase, state)}. Return one of those, or None to let the guards choose"
         )
+
+    def _guard_holds(self, current: str, target: str, state: BaseModel) -> bool:
+        machine = self.machine
+        event = machine.events[target]
+        data = EventData(machine.get_state(current), event, machine, None, args=(), kwargs={"state": state})
+        return any(all(c.check(data) for c in t.conditions) for t in event.transitions.get(current, []))
+
+    def _guards_choose(self, phase: Phase, state: BaseModel) -> str:
+        guarded = [t for t, guard in phase.targets.items() if guard is not None]
+        otherwise = [t for t, guard in phase.targets.items() if guard is None]
+        for target in guarded:
+            if self._guard_holds(phase.name, target, state):
+                return target
+        if len(otherwise) == 1:
+            return otherwise[0]
+        if not otherwise:
+            raise InvalidTransition(
+                f"workflow {self.name!r}: phase {phase.name!r} returned None and none of its guards holds for the "
+                f"state the handler left (checked {guarded}); give one target no guard (to={{..., 'name': None}}) "
+                "as the else branch, or return a phase name"
+            )
+        raise InvalidTransition(
+            f"phase {phase.name!r} of workflow {self.name!r} returned None, "
+            + (f"no guard of {guarded} holds, " if guarded else "")
+            + f"and it may lead to {otherwise} without a guard: return the name of the next phase"
+        )
+
+    def _holding(self, phase: Phase, state: BaseModel) -> str:
+        held = [t for t in phase.targets if self._guard_holds(phase.name, t, state)]
+        return f"guards that hold: {held}" if held else "no guard of this phase holds"
 
     def diagram(self, *, active: str | None = None) -> str:
         """The state machine as Mermaid ``stateDiagram-v2`` text (no system packages needed).

@@ -98,14 +98,35 @@ def test_next_phase_uses_the_machine_and_guards() -> None:
     wf = linear()
     assert wf.next_phase("a", None, S()) == "b"
     assert wf.next_phase("b", "a", S(n=1)) == "a"
-    with pytest.raises(InvalidTransition, match="guard"):
+    with pytest.raises(InvalidTransition, match=r"guard of 'b' -> 'a' is false .*guards that hold: \['c'\]"):
         wf.next_phase("b", "a", S(n=5))
     with pytest.raises(InvalidTransition, match="does not allow 'a' -> 'c'"):
         wf.next_phase("a", "c", S())
-    with pytest.raises(InvalidTransition, match="returned None but may lead to"):
-        wf.next_phase("b", None, S())
     with pytest.raises(InvalidTransition, match="returns the name of the next phase"):
         wf.next_phase("b", 3, S())  # type: ignore[arg-type]
+
+
+def test_a_handler_returning_none_lets_the_guards_choose() -> None:
+    """Declaration order, first guard that holds; the unguarded target is the else branch."""
+    wf = linear()
+    assert wf.next_phase("b", None, S(n=1)) == "a"  # the guard of 'a' holds
+    assert wf.next_phase("b", None, S(n=5)) == "c"  # no guard holds: the else branch
+    ordered = Workflow("ordered", state=S)
+    ordered.phase("a", initial=True, to={"low": lambda s: s.n < 10, "tiny": lambda s: s.n < 2, "high": None})(noop)
+    for name in ("low", "tiny", "high"):
+        ordered.phase(name, final=True)(noop)
+    assert ordered.next_phase("a", None, S(n=1)) == "low"  # both hold: the first declared wins
+    strict = Workflow("strict", state=S)
+    strict.phase("a", initial=True, to={"b": lambda s: s.n > 0})(noop)
+    strict.phase("b", final=True)(noop)
+    with pytest.raises(InvalidTransition, match=r"none of its guards holds .*checked \['b'\]"):
+        strict.next_phase("a", None, S())
+    two_else = Workflow("two-else", state=S)
+    two_else.phase("a", initial=True, to=["b", "c"])(noop)
+    two_else.phase("b", final=True)(noop)
+    two_else.phase("c", final=True)(noop)
+    with pytest.raises(InvalidTransition, match=r"may lead to \['b', 'c'\] without a guard: return the name"):
+        two_else.next_phase("a", None, S())
 
 
 def test_diagram_is_mermaid_with_guards_and_final_states() -> None:
