@@ -25,6 +25,8 @@ Every error a user can hit derives from :class:`PhaseledgerError`. Definition er
     ├── CircuitOpen                  a circuit breaker refuses calls for now
     ├── SignalTimeout                no signal arrived before the timeout
     ├── WorkerAlreadyRunning         another worker owns this SQLite or memory:// store
+    ├── StepTimeout                  an attempt of a step ran past its timeout
+    ├── DeadlineExceeded             a phase's or a run's deadline passed
     ├── RunBusy                      another live process drives the run now
     └── LeaseLost                    this driver lost the run to another one and stopped
 
@@ -212,6 +214,37 @@ class WorkerAlreadyRunning(PhaseledgerError):
         )
         self.store = store
         self.holder = holder
+
+
+class StepTimeout(PhaseledgerError, TimeoutError):
+    """An attempt of a step ran longer than its ``timeout``; retry policies treat it like any
+    failure (``retry_on``/``give_up_on`` can name it)."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        super().__init__(f"step {name!r} did not finish within its timeout of {seconds:g}s")
+        self.name = name
+        self.seconds = seconds
+
+
+class DeadlineExceeded(PhaseledgerError, TimeoutError):
+    """A phase's or a run's deadline passed (``@workflow.phase(timeout=...)``, ``Workflow(timeout=...)``).
+
+    Raised at the first live journaled call after the deadline, and by a step attempt or a
+    retry wait that would run past it. ``scope`` is ``"phase"`` or ``"run"``. The deadline
+    counts from the recorded phase entry or run start, so a resumed run keeps it. A handler
+    may catch it and route (return another phase, or set state its guards read).
+    """
+
+    def __init__(self, run_id: str, scope: str, name: str, deadline: datetime) -> None:
+        super().__init__(
+            f"the {scope} deadline of {name!r} in run {run_id!r} passed at "
+            f"{deadline.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC; catch DeadlineExceeded in the handler to route "
+            "elsewhere, or give the " + ("phase" if scope == "phase" else "workflow") + " a longer timeout"
+        )
+        self.run_id = run_id
+        self.scope = scope
+        self.name = name
+        self.deadline = deadline
 
 
 class RunBusy(PhaseledgerError):

@@ -69,6 +69,7 @@ class WorkflowRun(BaseAggregate[str]):
             run.phase = None
             run.phase_state = dict(self.input)
             run.phase_entered_version = self.originator_version
+            run.phase_entered_on = self.timestamp
             run.attempts = {}
             run.journal = {}
             run.failures = {}
@@ -100,6 +101,7 @@ class WorkflowRun(BaseAggregate[str]):
             run.phase = self.phase
             run.phase_state = self.state
             run.phase_entered_version = self.originator_version
+            run.phase_entered_on = self.timestamp
             run.attempts[self.phase] = self.attempt
             run.journal = {}
             run.failures = {}
@@ -156,11 +158,13 @@ class WorkflowRun(BaseAggregate[str]):
         retryable: bool
         attempt: int
         retry_at: datetime | None
+        started_at: datetime | None = None
+        """When the call's first attempt started (its ``total_timeout`` counts from then)."""
 
         def apply(self, run: WorkflowRun) -> None:
             run.failures.setdefault(self.key, []).append(
                 {"name": self.name, "attempt": self.attempt, "retry_at": self.retry_at, "error_type": self.error_type,
-                 "message": self.message, "retryable": self.retryable}
+                 "message": self.message, "retryable": self.retryable, "started_at": self.started_at}
             )
             run.next_seq = max(run.next_seq, self.seq + 1)
 

@@ -36,6 +36,13 @@ class Phase:
     final: bool = False
     retry: RetryPolicy | None = None
     """Default retry policy of the steps of this phase."""
+    timeout: float | None = None
+    """Seconds a visit of this phase may take, from its entry (recorded): its deadline."""
+
+
+def _check_timeout(timeout: float | None, where: str) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise WorkflowDefinitionError(f"{where}: timeout must be a number of seconds > 0, got {timeout!r}")
 
 
 def _targets(to: str | Iterable[str] | Mapping[str, Guard | None] | None) -> dict[str, Guard | None]:
@@ -78,6 +85,7 @@ class Workflow(Generic[StateT]):
         checkpoint_every_n_steps: int | None = None,
         signals: Mapping[str, type[BaseModel] | None] | None = None,
         strict_signals: bool = True,
+        timeout: float | None = None,
         description: str = "",
         on_checkpoint: Callable[[str, str], Any] | None = None,
         on_resume: Callable[[str, str], Any] | None = None,
@@ -99,6 +107,9 @@ class Workflow(Generic[StateT]):
         """The signals runs take: name -> payload model (None: plain JSON)."""
         self.strict_signals = strict_signals
         """When signals are declared, refuse any other name (False: take any name, as before)."""
+        _check_timeout(timeout, f"workflow {name!r}")
+        self.timeout = timeout
+        """Seconds a run may take from its start (recorded): its deadline (None: no deadline)."""
         for signal_name, model in self.signals.items():
             if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
                 raise WorkflowDefinitionError(
@@ -126,6 +137,7 @@ class Workflow(Generic[StateT]):
         initial: bool = False,
         final: bool = False,
         retry: RetryPolicy | None = None,
+        timeout: float | None = None,
     ) -> Callable[[Handler], Handler]:
         """Declare a phase; the decorated ``async def handler(ctx)`` runs when it is entered.
 
@@ -134,9 +146,12 @@ class Workflow(Generic[StateT]):
         :meth:`next_phase`); a final phase has no ``to`` and its return value becomes the
         run's output. A phase that lets its guards choose keeps one unguarded target at most,
         its "else" branch (more make ``None`` ambiguous: the handler must then return a name).
+        ``timeout`` is the phase's deadline in seconds from each entry (see
+        :class:`~phaseledger.DeadlineExceeded`).
         """
         if callable(name):
             raise WorkflowDefinitionError("use @workflow.phase(...) with parentheses")
+        _check_timeout(timeout, f"workflow {self.name!r}: phase {name or '(unnamed)'!r}")
 
         def decorator(handler: Handler) -> Handler:
             phase_name = name or handler.__name__
@@ -147,7 +162,7 @@ class Workflow(Generic[StateT]):
                     f"workflow {self.name!r}: final phase {phase_name!r} cannot have transitions (to=...)"
                 )
             self.phases[phase_name] = Phase(
-                phase_name, handler, _targets(to), initial=initial, final=final, retry=retry
+                phase_name, handler, _targets(to), initial=initial, final=final, retry=retry, timeout=timeout
             )
             self.__dict__.pop("machine", None)
             return handler

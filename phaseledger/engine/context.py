@@ -24,11 +24,13 @@ from pydantic import BaseModel
 
 from phaseledger.domain.errors import (
     CircuitOpen,
+    DeadlineExceeded,
     NonDeterminismError,
     PhaseledgerError,
     SerializationError,
     SignalTimeout,
     StepFailed,
+    StepTimeout,
 )
 from phaseledger.domain.recorded_errors import rebuild_error
 from phaseledger.domain.retry import RetryPolicy
@@ -88,6 +90,7 @@ class Context(Generic[StateT]):
         self._recorded_at_start = dict(run.journal)
         self._consumed: set[str] = set()
         self._ordinal = 0
+        self._opened = utcnow()
 
     # -- identity ----------------------------------------------------------------------
 
@@ -152,6 +155,7 @@ class Context(Generic[StateT]):
                     self.run_id, key, f"failed attempts of {failures[-1]['name']!r}", f"{kind} {name!r}"
                 )
             self._driver.check_boundary()  # about to go live: stop here if cancelled or released
+            self._check_deadline()
             return None
         if entry["kind"] != kind or entry["name"] != name:
             raise NonDeterminismError(
@@ -207,6 +211,46 @@ class Context(Generic[StateT]):
             await asyncio.sleep(remaining)
             remaining = (when - utcnow()).total_seconds()
 
+    def _deadline(self) -> tuple[datetime, str, str] | None:
+        """The phase's or the run's deadline, whichever comes first: (when, scope, name)."""
+        run = self._driver.run
+        found = []
+        if self._phase.timeout is not None:
+            entered = getattr(run, "phase_entered_on", None) or self._opened  # a snapshot older than the field
+            found.append((entered + timedelta(seconds=self._phase.timeout), "phase", self._phase.name))
+        if self._driver.workflow.timeout is not None:
+            found.append((run.created_on + timedelta(seconds=self._driver.workflow.timeout), "run",
+                          self._driver.workflow.name))
+        return min(found) if found else None
+
+    def _check_deadline(self, by: datetime | None = None) -> None:
+        """Raise :class:`DeadlineExceeded` if a deadline passed (or will have, at ``by``)."""
+        deadline = self._deadline()
+        if deadline is not None and (by or utcnow()) >= deadline[0]:
+            raise DeadlineExceeded(self.run_id, deadline[1], deadline[2], deadline[0])
+
+    def _time_left(self, first_started: datetime, attempt_timeout: float | None,
+                   total_timeout: float | None) -> tuple[float, str] | None:
+        """The tightest bound on the next attempt: (seconds, "attempt" | "total" | "deadline")."""
+        now = utcnow()
+        bounds = []
+        if attempt_timeout is not None:
+            bounds.append((attempt_timeout, "attempt"))
+        if total_timeout is not None:
+            bounds.append(((first_started + timedelta(seconds=total_timeout) - now).total_seconds(), "total"))
+        deadline = self._deadline()
+        if deadline is not None:
+            bounds.append(((deadline[0] - now).total_seconds(), "deadline"))
+        return min(bounds) if bounds else None
+
+    def _out_of_time(self, bound: str, name: str, attempt_timeout: float | None,
+                     total_timeout: float | None) -> BaseException:
+        if bound == "deadline":
+            deadline = self._deadline()
+            assert deadline is not None
+            return DeadlineExceeded(self.run_id, deadline[1], deadline[2], deadline[0])
+        return StepTimeout(name, attempt_timeout if bound == "attempt" else total_timeout)  # type: ignore[arg-type]
+
     def _policy(self, retry: RetryPolicy | None) -> RetryPolicy:
         return retry or self._phase.retry or self._driver.workflow.retry or self.engine.retry_policy
 
@@ -214,8 +258,13 @@ class Context(Generic[StateT]):
         self, key: str, kind: str, name: str, call: Callable[[], Any], *,
         retry: RetryPolicy | None = None, breaker: str | None = None, fingerprint: str | None = None,
         usage_of: Callable[[Any], dict[str, Any] | None] | None = None,
+        attempt_timeout: float | None = None, total_timeout: float | None = None,
     ) -> Any:
-        """Serve a call from the journal, or run it with retries and record its result."""
+        """Serve a call from the journal, or run it with retries and record its result.
+
+        Each attempt is bounded by ``attempt_timeout``, by what is left of ``total_timeout``
+        (from the first attempt's recorded start) and by the phase's and run's deadlines.
+        """
         entry = self._lookup(key, kind, name, fingerprint)
         if entry is not None:
             if entry["error"]:
@@ -230,20 +279,36 @@ class Context(Generic[StateT]):
             exhausted = last["error_type"] != CircuitOpen.__name__ and last["attempt"] >= policy.max_attempts
             if not last["retryable"] or exhausted:
                 raise StepFailed(name, last["error_type"], last["message"], last["attempt"])
+            if last["retry_at"] is not None:
+                self._check_deadline(by=last["retry_at"])  # live, the retry was refused for the deadline
             await self._wait_until(last["retry_at"], "retry")
         await self._driver.claim()
         circuit = self.engine.breaker(breaker) if breaker else None
+        first_started = (failures[0].get("started_at") if failures else None) or utcnow()
         while True:
             started = time.perf_counter()
             token = _STEP_KEY.set(f"{self.run_id}:{self._visit}.{key}")
             try:
                 if circuit is not None:
                     circuit.before_call()
+                bound = self._time_left(first_started, attempt_timeout, total_timeout)
+                if bound is not None and bound[0] <= 0:
+                    raise self._out_of_time(bound[1], name, attempt_timeout, total_timeout)
                 result = call()
                 if inspect.isawaitable(result):
-                    result = await result
+                    if bound is None:
+                        result = await result
+                    else:
+                        limit = asyncio.timeout(bound[0])
+                        try:
+                            async with limit:
+                                result = await result
+                        except TimeoutError:
+                            if not limit.expired():
+                                raise  # the call's own TimeoutError, not this bound
+                            raise self._out_of_time(bound[1], name, attempt_timeout, total_timeout) from None
                 encode_value(result, f"the result of {kind} {name!r}")  # fail before recording
-            except (SerializationError, NonDeterminismError):
+            except (SerializationError, NonDeterminismError, DeadlineExceeded):
                 raise
             except Exception as exc:
                 # A refusal by an open breaker never reached the provider: it is retried
@@ -252,7 +317,8 @@ class Context(Generic[StateT]):
                 if circuit is not None and not refused:
                     circuit.record_failure()
                 retryable = refused or policy.is_retryable(exc)
-                final = not retryable or (not refused and attempt >= policy.max_attempts)
+                spent = total_timeout is not None and isinstance(exc, StepTimeout) and exc.seconds == total_timeout
+                final = spent or not retryable or (not refused and attempt >= policy.max_attempts)
                 delay = 0.0 if final else policy.delay(attempt)
                 if refused:
                     delay = max(delay, exc.retry_in)
@@ -260,14 +326,18 @@ class Context(Generic[StateT]):
                 if not final and isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
                     delay = max(delay, min(float(retry_after), policy.max_delay))
                 retry_at = None if final else utcnow() + timedelta(seconds=delay)
+                if retry_at is not None and total_timeout is not None:
+                    if retry_at >= first_started + timedelta(seconds=total_timeout):
+                        final, retry_at = True, None  # no time left for another attempt
                 self._driver.record(
                     WorkflowRun.StepAttemptFailed, seq=self._driver.run.next_seq, key=key, name=name,
                     error_type=type(exc).__name__, message=str(exc)[:2000], retryable=retryable,
-                    attempt=attempt, retry_at=retry_at,
+                    attempt=attempt, retry_at=retry_at, started_at=first_started,
                 )
                 await self._driver.commit()
                 if final:
                     raise StepFailed(name, type(exc).__name__, str(exc), attempt) from exc
+                self._check_deadline(by=retry_at)  # the next attempt would start after the deadline
                 await self._wait_until(retry_at, "retry")
                 if not refused:
                     attempt += 1
@@ -307,7 +377,8 @@ class Context(Generic[StateT]):
 
     async def step(
         self, name: str, fn: Callable[..., Any], /, *args: Any,
-        retry: RetryPolicy | None = None, breaker: str | None = None, **kwargs: Any,
+        retry: RetryPolicy | None = None, breaker: str | None = None,
+        attempt_timeout: float | None = None, total_timeout: float | None = None, **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` (sync or async) once and record its result.
 
@@ -316,16 +387,30 @@ class Context(Generic[StateT]):
         phase, workflow and engine policies; ``breaker`` names a shared circuit breaker.
         Raises :class:`~phaseledger.StepFailed` when attempts are exhausted.
 
-        ``retry`` and ``breaker`` are this method's own options, never passed to ``fn``. When
-        ``fn`` itself takes a parameter of one of those names, passing that name here is
-        ambiguous and raises :class:`TypeError` (bind ``fn``'s argument with
-        :func:`functools.partial` or a lambda instead); ``retry`` must be a
-        :class:`~phaseledger.RetryPolicy` and ``breaker`` a breaker's name.
+        ``attempt_timeout`` bounds each attempt and ``total_timeout`` all of them together,
+        counted from the first attempt's recorded start (seconds): an attempt that runs
+        past either fails with :class:`~phaseledger.StepTimeout`, which the retry policy
+        handles like any failure (no retry once ``total_timeout`` is spent). The phase's and
+        the run's deadlines bound every attempt too (:class:`~phaseledger.DeadlineExceeded`).
+        A bounded synchronous ``fn`` runs in a worker thread, so the loop (and the lease's
+        heartbeat) keeps running; when a bound fires, that thread is left to finish alone.
+
+        ``retry``, ``breaker``, ``attempt_timeout`` and ``total_timeout`` are this method's
+        own options, never passed to ``fn``. When ``fn`` itself takes a parameter of one of
+        those names, passing that name here is ambiguous and raises :class:`TypeError`
+        (bind ``fn``'s argument with :func:`functools.partial` or a lambda instead).
         """
-        if retry is not None or breaker is not None:
-            _check_step_options(fn, retry, breaker)
+        options = {"retry": retry, "breaker": breaker, "attempt_timeout": attempt_timeout,
+                   "total_timeout": total_timeout}
+        if any(value is not None for value in options.values()):
+            _check_step_options(fn, options)
+        call: Callable[[], Any] = lambda: fn(*args, **kwargs)  # noqa: E731
+        bounded = attempt_timeout is not None or total_timeout is not None or self._deadline() is not None
+        if bounded and not inspect.iscoroutinefunction(fn):
+            call = lambda: asyncio.to_thread(fn, *args, **kwargs)  # noqa: E731  (the context goes along)
         return await self._journaled(
-            self._next_key(), "step", name, lambda: fn(*args, **kwargs), retry=retry, breaker=breaker
+            self._next_key(), "step", name, call, retry=retry, breaker=breaker,
+            attempt_timeout=attempt_timeout, total_timeout=total_timeout,
         )
 
     def now(self) -> datetime:
@@ -441,17 +526,16 @@ class Context(Generic[StateT]):
 
 
 
-_STEP_OPTIONS = ("retry", "breaker")
+_STEP_OPTIONS = ("retry", "breaker", "attempt_timeout", "total_timeout")
 
 
-def _check_step_options(fn: Callable[..., Any], retry: object, breaker: object) -> None:
-    """Refuse ``ctx.step`` options that ``fn`` could have been meant to receive."""
+def _check_step_options(fn: Callable[..., Any], given: Mapping[str, Any]) -> None:
+    """Refuse ``ctx.step`` options that ``fn`` could have been meant to receive, or of the wrong type."""
     try:
         parameters = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # builtins without a signature take no such keyword
         parameters = {}  # type: ignore[assignment]
     bound = fn.keywords if isinstance(fn, functools.partial) else {}  # the function's own, bound already
-    given = {"retry": retry, "breaker": breaker}
     for name in _STEP_OPTIONS:
         if given[name] is not None and name in parameters and name not in bound:
             raise TypeError(
@@ -459,8 +543,13 @@ def _check_step_options(fn: Callable[..., Any], retry: object, breaker: object) 
                 f"named {name!r}, but {name}= is ctx.step's own option. Pass the function's argument with "
                 f"functools.partial(fn, {name}=...) (or a lambda), and the step option, if any, as {name}= here"
             )
+    retry, breaker = given["retry"], given["breaker"]
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"ctx.step(..., retry=...) takes a RetryPolicy, got {type(retry).__name__}: "
                         "to pass retry= to the function, use functools.partial")
     if breaker is not None and not isinstance(breaker, str):
         raise TypeError(f"ctx.step(..., breaker=...) takes a circuit breaker's name, got {type(breaker).__name__}")
+    for name in ("attempt_timeout", "total_timeout"):
+        value = given[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise TypeError(f"ctx.step(..., {name}=...) takes a number of seconds > 0, got {value!r}")

@@ -24,7 +24,9 @@ from phaseledger.engine.context import _STEP_KEY
 from phaseledger.engine.engine import Engine
 from phaseledger.engine.store import Store
 
-_VOLATILE = frozenset({"timestamp", "duration", "retry_at", "wake_at", "until", "originator_id", "originator_topic"})
+_VOLATILE = frozenset({
+    "timestamp", "duration", "retry_at", "wake_at", "until", "started_at", "originator_id", "originator_topic",
+})
 
 
 class StepCalls:

@@ -10,13 +10,13 @@ import phaseledger.testing
 
 PUBLIC = {
     "AgentNotDurable", "AgentRunFailed", "Checkpoint", "CheckpointNotFound", "CircuitBreaker", "CircuitOpen",
-    "CompactionReport", "ConcurrencyConflict", "Context", "Difference", "Driving", "Divergence", "DurableAgent",
+    "CompactionReport", "ConcurrencyConflict", "Context", "DeadlineExceeded", "Difference", "Driving", "Divergence", "DurableAgent",
     "DurableAgentResult", "Engine", "ForkInfo", "ForkPoint", "HistoryCompacted", "InvalidInput", "InvalidToken",
     "InvalidTransition", "JournalEntry", "LeaseLost", "Lineage", "NO_RETRY", "NonDeterminismError", "Phase",
     "PhaseledgerDurability", "PhaseledgerError", "RecordedError", "RecordedEvent", "RetentionPolicy",
     "RetentionReport", "RetryPolicy", "Run", "RunAt", "RunBusy", "RunComparison", "RunExists", "RunFinished",
     "RunNotFinished", "RunNotFound", "RunSide", "SUPPORTED_PYDANTIC_AI", "SerializationError", "SignalTimeout",
-    "StepFailed", "Store",
+    "StepFailed", "StepTimeout", "Store",
     "StoreUnavailable", "TokenKeyMissing", "TrailItem", "UnknownWorkflow", "UnsupportedPydanticAI", "Usage",
     "Worker", "WorkerAlreadyRunning", "WorkerStats", "Workflow", "WorkflowDefinitionError", "WorkflowRun",
     "idempotency_key", "run_worker",
