@@ -10,6 +10,8 @@ from phaseledger.domain.errors import (
     CheckpointNotFound,
     CircuitOpen,
     ConcurrencyConflict,
+    DecryptionFailed,
+    EncryptionSetupError,
     HistoryCompacted,
     InvalidInput,
     InvalidToken,
@@ -32,6 +34,7 @@ from phaseledger.domain.errors import (
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.workflow import Phase, Workflow
+from phaseledger.engine._cipher import generate_cipher_key
 from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
 from phaseledger.engine.context import Context, idempotency_key
@@ -81,6 +84,8 @@ __all__ = [
     "Checkpoint",
     "CheckpointNotFound",
     "CompactionReport",
+    "DecryptionFailed",
+    "EncryptionSetupError",
     "Difference",
     "Divergence",
     "ForkInfo",
@@ -127,6 +132,7 @@ __all__ = [
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowRun",
+    "generate_cipher_key",
     "idempotency_key",
     "run_worker",
 ]

@@ -11,14 +11,14 @@ import phaseledger.testing
 PUBLIC = {
     "AgentNotDurable", "AgentRunFailed", "Checkpoint", "CheckpointNotFound", "CircuitBreaker", "CircuitOpen",
     "CompactionReport", "ConcurrencyConflict", "Context", "Difference", "Divergence", "DurableAgent",
-    "DurableAgentResult", "Engine", "ForkInfo", "ForkPoint", "HistoryCompacted", "InvalidInput", "InvalidToken",
+    "DurableAgentResult", "DecryptionFailed", "EncryptionSetupError", "Engine", "ForkInfo", "ForkPoint", "HistoryCompacted", "InvalidInput", "InvalidToken",
     "InvalidTransition", "JournalEntry", "Lineage", "NO_RETRY", "NonDeterminismError", "Phase",
     "PhaseledgerDurability", "PhaseledgerError", "RecordedEvent", "RetentionPolicy", "RetentionReport",
     "RetryPolicy", "Run", "RunAt", "RunComparison", "RunExists", "RunFinished", "RunNotFinished", "RunNotFound",
     "RunSide", "SUPPORTED_PYDANTIC_AI", "SerializationError", "SignalTimeout", "StepFailed", "Store",
     "StoreUnavailable", "TokenKeyMissing", "TrailItem", "UnknownWorkflow", "UnsupportedPydanticAI", "Usage",
     "Worker", "WorkerAlreadyRunning", "WorkerStats", "Workflow", "WorkflowDefinitionError", "WorkflowRun",
-    "idempotency_key", "run_worker",
+    "generate_cipher_key", "idempotency_key", "run_worker",
 }
 
 

@@ -89,11 +89,16 @@ class CrashHarness:
     # -- plumbing --------------------------------------------------------------------------
 
     def _events(self, run_id: str) -> list[WorkflowRun.Event]:
+        from phaseledger.engine._cipher import CIPHER_KEY_ENV_VAR, COMPRESS_ENV_VAR, parse_compress
         from phaseledger.engine.store import Store
 
         with self._store_lock:
             if self._store is None:
-                self._store = Store(self.store_url, snapshot_every=self.snapshot_every)
+                # Read with the children's encryption settings (``env`` may set them).
+                environ = {**os.environ, **self.env}
+                self._store = Store(self.store_url, snapshot_every=self.snapshot_every,
+                                    cipher_key=environ.get(CIPHER_KEY_ENV_VAR, ""),
+                                    compress=parse_compress(environ.get(COMPRESS_ENV_VAR)))
             if not self._store.exists(run_id):
                 return []
             return self._store.events(run_id)
