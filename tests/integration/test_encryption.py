@@ -360,3 +360,22 @@ def test_the_crash_harness_kills_and_checks_encrypted_runs(tmp_path: Path) -> No
     assert crashed.kills and not crashed.problems
     data = sqlite_bytes(path)
     assert b"crashed" in data and b"LABEL-100" not in data
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+async def test_the_command_line_takes_the_key_from_the_environment(tmp_path: Path) -> None:
+    from tests.integration.test_cli import cli
+
+    [key] = cli("keygen", cwd=tmp_path).stdout.split()
+    assert len(base64.b64decode(key)) == 32
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    async with Engine(url, cipher_key=key, compress=True) as engine:
+        await simple_run(engine, "cli-run")
+    shown = cli("--store", url, "show", "cli-run", "--json", cwd=tmp_path,
+                env={"PHASELEDGER_CIPHER_KEY": f"{generate_cipher_key()},{key}", "PHASELEDGER_COMPRESS": "1"})
+    assert json.loads(shown.stdout)["state"]["api_key"] == INPUT_SECRET
+    refused = cli("--store", url, "show", "cli-run", cwd=tmp_path, check=1)
+    assert "error: cannot read" in refused.stderr and "'cli-run'" in refused.stderr
+    assert "Traceback" not in refused.stderr
