@@ -310,10 +310,13 @@ async def test_compression_stores_fewer_bytes_per_event_and_reads_either_way(tmp
         async with Engine(url, compress=not compress, cipher_key=[]) as engine:
             assert engine.get("r").state["api_key"] == repetitive
     assert sizes[True] < sizes[False] / 2, sizes
-    async with Engine(f"sqlite:///{tmp_path / 'both.db'}", compress=True, cipher_key=generate_cipher_key()) as engine:
+    key = generate_cipher_key()
+    async with Engine(f"sqlite:///{tmp_path / 'both.db'}", compress=True, cipher_key=key) as engine:
         await simple_run(engine, "r", secret=repetitive)
     both = stored_states(f"sqlite:///{tmp_path / 'both.db'}", "r")
     assert sum(map(len, both)) / len(both) < sizes[False] / 2
+    async with Engine(f"sqlite:///{tmp_path / 'both.db'}", compress=False, cipher_key=key) as engine:
+        assert engine.get("r").state["api_key"] == repetitive
 
 
 def test_generate_cipher_key_makes_keys_of_each_size() -> None:
