@@ -170,6 +170,9 @@ class Store:
     thread for SQLite and PostgreSQL so the event loop keeps running. The journal's
     appends have an async twin, :meth:`save_events_async`, which on PostgreSQL needs no
     thread at all.
+
+    ``cipher_key`` (default ``$PHASELEDGER_CIPHER_KEY``) encrypts and ``compress`` (default
+    ``$PHASELEDGER_COMPRESS``) compresses what the store writes; see :mod:`._cipher`.
     """
 
     def __init__(self, url: str | None = None, *, snapshot_every: int | None = 100,

@@ -1,4 +1,7 @@
-"""The cipher and mapper of encrypted stores, byte by byte (the stores themselves: tests/integration/test_encryption.py)."""
+"""The cipher and mapper of encrypted stores, byte by byte.
+
+The stores themselves are tested in tests/integration/test_encryption.py.
+"""
 
 from __future__ import annotations
 

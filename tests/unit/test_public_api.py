@@ -10,8 +10,9 @@ import phaseledger.testing
 
 PUBLIC = {
     "AgentNotDurable", "AgentRunFailed", "Checkpoint", "CheckpointNotFound", "CircuitBreaker", "CircuitOpen",
-    "CompactionReport", "ConcurrencyConflict", "Context", "Difference", "Divergence", "DurableAgent",
-    "DurableAgentResult", "DecryptionFailed", "EncryptionSetupError", "Engine", "ForkInfo", "ForkPoint", "HistoryCompacted", "InvalidInput", "InvalidToken",
+    "CompactionReport", "ConcurrencyConflict", "Context", "DecryptionFailed", "Difference", "Divergence",
+    "DurableAgent", "DurableAgentResult", "EncryptionSetupError", "Engine", "ForkInfo", "ForkPoint",
+    "HistoryCompacted", "InvalidInput", "InvalidToken",
     "InvalidTransition", "JournalEntry", "Lineage", "NO_RETRY", "NonDeterminismError", "Phase",
     "PhaseledgerDurability", "PhaseledgerError", "RecordedEvent", "RetentionPolicy", "RetentionReport",
     "RetryPolicy", "Run", "RunAt", "RunComparison", "RunExists", "RunFinished", "RunNotFinished", "RunNotFound",

@@ -36,9 +36,11 @@ class CrashHarness:
     versions, or a factory); ``store`` a SQLite or PostgreSQL store URL. ``input`` is the run
     input (JSON). ``checkpoint_every_n_steps``, ``snapshot_every`` and ``max_inline_wait`` are
     passed to the child's Engine. ``env`` and ``cwd`` are given to every child (plus the
-    current environment). ``workdir`` keeps the ledgers (a temporary directory by default).
-    ``fork`` (default: on POSIX) forks children from a server process that imported the
-    target once; ``fork=False`` starts every child as a fresh ``python`` interpreter.
+    current environment); the log is read with the encryption settings of that environment
+    (``PHASELEDGER_CIPHER_KEY``, ``PHASELEDGER_COMPRESS``). ``workdir`` keeps the ledgers (a
+    temporary directory by default). ``fork`` (default: on POSIX) forks children from a
+    server process that imported the target once; ``fork=False`` starts every child as a
+    fresh ``python`` interpreter.
     """
 
     def __init__(
