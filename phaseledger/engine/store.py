@@ -117,7 +117,7 @@ class RunApplication(Application[str]):
 
     Its mapper encrypts and compresses as the env entries ``PHASELEDGER_CIPHER_KEY`` and
     ``PHASELEDGER_COMPRESS`` say (see :mod:`._cipher`); :class:`Store` sets both from its
-    options, so an application built from :attr:`Store.env` (a projection runner's) reads
+    options, so an application built with :attr:`Store.codec_env` (a projection runner's) reads
     and writes what the store does.
     """
 
