@@ -11,6 +11,8 @@ from phaseledger.domain.errors import (
     CircuitOpen,
     ConcurrencyConflict,
     DeadlineExceeded,
+    DecryptionFailed,
+    EncryptionSetupError,
     HistoryCompacted,
     InvalidInput,
     InvalidToken,
@@ -37,6 +39,7 @@ from phaseledger.domain.recorded_errors import RecordedError
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.workflow import Phase, Workflow
+from phaseledger.engine._cipher import generate_cipher_key
 from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
 from phaseledger.engine.context import Context, idempotency_key
@@ -87,6 +90,8 @@ __all__ = [
     "Checkpoint",
     "CheckpointNotFound",
     "CompactionReport",
+    "DecryptionFailed",
+    "EncryptionSetupError",
     "Difference",
     "Divergence",
     "ForkInfo",
@@ -139,6 +144,7 @@ __all__ = [
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowRun",
+    "generate_cipher_key",
     "idempotency_key",
     "run_worker",
 ]

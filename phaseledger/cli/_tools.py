@@ -1,4 +1,4 @@
-"""Commands around the runs: ``worker``, ``diff``, ``diagram``, ``demo``."""
+"""Commands around the runs: ``worker``, ``diff``, ``diagram``, ``keygen``, ``demo``."""
 
 from __future__ import annotations
 
@@ -122,6 +122,21 @@ def diagram(
     target = output or Path(f"{definition.name}.{fmt}")
     target.write_bytes(data)
     session.console.print(f"wrote {target} ({len(data)} bytes)")
+
+
+@app.command()
+def keygen(
+    size: Annotated[int, typer.Option(
+        "--bytes", metavar="N", help="Key size in bytes: 16, 24 or 32 (AES-128, -192, -256).")] = 32,
+) -> None:
+    """Print a new random key for encrypting a store ($PHASELEDGER_CIPHER_KEY).
+
+    Rotate keys with PHASELEDGER_CIPHER_KEY="NEW,OLD": the first encrypts, all decrypt
+    (see docs/encryption.md). Without the key, nobody can read what it encrypted.
+    """
+    from phaseledger.engine._cipher import generate_cipher_key
+
+    print(generate_cipher_key(size))
 
 
 @app.command()

@@ -14,6 +14,8 @@ Every error a user can hit derives from :class:`PhaseledgerError`. Definition er
     ├── SerializationError           a value cannot be recorded in the log
     ├── ConcurrencyConflict          another writer appended to the run first
     ├── StoreUnavailable             the store cannot be reached or opened
+    ├── EncryptionSetupError         encryption or compression settings cannot be used
+    ├── DecryptionFailed             no configured key opens a stored event
     ├── InvalidInput                 a run input or signal payload fails validation
     ├── InvalidToken                 a resume token is forged, truncated or foreign
     ├── TokenKeyMissing              resume tokens need a signing key that is not configured
@@ -125,6 +127,30 @@ class ConcurrencyConflict(PhaseledgerError):
 
 class StoreUnavailable(PhaseledgerError):
     """The store cannot be opened or reached; check the URL and that the server is up."""
+
+
+class EncryptionSetupError(PhaseledgerError):
+    """A store's encryption or compression settings cannot be used.
+
+    A cipher key that is not base64 of 16, 24 or 32 bytes, a ``$PHASELEDGER_COMPRESS``
+    that is neither on nor off, or the ``cryptography`` package missing; the message says
+    which, and what to do.
+    """
+
+
+class DecryptionFailed(PhaseledgerError):
+    """A stored event or snapshot of a run cannot be read with the configured cipher keys.
+
+    It was written under a key that is not configured (any more), or it is encrypted and no
+    key is configured. Add the key it was written with to ``$PHASELEDGER_CIPHER_KEY``
+    (or ``Engine(cipher_key=...)``) after the current one.
+    """
+
+    def __init__(self, run_id: str, version: int, what: str, reason: str) -> None:
+        super().__init__(f"cannot read {what} of run {run_id!r}: {reason}")
+        self.run_id = run_id
+        self.version = version
+        self.what = what
 
 
 class InvalidInput(PhaseledgerError, ValueError):

@@ -27,6 +27,7 @@ from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import FAILED, RETRYING, RUNNING, SLEEPING, WAITING, WorkflowRun
 from phaseledger.domain.values import validate_payload
 from phaseledger.domain.workflow import Workflow, WorkflowRegistry
+from phaseledger.engine._cipher import CipherKeys, parse_cipher_keys
 from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.compare import RunComparison, compare_runs
 from phaseledger.engine.driver import Cancelled, RunDriver, Superseded
@@ -54,6 +55,11 @@ class Engine:
     ``store`` is a URL (``memory://``, ``sqlite:///path.db``, ``postgresql://...``; default
     ``$PHASELEDGER_STORE``, then ``sqlite:///phaseledger.db``) or a :class:`Store` to share.
     Many runs can progress concurrently on one asyncio loop.
+
+    ``cipher_key`` encrypts what the store keeps (default ``$PHASELEDGER_CIPHER_KEY``; a list,
+    or keys separated by commas, rotates keys: the first encrypts, all decrypt) and
+    ``compress=True`` compresses it (default ``$PHASELEDGER_COMPRESS``); see
+    docs/encryption.md. Given a :class:`Store`, pass them to the store instead.
     """
 
     def __init__(
@@ -70,12 +76,18 @@ class Engine:
         on_resume: ResumeCallback | None = None,
         token_key: str | bytes | None = None,
         lease_seconds: float = 30.0,
+        cipher_key: CipherKeys | None = None,
+        compress: bool | None = None,
     ) -> None:
         if checkpoint_every_n_steps < 1:
             raise PhaseledgerError("checkpoint_every_n_steps must be >= 1")
         if lease_seconds <= 0:
             raise PhaseledgerError("lease_seconds must be > 0")
-        self.store = store if isinstance(store, Store) else Store(store, snapshot_every=snapshot_every)
+        if isinstance(store, Store):
+            _check_store_settings(store, cipher_key, compress)
+            self.store = store
+        else:
+            self.store = Store(store, snapshot_every=snapshot_every, cipher_key=cipher_key, compress=compress)
         self.registry = WorkflowRegistry()
         for workflow in workflows:
             self.registry.register(workflow)
@@ -600,6 +612,18 @@ log = logging.getLogger("phaseledger")
 
 def _running_loop() -> asyncio.AbstractEventLoop:
     return asyncio.get_running_loop()
+
+
+def _check_store_settings(store: Store, cipher_key: CipherKeys | None, compress: bool | None) -> None:
+    """Refuse encryption settings that a given store does not have (they would be silently ignored)."""
+    if cipher_key is not None and parse_cipher_keys(cipher_key) != store.cipher_keys:
+        raise PhaseledgerError(
+            "cipher_key= differs from the keys of the Store given to the Engine: pass it to Store(..., cipher_key=...)"
+        )
+    if compress is not None and bool(compress) != store.compressed:
+        raise PhaseledgerError(
+            "compress= differs from the setting of the Store given to the Engine: pass it to Store(..., compress=...)"
+        )
 
 
 def _notify(callback: Callable[[str, str], Any] | None, run_id: str, what: str) -> None:

@@ -17,11 +17,21 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent, Transcoder
+from eventsourcing.persistence import IntegrityError, Mapper, PersistenceError, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic
 
-from phaseledger.domain.errors import ConcurrencyConflict, RunNotFound, StoreUnavailable
+from phaseledger.domain.errors import ConcurrencyConflict, PhaseledgerError, RunNotFound, StoreUnavailable
 from phaseledger.domain.run import WorkflowRun, project_run
+from phaseledger.engine._cipher import (
+    CIPHER_KEY_ENV_VAR,
+    COMPRESS_ENV_VAR,
+    CipherKeys,
+    make_mapper,
+    parse_cipher_keys,
+    parse_compress,
+    resolve_cipher_keys,
+    resolve_compress,
+)
 from phaseledger.engine._codec import FastJSONTranscoder
 
 DEFAULT_STORE = "sqlite:///phaseledger.db"
@@ -103,7 +113,13 @@ class StoreURL:
 
 
 class RunApplication(Application[str]):
-    """The eventsourcing application that stores workflow runs (one aggregate per run)."""
+    """The eventsourcing application that stores workflow runs (one aggregate per run).
+
+    Its mapper encrypts and compresses as the env entries ``PHASELEDGER_CIPHER_KEY`` and
+    ``PHASELEDGER_COMPRESS`` say (see :mod:`._cipher`); :class:`Store` sets both from its
+    options, so an application built with :attr:`Store.codec_env` (a projection runner's) reads
+    and writes what the store does.
+    """
 
     name = "phaseledger"
     snapshotting_projectors = {WorkflowRun: project_run}  # noqa: RUF012
@@ -113,6 +129,16 @@ class RunApplication(Application[str]):
         transcoder = FastJSONTranscoder()
         self.register_transcodings(transcoder)
         return transcoder
+
+    def construct_mapper(self) -> Mapper[str]:
+        """The mapper, with the cipher and compressor of the store's settings (none when off).
+
+        The settings are read under their exact names: eventsourcing's own ``CIPHER_KEY``,
+        ``CIPHER_TOPIC`` and ``COMPRESSOR_TOPIC`` are not used.
+        """
+        keys = parse_cipher_keys(dict.get(self.env, CIPHER_KEY_ENV_VAR), source=f"${CIPHER_KEY_ENV_VAR}")
+        compress = parse_compress(dict.get(self.env, COMPRESS_ENV_VAR))
+        return make_mapper(self.construct_transcoder(), keys, compress)
 
 
 NOT_WANTED = object()
@@ -144,11 +170,25 @@ class Store:
     thread for SQLite and PostgreSQL so the event loop keeps running. The journal's
     appends have an async twin, :meth:`save_events_async`, which on PostgreSQL needs no
     thread at all.
+
+    ``cipher_key`` (default ``$PHASELEDGER_CIPHER_KEY``) encrypts and ``compress`` (default
+    ``$PHASELEDGER_COMPRESS``) compresses what the store writes; see :mod:`._cipher`.
     """
 
-    def __init__(self, url: str | None = None, *, snapshot_every: int | None = 100) -> None:
+    def __init__(self, url: str | None = None, *, snapshot_every: int | None = 100,
+                 cipher_key: CipherKeys | None = None, compress: bool | None = None) -> None:
         self.url = StoreURL.parse(url)
+        self.cipher_keys = resolve_cipher_keys(cipher_key)
+        """The AES keys of the events (current first; see docs/encryption.md); ``()``: not encrypted."""
+        self.compressed = resolve_compress(compress)
+        """Whether event states are compressed before they are (encrypted and) stored."""
+        self.codec_env = {
+            CIPHER_KEY_ENV_VAR: ",".join(self.cipher_keys),
+            COMPRESS_ENV_VAR: "1" if self.compressed else "0",
+        }
+        """The env entries that give an application built elsewhere this store's encryption and compression."""
         env = dict(self.url.env)
+        env.update(self.codec_env)
         env["ORIGINATOR_ID_TYPE"] = "text"
         if self.url.backend == "postgresql":
             from phaseledger.engine._postgres import StoreFactory
@@ -160,6 +200,8 @@ class Store:
             if self.url.sqlite_path:
                 Path(self.url.sqlite_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             self.app = RunApplication(env=env)
+        except PhaseledgerError:
+            raise
         except Exception as exc:  # psycopg, sqlite3 and eventsourcing raise various types here
             raise StoreUnavailable(f"cannot open store {self.url.redacted}: {exc}") from exc
         self.snapshot_every = snapshot_every
@@ -172,6 +214,11 @@ class Store:
         self._prepared: dict[tuple[str, int], StoredEvent | object] = {}
         """Snapshots made by :meth:`prepare_snapshot`, waiting for their events to be saved."""
         self.started_topic = get_topic(WorkflowRun.RunStarted)
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the store encrypts what it writes (it reads plain events too)."""
+        return bool(self.cipher_keys)
 
     @property
     def is_memory(self) -> bool:

@@ -126,6 +126,7 @@ class RunnerFollower(Follower):
 def postgres_runner(reports: Reports) -> ProjectionRunner[Any, Any]:
     """eventsourcing's ProjectionRunner with its own application and view on the store's database."""
     env = dict(reports.store.url.env)
+    env.update(reports.store.codec_env)  # the runner's application decrypts as the store does
     env.update({"ORIGINATOR_ID_TYPE": "text", "POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": "4",
                 "CREATE_TABLE": "y"})
     return ProjectionRunner(

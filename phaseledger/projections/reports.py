@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any, Self
 
+from phaseledger.domain.errors import DecryptionFailed
 from phaseledger.engine.store import Store
 from phaseledger.projections.errors import AlreadyApplied, ProjectionError, ProjectionOutdated, ProjectionReset
 from phaseledger.projections.follow import Follower, PollingFollower, RunnerFollower, memory_runner, postgres_runner
@@ -94,6 +95,8 @@ class Reports:
     def _decode(self, notification: Any) -> Any:
         try:
             return self.store.app.mapper.to_domain_event(notification)
+        except DecryptionFailed:
+            raise  # says which key is missing; the tables are unchanged from this event on
         except Exception as exc:  # a topic that no longer resolves, a corrupt state, ...
             raise ProjectionError(
                 f"cannot read notification {notification.id} ({notification.topic}) of run "

@@ -10,16 +10,16 @@ import phaseledger.testing
 
 PUBLIC = {
     "AgentNotDurable", "AgentRunFailed", "Checkpoint", "CheckpointNotFound", "CircuitBreaker", "CircuitOpen",
-    "CompactionReport", "ConcurrencyConflict", "Context", "DeadlineExceeded", "Difference", "Driving", "Divergence", "DurableAgent",
-    "DurableAgentResult", "Engine", "ForkInfo", "ForkPoint", "HistoryCompacted", "InvalidInput", "InvalidToken",
-    "InvalidTransition", "JournalEntry", "LeaseLost", "Lineage", "NO_RETRY", "NonDeterminismError", "Phase",
-    "PhaseledgerDurability", "PhaseledgerError", "RecordedError", "RecordedEvent", "RetentionPolicy",
-    "RetentionReport", "RetryPolicy", "Run", "RunAt", "RunBusy", "RunComparison", "RunExists", "RunFinished",
-    "RunNotFinished", "RunNotFound", "RunSide", "SUPPORTED_PYDANTIC_AI", "SerializationError", "SignalTimeout",
-    "StepFailed", "StepTimeout", "Store",
-    "StoreUnavailable", "TokenKeyMissing", "TrailItem", "UnknownWorkflow", "UnsupportedPydanticAI", "Usage",
-    "Worker", "WorkerAlreadyRunning", "WorkerStats", "Workflow", "WorkflowDefinitionError", "WorkflowRun",
-    "idempotency_key", "run_worker",
+    "CompactionReport", "ConcurrencyConflict", "Context", "DeadlineExceeded", "DecryptionFailed", "Difference",
+    "Divergence", "Driving", "DurableAgent", "DurableAgentResult", "EncryptionSetupError", "Engine", "ForkInfo",
+    "ForkPoint", "HistoryCompacted", "InvalidInput", "InvalidToken", "InvalidTransition", "JournalEntry", "LeaseLost",
+    "Lineage", "NO_RETRY", "NonDeterminismError", "Phase", "PhaseledgerDurability", "PhaseledgerError",
+    "RecordedError", "RecordedEvent", "RetentionPolicy", "RetentionReport", "RetryPolicy", "Run", "RunAt", "RunBusy",
+    "RunComparison", "RunExists", "RunFinished", "RunNotFinished", "RunNotFound", "RunSide", "SUPPORTED_PYDANTIC_AI",
+    "SerializationError", "SignalTimeout", "StepFailed", "StepTimeout", "Store", "StoreUnavailable",
+    "TokenKeyMissing", "TrailItem", "UnknownWorkflow", "UnsupportedPydanticAI", "Usage", "Worker",
+    "WorkerAlreadyRunning", "WorkerStats", "Workflow", "WorkflowDefinitionError", "WorkflowRun",
+    "generate_cipher_key", "idempotency_key", "run_worker"
 }
 
 

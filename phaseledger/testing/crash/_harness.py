@@ -36,9 +36,11 @@ class CrashHarness:
     versions, or a factory); ``store`` a SQLite or PostgreSQL store URL. ``input`` is the run
     input (JSON). ``checkpoint_every_n_steps``, ``snapshot_every`` and ``max_inline_wait`` are
     passed to the child's Engine. ``env`` and ``cwd`` are given to every child (plus the
-    current environment). ``workdir`` keeps the ledgers (a temporary directory by default).
-    ``fork`` (default: on POSIX) forks children from a server process that imported the
-    target once; ``fork=False`` starts every child as a fresh ``python`` interpreter.
+    current environment); the log is read with the encryption settings of that environment
+    (``PHASELEDGER_CIPHER_KEY``, ``PHASELEDGER_COMPRESS``). ``workdir`` keeps the ledgers (a
+    temporary directory by default). ``fork`` (default: on POSIX) forks children from a
+    server process that imported the target once; ``fork=False`` starts every child as a
+    fresh ``python`` interpreter.
     """
 
     def __init__(
@@ -89,11 +91,16 @@ class CrashHarness:
     # -- plumbing --------------------------------------------------------------------------
 
     def _events(self, run_id: str) -> list[WorkflowRun.Event]:
+        from phaseledger.engine._cipher import CIPHER_KEY_ENV_VAR, COMPRESS_ENV_VAR, parse_compress
         from phaseledger.engine.store import Store
 
         with self._store_lock:
             if self._store is None:
-                self._store = Store(self.store_url, snapshot_every=self.snapshot_every)
+                # Read with the children's encryption settings (``env`` may set them).
+                environ = {**os.environ, **self.env}
+                self._store = Store(self.store_url, snapshot_every=self.snapshot_every,
+                                    cipher_key=environ.get(CIPHER_KEY_ENV_VAR, ""),
+                                    compress=parse_compress(environ.get(COMPRESS_ENV_VAR)))
             if not self._store.exists(run_id):
                 return []
             return self._store.events(run_id)
