@@ -14,7 +14,7 @@ Every error a user can hit derives from :class:`PhaseledgerError`. Definition er
     ├── SerializationError           a value cannot be recorded in the log
     ├── ConcurrencyConflict          another writer appended to the run first
     ├── StoreUnavailable             the store cannot be reached or opened
-    ├── InvalidInput                 a run input or signal payload fails validation
+    ├── InvalidInput                 a run input, signal payload, id or name fails validation
     ├── InvalidToken                 a resume token is forged, truncated or foreign
     ├── TokenKeyMissing              resume tokens need a signing key that is not configured
     ├── HistoryCompacted             the events asked for were removed by compaction
@@ -123,7 +123,7 @@ class StoreUnavailable(PhaseledgerError):
 
 
 class InvalidInput(PhaseledgerError, ValueError):
-    """A run input or a signal payload does not validate against its pydantic model."""
+    """A run input or signal payload does not validate, or an id or name is not acceptable."""
 
 
 class InvalidToken(PhaseledgerError):

@@ -19,6 +19,7 @@ from phaseledger.domain.errors import (
     RunExists,
     RunFinished,
 )
+from phaseledger.domain.ids import validate_id, validate_run_id
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import FAILED, RETRYING, RUNNING, SLEEPING, WAITING, WorkflowRun
 from phaseledger.domain.values import validate_payload
@@ -149,6 +150,8 @@ class Engine:
     async def start(self, workflow: Workflow[Any], input: BaseModel | Mapping[str, Any] | None = None,
                     *, run_id: str | None = None) -> Run:
         """Record a new run of ``workflow`` (without driving it); raise :class:`RunExists` on a taken id."""
+        if run_id is not None:
+            validate_run_id(run_id)
         if workflow.key not in self.registry.workflows:
             self.register(workflow)
         try:
@@ -191,6 +194,7 @@ class Engine:
         """
         if looks_like_token(run_id):
             run_id = await self._call_store(self.time_travel.run_id_of, run_id)
+        validate_run_id(run_id)
         if run_id in self._active:
             return await asyncio.shield(self._active[run_id])
         run = await self._call_store(self.store.load, run_id)
@@ -208,6 +212,7 @@ class Engine:
 
     async def retry(self, run_id: str) -> Run:
         """Re-enter the failed phase of a failed run, keeping the steps it recorded."""
+        validate_run_id(run_id)
         run = await self._call_store(self.store.load, run_id)
         if run.status != FAILED:
             if run.finished:
@@ -268,8 +273,13 @@ class Engine:
         The payload is validated against the workflow's declared model for ``name`` (an
         :class:`InvalidInput` appends nothing). ``signal_id`` makes sending idempotent: a
         signal id the run has already received is not appended again. Raises
-        :class:`RunFinished` for a completed, failed or cancelled run.
+        :class:`RunFinished` for a completed, failed or cancelled run. The run id, ``name``
+        and ``signal_id`` must pass :func:`~phaseledger.domain.ids.validate_id`.
         """
+        validate_run_id(run_id)
+        validate_id("signal name", name)
+        if signal_id is not None:
+            validate_id("signal id", signal_id)
         for attempt in range(_APPEND_ATTEMPTS):
             run = await self._call_store(self.store.load, run_id)
             if run.finished:
@@ -295,6 +305,7 @@ class Engine:
         by a worker in another process (whose next append conflicts with the cancel).
         Raises :class:`RunFinished` when the run has already finished.
         """
+        validate_run_id(run_id)
         for attempt in range(_APPEND_ATTEMPTS):
             run = await self._call_store(self.store.load, run_id)
             if run.finished:
@@ -337,7 +348,7 @@ class Engine:
 
     def get(self, run_id: str, *, version: int | None = None) -> Run:
         """The run as it stands in the log (or as it stood at ``version``)."""
-        return self._view(self.store.load(run_id, version=version))
+        return self._view(self.store.load(validate_run_id(run_id), version=version))
 
     def _view(self, run: WorkflowRun) -> Run:
         workflow = self.registry.workflows.get((run.workflow, run.workflow_version))
@@ -345,7 +356,7 @@ class Engine:
 
     def history(self, run_id: str) -> list[RecordedEvent]:
         """The run's events in order, as plain data."""
-        return [event_view(e) for e in self.store.events(run_id)]
+        return [event_view(e) for e in self.store.events(validate_run_id(run_id))]
 
     def runs(self, *, status: str | None = None, workflow: str | None = None) -> list[Run]:
         """Every run in the store (optionally only those with this status or workflow)."""
@@ -360,15 +371,15 @@ class Engine:
 
     def checkpoints(self, run_id: str) -> list[Checkpoint]:
         """The run's checkpoints: every phase entry and every ``ctx.checkpoint``, in log order."""
-        return self.time_travel.checkpoints(run_id)
+        return self.time_travel.checkpoints(validate_run_id(run_id))
 
     def checkpoint(self, run_id: str, checkpoint_id: str | int) -> Checkpoint:
         """One checkpoint with its state, by id (``"v12"``), version (``12``) or label (the latest)."""
-        return self.time_travel.checkpoint(run_id, checkpoint_id)
+        return self.time_travel.checkpoint(validate_run_id(run_id), checkpoint_id)
 
     def state_at(self, run_id: str, version: int) -> RunAt:
         """The run (phase, state, journal, status, usage) as it stood right after event ``version``."""
-        return self.time_travel.state_at(run_id, version)
+        return self.time_travel.state_at(validate_run_id(run_id), version)
 
     def resume_token(self, run_id: str, at: int | str | None = None) -> str:
         """A signed, opaque token naming the run and a version of its log (its head by default).
@@ -376,7 +387,7 @@ class Engine:
         ``engine.resume(token)`` continues the run; ``engine.fork(token)`` branches at that
         version. Needs ``Engine(token_key=...)`` or ``$PHASELEDGER_TOKEN_KEY``.
         """
-        return self.time_travel.resume_token(run_id, at)
+        return self.time_travel.resume_token(validate_run_id(run_id), at)
 
     async def fork(
         self,
@@ -403,16 +414,16 @@ class Engine:
 
     def lineage(self, run_id: str) -> Lineage:
         """The runs this run was forked from (parent first) and the runs forked from it."""
-        return self.time_travel.lineage(run_id)
+        return self.time_travel.lineage(validate_run_id(run_id))
 
     def compare(self, run_a: str, run_b: str) -> RunComparison:
         """Where two runs of one workflow diverge: phase paths, steps, state, output, tokens, cost."""
-        return compare_runs(self, run_a, run_b)
+        return compare_runs(self, validate_run_id(run_a), validate_run_id(run_b))
 
     def compact(self, run_id: str, *, before: int | None = None) -> CompactionReport:
         """Remove a finished run's events before ``before`` (default: all but its first and last),
         keeping a snapshot there so the run still loads; see docs/time-travel.md for what is kept."""
-        return Retention(self).compact(run_id, before=before)
+        return Retention(self).compact(validate_run_id(run_id), before=before)
 
     def apply_retention(self, policy: RetentionPolicy, *, now: datetime | None = None) -> RetentionReport:
         """Compact or delete finished runs as ``policy`` says; unfinished runs are never touched."""
