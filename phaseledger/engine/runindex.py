@@ -135,9 +135,8 @@ class RunIndex(TrackingRecorder):
             raise StoreUnavailable(f"store {self.store.url.redacted} failed to read its log: {exc}") from exc
         if not notifications:
             return 0
-        run_ids = list(dict.fromkeys(str(n.originator_id) for n in notifications))
         rows, gone = [], []
-        for run_id in run_ids:
+        for run_id in self.store.runs_in(notifications):
             try:
                 rows.append(IndexRow.of(self.store.load(run_id)))
             except RunNotFound:  # deleted since (retention): its row goes too

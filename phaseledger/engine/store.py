@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,14 @@ from phaseledger.engine._codec import FastJSONTranscoder
 
 DEFAULT_STORE = "sqlite:///phaseledger.db"
 STORE_ENV_VAR = "PHASELEDGER_STORE"
+
+RUN_TOPICS: frozenset[str] = frozenset(
+    get_topic(cls) for cls in vars(WorkflowRun).values()
+    if isinstance(cls, type) and issubclass(cls, WorkflowRun.Event) and cls is not WorkflowRun.Event
+)
+"""The topics of run events. Only runs are runs: a row of the log belongs to a run when its
+topic is one of these, and every reader of the whole log (run ids, the run index, the
+reports) keeps to them, so the store's other streams (its identity) are never taken for runs."""
 
 
 @dataclass(frozen=True)
@@ -187,20 +195,40 @@ class Store:
         self.app.close()
 
     def exists(self, run_id: str) -> bool:
-        """Whether a run with this id has been started."""
+        """Whether a run with this id has been started (its first row is read, not decoded)."""
         try:
-            return bool(list(self.app.events.get(run_id, lte=1)))
+            first = self.app.recorder.select_events(run_id, lte=1)
         except PersistenceError as exc:
             raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+        return bool(first) and self.is_run_topic(first[0].topic)
+
+    def is_run_topic(self, topic: str) -> bool:
+        """Whether a row of the log with this topic belongs to a run (see :data:`RUN_TOPICS`)."""
+        return topic in RUN_TOPICS
+
+    def runs_in(self, notifications: Iterable[StoredEvent]) -> dict[str, int]:
+        """The runs these rows of the log belong to, each with its highest version among them.
+
+        Rows of the store's other streams are left out.
+        """
+        runs: dict[str, int] = {}
+        for row in notifications:
+            if row.topic in RUN_TOPICS:
+                run_id = str(row.originator_id)
+                runs[run_id] = max(runs.get(run_id, 0), row.originator_version)
+        return runs
 
     def load(self, run_id: str, version: int | None = None) -> WorkflowRun:
         """The run folded from its latest snapshot and the events after it (or at ``version``)."""
         try:
-            return self.app.repository.get(run_id, version=version, projector_func=project_run)
+            run = self.app.repository.get(run_id, version=version, projector_func=project_run)
         except AggregateNotFoundError:
             raise RunNotFound(run_id) from None
         except PersistenceError as exc:
             raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+        if not isinstance(run, WorkflowRun):  # another stream of the store, not a run
+            raise RunNotFound(run_id)
+        return run
 
     def save(self, run: WorkflowRun) -> int:
         """Append the run's pending events (see :meth:`save_events`)."""

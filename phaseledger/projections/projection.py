@@ -14,20 +14,13 @@ from typing import Any
 from eventsourcing.application import Application
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
-from eventsourcing.utils import get_topic
 
-from phaseledger.domain.run import WorkflowRun
+from phaseledger.engine.store import RUN_TOPICS
 from phaseledger.projections.errors import AlreadyApplied
 from phaseledger.projections.schema import PROJECTION_NAME
 from phaseledger.projections.view import ReportView
 
-TOPICS: tuple[str, ...] = tuple(
-    sorted(
-        get_topic(cls)
-        for cls in vars(WorkflowRun).values()
-        if isinstance(cls, type) and issubclass(cls, WorkflowRun.Event) and cls is not WorkflowRun.Event
-    )
-)
+TOPICS: tuple[str, ...] = tuple(sorted(RUN_TOPICS))
 """Topics of every run event class: the projection reads only these from the log."""
 
 
