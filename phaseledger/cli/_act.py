@@ -45,7 +45,9 @@ def resume(
 
 
 def _unfinished(engine: Engine) -> list[str]:
-    return [run.run_id for run in engine.runs() if not run.finished]
+    from phaseledger.domain.run import DAMAGED
+
+    return [run.run_id for run in engine.runs() if not run.finished and run.status != DAMAGED]
 
 
 async def _resume_many(session: Session, engine: Engine, run_ids: list[str], *, strict: bool) -> list[dict[str, Any]]:

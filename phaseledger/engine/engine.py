@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from phaseledger.domain.errors import (
     ConcurrencyConflict,
+    CorruptEvent,
     InvalidInput,
     PhaseledgerError,
     RunExists,
@@ -32,7 +33,7 @@ from phaseledger.engine.runindex import is_due
 from phaseledger.engine.store import Store
 from phaseledger.engine.timetravel import Checkpoint, Lineage, RunAt, TimeTravel
 from phaseledger.engine.tokens import looks_like_token, resolve_key
-from phaseledger.engine.views import RecordedEvent, Run, event_view, run_view
+from phaseledger.engine.views import RecordedEvent, Run, damaged_view, event_view, run_view
 
 if TYPE_CHECKING:
     from phaseledger.engine.worker import Worker
@@ -347,7 +348,10 @@ class Engine:
     # -- queries -----------------------------------------------------------------------
 
     def get(self, run_id: str, *, version: int | None = None) -> Run:
-        """The run as it stands in the log (or as it stood at ``version``)."""
+        """The run as it stands in the log (or as it stood at ``version``).
+
+        Raises :class:`RunNotFound`, or :class:`CorruptEvent` for a damaged run.
+        """
         return self._view(self.store.load(validate_run_id(run_id), version=version))
 
     def _view(self, run: WorkflowRun) -> Run:
@@ -355,17 +359,36 @@ class Engine:
         return run_view(run, workflow.state_model if workflow else None)
 
     def history(self, run_id: str) -> list[RecordedEvent]:
-        """The run's events in order, as plain data."""
+        """The run's events in order, as plain data (:class:`CorruptEvent` for a damaged run)."""
         return [event_view(e) for e in self.store.events(validate_run_id(run_id))]
 
     def runs(self, *, status: str | None = None, workflow: str | None = None) -> list[Run]:
-        """Every run in the store (optionally only those with this status or workflow)."""
+        """Every run in the store (optionally only those with this status or workflow).
+
+        A damaged run (a stored row of it cannot be read) is listed with status ``damaged``
+        and the :class:`CorruptEvent` as its ``error``; the others are listed as usual.
+        """
         views = []
         for run_id in self.store.run_ids():
-            view = self.get(run_id)
+            view = self._view_or_damaged(run_id)
             if (status is None or view.status == status) and (workflow is None or view.workflow == workflow):
                 views.append(view)
         return views
+
+    def _view_or_damaged(self, run_id: str) -> Run:
+        """The run's view; for a damaged run, the ``damaged`` view (see :func:`damaged_view`)."""
+        try:
+            return self._view(self.store.load(run_id))
+        except CorruptEvent as exc:
+            error = exc
+        before = None
+        if error.version > 1:
+            try:
+                before = self.store.load(run_id, version=error.version - 1)
+            except PhaseledgerError:
+                pass
+        workflow = self.registry.workflows.get((before.workflow, before.workflow_version)) if before else None
+        return damaged_view(error, before, workflow.state_model if workflow else None)
 
     # -- time travel (phaseledger.engine.timetravel, compare, retention) ----------------
 

@@ -8,21 +8,26 @@ sqlite and postgres persistence modules. Tables are created on first use.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent, Transcoder
+from eventsourcing.persistence import IntegrityError, Mapper, PersistenceError, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic
 
-from phaseledger.domain.errors import ConcurrencyConflict, RunNotFound, StoreUnavailable
+from phaseledger.domain.errors import ConcurrencyConflict, CorruptEvent, RunNotFound, StoreUnavailable
 from phaseledger.domain.run import WorkflowRun, project_run
 from phaseledger.engine._codec import FastJSONTranscoder
+from phaseledger.engine._mapper import RunMapper, SkippingMapper, Unreadable
+
+log = logging.getLogger("phaseledger.store")
 
 DEFAULT_STORE = "sqlite:///phaseledger.db"
 STORE_ENV_VAR = "PHASELEDGER_STORE"
@@ -122,6 +127,10 @@ class RunApplication(Application[str]):
         self.register_transcodings(transcoder)
         return transcoder
 
+    def construct_mapper(self) -> Mapper[str]:
+        """eventsourcing's mapper, raising :class:`CorruptEvent` for a row it cannot read (see :mod:`._mapper`)."""
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=RunMapper)
+
 
 NOT_WANTED = object()
 """What :meth:`Store.prepare_snapshot` notes for a version at which no snapshot is wanted."""
@@ -218,17 +227,49 @@ class Store:
                 runs[run_id] = max(runs.get(run_id, 0), row.originator_version)
         return runs
 
+    def read_notification(self, notification: StoredEvent) -> WorkflowRun.Event | Unreadable:
+        """The event a row of the log holds, or :class:`Unreadable` (and a warning) when it cannot
+        be read: for followers of the whole log, which pass a damaged run's row and go on."""
+        return self._skipping_mapper.to_domain_event(notification)  # type: ignore[no-any-return]
+
+    @cached_property
+    def _skipping_mapper(self) -> SkippingMapper:
+        return SkippingMapper(self.app.mapper)
+
     def load(self, run_id: str, version: int | None = None) -> WorkflowRun:
-        """The run folded from its latest snapshot and the events after it (or at ``version``)."""
+        """The run folded from its latest snapshot and the events after it (or at ``version``).
+
+        Raises :class:`RunNotFound`, or :class:`CorruptEvent` when a row the run needs cannot
+        be read. A snapshot that cannot be read is passed over: the run is folded from its
+        events alone (they are all there unless the run was compacted).
+        """
         try:
             run = self.app.repository.get(run_id, version=version, projector_func=project_run)
         except AggregateNotFoundError:
             raise RunNotFound(run_id) from None
         except PersistenceError as exc:
             raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+        except CorruptEvent as exc:
+            if self.app.snapshots is None:
+                raise
+            run = self._fold_events(run_id, version, exc)
         if not isinstance(run, WorkflowRun):  # another stream of the store, not a run
             raise RunNotFound(run_id)
         return run
+
+    def _fold_events(self, run_id: str, version: int | None, unreadable: CorruptEvent) -> WorkflowRun:
+        """The run folded from its events alone, after ``unreadable`` was met with a snapshot."""
+        try:
+            events = list(self.app.events.get(run_id, lte=version))  # an unreadable event raises here
+        except PersistenceError as exc:
+            raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+        if not events or [e.originator_version for e in events] != list(range(1, len(events) + 1)):
+            # Compacted: the snapshot stands for removed events, so the run needs it.
+            raise CorruptEvent(run_id, unreadable.version, unreadable.reason, snapshot=True) from unreadable
+        run = project_run(None, events)
+        log.warning("run %r: a snapshot cannot be read (%s); folded the run from its events instead",
+                    run_id, unreadable.reason)
+        return run  # type: ignore[return-value]
 
     def save(self, run: WorkflowRun) -> int:
         """Append the run's pending events (see :meth:`save_events`)."""
@@ -350,7 +391,8 @@ class Store:
     def events(self, run_id: str, *, gt: int | None = None, lte: int | None = None) -> list[WorkflowRun.Event]:
         """The run's events in order (all of them, or those after ``gt`` up to ``lte``).
 
-        Raises :class:`RunNotFound` for an unknown run (when ``gt`` is not given).
+        Raises :class:`RunNotFound` for an unknown run (when ``gt`` is not given), and
+        :class:`CorruptEvent` when one of them cannot be read.
         """
         try:
             events = list(self.app.events.get(run_id, gt=gt, lte=lte))

@@ -434,7 +434,9 @@ class TimeTravel:
             if not batch:
                 return
             for notification in batch:
-                event = self.store.app.mapper.to_domain_event(notification)
+                event = self.store.read_notification(notification)
+                if not isinstance(event, WorkflowRun.RunStarted):
+                    continue  # unreadable: a damaged run (logged), whose lineage is unknown
                 # memory:// keeps deleted runs in its notification list (positions are ids)
                 if not self.store.is_memory or self.store.exists(event.originator_id):
                     yield event

@@ -29,7 +29,9 @@ class ReportProjection(Projection[Any]):
 
     A processor reads the view's generation when it starts; if the view is rebuilt under it,
     its next transaction raises :class:`~phaseledger.projections.ProjectionReset` and writes
-    nothing. An event another processor has applied already is skipped.
+    nothing. An event another processor has applied already is skipped, and so is a row
+    that cannot be read (it arrives as an :class:`~phaseledger.engine._mapper.Unreadable`,
+    already logged): its position is recorded and the events after it are applied.
     """
 
     name = PROJECTION_NAME

@@ -10,7 +10,7 @@ import phaseledger.testing
 
 PUBLIC = {
     "AgentNotDurable", "AgentRunFailed", "Checkpoint", "CheckpointNotFound", "CircuitBreaker", "CircuitOpen",
-    "CompactionReport", "ConcurrencyConflict", "Context", "Difference", "Divergence", "DurableAgent",
+    "CompactionReport", "ConcurrencyConflict", "Context", "CorruptEvent", "Difference", "Divergence", "DurableAgent",
     "DurableAgentResult", "Engine", "ForkInfo", "ForkPoint", "HistoryCompacted", "InvalidInput", "InvalidToken",
     "InvalidTransition", "JournalEntry", "Lineage", "NO_RETRY", "NonDeterminismError", "Phase",
     "PhaseledgerDurability", "PhaseledgerError", "RecordedEvent", "RetentionPolicy", "RetentionReport",
