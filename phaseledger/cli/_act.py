@@ -51,9 +51,11 @@ def resume(
 
 
 def _unfinished(engine: Engine) -> list[str]:
-    """Unfinished runs that no other live process drives now."""
+    """Unfinished runs that are not damaged and that no other live process drives now."""
+    from phaseledger.domain.run import DAMAGED
+
     return [run.run_id for run in engine.runs()
-            if not run.finished and not (run.driving is not None and run.driving.live)]
+            if not run.finished and run.status != DAMAGED and not (run.driving is not None and run.driving.live)]
 
 
 async def _resume_many(session: Session, engine: Engine, run_ids: list[str], *, strict: bool,

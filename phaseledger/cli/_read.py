@@ -20,19 +20,20 @@ def runs(
     ctx: typer.Context,
     status: Annotated[Optional[str], typer.Option(
         "--status", help="Only runs with this status (running, waiting, sleeping, retrying, "
-                         "completed, failed, cancelled).", show_default=False)] = None,
+                         "completed, failed, cancelled, or damaged: a stored row cannot be read).",
+        show_default=False)] = None,
     workflow: Annotated[Optional[str], typer.Option(
         "--workflow", help="Only runs of this workflow.", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option(
         "--limit", min=1, help="Show at most this many runs (the latest).", show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the runs in the store, oldest first."""
-    from phaseledger.domain.run import STATUSES
+    """List the runs in the store, oldest first (damaged runs too, with status damaged)."""
+    from phaseledger.domain.run import DAMAGED, STATUSES
 
     session = session_of(ctx)
-    if status is not None and status not in STATUSES:
-        raise CommandError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
+    if status is not None and status not in (*STATUSES, DAMAGED):
+        raise CommandError(f"unknown status {status!r}: use one of {', '.join((*STATUSES, DAMAGED))}")
     with session.engine() as engine, session.console.status("reading runs…"):
         found = engine.runs(status=status, workflow=workflow)
     if limit is not None:
@@ -56,25 +57,45 @@ def show(
         help="Show the run as it stood after this many events (see `history` for the numbers).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a run: status, phase, state, output, recorded steps, model usage and last error."""
+    """Show a run: status, phase, state, output, recorded steps, model usage and last error.
+
+    A damaged run (a stored row of it cannot be read) is shown as such, with the reason,
+    and the command exits with status 1.
+    """
+    from phaseledger.domain.errors import CorruptEvent
+    from phaseledger.domain.run import DAMAGED
+    from phaseledger.engine.views import event_view
+
     session = session_of(ctx)
     with session.engine() as engine:
-        run = _run_at(engine, run_id, at)
-        events = [e for e in engine.history(run_id) if e.version <= run.version]
+        try:
+            run = _run_at(engine, run_id, at)
+        except CorruptEvent:
+            if at is not None:
+                raise
+            run = engine._view_or_damaged(run_id)
+        events = [event_view(e) for e in engine.store.events(run_id, lte=run.version)] if run.version else []
     if as_json:
         data = render.run_as_json(run)
         data["steps_recorded"] = [e.data for e in events if e.type == "StepRecorded"]
         render.print_json(data)
-        return
-    _print_run(session, run, events, at=at)
+    else:
+        _print_run(session, run, events, at=at)
+    if run.status == DAMAGED:
+        raise typer.Exit(1)
 
 
 def _run_at(engine: Engine, run_id: str, at: int | None) -> Run:
-    current = engine.get(run_id)
+    from phaseledger.domain.errors import CorruptEvent
+
     if at is None:
-        return current
-    if at > current.version:
-        raise CommandError(f"run {run_id!r} has {current.version} events; --at must be between 1 and that")
+        return engine.get(run_id)
+    try:
+        head = engine.get(run_id).version
+    except CorruptEvent as exc:  # a damaged run can be shown up to its unreadable row
+        head = exc.version - 1
+    if at > head:
+        raise CommandError(f"run {run_id!r} has {head} readable events; --at must be between 1 and that")
     return engine.state_at(run_id, at)
 
 

@@ -26,6 +26,7 @@ STATUS_STYLES = {
     "completed": "green",
     "failed": "red",
     "cancelled": "magenta",
+    "damaged": "bold red",
 }
 
 

@@ -16,7 +16,8 @@ Every error a user can hit derives from :class:`PhaseledgerError`. Definition er
     ├── StoreUnavailable             the store cannot be reached or opened
     ├── EncryptionSetupError         encryption or compression settings cannot be used
     ├── DecryptionFailed             no configured key opens a stored event
-    ├── InvalidInput                 a run input or signal payload fails validation
+    ├── CorruptEvent                 a stored event or snapshot of one run cannot be read
+    ├── InvalidInput                 a run input, signal payload, id or name fails validation
     ├── InvalidToken                 a resume token is forged, truncated or foreign
     ├── TokenKeyMissing              resume tokens need a signing key that is not configured
     ├── HistoryCompacted             the events asked for were removed by compaction
@@ -153,8 +154,31 @@ class DecryptionFailed(PhaseledgerError):
         self.what = what
 
 
+class CorruptEvent(PhaseledgerError):
+    """A stored event or snapshot of one run cannot be read: that run is damaged, no other.
+
+    Its data does not decode, it lacks a field its type needs, or its type is one this
+    release does not know. Loading, resuming or showing the run raises this; listings show
+    the run as ``damaged`` and workers skip it until the row reads again.
+    """
+
+    def __init__(self, run_id: str, version: int, reason: str, *, snapshot: bool = False) -> None:
+        what = "snapshot" if snapshot else "event"
+        before = (f" (`phaseledger show {run_id} --at {version - 1}` shows it as it stood before)"
+                  if version > 1 and not snapshot else "")
+        super().__init__(
+            f"run {run_id!r} is damaged: its {what} at version {version} cannot be read: {reason}. "
+            f"Other runs are not affected. Repair that row of the store or restore the run from a backup{before}; "
+            "once the row reads again the run resumes, and workers pick it up by themselves"
+        )
+        self.run_id = run_id
+        self.version = version
+        self.reason = reason
+        self.snapshot = snapshot
+
+
 class InvalidInput(PhaseledgerError, ValueError):
-    """A run input or a signal payload does not validate against its pydantic model."""
+    """A run input or signal payload does not validate, or an id or name is not acceptable."""
 
 
 class InvalidToken(PhaseledgerError):

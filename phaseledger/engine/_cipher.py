@@ -200,7 +200,7 @@ class TolerantZlibCompressor(ZlibCompressor):
         return zlib.decompress(data)
 
 
-class RunMapper(Mapper[str]):
+class CipherMapper(Mapper[str]):
     """eventsourcing's mapper with errors a user can act on when a stored state cannot be read.
 
     Writing is eventsourcing's own (transcode, compress, encrypt). Reading is too, and only
@@ -233,7 +233,7 @@ class RunMapper(Mapper[str]):
                               ).to_domain_event(stored)
             except MapperDeserialisationError:
                 pass
-        if self.cipher is None and not _looks_plain(state):
+        if self.cipher is None and state[:1] != b"{" and not _looks_zlib(state):  # not JSON, however damaged
             raise self._failed(stored, f"it is encrypted (or damaged) and no cipher key is configured: set "
                                f"${CIPHER_KEY_ENV_VAR} or pass cipher_key= with the store's key") from None
         raise exc
@@ -264,9 +264,10 @@ def _really_plain(state: bytes) -> bool:
     return True
 
 
-def make_mapper(transcoder: Any, keys: Sequence[str], compress: bool) -> RunMapper:
+def make_mapper(transcoder: Any, keys: Sequence[str], compress: bool,
+                mapper_class: type[CipherMapper] = CipherMapper) -> CipherMapper:
     """The mapper of a store with these settings (no cipher and no compressor when off)."""
-    return RunMapper(
+    return mapper_class(
         transcoder=transcoder,
         cipher=RotatingCipher(keys) if keys else None,
         compressor=TolerantZlibCompressor() if compress else None,

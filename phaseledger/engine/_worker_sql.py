@@ -5,7 +5,8 @@ the same file on SQLite):
 
 ``phaseledger_runindex``
     One row per run, derived from the notification log: its status and when it may next
-    be driven (``runnable_at``; NULL while only a new event can wake it). Rows are written
+    be driven (``runnable_at``; NULL while only a new event can wake it, and for a run
+    with status ``damaged``, a row of which cannot be read). Rows are written
     in the same transaction as the index's tracking position, so the table can always be
     rebuilt from the log and a crash never leaves it behind the position it claims.
 ``phaseledger_runindex_tracking`` (PostgreSQL) / ``tracking`` (SQLite)
@@ -76,6 +77,9 @@ PG_CREATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%(key)s))"
 # One indexer at a time; the others skip their pass (the index is shared).
 PG_TRY_INDEX_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext(%(key)s)) AS locked"
 
+# Writes of rows without a position (damaged runs, rechecked runs) wait for the pass in progress.
+PG_WAIT_INDEX_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%(key)s)), true AS locked"
+
 PG_UPSERT_ROW = """
     INSERT INTO {schema}.phaseledger_runindex AS i
         (run_id, workflow, workflow_version, workflow_key, status, runnable_at, version, updated_at)
@@ -84,7 +88,10 @@ PG_UPSERT_ROW = """
          %(runnable_at)s, %(version)s, %(updated_at)s)
     ON CONFLICT (run_id) DO UPDATE SET
         status = excluded.status, runnable_at = excluded.runnable_at,
-        version = excluded.version, updated_at = excluded.updated_at
+        version = excluded.version, updated_at = excluded.updated_at,
+        -- unknown ("?") in the row of a run found damaged before it was ever indexed
+        workflow = excluded.workflow, workflow_version = excluded.workflow_version,
+        workflow_key = excluded.workflow_key
     WHERE i.version <= excluded.version
 """
 
@@ -95,6 +102,8 @@ PG_SELECT_ROWS = """
     FROM {schema}.phaseledger_runindex
     ORDER BY run_id
 """
+
+PG_SELECT_DAMAGED = "SELECT run_id FROM {schema}.phaseledger_runindex WHERE status = %(status)s ORDER BY run_id"
 
 PG_SELECT_ROW = """
     SELECT run_id, workflow, workflow_version, status, runnable_at, version, updated_at
@@ -273,7 +282,10 @@ SQLITE_UPSERT_ROW = """
         (:run_id, :workflow, :workflow_version, :workflow_key, :status, :runnable_at, :version, :updated_at)
     ON CONFLICT (run_id) DO UPDATE SET
         status = excluded.status, runnable_at = excluded.runnable_at,
-        version = excluded.version, updated_at = excluded.updated_at
+        version = excluded.version, updated_at = excluded.updated_at,
+        -- unknown ("?") in the row of a run found damaged before it was ever indexed
+        workflow = excluded.workflow, workflow_version = excluded.workflow_version,
+        workflow_key = excluded.workflow_key
     WHERE phaseledger_runindex.version <= excluded.version
 """
 
@@ -283,6 +295,8 @@ SQLITE_SELECT_ROWS = """
     SELECT run_id, workflow, workflow_version, status, runnable_at, version, updated_at
     FROM phaseledger_runindex ORDER BY run_id
 """
+
+SQLITE_SELECT_DAMAGED = "SELECT run_id FROM phaseledger_runindex WHERE status = :status ORDER BY run_id"
 
 SQLITE_SELECT_ROW = """
     SELECT run_id, workflow, workflow_version, status, runnable_at, version, updated_at

@@ -17,12 +17,14 @@ from pydantic import BaseModel, ValidationError
 
 from phaseledger.domain.errors import (
     ConcurrencyConflict,
+    CorruptEvent,
     InvalidInput,
     LeaseLost,
     PhaseledgerError,
     RunExists,
     RunFinished,
 )
+from phaseledger.domain.ids import validate_id, validate_run_id
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import FAILED, RETRYING, RUNNING, SLEEPING, WAITING, WorkflowRun
 from phaseledger.domain.values import validate_payload
@@ -37,7 +39,7 @@ from phaseledger.engine.runindex import is_due
 from phaseledger.engine.store import Store
 from phaseledger.engine.timetravel import Checkpoint, Lineage, RunAt, TimeTravel
 from phaseledger.engine.tokens import looks_like_token, resolve_key
-from phaseledger.engine.views import RecordedEvent, Run, event_view, run_view
+from phaseledger.engine.views import RecordedEvent, Run, damaged_view, event_view, run_view
 
 if TYPE_CHECKING:
     from phaseledger.engine.worker import Worker
@@ -193,6 +195,8 @@ class Engine:
     async def _start(self, workflow: Workflow[Any], input: BaseModel | Mapping[str, Any] | None,
                      run_id: str | None, if_exists: IfExists) -> tuple[Run, bool]:
         """:meth:`start`; the flag says whether the run existed already."""
+        if run_id is not None:
+            validate_run_id(run_id)
         if if_exists not in ("raise", "return"):
             raise InvalidInput(f"if_exists must be 'raise' or 'return', got {if_exists!r}")
         if workflow.key not in self.registry.workflows:
@@ -235,7 +239,7 @@ class Engine:
         same workflow and input is returned when finished and resumed otherwise, so a
         script that runs ``engine.run(..., run_id="report-2026-12")`` can simply run again.
         """
-        run_id = run_id or str(uuid.uuid4())
+        run_id = validate_run_id(run_id) if run_id is not None else str(uuid.uuid4())
         await self._take(run_id, steal=False)
         try:
             view, existed = await self._start(workflow, input, run_id, if_exists)
@@ -264,6 +268,7 @@ class Engine:
         """
         if looks_like_token(run_id):
             run_id = await self._call_store(self.time_travel.run_id_of, run_id)
+        validate_run_id(run_id)
         if run_id in self.control.active:
             return await asyncio.shield(self.control.active[run_id])
         await self._take(run_id, steal=steal)
@@ -290,6 +295,7 @@ class Engine:
 
         Takes the run's lease like :meth:`resume` (:class:`RunBusy`, ``steal``).
         """
+        validate_run_id(run_id)
         if run_id in self.control.active:
             return await asyncio.shield(self.control.active[run_id])
         await self._take(run_id, steal=steal)
@@ -420,8 +426,13 @@ class Engine:
         The payload is validated against the workflow's declared model for ``name`` (an
         :class:`InvalidInput` appends nothing). ``signal_id`` makes sending idempotent: a
         signal id the run has already received is not appended again. Raises
-        :class:`RunFinished` for a completed, failed or cancelled run.
+        :class:`RunFinished` for a completed, failed or cancelled run. The run id, ``name``
+        and ``signal_id`` must pass :func:`~phaseledger.domain.ids.validate_id`.
         """
+        validate_run_id(run_id)
+        validate_id("signal name", name)
+        if signal_id is not None:
+            validate_id("signal id", signal_id)
         for attempt in range(_APPEND_ATTEMPTS):
             run = await self._call_store(self.store.load, run_id)
             if run.finished:
@@ -453,6 +464,7 @@ class Engine:
         by a worker in another process (whose next append conflicts with the cancel).
         Raises :class:`RunFinished` when the run has already finished.
         """
+        validate_run_id(run_id)
         for attempt in range(_APPEND_ATTEMPTS):
             run = await self._call_store(self.store.load, run_id)
             if run.finished:
@@ -494,8 +506,11 @@ class Engine:
     # -- queries -----------------------------------------------------------------------
 
     def get(self, run_id: str, *, version: int | None = None) -> Run:
-        """The run as it stands in the log (or as it stood at ``version``), with who drives it."""
-        view = self._view(self.store.load(run_id, version=version))
+        """The run as it stands in the log (or as it stood at ``version``), with who drives it.
+
+        Raises :class:`RunNotFound`, or :class:`CorruptEvent` for a damaged run.
+        """
+        view = self._view(self.store.load(validate_run_id(run_id), version=version))
         if version is None and not view.finished:
             view.driving = self._lease_book_now().get(run_id)
         return view
@@ -510,14 +525,18 @@ class Engine:
         return run_view(run, workflow.state_model if workflow else None)
 
     def history(self, run_id: str) -> list[RecordedEvent]:
-        """The run's events in order, as plain data."""
-        return [event_view(e) for e in self.store.events(run_id)]
+        """The run's events in order, as plain data (:class:`CorruptEvent` for a damaged run)."""
+        return [event_view(e) for e in self.store.events(validate_run_id(run_id))]
 
     def runs(self, *, status: str | None = None, workflow: str | None = None) -> list[Run]:
-        """Every run in the store (optionally only those with this status or workflow)."""
+        """Every run in the store (optionally only those with this status or workflow).
+
+        A damaged run (a stored row of it cannot be read) is listed with status ``damaged``
+        and the :class:`CorruptEvent` as its ``error``; the others are listed as usual.
+        """
         views = []
         for run_id in self.store.run_ids():
-            view = self._view(self.store.load(run_id))
+            view = self._view_or_damaged(run_id)
             if (status is None or view.status == status) and (workflow is None or view.workflow == workflow):
                 views.append(view)
         leases = self._lease_book_now().held() if any(not v.finished for v in views) else {}
@@ -544,19 +563,34 @@ class Engine:
         """:meth:`state_at` for code on an event loop."""
         return await self._call_store(self.state_at, run_id, version)
 
+    def _view_or_damaged(self, run_id: str) -> Run:
+        """The run's view; for a damaged run, the ``damaged`` view (see :func:`damaged_view`)."""
+        try:
+            return self._view(self.store.load(run_id))
+        except CorruptEvent as exc:
+            error = exc
+        before = None
+        if error.version > 1:
+            try:
+                before = self.store.load(run_id, version=error.version - 1)
+            except PhaseledgerError:
+                pass
+        workflow = self.registry.workflows.get((before.workflow, before.workflow_version)) if before else None
+        return damaged_view(error, before, workflow.state_model if workflow else None)
+
     # -- time travel (phaseledger.engine.timetravel, compare, retention) ----------------
 
     def checkpoints(self, run_id: str) -> list[Checkpoint]:
         """The run's checkpoints: every phase entry and every ``ctx.checkpoint``, in log order."""
-        return self.time_travel.checkpoints(run_id)
+        return self.time_travel.checkpoints(validate_run_id(run_id))
 
     def checkpoint(self, run_id: str, checkpoint_id: str | int) -> Checkpoint:
         """One checkpoint with its state, by id (``"v12"``), version (``12``) or label (the latest)."""
-        return self.time_travel.checkpoint(run_id, checkpoint_id)
+        return self.time_travel.checkpoint(validate_run_id(run_id), checkpoint_id)
 
     def state_at(self, run_id: str, version: int) -> RunAt:
         """The run (phase, state, journal, status, usage) as it stood right after event ``version``."""
-        return self.time_travel.state_at(run_id, version)
+        return self.time_travel.state_at(validate_run_id(run_id), version)
 
     def resume_token(self, run_id: str, at: int | str | None = None) -> str:
         """A signed, opaque token naming the run and a version of its log (its head by default).
@@ -564,7 +598,7 @@ class Engine:
         ``engine.resume(token)`` continues the run; ``engine.fork(token)`` branches at that
         version. Needs ``Engine(token_key=...)`` or ``$PHASELEDGER_TOKEN_KEY``.
         """
-        return self.time_travel.resume_token(run_id, at)
+        return self.time_travel.resume_token(validate_run_id(run_id), at)
 
     async def fork(
         self,
@@ -591,16 +625,16 @@ class Engine:
 
     def lineage(self, run_id: str) -> Lineage:
         """The runs this run was forked from (parent first) and the runs forked from it."""
-        return self.time_travel.lineage(run_id)
+        return self.time_travel.lineage(validate_run_id(run_id))
 
     def compare(self, run_a: str, run_b: str) -> RunComparison:
         """Where two runs of one workflow diverge: phase paths, steps, state, output, tokens, cost."""
-        return compare_runs(self, run_a, run_b)
+        return compare_runs(self, validate_run_id(run_a), validate_run_id(run_b))
 
     def compact(self, run_id: str, *, before: int | None = None) -> CompactionReport:
         """Remove a finished run's events before ``before`` (default: all but its first and last),
         keeping a snapshot there so the run still loads; see docs/time-travel.md for what is kept."""
-        return Retention(self).compact(run_id, before=before)
+        return Retention(self).compact(validate_run_id(run_id), before=before)
 
     def apply_retention(self, policy: RetentionPolicy, *, now: datetime | None = None) -> RetentionReport:
         """Compact or delete finished runs as ``policy`` says; unfinished runs are never touched."""

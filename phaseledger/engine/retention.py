@@ -23,7 +23,8 @@ sees only what was kept. Forks are separate copies, so compacting a parent never
 them. Unfinished runs are never compacted (:class:`~phaseledger.RunNotFinished`).
 
 A :class:`RetentionPolicy` applies the same per run, and may delete whole finished runs
-(all their events and snapshots). Runs with forks are compacted instead of deleted
+(all their events and snapshots). Damaged runs (a row of which cannot be read) are left
+alone and listed in the report. Runs with forks are compacted instead of deleted
 unless ``keep_forked=False``. On SQLite, a run that holds the store's newest row is
 compacted instead of deleted, because SQLite would hand that row's notification id to
 the next event and read models that tracked it would skip that event.
@@ -36,7 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from phaseledger.domain.errors import InvalidInput, PhaseledgerError, RunNotFinished, StoreUnavailable
+from phaseledger.domain.errors import (
+    CorruptEvent,
+    InvalidInput,
+    PhaseledgerError,
+    RunNotFinished,
+    StoreUnavailable,
+)
 from phaseledger.engine.timetravel import TimeTravel
 
 if TYPE_CHECKING:
@@ -72,6 +79,8 @@ class RetentionReport(BaseModel):
     """Ids of the runs deleted, events and snapshots alike."""
     unfinished: int = 0
     """Runs left alone because they are not finished."""
+    damaged: list[str] = Field(default_factory=list)
+    """Ids of the runs left alone because a stored row of theirs cannot be read."""
 
 
 class Retention:
@@ -199,7 +208,11 @@ class Retention:
             lineage = TimeTravel(self.engine)
             parents = {event.parent["run_id"] for event in lineage._started_events() if event.parent}
         for run_id in run_ids:
-            run = self.store.load(run_id)
+            try:
+                run = self.store.load(run_id)
+            except CorruptEvent:
+                report.damaged.append(run_id)
+                continue
             if not run.finished:
                 report.unfinished += 1
                 continue

@@ -15,6 +15,8 @@ table added. Statements are in :mod:`phaseledger.engine._worker_sql`.
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,12 +29,14 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
-from phaseledger.domain.errors import RunNotFound, StoreUnavailable
-from phaseledger.domain.run import FINISHED, RUNNING, WAITING, WorkflowRun
+from phaseledger.domain.errors import CorruptEvent, RunNotFound, StoreUnavailable
+from phaseledger.domain.run import DAMAGED, FINISHED, RUNNING, WAITING, WorkflowRun
 from phaseledger.engine import _worker_sql as q
 from phaseledger.engine.store import Store
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+log = logging.getLogger("phaseledger.worker")
 
 
 def _awaited_signal_arrived(run: WorkflowRun) -> bool:
@@ -89,6 +93,15 @@ class IndexRow:
             runnable_at=runnable_at(run), version=run.version, updated_at=run.modified_on,
         )
 
+    @classmethod
+    def damaged(cls, run_id: str, version: int, known: IndexRow | None) -> IndexRow:
+        """The row of a run that cannot be read: never runnable (``known``: its row before)."""
+        return cls(
+            run_id=run_id, workflow=known.workflow if known else "?",
+            workflow_version=known.workflow_version if known else 0, status=DAMAGED, runnable_at=None,
+            version=max(version, known.version if known else 0), updated_at=datetime.now(UTC),
+        )
+
     @property
     def workflow_key(self) -> str:
         """``name@version``: which registered workflow can drive the run."""
@@ -117,9 +130,18 @@ class RunIndex(TrackingRecorder):
     :meth:`catch_up` is safe to call from several processes at once: each pass writes its
     rows and its tracking position in one transaction, and a pass that finds the position
     moved on (another indexer got there first) writes nothing.
+
+    A run a row of which cannot be read (:class:`~phaseledger.CorruptEvent`) gets a
+    ``damaged`` row that is never runnable, so workers pass it by. Damaged runs are read
+    again by :meth:`recheck_damaged`, which :meth:`catch_up_fully` calls on its first pass
+    and then every :attr:`damaged_recheck_seconds`: a run whose row was repaired becomes
+    runnable again without anything more to do.
     """
 
     store: Store
+    damaged_recheck_seconds: float = 30.0
+    """How often :meth:`catch_up_fully` reads the damaged runs again."""
+    _damaged_checked_at: float | None = None
 
     def catch_up(self, *, batch: int = 500) -> int:
         """Index the notifications after the tracking position; return how many were read.
@@ -135,13 +157,15 @@ class RunIndex(TrackingRecorder):
             raise StoreUnavailable(f"store {self.store.url.redacted} failed to read its log: {exc}") from exc
         if not notifications:
             return 0
-        run_ids = list(dict.fromkeys(str(n.originator_id) for n in notifications))
         rows, gone = [], []
-        for run_id in run_ids:
+        for run_id, version in self.store.runs_in(notifications).items():
             try:
                 rows.append(IndexRow.of(self.store.load(run_id)))
             except RunNotFound:  # deleted since (retention): its row goes too
                 gone.append(run_id)
+            except CorruptEvent as exc:
+                log.error("run index: %s", exc)
+                rows.append(IndexRow.damaged(run_id, version, self.get(run_id)))
         try:
             self._write(rows, gone, Tracking(q.TRACKING_NAME, notifications[-1].id))
         except IntegrityError:
@@ -149,11 +173,46 @@ class RunIndex(TrackingRecorder):
         return len(notifications)
 
     def catch_up_fully(self, *, batch: int = 500) -> int:
-        """Index the whole log after the tracking position; return how many were read."""
+        """Index the whole log after the tracking position; return how many were read.
+
+        Damaged runs are read again on the first call and every :attr:`damaged_recheck_seconds`.
+        """
         total = 0
         while (read := self.catch_up(batch=batch)) >= batch:
             total += read
+        now = time.monotonic()
+        checked = self._damaged_checked_at
+        if checked is None or now - checked >= self.damaged_recheck_seconds:
+            self._damaged_checked_at = now
+            self.recheck_damaged()
         return total + read
+
+    def recheck_damaged(self) -> list[str]:
+        """Read every damaged run again; index those that read now. Returns their ids."""
+        rows, gone = [], []
+        for run_id in self.damaged_runs():
+            try:
+                rows.append(IndexRow.of(self.store.load(run_id)))
+            except RunNotFound:
+                gone.append(run_id)
+            except CorruptEvent:
+                continue
+        if rows or gone:
+            try:
+                self._write(rows, gone, None)
+            except IntegrityError:  # pragma: no cover - rows without a position wait for the lock
+                return []
+            for row in rows:
+                log.info("run index: run %s reads again and is indexed as %s", row.run_id, row.status)
+        return [row.run_id for row in rows]
+
+    def mark_damaged(self, run_id: str) -> None:
+        """Record that a run cannot be read (a worker found it so): it is no longer runnable."""
+        known = self.get(run_id)
+        try:
+            self._write([IndexRow.damaged(run_id, known.version if known else 0, known)], [], None)
+        except IntegrityError:  # pragma: no cover - rows without a position wait for the lock
+            pass
 
     def position(self) -> int:
         """The notification id the index has reached (0 before the first pass)."""
@@ -169,9 +228,9 @@ class RunIndex(TrackingRecorder):
         return self.catch_up_fully()
 
     @abstractmethod
-    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking) -> None:
-        """Upsert ``rows``, delete the rows of ``gone`` runs and record ``tracking`` in one
-        transaction (IntegrityError, and nothing written, if the position moved past it)."""
+    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking | None) -> None:
+        """Upsert ``rows``, delete the rows of ``gone`` runs and record ``tracking`` (if any) in
+        one transaction (IntegrityError, and nothing written, if the position moved past it)."""
 
     @abstractmethod
     def _reset(self) -> None:
@@ -184,6 +243,10 @@ class RunIndex(TrackingRecorder):
     @abstractmethod
     def get(self, run_id: str) -> IndexRow | None:
         """The row of one run (None when the index has not seen it)."""
+
+    @abstractmethod
+    def damaged_runs(self) -> list[str]:
+        """The ids of the runs indexed as damaged."""
 
     @abstractmethod
     def next_wake(self, keys: Iterable[str]) -> datetime | None:
@@ -202,16 +265,18 @@ class MemoryRunIndex(POPOTrackingRecorder, RunIndex):
         self.store = store
         self._rows: dict[str, IndexRow] = {}
 
-    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking) -> None:
+    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking | None) -> None:
         with self._database_lock:
-            self._assert_tracking_uniqueness(tracking)
+            if tracking is not None:
+                self._assert_tracking_uniqueness(tracking)
             for row in rows:
                 old = self._rows.get(row.run_id)
                 if old is None or old.version <= row.version:
                     self._rows[row.run_id] = row
             for run_id in gone:
                 self._rows.pop(run_id, None)
-            self._insert_tracking(tracking)
+            if tracking is not None:
+                self._insert_tracking(tracking)
 
     def _reset(self) -> None:
         with self._database_lock:
@@ -225,6 +290,10 @@ class MemoryRunIndex(POPOTrackingRecorder, RunIndex):
     def get(self, run_id: str) -> IndexRow | None:
         with self._database_lock:
             return self._rows.get(run_id)
+
+    def damaged_runs(self) -> list[str]:
+        with self._database_lock:
+            return sorted(r.run_id for r in self._rows.values() if r.status == DAMAGED)
 
     def next_wake(self, keys: Iterable[str]) -> datetime | None:
         wanted = set(keys)
@@ -276,13 +345,14 @@ class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
             version=r[5], updated_at=_dt(r[6]) or _EPOCH,
         )
 
-    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking) -> None:
+    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking | None) -> None:
         with self.datastore.transaction(commit=True) as c:
             for row in rows:
                 c.execute(q.SQLITE_UPSERT_ROW, self._params(row))
             for run_id in gone:
                 c.execute(q.SQLITE_DELETE_ROW, {"run_id": run_id})
-            self._insert_tracking(c, tracking)
+            if tracking is not None:
+                self._insert_tracking(c, tracking)
 
     def _reset(self) -> None:
         with self.datastore.transaction(commit=True) as c:
@@ -299,6 +369,11 @@ class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
             c.execute(q.SQLITE_SELECT_ROW, {"run_id": run_id})
             found = c.fetchone()
         return self._row(found) if found else None
+
+    def damaged_runs(self) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(q.SQLITE_SELECT_DAMAGED, {"status": DAMAGED})
+            return [r[0] for r in c.fetchall()]
 
     def next_wake(self, keys: Iterable[str]) -> datetime | None:
         keys = list(keys)
@@ -348,9 +423,9 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
         curs.execute(q.PG_CREATE_LOCK, {"key": self.lock_key + ":create"})
         super()._create_table(curs)
 
-    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking) -> None:
+    def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking | None) -> None:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(q.PG_TRY_INDEX_LOCK, {"key": self.lock_key})
+            curs.execute(q.PG_TRY_INDEX_LOCK if tracking is not None else q.PG_WAIT_INDEX_LOCK, {"key": self.lock_key})
             locked = curs.fetchone()
             if not (locked and locked["locked"]):
                 raise IntegrityError("another worker is indexing the log now")
@@ -363,7 +438,8 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
             ])
             if gone:
                 curs.execute(self.sql(q.PG_DELETE_ROWS), {"run_ids": list(gone)})
-            self._insert_tracking(curs, tracking)
+            if tracking is not None:
+                self._insert_tracking(curs, tracking)
 
     def _reset(self) -> None:
         with self.datastore.transaction(commit=True) as curs:
@@ -388,6 +464,11 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
             curs.execute(self.sql(q.PG_SELECT_ROW), {"run_id": run_id})
             found = curs.fetchone()
         return self._row(found) if found else None
+
+    def damaged_runs(self) -> list[str]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.sql(q.PG_SELECT_DAMAGED), {"status": DAMAGED})
+            return [r["run_id"] for r in curs.fetchall()]
 
     def next_wake(self, keys: Iterable[str]) -> datetime | None:
         with self.datastore.transaction(commit=False) as curs:

@@ -8,10 +8,12 @@ sqlite and postgres persistence modules. Tables are created on first use.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -20,7 +22,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Mapper, PersistenceError, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic
 
-from phaseledger.domain.errors import ConcurrencyConflict, PhaseledgerError, RunNotFound, StoreUnavailable
+from phaseledger.domain.errors import ConcurrencyConflict, CorruptEvent, PhaseledgerError, RunNotFound, StoreUnavailable
 from phaseledger.domain.run import WorkflowRun, project_run
 from phaseledger.engine._cipher import (
     CIPHER_KEY_ENV_VAR,
@@ -33,9 +35,20 @@ from phaseledger.engine._cipher import (
     resolve_compress,
 )
 from phaseledger.engine._codec import FastJSONTranscoder
+from phaseledger.engine._mapper import RunMapper, SkippingMapper, Unreadable
+
+log = logging.getLogger("phaseledger.store")
 
 DEFAULT_STORE = "sqlite:///phaseledger.db"
 STORE_ENV_VAR = "PHASELEDGER_STORE"
+
+RUN_TOPICS: frozenset[str] = frozenset(
+    get_topic(cls) for cls in vars(WorkflowRun).values()
+    if isinstance(cls, type) and issubclass(cls, WorkflowRun.Event) and cls is not WorkflowRun.Event
+)
+"""The topics of run events. Only runs are runs: a row of the log belongs to a run when its
+topic is one of these, and every reader of the whole log (run ids, the run index, the
+reports) keeps to them, so the store's other streams (its identity) are never taken for runs."""
 
 
 @dataclass(frozen=True)
@@ -131,14 +144,15 @@ class RunApplication(Application[str]):
         return transcoder
 
     def construct_mapper(self) -> Mapper[str]:
-        """The mapper, with the cipher and compressor of the store's settings (none when off).
+        """The mapper: the cipher and compressor of the store's settings (none when off), and
+        :class:`CorruptEvent` for a row it cannot read (see :mod:`._mapper`).
 
         The settings are read under their exact names: eventsourcing's own ``CIPHER_KEY``,
         ``CIPHER_TOPIC`` and ``COMPRESSOR_TOPIC`` are not used.
         """
         keys = parse_cipher_keys(dict.get(self.env, CIPHER_KEY_ENV_VAR), source=f"${CIPHER_KEY_ENV_VAR}")
         compress = parse_compress(dict.get(self.env, COMPRESS_ENV_VAR))
-        return make_mapper(self.construct_transcoder(), keys, compress)
+        return make_mapper(self.construct_transcoder(), keys, compress, mapper_class=RunMapper)
 
 
 NOT_WANTED = object()
@@ -234,20 +248,72 @@ class Store:
         self.app.close()
 
     def exists(self, run_id: str) -> bool:
-        """Whether a run with this id has been started."""
+        """Whether a run with this id has been started (its first row is read, not decoded)."""
         try:
-            return bool(list(self.app.events.get(run_id, lte=1)))
+            first = self.app.recorder.select_events(run_id, lte=1)
         except PersistenceError as exc:
             raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+        return bool(first) and self.is_run_topic(first[0].topic)
+
+    def is_run_topic(self, topic: str) -> bool:
+        """Whether a row of the log with this topic belongs to a run (see :data:`RUN_TOPICS`)."""
+        return topic in RUN_TOPICS
+
+    def runs_in(self, notifications: Iterable[StoredEvent]) -> dict[str, int]:
+        """The runs these rows of the log belong to, each with its highest version among them.
+
+        Rows of the store's other streams are left out.
+        """
+        runs: dict[str, int] = {}
+        for row in notifications:
+            if row.topic in RUN_TOPICS:
+                run_id = str(row.originator_id)
+                runs[run_id] = max(runs.get(run_id, 0), row.originator_version)
+        return runs
+
+    def read_notification(self, notification: StoredEvent) -> WorkflowRun.Event | Unreadable:
+        """The event a row of the log holds, or :class:`Unreadable` (and a warning) when it cannot
+        be read: for followers of the whole log, which pass a damaged run's row and go on."""
+        return self._skipping_mapper.to_domain_event(notification)  # type: ignore[no-any-return]
+
+    @cached_property
+    def _skipping_mapper(self) -> SkippingMapper:
+        return SkippingMapper(self.app.mapper)
 
     def load(self, run_id: str, version: int | None = None) -> WorkflowRun:
-        """The run folded from its latest snapshot and the events after it (or at ``version``)."""
+        """The run folded from its latest snapshot and the events after it (or at ``version``).
+
+        Raises :class:`RunNotFound`, or :class:`CorruptEvent` when a row the run needs cannot
+        be read. A snapshot that cannot be read is passed over: the run is folded from its
+        events alone (they are all there unless the run was compacted).
+        """
         try:
-            return self.app.repository.get(run_id, version=version, projector_func=project_run)
+            run = self.app.repository.get(run_id, version=version, projector_func=project_run)
         except AggregateNotFoundError:
             raise RunNotFound(run_id) from None
         except PersistenceError as exc:
             raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+        except CorruptEvent as exc:
+            if self.app.snapshots is None:
+                raise
+            run = self._fold_events(run_id, version, exc)
+        if not isinstance(run, WorkflowRun):  # another stream of the store, not a run
+            raise RunNotFound(run_id)
+        return run
+
+    def _fold_events(self, run_id: str, version: int | None, unreadable: CorruptEvent) -> WorkflowRun:
+        """The run folded from its events alone, after ``unreadable`` was met with a snapshot."""
+        try:
+            events = list(self.app.events.get(run_id, lte=version))  # an unreadable event raises here
+        except PersistenceError as exc:
+            raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+        if not events or [e.originator_version for e in events] != list(range(1, len(events) + 1)):
+            # Compacted: the snapshot stands for removed events, so the run needs it.
+            raise CorruptEvent(run_id, unreadable.version, unreadable.reason, snapshot=True) from unreadable
+        run = project_run(None, events)
+        log.warning("run %r: a snapshot cannot be read (%s); folded the run from its events instead",
+                    run_id, unreadable.reason)
+        return run  # type: ignore[return-value]
 
     def save(self, run: WorkflowRun) -> int:
         """Append the run's pending events (see :meth:`save_events`)."""
@@ -369,7 +435,8 @@ class Store:
     def events(self, run_id: str, *, gt: int | None = None, lte: int | None = None) -> list[WorkflowRun.Event]:
         """The run's events in order (all of them, or those after ``gt`` up to ``lte``).
 
-        Raises :class:`RunNotFound` for an unknown run (when ``gt`` is not given).
+        Raises :class:`RunNotFound` for an unknown run (when ``gt`` is not given), and
+        :class:`CorruptEvent` when one of them cannot be read.
         """
         try:
             events = list(self.app.events.get(run_id, gt=gt, lte=lte))

@@ -40,6 +40,7 @@ from phaseledger.domain.errors import (
     RunExists,
     RunNotFound,
 )
+from phaseledger.domain.ids import MAX_ID_LENGTH, validate_run_id
 from phaseledger.domain.run import COMPLETED, FAILED, WorkflowRun
 from phaseledger.domain.values import copy_json, encode_value
 from phaseledger.engine.tokens import TokenClaims, looks_like_token, make_token, read_token, store_identity
@@ -334,13 +335,15 @@ class TimeTravel:
         See :meth:`phaseledger.Engine.fork`.
         """
         engine = self.engine
+        if new_run_id is not None:
+            validate_run_id(new_run_id, "new run id")
         if looks_like_token(source):
             claims = await engine._call_store(self.read_token, source)
             if at is not None:
                 raise InvalidInput("give the fork point either in the token or as at=, not both")
             source_id, version = claims.run_id, claims.version
         else:
-            source_id = source
+            source_id = validate_run_id(source)
             head = await engine._call_store(self.store.load, source_id)
             version = head.version if at is None else await engine._call_store(
                 self._resolve_at, source_id, at, head.version
@@ -384,7 +387,8 @@ class TimeTravel:
             data, _ = encode_value(dict(overrides), "the fork's overrides")
             merged.update(data)
 
-        new_id = new_run_id or f"{source_id}-fork-{uuid.uuid4().hex[:8]}"
+        suffix = f"-fork-{uuid.uuid4().hex[:8]}"
+        new_id = new_run_id or source_id[:MAX_ID_LENGTH - len(suffix)] + suffix
         parent = {"run_id": source_id, "version": version, "forked_on": datetime.now(UTC).isoformat(),
                   "overrides": merged}
         fields = _fields(started)
@@ -435,7 +439,9 @@ class TimeTravel:
             if not batch:
                 return
             for notification in batch:
-                event = self.store.app.mapper.to_domain_event(notification)
+                event = self.store.read_notification(notification)
+                if not isinstance(event, WorkflowRun.RunStarted):
+                    continue  # unreadable: a damaged run (logged), whose lineage is unknown
                 # memory:// keeps deleted runs in its notification list (positions are ids)
                 if not self.store.is_memory or self.store.exists(event.originator_id):
                     yield event

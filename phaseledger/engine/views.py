@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.errors import CorruptEvent
+from phaseledger.domain.run import DAMAGED, WorkflowRun
 from phaseledger.domain.values import decode_value, json_size
 from phaseledger.engine.ownership import Driving
 
@@ -46,7 +47,8 @@ class Run(BaseModel):
     workflow: str
     workflow_version: int
     status: str
-    """running, waiting, sleeping, retrying, completed, failed or cancelled."""
+    """running, waiting, sleeping, retrying, completed, failed or cancelled; ``damaged`` in
+    listings for a run a stored row of which cannot be read (``error`` says which and why)."""
     phase: str | None
     state: Any
     """The pydantic state (as of the last phase entry, or the final state)."""
@@ -135,6 +137,20 @@ class RecordedEvent(BaseModel):
 
 
 _BASE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
+
+
+def damaged_view(error: CorruptEvent, before: WorkflowRun | None, state_model: type[BaseModel] | None) -> Run:
+    """The :class:`Run` view of a damaged run: status ``damaged``, the :class:`CorruptEvent` as
+    its error, and what is known from ``before`` (the run just before the unreadable row)."""
+    described = {"type": type(error).__name__, "message": str(error), "version": error.version,
+                 "reason": error.reason, "phaseledger": True}
+    if before is not None:
+        return run_view(before, state_model).model_copy(
+            update={"status": DAMAGED, "error": described, "suspended": None, "finished_on": None}
+        )
+    unknown = datetime(1970, 1, 1, tzinfo=UTC)
+    return Run(run_id=error.run_id, workflow="?", workflow_version=0, status=DAMAGED, phase=None, state=None,
+               error=described, version=0, created_on=unknown, updated_on=unknown)
 
 
 def event_view(event: WorkflowRun.Event) -> RecordedEvent:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from phaseledger.domain.errors import (
     ConcurrencyConflict,
+    CorruptEvent,
     LeaseLost,
     PhaseledgerError,
     RunBusy,
@@ -74,6 +75,9 @@ class WorkerStats:
     """Claims another writer got to first (lease taken over, or a race on the log): nothing appended."""
     errors: int = 0
     """Drives that raised (logged); the run is held back for ``error_backoff`` seconds."""
+    damaged: int = 0
+    """Claimed runs found damaged (a stored row cannot be read): indexed as such and skipped
+    until the row reads again (see :meth:`RunIndex.recheck_damaged`)."""
     indexed: int = 0
     """Notifications of the log this worker indexed."""
     notified: int = 0
@@ -351,6 +355,14 @@ class Worker:
             log.info("worker %s: %s", self.id, exc)
         except RunFinished:  # the index had not seen the end of the run yet
             fence += 1
+        except CorruptEvent as exc:  # not runnable until repaired: the index says so from now on
+            self.stats.damaged += 1
+            hold = self.error_backoff
+            log.error("worker %s skips run %s: %s", self.id, run_id, exc)
+            try:
+                await self._call(self._index.mark_damaged, run_id)  # type: ignore[union-attr]
+            except Exception as err:  # noqa: BLE001 - the hold keeps the run back meanwhile
+                log.warning("worker %s could not index run %s as damaged: %s", self.id, run_id, err)
         except asyncio.CancelledError:
             self.stats.released += 1
             raise

@@ -8,7 +8,9 @@ SQLite has no subscriptions: the follower catches up in a loop, polling the log.
 
 A follower survives errors: it logs them, keeps the last one in :attr:`Follower.error`,
 waits and starts again from the position recorded in the view (also after a rebuild
-made by another process).
+made by another process). A row of the log that cannot be read is not an error: it
+reaches the projection as a placeholder (logged) and its position is recorded, so the
+follower goes on past a damaged run.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from eventsourcing.persistence import Mapper
 from eventsourcing.projection import BaseProjectionRunner, ProjectionRunner
 
+from phaseledger.engine._mapper import SkippingMapper
 from phaseledger.engine.store import RunApplication
 from phaseledger.projections.errors import ProjectionReset
 from phaseledger.projections.projection import TOPICS, ReportProjection
@@ -123,6 +127,29 @@ class RunnerFollower(Follower):
                 view.datastore.close()
 
 
+class _SkippingRunApplication(RunApplication):
+    """The runner's own application: a row it cannot read reaches the projection as a
+    placeholder (logged and passed over) instead of stopping the runner at that row."""
+
+    name = RunApplication.name  # eventsourcing names a subclass after itself otherwise
+
+    def construct_mapper(self) -> Mapper[str]:
+        return SkippingMapper(super().construct_mapper())
+
+
+class _SkippingLog:
+    """What a runner's subscription reads of an application: its name, its log and a
+    :class:`SkippingMapper` over its mapper (closing it closes nothing)."""
+
+    def __init__(self, app: RunApplication) -> None:
+        self.name = app.name
+        self.recorder = app.recorder
+        self.mapper = SkippingMapper(app.mapper)
+
+    def close(self) -> None:
+        """The application belongs to the engine: leave it open."""
+
+
 def postgres_runner(reports: Reports) -> ProjectionRunner[Any, Any]:
     """eventsourcing's ProjectionRunner with its own application and view on the store's database."""
     env = dict(reports.store.url.env)
@@ -130,7 +157,8 @@ def postgres_runner(reports: Reports) -> ProjectionRunner[Any, Any]:
     env.update({"ORIGINATOR_ID_TYPE": "text", "POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": "4",
                 "CREATE_TABLE": "y"})
     return ProjectionRunner(
-        application_class=RunApplication, projection_class=ReportProjection, view_class=PostgresReportView, env=env,
+        application_class=_SkippingRunApplication, projection_class=ReportProjection, view_class=PostgresReportView,
+        env=env,
     )
 
 
@@ -138,14 +166,14 @@ def memory_runner(reports: Reports) -> BaseProjectionRunner[Any]:
     """A projection runner over the engine's in-process application and the reports' own view.
 
     A memory store exists only in its application object, so the runner must subscribe to
-    that object rather than build a new (empty) application from a class. (When the runner
-    exits it calls ``close()`` on it, which for an in-memory application releases nothing.)
+    that object rather than build a new (empty) application from a class: it reads that
+    object's log through a :class:`_SkippingLog`.
     """
-    app = reports.store.app
+    source = _SkippingLog(reports.store.app)
 
     class _EngineApplication(RunApplication):
         def __new__(cls, env: Any = None) -> Any:  # the runner "constructs" the existing app
-            return app
+            return source
 
     return BaseProjectionRunner(
         projection=ReportProjection(reports.view), application_class=_EngineApplication,

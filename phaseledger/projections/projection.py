@@ -14,20 +14,13 @@ from typing import Any
 from eventsourcing.application import Application
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
-from eventsourcing.utils import get_topic
 
-from phaseledger.domain.run import WorkflowRun
+from phaseledger.engine.store import RUN_TOPICS
 from phaseledger.projections.errors import AlreadyApplied
 from phaseledger.projections.schema import PROJECTION_NAME
 from phaseledger.projections.view import ReportView
 
-TOPICS: tuple[str, ...] = tuple(
-    sorted(
-        get_topic(cls)
-        for cls in vars(WorkflowRun).values()
-        if isinstance(cls, type) and issubclass(cls, WorkflowRun.Event) and cls is not WorkflowRun.Event
-    )
-)
+TOPICS: tuple[str, ...] = tuple(sorted(RUN_TOPICS))
 """Topics of every run event class: the projection reads only these from the log."""
 
 
@@ -36,7 +29,9 @@ class ReportProjection(Projection[Any]):
 
     A processor reads the view's generation when it starts; if the view is rebuilt under it,
     its next transaction raises :class:`~phaseledger.projections.ProjectionReset` and writes
-    nothing. An event another processor has applied already is skipped.
+    nothing. An event another processor has applied already is skipped, and so is a row
+    that cannot be read (it arrives as an :class:`~phaseledger.engine._mapper.Unreadable`,
+    already logged): its position is recorded and the events after it are applied.
     """
 
     name = PROJECTION_NAME

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any, Self
 
-from phaseledger.domain.errors import DecryptionFailed
 from phaseledger.engine.store import Store
 from phaseledger.projections.errors import AlreadyApplied, ProjectionError, ProjectionOutdated, ProjectionReset
 from phaseledger.projections.follow import Follower, PollingFollower, RunnerFollower, memory_runner, postgres_runner
@@ -67,6 +66,7 @@ class Reports:
         transaction together with its position, so memory stays constant and a crash loses
         nothing and applies nothing twice. ``max_events`` stops early (after whole pages).
         Safe to run from several processes at once: each event is applied by one of them.
+        A row that cannot be read (of a damaged run) is logged and passed over.
         """
         size = page_size or self.page_size
         total = self.lag() if progress is not None else 0
@@ -81,7 +81,8 @@ class Reports:
             page = read_log(self.store.app, state.position, limit)
             if not page:
                 break
-            items = [(self._decode(n), n.id) for n in page]
+            # An unreadable row becomes a placeholder the fold ignores: its position still counts.
+            items = [(self.store.read_notification(n), n.id) for n in page]
             try:
                 self.view.apply(items, application_name=self.application_name, generation=state.generation)
             except (AlreadyApplied, ProjectionReset):
@@ -91,17 +92,6 @@ class Reports:
                 total = max(total, applied)
                 progress(applied, total)
         return applied
-
-    def _decode(self, notification: Any) -> Any:
-        try:
-            return self.store.app.mapper.to_domain_event(notification)
-        except DecryptionFailed:
-            raise  # says which key is missing; the tables are unchanged from this event on
-        except Exception as exc:  # a topic that no longer resolves, a corrupt state, ...
-            raise ProjectionError(
-                f"cannot read notification {notification.id} ({notification.topic}) of run "
-                f"{notification.originator_id}: {exc}; the report tables are unchanged from this event on"
-            ) from exc
 
     def follow(self, interval: float = 0.2) -> Follower:
         """Keep the tables up to date in a background thread until :meth:`stop` (or :meth:`close`).

@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from phaseledger import (
     Context,
     DecryptionFailed,
-    Engine,
     EncryptionSetupError,
+    Engine,
     PhaseledgerError,
     Store,
     Workflow,

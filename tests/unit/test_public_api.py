@@ -10,7 +10,7 @@ import phaseledger.testing
 
 PUBLIC = {
     "AgentNotDurable", "AgentRunFailed", "Checkpoint", "CheckpointNotFound", "CircuitBreaker", "CircuitOpen",
-    "CompactionReport", "ConcurrencyConflict", "Context", "DeadlineExceeded", "DecryptionFailed", "Difference",
+    "CompactionReport", "ConcurrencyConflict", "Context", "CorruptEvent", "DeadlineExceeded", "DecryptionFailed", "Difference",
     "Divergence", "Driving", "DurableAgent", "DurableAgentResult", "EncryptionSetupError", "Engine", "ForkInfo",
     "ForkPoint", "HistoryCompacted", "InvalidInput", "InvalidToken", "InvalidTransition", "JournalEntry", "LeaseLost",
     "Lineage", "NO_RETRY", "NonDeterminismError", "Phase", "PhaseledgerDurability", "PhaseledgerError",

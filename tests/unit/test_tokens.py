@@ -155,5 +155,6 @@ async def test_the_store_identity_is_not_a_run() -> None:
     engine = Engine("memory://", workflows=[wf], token_key=KEY)
     await waiting_run(engine, wf)
     engine.resume_token("r")
-    assert engine.store.exists(STORE_IDENTITY_ID)
+    assert engine.store.app.recorder.select_events(STORE_IDENTITY_ID)  # the stream is there,
+    assert not engine.store.exists(STORE_IDENTITY_ID)  # but it is not a run
     assert [r.run_id for r in engine.runs()] == ["r"]
