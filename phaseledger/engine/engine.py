@@ -23,6 +23,7 @@ from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import FAILED, RETRYING, RUNNING, SLEEPING, WAITING, WorkflowRun
 from phaseledger.domain.values import validate_payload
 from phaseledger.domain.workflow import Workflow, WorkflowRegistry
+from phaseledger.engine._faults import Outage
 from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.compare import RunComparison, compare_runs
 from phaseledger.engine.driver import Cancelled, RunDriver
@@ -47,7 +48,9 @@ class Engine:
 
     ``store`` is a URL (``memory://``, ``sqlite:///path.db``, ``postgresql://...``; default
     ``$PHASELEDGER_STORE``, then ``sqlite:///phaseledger.db``) or a :class:`Store` to share.
-    Many runs can progress concurrently on one asyncio loop.
+    Many runs can progress concurrently on one asyncio loop. While the store is unavailable
+    a run's commit is retried with backoff for ``append_retry_seconds`` before the run gives
+    up with :class:`StoreUnavailable` (resumable).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class Engine:
         on_checkpoint: CheckpointCallback | None = None,
         on_resume: ResumeCallback | None = None,
         token_key: str | bytes | None = None,
+        append_retry_seconds: float = 30.0,
     ) -> None:
         if checkpoint_every_n_steps < 1:
             raise PhaseledgerError("checkpoint_every_n_steps must be >= 1")
@@ -90,6 +94,10 @@ class Engine:
         """Testing hook: called with the run after each event a driver records."""
         self._append_hooks: list[Callable[[], None]] = []
         """Called on the loop after start, signal and cancel append (workers of this engine wake up)."""
+        self.append_retry_seconds = float(append_retry_seconds)
+        """How long a driver keeps trying to commit while the store is unavailable (see :mod:`.driver`)."""
+        self.outage = Outage(logging.getLogger("phaseledger.store"), "engine")
+        """Whether this engine's store is out, as its drivers and worker see it; logs outages once."""
 
     # -- plumbing ----------------------------------------------------------------------
 
