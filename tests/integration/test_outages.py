@@ -4,7 +4,7 @@ These tests run a private PostgreSQL cluster of their own (:mod:`tests.pgcluster
 they stop, restart and cut off while work is in flight; the shared test server is never
 touched. The fleet test drives ``worker_fleet.fleet`` runs (three steps, a durable sleep,
 a wait for a ``go`` signal, one more step) with two ``phaseledger worker`` processes
-through ten disruptions, then checks from the log and a side-effect file written outside
+through twelve disruptions, then checks from the log and a side-effect file written outside
 the store that every run completed, that no worker exited, and that no step ran again
 after the execution that was recorded (a step in flight may run again: at least once).
 """
