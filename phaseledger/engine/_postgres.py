@@ -43,7 +43,6 @@ from eventsourcing.utils import Environment
 from eventsourcing.utils import retry
 from psycopg import sql
 from psycopg_pool import PoolTimeout
-from psycopg_pool.base import AttemptWithBackoff
 
 
 STORE_VERSION = "phaseledger store 1"
@@ -58,14 +57,19 @@ RECONNECT_DELAYS = (0.1, 1.0)
 """A pool's first and longest waits between attempts to reconnect to a server that went away."""
 
 
-class _ReconnectBackoff(AttemptWithBackoff):
-    """psycopg_pool's reconnection schedule (1, 2, 4... s, for minutes), started and capped lower."""
+try:  # private to psycopg_pool: without it, reconnections keep psycopg_pool's own schedule
+    from psycopg_pool.base import AttemptWithBackoff
+except ImportError:  # pragma: no cover
+    _ReconnectBackoff: Any = None
+else:
+    class _ReconnectBackoff(AttemptWithBackoff):  # type: ignore[no-redef]
+        """psycopg_pool's reconnection schedule (1, 2, 4... s, for minutes), started and capped lower."""
 
-    INITIAL_DELAY = RECONNECT_DELAYS[0]
+        INITIAL_DELAY = RECONNECT_DELAYS[0]
 
-    def update_delay(self, now: float) -> None:
-        super().update_delay(now)
-        self.delay = min(self.delay, RECONNECT_DELAYS[1])
+        def update_delay(self, now: float) -> None:
+            super().update_delay(now)
+            self.delay = min(self.delay, RECONNECT_DELAYS[1])
 
 
 class LifoConnectionPool(ConnectionPool):  # type: ignore[type-arg]
@@ -116,8 +120,10 @@ class LifoConnectionPool(ConnectionPool):  # type: ignore[type-arg]
         self.unreachable_since = None
         return conn
 
-    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
-        super()._add_connection(attempt or _ReconnectBackoff(timeout=self.reconnect_timeout), growing)
+    def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+        if attempt is None and _ReconnectBackoff is not None:
+            attempt = _ReconnectBackoff(timeout=self.reconnect_timeout)
+        super()._add_connection(attempt, growing)
 
 
 def use_lifo_pool(datastore: PostgresDatastore) -> None:
