@@ -127,7 +127,24 @@ class ConcurrencyConflict(PhaseledgerError):
 
 
 class StoreUnavailable(PhaseledgerError):
-    """The store cannot be opened or reached; check the URL and that the server is up."""
+    """The store cannot be opened or reached; check the URL and that the server is up.
+
+    Every database error of a store operation is raised as this (or as
+    :class:`ConcurrencyConflict`), whatever the driver underneath said. ``transient`` is
+    True when waiting may help (a lost connection, a server restarting or down, a SQLite
+    file locked past its timeout): workers and drivers retry those with backoff.
+    """
+
+    def __init__(self, message: str, *, store: str | None = None, operation: str | None = None,
+                 reason: str | None = None, transient: bool = False) -> None:
+        super().__init__(message)
+        self.store = store
+        """The store's URL, password hidden (None when not known)."""
+        self.operation = operation
+        """What was being done, for example ``append events of run 'r1'``."""
+        self.reason = reason
+        """What the database driver said."""
+        self.transient = transient
 
 
 class EncryptionSetupError(PhaseledgerError):

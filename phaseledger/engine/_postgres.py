@@ -18,7 +18,9 @@ The connection pool hands out the most recently returned connection (LIFO) rathe
 psycopg_pool's round robin: a run appending step after step then talks to one warm server
 backend instead of waking each pooled backend in turn, which costs about half a commit
 per append on a small machine. Idle connections stay at the cold end, where the pool
-closes them first.
+closes them first. Through an outage the pool stops waiting for connections within a
+quarter of a second and reconnects within about a second of the server's return (see
+:class:`LifoConnectionPool`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import ConnectionPool, PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.utils import Environment, retry
 from psycopg import sql
+from psycopg_pool import PoolTimeout
 
 STORE_VERSION = "phaseledger store 1"
 """Set as the append function's comment: a store that has it needs no set-up when opened."""
@@ -46,8 +49,42 @@ APPEND_ARGS = "text[], bigint[], text[], bytea[], text"
 _SETUP_LOCK = 0x70686173656C6467  # pg_advisory_lock key held while a store is set up
 
 
+OUTAGE_WAIT = 0.25
+"""While the server cannot be reached, how long a pool waits for a connection before giving up."""
+RECONNECT_DELAYS = (0.1, 1.0)
+"""A pool's first and longest waits between attempts to reconnect to a server that went away."""
+
+
+try:  # private to psycopg_pool: without it, reconnections keep psycopg_pool's own schedule
+    from psycopg_pool.base import AttemptWithBackoff
+except ImportError:  # pragma: no cover
+    _ReconnectBackoff: Any = None
+else:
+    class _ReconnectBackoff(AttemptWithBackoff):  # type: ignore[no-redef]
+        """psycopg_pool's reconnection schedule (1, 2, 4... s, for minutes), started and capped lower."""
+
+        INITIAL_DELAY = RECONNECT_DELAYS[0]
+
+        def update_delay(self, now: float) -> None:
+            super().update_delay(now)
+            self.delay = min(self.delay, RECONNECT_DELAYS[1])
+
+
 class LifoConnectionPool(ConnectionPool):  # type: ignore[type-arg]
-    """eventsourcing's connection pool, handing out the most recently returned connection."""
+    """eventsourcing's connection pool, handing out the most recently returned connection,
+    and quick to give up during an outage and to come back after it.
+
+    psycopg_pool waits up to its timeout (the store's ``connect_timeout``) for a connection,
+    which eventsourcing's recorders then retry ten times, and tries to reconnect after 1, 2,
+    4... seconds: an operation during an outage held a thread for minutes, and the pool
+    came back long after the server. This pool tries to reconnect at least every
+    ``RECONNECT_DELAYS[1]`` seconds, and while its last connection attempt failed it waits
+    ``OUTAGE_WAIT`` seconds at most, so an operation fails within seconds (callers retry
+    with backoff) and succeeds within about a second of the server's return.
+    """
+
+    unreachable_since: float | None = None
+    """When (``time.monotonic()``) a connection attempt last failed, None once one succeeds."""
 
     def _get_ready_connection(self, timeout: float | None) -> Any:
         # Called under the pool's lock; psycopg_pool takes from the left and returns to
@@ -56,10 +93,45 @@ class LifoConnectionPool(ConnectionPool):  # type: ignore[type-arg]
             self._pool.rotate(1)
         return super()._get_ready_connection(timeout)
 
+    def getconn(self, timeout: float | None = None) -> Any:
+        # Wait in slices, so that a caller already waiting when the server becomes
+        # unreachable gives up then too, not after the whole timeout.
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return super().getconn(min(deadline - time.monotonic(), OUTAGE_WAIT))
+            except PoolTimeout:
+                since = self.unreachable_since
+                if since is not None:
+                    raise PoolTimeout(f"no connection: the server has been unreachable for "
+                                      f"{time.monotonic() - since:.1f}s") from None
+                if time.monotonic() >= deadline:
+                    raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec") from None
+
+    def _connect(self, timeout: float | None = None) -> Any:
+        try:
+            conn = super()._connect(timeout)
+        except Exception:
+            self.unreachable_since = self.unreachable_since or time.monotonic()
+            raise
+        self.unreachable_since = None
+        return conn
+
+    def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+        if attempt is None and _ReconnectBackoff is not None:
+            attempt = _ReconnectBackoff(timeout=self.reconnect_timeout)
+        super()._add_connection(attempt, growing)
+
 
 def use_lifo_pool(datastore: PostgresDatastore) -> None:
-    """Make the datastore's pool LIFO (see the module); a pool of another kind is left alone."""
-    if type(datastore.pool) is ConnectionPool and hasattr(ConnectionPool, "_get_ready_connection"):
+    """Make the datastore's pool LIFO and quick through outages (see :class:`LifoConnectionPool`).
+
+    A pool of another kind, or a psycopg_pool without the methods overridden, is left alone.
+    """
+    if type(datastore.pool) is ConnectionPool and all(
+        hasattr(ConnectionPool, name) for name in ("_get_ready_connection", "_connect", "_add_connection")
+    ):
         datastore.pool.__class__ = LifoConnectionPool
 
 
@@ -164,6 +236,10 @@ class StoreFactory(PostgresFactory):
     def __init__(self, env: Environment) -> None:
         super().__init__(env)
         use_lifo_pool(self.datastore)
+        pool_kwargs = self.datastore.pool.kwargs
+        if isinstance(pool_kwargs, dict):  # libpq itself would wait for an unreachable host forever
+            timeout = self.env.get(self.POSTGRES_CONNECT_TIMEOUT)
+            pool_kwargs.setdefault("connect_timeout", int(float(timeout)) if timeout else 10)
         self._set_up = not super().env_create_table()
         if self._set_up:
             return

@@ -6,14 +6,23 @@ the aggregate and commits them in batches (``checkpoint_every_n_steps``); errors
 changes, suspensions and the end of the run commit at once. When another writer appended
 to the run meanwhile, only signals are rebased over; anything else means another driver
 owns the run, and this one stops without appending and raises :class:`~phaseledger.LeaseLost`.
+
+While the store is unavailable (a dropped connection, a server restarting), a commit is
+tried again with backoff for up to ``engine.append_retry_seconds``. The events wait in
+memory, and optimistic concurrency makes another attempt safe: an attempt whose reply
+was lost but which did commit makes the next one conflict, and the rebase then finds the
+events in the log and carries on. After that the driver gives up with
+:class:`StoreUnavailable`, leaving the run as its last commit left it, to be resumed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from phaseledger.domain.errors import (
     ConcurrencyConflict,
@@ -28,10 +37,13 @@ from phaseledger.domain.recorded_errors import describe_error
 from phaseledger.domain.run import CANCELLED, WorkflowRun
 from phaseledger.domain.values import encode_value
 from phaseledger.domain.workflow import Workflow
+from phaseledger.engine._faults import Backoff
 
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine
 
+T = TypeVar("T")
+log = logging.getLogger("phaseledger.driver")
 _BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
 _REBASEABLE = (WorkflowRun.SignalReceived,)
 
@@ -104,19 +116,77 @@ class RunDriver:
             events = self.run.collect_events()
             self.engine.store.prepare_snapshot(self.run, events)  # from the run in memory, before the append
             try:
-                await self.engine.store.save_events_async(self.run.id, events)
+                await self._append(events)
             except ConcurrencyConflict:
                 await self._rebase(events)
             self.unsaved_steps = 0
             self.unclaimed = False
 
+    async def _append(self, events: list[Any]) -> None:
+        """Append ``events`` (collected from the run), waiting out an outage of the store."""
+        try:
+            await self.engine.store.save_events_async(self.run.id, events)
+        except StoreUnavailable as exc:
+            await self._persist(lambda: self.engine.store.save_events_async(self.run.id, events), "commit", exc)
+        else:
+            self.engine.outage.ok()
+
+    def _landed(self, events: list[Any], found: list[Any]) -> bool:
+        """Whether the events ``found`` in the log start with ``events``, as they were appended."""
+        if len(found) < len(events):
+            return False
+        mapper = self.engine.store.app.mapper
+        # Compared as read back: a value's Python type may change on the way (a tuple comes back a list).
+        return all(mapper.to_domain_event(mapper.to_stored_event(mine)) == theirs
+                   for mine, theirs in zip(events, found, strict=False))
+
+    async def _persist(self, call: Callable[[], Awaitable[T]], what: str,
+                       failure: StoreUnavailable | None = None) -> T:
+        """``call()``, tried again with backoff while the store is unavailable (transiently).
+
+        ``failure`` is how a first attempt made by the caller failed. Gives up with the last
+        :class:`StoreUnavailable` once ``engine.append_retry_seconds`` have passed since the
+        first failure. The engine's :class:`~phaseledger.engine._faults.Outage` logs the
+        outage once, not each attempt.
+        """
+        outage = self.engine.outage
+        backoff = Backoff(initial=0.1, cap=2.0)
+        deadline: float | None = None
+        while True:
+            if failure is not None:
+                if not failure.transient:
+                    raise failure
+                now = time.monotonic()
+                deadline = deadline or now + self.engine.append_retry_seconds
+                if now >= deadline:
+                    log.warning("run %s: gave up trying to %s after %gs of store outage; it stays as its last "
+                                "commit left it and can be resumed", self.run.id, what,
+                                self.engine.append_retry_seconds)
+                    raise failure
+                outage.failed(failure, then=f"retrying for up to {self.engine.append_retry_seconds:g}s")
+                await asyncio.sleep(min(backoff.next(), deadline - now))
+            try:
+                result = await call()
+            except StoreUnavailable as exc:
+                failure = exc
+                continue
+            outage.ok()
+            return result
+
     async def _rebase(self, events: list[Any]) -> None:
-        fresh: WorkflowRun = await self.engine._call_store(self.engine.store.load, self.run.id)
+        fresh: WorkflowRun = await self._persist(
+            lambda: self.engine._call_store(self.engine.store.load, self.run.id), "read the run")
         base_version = events[0].originator_version - 1
-        intervening = await self.engine._call_store(self.engine.store.events, self.run.id, gt=base_version)
+        intervening = await self._persist(
+            lambda: self.engine._call_store(self.engine.store.events, self.run.id, gt=base_version), "read the run")
         if fresh.status == CANCELLED:
             self.run = fresh
             raise Cancelled()
+        if self._landed(events, intervening):
+            # These events were committed by an attempt whose reply was lost (a dropped
+            # connection): the log has them, and any signal after them is in ``fresh``.
+            self.run = fresh
+            return
         if not all(isinstance(e, _REBASEABLE) for e in intervening):
             raise Superseded()
         for event in events:
@@ -126,7 +196,7 @@ class RunDriver:
         pending = fresh.collect_events()
         self.engine.store.prepare_snapshot(fresh, pending)
         try:
-            await self.engine.store.save_events_async(self.run.id, pending)
+            await self._append(pending)
         except ConcurrencyConflict:
             await self._rebase(pending)
 
@@ -153,7 +223,8 @@ class RunDriver:
             # Cancelled by another writer: drop what was not committed and show the run as
             # the log has it.
             self.run.collect_events()
-            self.run = await self.engine._call_store(self.engine.store.load, self.run.id)
+            self.run = await self._persist(
+                lambda: self.engine._call_store(self.engine.store.load, self.run.id), "read the run")
         except Superseded:
             # Another driver owns the run now: what this one did not commit is dropped, and
             # its view would be stale, so say so instead of returning it.

@@ -30,6 +30,7 @@ from phaseledger.domain.run import FAILED, RETRYING, RUNNING, SLEEPING, WAITING,
 from phaseledger.domain.values import validate_payload
 from phaseledger.domain.workflow import Workflow, WorkflowRegistry
 from phaseledger.engine._cipher import CipherKeys, parse_cipher_keys
+from phaseledger.engine._faults import Outage
 from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.compare import RunComparison, compare_runs
 from phaseledger.engine.driver import Cancelled, RunDriver, Superseded
@@ -62,6 +63,11 @@ class Engine:
     or keys separated by commas, rotates keys: the first encrypts, all decrypt) and
     ``compress=True`` compresses it (default ``$PHASELEDGER_COMPRESS``); see
     docs/encryption.md. Given a :class:`Store`, pass them to the store instead.
+
+    While the store is unavailable a run's commit is retried with backoff for
+    ``append_retry_seconds`` before the run gives up with :class:`StoreUnavailable`
+    (resumable). ``lease_seconds`` is how long a driver's lease on a run lasts unless its
+    heartbeat renews it (see :mod:`phaseledger.engine.ownership`).
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class Engine:
         lease_seconds: float = 30.0,
         cipher_key: CipherKeys | None = None,
         compress: bool | None = None,
+        append_retry_seconds: float = 30.0,
     ) -> None:
         if checkpoint_every_n_steps < 1:
             raise PhaseledgerError("checkpoint_every_n_steps must be >= 1")
@@ -115,6 +122,10 @@ class Engine:
         """Testing hook: called with the run after each event a driver records."""
         self._append_hooks: list[Callable[[], None]] = []
         """Called on the loop after start, signal and cancel append (workers of this engine wake up)."""
+        self.append_retry_seconds = float(append_retry_seconds)
+        """How long a driver keeps trying to commit while the store is unavailable (see :mod:`.driver`)."""
+        self.outage = Outage(logging.getLogger("phaseledger.store"), "engine")
+        """Whether this engine's store is out, as its drivers and worker see it; logs outages once."""
 
     # -- plumbing ----------------------------------------------------------------------
 

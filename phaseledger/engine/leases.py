@@ -36,11 +36,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from eventsourcing.persistence import PersistenceError
-
-from phaseledger.domain.errors import StoreUnavailable, WorkerAlreadyRunning
+from phaseledger.domain.errors import WorkerAlreadyRunning
 from phaseledger.domain.run import CANCELLED
 from phaseledger.engine import _worker_sql as q
+from phaseledger.engine._faults import store_errors
 from phaseledger.engine.ownership import DriverId
 from phaseledger.engine.runindex import PostgresRunIndex, RunIndex
 from phaseledger.engine.store import Store
@@ -234,13 +233,12 @@ class PostgresLeases(Leases):
         self.datastore = index.datastore
         self.driver = driver
 
-    def _run(self, statement: str, params: dict[str, Any], *, fetch: bool = True) -> list[dict[str, Any]]:
-        try:
+    def _run(self, statement: str, params: dict[str, Any], *, fetch: bool = True,
+             operation: str = "read the leases") -> list[dict[str, Any]]:
+        with store_errors(self.index.store.url, operation):
             with self.datastore.transaction(commit=True) as curs:
                 curs.execute(self.index.sql(statement), params)
                 return list(curs.fetchall()) if fetch else []
-        except PersistenceError as exc:
-            raise StoreUnavailable(f"store {self.index.store.url.redacted} failed on leases: {exc}") from exc
 
     def claim(self, owner: str, limit: int, lease_seconds: float, keys: Iterable[str]) -> list[Claim]:
         keys = list(keys)
@@ -248,14 +246,15 @@ class PostgresLeases(Leases):
             return []
         rows = self._run(q.PG_CLAIM, {"owner": owner, "limit": limit, "lease": float(lease_seconds), "keys": keys,
                                       "host": self.driver.host, "pid": self.driver.pid,
-                                      "proc_start": self.driver.proc_start})
+                                      "proc_start": self.driver.proc_start},
+                         operation="claim runs")
         return [Claim(r["run_id"], r["version"]) for r in rows]
 
     def renew(self, owner: str, run_ids: Iterable[str], lease_seconds: float) -> Renewal:
         run_ids = list(run_ids)
         if not run_ids:
             return Renewal(frozenset())
-        try:
+        with store_errors(self.index.store.url, "renew leases"):
             with self.datastore.transaction(commit=True) as curs:
                 curs.execute(self.index.sql(q.PG_RENEW),
                              {"owner": owner, "run_ids": run_ids, "lease": float(lease_seconds)})
@@ -264,13 +263,11 @@ class PostgresLeases(Leases):
                 if kept:
                     curs.execute(self.index.sql(q.PG_CANCELLED), {"run_ids": list(kept)})
                     cancelled = frozenset(r["run_id"] for r in curs.fetchall())
-        except PersistenceError as exc:
-            raise StoreUnavailable(f"store {self.index.store.url.redacted} failed on leases: {exc}") from exc
         return Renewal(kept, cancelled)
 
     def release(self, owner: str, run_id: str, fence: int, hold_seconds: float = 0.0) -> None:
         self._run(q.PG_RELEASE, {"owner": owner, "run_id": run_id, "fence": fence, "hold": float(hold_seconds)},
-                  fetch=False)
+                  fetch=False, operation=f"release run {run_id!r}")
 
     def leases(self) -> list[dict[str, Any]]:
         """Every lease row (for inspection and tests)."""

@@ -44,6 +44,7 @@ from phaseledger.domain.errors import (
     RunNotFinished,
     StoreUnavailable,
 )
+from phaseledger.engine._faults import guarded, store_errors
 from phaseledger.engine.timetravel import TimeTravel
 
 if TYPE_CHECKING:
@@ -111,12 +112,10 @@ class Retention:
                 counts.append(len(doomed))
             counts += [0] * (2 - len(counts))
             return counts[0], counts[1]
-        try:
+        with store_errors(self.store.url, f"delete events of run {run_id!r}"):
             if backend == "sqlite":
                 return self._delete_sqlite(recorders, run_id, below)
             return self._delete_postgres(recorders, run_id, below)
-        except Exception as exc:  # sqlite3 and psycopg raise their own types
-            raise StoreUnavailable(f"store {self.store.url.redacted} failed to delete events: {exc}") from exc
 
     @staticmethod
     def _where(below: int | None, is_log: bool, mark: str) -> tuple[str, list[Any]]:
@@ -155,6 +154,7 @@ class Retention:
                 counts[i] = cursor.rowcount
         return counts[0], counts[1]
 
+    @guarded("read the newest row of the log")
     def _holds_newest_row(self, run_id: str) -> bool:
         if self.store.url.backend != "sqlite":
             return False
@@ -168,6 +168,7 @@ class Retention:
 
     # -- compaction ----------------------------------------------------------------------
 
+    @guarded("compact run {run_id!r}")
     def compact(self, run_id: str, *, before: int | None = None) -> CompactionReport:
         """Keep a snapshot at ``before`` (default: the last version) and remove the finished run's
         events between its first event and that version; see the module docs for what is kept."""

@@ -23,15 +23,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, PersistenceError, Tracking, TrackingRecorder
+from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
 from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
-from phaseledger.domain.errors import CorruptEvent, RunNotFound, StoreUnavailable
+from phaseledger.domain.errors import CorruptEvent, RunNotFound
 from phaseledger.domain.run import DAMAGED, FINISHED, RUNNING, WAITING, WorkflowRun
 from phaseledger.engine import _worker_sql as q
+from phaseledger.engine._faults import guarded, store_errors
 from phaseledger.engine.store import Store
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -143,18 +144,16 @@ class RunIndex(TrackingRecorder):
     """How often :meth:`catch_up_fully` reads the damaged runs again."""
     _damaged_checked_at: float | None = None
 
+    @guarded("index the log")
     def catch_up(self, *, batch: int = 500) -> int:
         """Index the notifications after the tracking position; return how many were read.
 
         Call it until it returns less than ``batch`` to reach the end of the log.
         """
         position = self.position()
-        try:
-            notifications = self.store.app.recorder.select_notifications(
-                start=position, limit=batch, inclusive_of_start=False
-            )
-        except PersistenceError as exc:
-            raise StoreUnavailable(f"store {self.store.url.redacted} failed to read its log: {exc}") from exc
+        notifications = self.store.app.recorder.select_notifications(
+            start=position, limit=batch, inclusive_of_start=False
+        )
         if not notifications:
             return 0
         rows, gone = [], []
@@ -187,6 +186,7 @@ class RunIndex(TrackingRecorder):
             self.recheck_damaged()
         return total + read
 
+    @guarded("read the run index")
     def recheck_damaged(self) -> list[str]:
         """Read every damaged run again; index those that read now. Returns their ids."""
         rows, gone = [], []
@@ -206,6 +206,7 @@ class RunIndex(TrackingRecorder):
                 log.info("run index: run %s reads again and is indexed as %s", row.run_id, row.status)
         return [row.run_id for row in rows]
 
+    @guarded("write the run index")
     def mark_damaged(self, run_id: str) -> None:
         """Record that a run cannot be read (a worker found it so): it is no longer runnable."""
         known = self.get(run_id)
@@ -214,14 +215,17 @@ class RunIndex(TrackingRecorder):
         except IntegrityError:  # pragma: no cover - rows without a position wait for the lock
             pass
 
+    @guarded("read the run index's position")
     def position(self) -> int:
         """The notification id the index has reached (0 before the first pass)."""
         return self.max_tracking_id(q.TRACKING_NAME) or 0
 
+    @guarded("read the run index's position")
     def caught_up(self) -> bool:
         """Whether the index has read the whole notification log."""
         return (self.store.app.recorder.max_notification_id() or 0) <= self.position()
 
+    @guarded("rebuild the run index")
     def rebuild(self) -> int:
         """Drop every row and the tracking position, then index the log from the start."""
         self._reset()
@@ -359,22 +363,26 @@ class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
             for statement in q.SQLITE_RESET:
                 c.execute(statement, {"name": q.TRACKING_NAME})
 
+    @guarded("read the run index")
     def rows(self) -> list[IndexRow]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(q.SQLITE_SELECT_ROWS)
             return [self._row(r) for r in c.fetchall()]
 
+    @guarded("read the run index row of run {run_id!r}")
     def get(self, run_id: str) -> IndexRow | None:
         with self.datastore.transaction(commit=False) as c:
             c.execute(q.SQLITE_SELECT_ROW, {"run_id": run_id})
             found = c.fetchone()
         return self._row(found) if found else None
 
+    @guarded("read the run index")
     def damaged_runs(self) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(q.SQLITE_SELECT_DAMAGED, {"status": DAMAGED})
             return [r[0] for r in c.fetchall()]
 
+    @guarded("read the run index")
     def next_wake(self, keys: Iterable[str]) -> datetime | None:
         keys = list(keys)
         if not keys:
@@ -383,6 +391,7 @@ class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
             c.execute(q.SQLITE_NEXT_WAKE.format(keys=", ".join("?" * len(keys))), keys)
             return _dt(c.fetchone()[0])
 
+    @guarded("read the run index")
     def runnable(self, now: datetime, keys: Iterable[str], limit: int) -> list[tuple[str, int]]:
         keys = list(keys)
         if not keys or limit <= 0:
@@ -454,28 +463,33 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
             updated_at=_aware(r["updated_at"]) or _EPOCH,
         )
 
+    @guarded("read the run index")
     def rows(self) -> list[IndexRow]:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.sql(q.PG_SELECT_ROWS))
             return [self._row(r) for r in curs.fetchall()]
 
+    @guarded("read the run index row of run {run_id!r}")
     def get(self, run_id: str) -> IndexRow | None:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.sql(q.PG_SELECT_ROW), {"run_id": run_id})
             found = curs.fetchone()
         return self._row(found) if found else None
 
+    @guarded("read the run index")
     def damaged_runs(self) -> list[str]:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.sql(q.PG_SELECT_DAMAGED), {"status": DAMAGED})
             return [r["run_id"] for r in curs.fetchall()]
 
+    @guarded("read the run index")
     def next_wake(self, keys: Iterable[str]) -> datetime | None:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.sql(q.PG_NEXT_WAKE), {"keys": list(keys)})
             found = curs.fetchone()
         return _aware(found["next_wake"]) if found else None
 
+    @guarded("read the run index")
     def runnable(self, now: datetime, keys: Iterable[str], limit: int) -> list[tuple[str, int]]:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.sql(q.PG_RUNNABLE), {"now": now, "keys": list(keys), "limit": limit})
@@ -485,11 +499,9 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
 def open_run_index(store: Store) -> RunIndex:
     """The run index of a store (tables are created on first use)."""
     index: RunIndex
-    try:
+    with store_errors(store.url, "open the run index"):
         if store.url.backend == "memory":
             return MemoryRunIndex(store)
         index = SQLiteRunIndex(store) if store.url.backend == "sqlite" else PostgresRunIndex(store)
         index.create_table()
-    except PersistenceError as exc:
-        raise StoreUnavailable(f"cannot open the run index of {store.url.redacted}: {exc}") from exc
     return index

@@ -1,6 +1,6 @@
 """The event store: a store URL turned into an eventsourcing application of runs.
 
-``memory://``, ``sqlite:///relative.db`` / ``sqlite:////abs/path.db`` and
+``memory://``, ``sqlite:///relative.db`` / ``sqlite:////abs/path.db`` (``?lock_timeout=30``) and
 ``postgresql://user:password@host:5432/dbname?schema=name`` select eventsourcing's popo,
 sqlite and postgres persistence modules. Tables are created on first use.
 """
@@ -19,10 +19,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Mapper, PersistenceError, StoredEvent, Transcoder
+from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic
 
-from phaseledger.domain.errors import ConcurrencyConflict, CorruptEvent, PhaseledgerError, RunNotFound, StoreUnavailable
+from phaseledger.domain.errors import ConcurrencyConflict, CorruptEvent, RunNotFound, StoreUnavailable
 from phaseledger.domain.run import WorkflowRun, project_run
 from phaseledger.engine._cipher import (
     CIPHER_KEY_ENV_VAR,
@@ -35,6 +35,7 @@ from phaseledger.engine._cipher import (
     resolve_compress,
 )
 from phaseledger.engine._codec import FastJSONTranscoder
+from phaseledger.engine._faults import guarded, store_errors
 from phaseledger.engine._mapper import RunMapper, SkippingMapper, Unreadable
 
 log = logging.getLogger("phaseledger.store")
@@ -80,7 +81,8 @@ class StoreURL:
             env = {
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
                 "SQLITE_DBNAME": path,
-                "SQLITE_LOCK_TIMEOUT": "30",
+                # Seconds a write waits for another connection's lock before "database is locked".
+                "SQLITE_LOCK_TIMEOUT": parse_qs(parts.query).get("lock_timeout", ["30"])[0],
             }
             return cls(url, "sqlite", env, sqlite_path=path)
         if scheme in ("postgresql", "postgres"):
@@ -210,14 +212,10 @@ class Store:
             env["PERSISTENCE_MODULE"] = get_topic(StoreFactory)
         if snapshot_every:
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
-        try:
+        with store_errors(self.url, "open store", any_error=True):  # psycopg, sqlite3, eventsourcing, OSError...
             if self.url.sqlite_path:
                 Path(self.url.sqlite_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             self.app = RunApplication(env=env)
-        except PhaseledgerError:
-            raise
-        except Exception as exc:  # psycopg, sqlite3 and eventsourcing raise various types here
-            raise StoreUnavailable(f"cannot open store {self.url.redacted}: {exc}") from exc
         self.snapshot_every = snapshot_every
         self._loop_appender: Any = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="phaseledger-writer") if self.url.sqlite_path else None
@@ -247,12 +245,10 @@ class Store:
             self._writer.shutdown(wait=True)
         self.app.close()
 
+    @guarded("read run {run_id!r}")
     def exists(self, run_id: str) -> bool:
         """Whether a run with this id has been started (its first row is read, not decoded)."""
-        try:
-            first = self.app.recorder.select_events(run_id, lte=1)
-        except PersistenceError as exc:
-            raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+        first = self.app.recorder.select_events(run_id, lte=1)
         return bool(first) and self.is_run_topic(first[0].topic)
 
     def is_run_topic(self, topic: str) -> bool:
@@ -280,6 +276,7 @@ class Store:
     def _skipping_mapper(self) -> SkippingMapper:
         return SkippingMapper(self.app.mapper)
 
+    @guarded("load run {run_id!r}")
     def load(self, run_id: str, version: int | None = None) -> WorkflowRun:
         """The run folded from its latest snapshot and the events after it (or at ``version``).
 
@@ -291,8 +288,6 @@ class Store:
             run = self.app.repository.get(run_id, version=version, projector_func=project_run)
         except AggregateNotFoundError:
             raise RunNotFound(run_id) from None
-        except PersistenceError as exc:
-            raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
         except CorruptEvent as exc:
             if self.app.snapshots is None:
                 raise
@@ -303,10 +298,7 @@ class Store:
 
     def _fold_events(self, run_id: str, version: int | None, unreadable: CorruptEvent) -> WorkflowRun:
         """The run folded from its events alone, after ``unreadable`` was met with a snapshot."""
-        try:
-            events = list(self.app.events.get(run_id, lte=version))  # an unreadable event raises here
-        except PersistenceError as exc:
-            raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
+        events = list(self.app.events.get(run_id, lte=version))  # an unreadable event raises here
         if not events or [e.originator_version for e in events] != list(range(1, len(events) + 1)):
             # Compacted: the snapshot stands for removed events, so the run needs it.
             raise CorruptEvent(run_id, unreadable.version, unreadable.reason, snapshot=True) from unreadable
@@ -369,12 +361,8 @@ class Store:
             return await asyncio.get_running_loop().run_in_executor(self._writer, self.save_events, run_id, events)
         stored = [self.app.mapper.to_stored_event(event) for event in events]
         snapshot = self._prepared.pop((run_id, events[-1].originator_version), None)
-        try:
+        with self._appending(run_id, events):
             ids = await self._loop_appender.append(stored)
-        except IntegrityError:
-            raise ConcurrencyConflict(run_id, events[0].originator_version) from None
-        except PersistenceError as exc:
-            raise StoreUnavailable(f"store {self.url.redacted} failed to append: {exc}") from exc
         if ids is None:  # the loop's connection is unavailable: the recorder's path retries
             return await asyncio.to_thread(self._save_events, run_id, events, snapshot)
         if self._snapshot_due(events):
@@ -387,21 +375,24 @@ class Store:
             return 0
         # Taken before the append: after a conflict these versions mean other events.
         snapshot = snapshot or self._prepared.pop((run_id, events[-1].originator_version), None)
-        try:
+        with self._appending(run_id, events):
             # The event store directly: Application.save adds a Protocol isinstance check per
             # event and snapshot bookkeeping this application does not use.
             recordings = self.app.events.put(events)
-        except IntegrityError:
-            raise ConcurrencyConflict(run_id, events[0].originator_version) from None
-        except PersistenceError as exc:
-            raise StoreUnavailable(f"store {self.url.redacted} failed to append: {exc}") from exc
         if self._snapshot_due(events):
             self._store_snapshots(run_id, events, snapshot)
         return recordings[-1].notification.id if recordings else 0
 
+    def _appending(self, run_id: str, events: Sequence[WorkflowRun.Event]) -> store_errors:
+        """Errors of an append: an integrity error means another writer appended first."""
+        version = events[0].originator_version
+        return store_errors(self.url, f"append events of run {run_id!r}",
+                            conflict=lambda: ConcurrencyConflict(run_id, version))
+
     def _snapshot_due(self, events: Sequence[WorkflowRun.Event]) -> bool:
         return bool(self.snapshot_every) and any(e.originator_version % self.snapshot_every == 0 for e in events)
 
+    @guarded("store a snapshot of run {run_id!r}")
     def _store_snapshots(self, run_id: str, events: Sequence[WorkflowRun.Event],
                          snapshot: StoredEvent | object | None) -> None:
         """Store the snapshots wanted at these (appended) events' versions; ``snapshot`` is
@@ -414,23 +405,18 @@ class Store:
             version = event.originator_version
             if version % self.snapshot_every:
                 continue
-            try:
-                if version == last and snapshot is not None:  # decided from the run in memory
-                    if snapshot is not NOT_WANTED:
-                        snapshots.recorder.insert_events([snapshot])  # type: ignore[list-item]
-                    continue
-                run = self.load(run_id, version)  # no run in memory at this version: read it back
-                if snapshot_wanted(version, run.phase_entered_version, self.snapshot_every):
-                    snapshots.put([WorkflowRun.Snapshot.take(run)])
-            except PersistenceError as exc:
-                raise StoreUnavailable(f"store {self.url.redacted} failed to snapshot: {exc}") from exc
+            if version == last and snapshot is not None:  # decided from the run in memory
+                if snapshot is not NOT_WANTED:
+                    snapshots.recorder.insert_events([snapshot])  # type: ignore[list-item]
+                continue
+            run = self.load(run_id, version)  # no run in memory at this version: read it back
+            if snapshot_wanted(version, run.phase_entered_version, self.snapshot_every):
+                snapshots.put([WorkflowRun.Snapshot.take(run)])
 
+    @guarded("store a snapshot of run {run_id!r}")
     def take_snapshot(self, run_id: str, version: int | None = None) -> None:
         """Store the run's folded state at ``version`` (latest when None)."""
-        try:
-            self.app.take_snapshot(run_id, version=version, projector_func=project_run)
-        except PersistenceError as exc:
-            raise StoreUnavailable(f"store {self.url.redacted} failed to snapshot: {exc}") from exc
+        self.app.take_snapshot(run_id, version=version, projector_func=project_run)
 
     def events(self, run_id: str, *, gt: int | None = None, lte: int | None = None) -> list[WorkflowRun.Event]:
         """The run's events in order (all of them, or those after ``gt`` up to ``lte``).
@@ -438,10 +424,8 @@ class Store:
         Raises :class:`RunNotFound` for an unknown run (when ``gt`` is not given), and
         :class:`CorruptEvent` when one of them cannot be read.
         """
-        try:
+        with store_errors(self.url, f"read the events of run {run_id!r}"):
             events = list(self.app.events.get(run_id, gt=gt, lte=lte))
-        except PersistenceError as exc:
-            raise StoreUnavailable(f"store {self.url.redacted} failed: {exc}") from exc
         if not events and not gt and not self.exists(run_id):
             raise RunNotFound(run_id)
         return events  # type: ignore[return-value]
@@ -450,9 +434,10 @@ class Store:
         """Every run id in the store, in the order the runs were started."""
         start = 0
         while True:
-            batch: Sequence[Any] = self.app.recorder.select_notifications(
-                start=start, limit=page, topics=(self.started_topic,), inclusive_of_start=False
-            )
+            with store_errors(self.url, "list the runs"):  # a generator: no @guarded
+                batch: Sequence[Any] = self.app.recorder.select_notifications(
+                    start=start, limit=page, topics=(self.started_topic,), inclusive_of_start=False
+                )
             if not batch:
                 return
             for notification in batch:

@@ -43,6 +43,7 @@ from phaseledger.domain.errors import (
 from phaseledger.domain.ids import MAX_ID_LENGTH, validate_run_id
 from phaseledger.domain.run import COMPLETED, FAILED, WorkflowRun
 from phaseledger.domain.values import copy_json, encode_value
+from phaseledger.engine._faults import store_errors
 from phaseledger.engine.tokens import TokenClaims, looks_like_token, make_token, read_token, store_identity
 from phaseledger.engine.views import Run, run_view
 
@@ -246,7 +247,8 @@ class TimeTravel:
 
     def earliest_version(self, run_id: str) -> int:
         """The earliest version after ``RunStarted`` that can still be rebuilt (2 unless compacted)."""
-        later = list(self.store.app.events.get(run_id, gt=1, limit=1))
+        with store_errors(self.store.url, f"read the events of run {run_id!r}"):
+            later = list(self.store.app.events.get(run_id, gt=1, limit=1))
         return later[0].originator_version if later else 1
 
     def state_at(self, run_id: str, version: int) -> RunAt:
@@ -433,9 +435,10 @@ class TimeTravel:
         start = 0
         recorder = self.store.app.recorder
         while True:
-            batch = recorder.select_notifications(
-                start=start, limit=500, topics=(self.store.started_topic,), inclusive_of_start=False
-            )
+            with store_errors(self.store.url, "list the runs"):
+                batch = recorder.select_notifications(
+                    start=start, limit=500, topics=(self.store.started_topic,), inclusive_of_start=False
+                )
             if not batch:
                 return
             for notification in batch:

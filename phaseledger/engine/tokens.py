@@ -39,6 +39,7 @@ from eventsourcing.domain import (
 from eventsourcing.persistence import IntegrityError
 
 from phaseledger.domain.errors import InvalidToken, TokenKeyMissing
+from phaseledger.engine._faults import store_errors
 from phaseledger.engine.store import Store
 
 TOKEN_KEY_ENV_VAR = "PHASELEDGER_TOKEN_KEY"
@@ -79,14 +80,16 @@ def store_identity(store: Store) -> str:
     if cached:
         return str(cached)
     for _ in range(3):
-        events = list(store.app.events.get(STORE_IDENTITY_ID, lte=1))
+        with store_errors(store.url, "read the store's identity"):
+            events = list(store.app.events.get(STORE_IDENTITY_ID, lte=1))
         if events:
             store_id = str(events[0].store_id)  # type: ignore[attr-defined]
             break
-        try:
-            store.app.save(StoreIdentity.create(uuid.uuid4().hex))
-        except IntegrityError:  # another engine wrote it first: read theirs
-            continue
+        with store_errors(store.url, "record the store's identity"):
+            try:
+                store.app.save(StoreIdentity.create(uuid.uuid4().hex))
+            except IntegrityError:  # another engine wrote it first: read theirs
+                continue
     else:  # pragma: no cover - three lost races in a row
         raise InvalidToken(f"could not establish the identity of store {store.url.redacted}; try again")
     store._phaseledger_store_id = store_id  # type: ignore[attr-defined]

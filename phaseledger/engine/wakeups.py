@@ -10,8 +10,10 @@ of the run index, not one each.
 
 Polling stays the fallback: a lost notification or a dropped connection costs latency
 (up to ``poll_interval``), never a missed run, because the run index follows the log
-itself. The listener reconnects with exponential backoff and wakes the worker after every
-(re)connection, since notifications sent while it was away are gone.
+itself. The listener reconnects with exponential backoff (capped, jittered) and wakes the
+worker after every (re)connection, since notifications sent while it was away are gone.
+It logs a warning when its connection is lost and a line when it listens again, not
+each failed attempt in between.
 
 The channel is named after the events table, not the schema, so stores in other schemas
 of the same database wake the worker too: such a wake-up finds nothing new and costs one
@@ -28,6 +30,8 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
+from phaseledger.engine._faults import Outage, jittered, translate
+
 log = logging.getLogger("phaseledger.worker")
 
 
@@ -35,8 +39,10 @@ class AppendListener:
     """A ``LISTEN`` connection that calls ``on_notify`` for each notification of new events.
 
     Start it with :meth:`start` on the loop that should be woken and end it with
-    :meth:`close`. It never raises: connection errors are logged and retried after
-    ``retry_initial`` seconds, doubling up to ``retry_max``.
+    :meth:`close`. It never raises: connection errors are retried after about
+    ``retry_initial`` seconds, doubling up to ``retry_max`` (less a random part, so that
+    workers do not reconnect in step), and logged once per outage. ``store`` names the
+    store in messages (its URL without password).
     """
 
     def __init__(
@@ -47,6 +53,7 @@ class AppendListener:
         *,
         retry_initial: float = 0.2,
         retry_max: float = 10.0,
+        store: str = "PostgreSQL",
     ) -> None:
         self.conninfo = conninfo
         self.channel = channel
@@ -63,6 +70,9 @@ class AppendListener:
         """The server process id of the current connection, None while disconnected."""
         self.listening = asyncio.Event()
         """Set while the connection is listening."""
+        self.store = store
+        self.outage = Outage(log, "LISTEN connection")
+        """Whether the connection is lost; logs each loss and each return once."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -84,26 +94,29 @@ class AppendListener:
             try:
                 conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
             except psycopg.Error as exc:
-                log.warning(
-                    "cannot open the LISTEN connection (%s); polling only until it reconnects", str(exc).strip()
-                )
+                self._lost(exc)
             else:
                 try:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                     self.backend_pid = conn.info.backend_pid
                     self.connections += 1
                     self.listening.set()
+                    self.outage.ok()
                     failures = 0
                     self.on_notify()  # what was committed while not listening: catch up once
                     async for _ in conn.notifies():
                         self.received += 1
                         self.on_notify()
                 except psycopg.Error as exc:
-                    log.warning("the LISTEN connection failed (%s); polling only until it reconnects", str(exc).strip())
+                    self._lost(exc)
                 finally:
                     self.listening.clear()
                     self.backend_pid = None
                     with contextlib.suppress(psycopg.Error):
                         await conn.close()
-            await asyncio.sleep(min(self.retry_initial * 2**failures, self.retry_max))
+            await asyncio.sleep(jittered(min(self.retry_initial * 2**failures, self.retry_max)))
             failures += 1
+
+    def _lost(self, exc: psycopg.Error) -> None:
+        self.outage.failed(translate(exc, self.store, "listen for new events") or exc,
+                           then="polling only until it reconnects")

@@ -14,6 +14,12 @@ the run of a worker that died is claimed again when its lease expires. SQLite an
 ``memory://`` stores take one worker process (a second one raises
 :class:`~phaseledger.WorkerAlreadyRunning`).
 
+A worker outlives its database: while the store is unavailable (dropped connections, a
+server restarting or down for a while) it backs off (exponentially, capped, jittered)
+and carries on once the store answers again, logging one warning when the outage starts
+and one line when it ends. A drive stopped by the outage leaves its run to be claimed
+again; releases that could not be written are written once the store is back.
+
 Shutdown is graceful: on ``stop()`` or the first SIGTERM/SIGINT the worker claims nothing
 more, lets every run it drives reach its next journal boundary (the step in flight
 finishes and is recorded), commits, and releases the run for another worker. A second
@@ -45,6 +51,7 @@ from phaseledger.domain.errors import (
 )
 from phaseledger.domain.run import CANCELLED, COMPLETED, FAILED, RUNNING
 from phaseledger.domain.workflow import Workflow
+from phaseledger.engine._faults import Backoff
 from phaseledger.engine.driver import Cancelled, Released, Superseded
 from phaseledger.engine.leases import Claim, Leases, open_leases, worker_identity
 from phaseledger.engine.loading import load_workflows
@@ -78,6 +85,8 @@ class WorkerStats:
     damaged: int = 0
     """Claimed runs found damaged (a stored row cannot be read): indexed as such and skipped
     until the row reads again (see :meth:`RunIndex.recheck_damaged`)."""
+    store_errors: int = 0
+    """Drives stopped because the store was unavailable; their runs are claimed again once it is back."""
     indexed: int = 0
     """Notifications of the log this worker indexed."""
     notified: int = 0
@@ -128,6 +137,11 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listener: AppendListener | None = None
         """On PostgreSQL while running: the connection that wakes this worker when events are committed."""
+        self.outage = engine.outage
+        """Whether the store is out, as this worker and its engine's drivers see it (logs each outage once)."""
+        self._backoff = Backoff(initial=min(self.poll_interval, 0.25), cap=max(self.poll_interval, 5.0))
+        self._unreleased: dict[str, tuple[int, float]] = {}
+        """Runs whose release failed (store unavailable): run id -> (fence, hold), written once it is back."""
 
     def __repr__(self) -> str:
         return f"Worker({self.id!r}, store={self.engine.store.url.redacted!r}, concurrency={self.concurrency})"
@@ -179,6 +193,7 @@ class Worker:
         renewer: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self.engine._append_hooks.append(self._notified)
+        self.outage.who = f"worker {self.id}"
         try:
             self._index = await self._call(open_run_index, self.engine.store)
             self._leases = await self._call(open_leases, self._index, self.driver)
@@ -191,6 +206,10 @@ class Worker:
                      self.concurrency)
             while not self._stopping:
                 claimed = await self._poll()
+                if claimed is None:  # the store is unavailable: back off, then try again
+                    await self._sleep(self._backoff.next())
+                    continue
+                self._backoff.reset()
                 if until_idle and not self._tasks and not claimed and await self._caught_up():
                     break
                 if claimed and len(self._tasks) < self.concurrency:
@@ -212,6 +231,8 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewer
             if self._leases is not None:
+                with contextlib.suppress(StoreUnavailable):  # else their leases expire by themselves
+                    await self._release_pending()
                 self._leases.close()
             self._leases = None
             for remove in removers:
@@ -273,7 +294,10 @@ class Worker:
         store = self.engine.store
         if store.url.backend != "postgresql" or not store.url.postgres_conninfo:
             return None
-        return AppendListener(store.url.postgres_conninfo, store.app.recorder.channel_name, self._notified)
+        listener = AppendListener(store.url.postgres_conninfo, store.app.recorder.channel_name, self._notified,
+                                  store=store.url.redacted)
+        listener.outage.who = f"worker {self.id}: LISTEN connection"
+        return listener
 
     def _notified(self) -> None:
         """Wake the loop: new events were committed (many calls before it wakes make one catch-up)."""
@@ -304,27 +328,49 @@ class Worker:
     def _keys(self) -> list[str]:
         return [workflow_key(name, version) for (name, version) in self.engine.registry.workflows]
 
-    async def _poll(self) -> int:
-        """Index the log, then claim what fits; return how many runs were claimed."""
+    async def _poll(self) -> int | None:
+        """Index the log, then claim what fits; return how many runs were claimed.
+
+        None when the store is unavailable (reported to :attr:`outage`). Never raises an
+        ``Exception``: the loop must outlive whatever goes wrong in one pass.
+        """
         assert self._index is not None and self._leases is not None
         try:
             self.stats.indexed += await self._call(self._index.catch_up_fully)
+            await self._release_pending()
             free = self.concurrency - len(self._tasks)
             if free <= 0 or self._stopping:
+                self.outage.ok()
                 return 0
             claims: list[Claim] = await self._call(
                 self._leases.claim, self.id, free, self.lease_seconds, self._keys()
             )
         except StoreUnavailable as exc:
-            log.warning("worker %s: %s; trying again in %.1fs", self.id, exc, self.poll_interval)
-            return 0
+            self.outage.failed(exc)
+            return None
+        except Exception:
+            log.exception("worker %s: looking for runs failed; trying again", self.id)
+            return None
+        self.outage.ok()
         for claim in claims:
             self._start(claim)
         return len(claims)
 
+    async def _release_pending(self) -> None:
+        """Write the releases that failed while the store was unavailable."""
+        assert self._leases is not None
+        for run_id, (fence, hold) in list(self._unreleased.items()):
+            if run_id not in self._tasks:  # not claimed again by this worker since
+                await self._call(self._leases.release, self.id, run_id, fence, hold)
+            del self._unreleased[run_id]
+
     async def _caught_up(self) -> bool:
         assert self._index is not None
-        return bool(await self._call(self._index.caught_up))
+        try:
+            return bool(await self._call(self._index.caught_up))
+        except StoreUnavailable as exc:
+            self.outage.failed(exc)
+            return False
 
     def _start(self, claim: Claim) -> None:
         self.stats.claimed += 1
@@ -366,6 +412,12 @@ class Worker:
         except asyncio.CancelledError:
             self.stats.released += 1
             raise
+        except StoreUnavailable as exc:  # logged once per outage; the run is claimed again once it is back
+            self.stats.store_errors += 1
+            self.outage.failed(exc)
+            hold = 0.0 if exc.transient else self.error_backoff
+            log.info("worker %s: run %s stopped, the store being unavailable; it will be claimed again",
+                     self.id, run_id)
         except Exception as exc:
             self.stats.errors += 1
             hold = self.error_backoff
@@ -386,8 +438,9 @@ class Worker:
             if self._leases is not None:
                 try:
                     await self._call(self._leases.release, self.id, run_id, fence, hold)
-                except StoreUnavailable as exc:  # the lease expires by itself
-                    log.warning("worker %s could not release run %s: %s", self.id, run_id, exc)
+                except StoreUnavailable as exc:  # written once the store is back (or the lease expires)
+                    self.outage.failed(exc)
+                    self._unreleased[run_id] = (fence, hold)
 
     def _count(self, status: str) -> None:
         if status == COMPLETED:
@@ -417,8 +470,12 @@ class Worker:
             try:
                 renewal = await self._call(self._leases.renew, self.id, list(driving), self.lease_seconds)
             except StoreUnavailable as exc:
-                log.warning("worker %s could not renew its leases: %s", self.id, exc)
+                self.outage.failed(exc)
                 continue  # the runs stop at their next boundary once their deadline passes
+            except Exception:  # the renewer must outlive anything one renewal meets
+                log.exception("worker %s: renewing its leases failed; trying again", self.id)
+                continue
+            self.outage.ok()
             for run_id, task in driving.items():
                 if self._tasks.get(run_id) is not task:
                     continue  # that drive ended meanwhile

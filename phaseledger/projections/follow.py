@@ -6,10 +6,12 @@ drive the :class:`~phaseledger.projections.projection.ReportProjection` (a
 PostgreSQL; on memory, a runner over the engine's own in-process application and view).
 SQLite has no subscriptions: the follower catches up in a loop, polling the log.
 
-A follower survives errors: it logs them, keeps the last one in :attr:`Follower.error`,
-waits and starts again from the position recorded in the view (also after a rebuild
-made by another process). A row of the log that cannot be read is not an error: it
-reaches the projection as a placeholder (logged) and its position is recorded, so the
+A follower survives errors: it keeps the last one in :attr:`Follower.error`, waits (with
+exponential backoff, capped and jittered) and starts again from the position recorded in
+the view (also after a rebuild made by another process). An outage of the store is
+logged once when it starts and once when the follower is back, not at each attempt;
+other errors are logged each time. A row of the log that cannot be read is not an error:
+it reaches the projection as a placeholder (logged) and its position is recorded, so the
 follower goes on past a damaged run.
 """
 
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.persistence import Mapper
 from eventsourcing.projection import BaseProjectionRunner, ProjectionRunner
 
+from phaseledger.domain.errors import StoreUnavailable
+from phaseledger.engine._faults import Backoff, Outage, store_errors
 from phaseledger.engine._mapper import SkippingMapper
 from phaseledger.engine.store import RunApplication
 from phaseledger.projections.errors import ProjectionReset
@@ -45,6 +49,9 @@ class Follower(ABC):
         """Seconds between polls (SQLite) or between checks of a runner's health."""
         self.error: BaseException | None = None
         """The last error met (the follower retries after errors)."""
+        self.outage = Outage(log, "report follower")
+        """Whether the store is out, as this follower sees it (logs each outage once)."""
+        self._backoff = Backoff(initial=interval, cap=max(interval, 10.0))
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="phaseledger-report-follower", daemon=True)
 
@@ -69,18 +76,25 @@ class Follower(ABC):
         """Wake the thread up so it notices it is stopping."""
 
     def _loop(self) -> None:
-        backoff = self.interval
         while not self._stopping.is_set():
             try:
                 self._run()
-                backoff = self.interval
             except ProjectionReset:
                 continue  # the tables were rebuilt: start again from their position
+            except StoreUnavailable as exc:
+                self.error = exc
+                self.outage.failed(exc)
+                self._stopping.wait(self._backoff.next())
             except Exception as exc:  # noqa: BLE001 - keep following; the error is logged and kept
                 self.error = exc
-                log.warning("report follower failed, retrying in %.1fs: %s", backoff, exc)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                delay = self._backoff.next()
+                log.warning("report follower failed, retrying in %.1fs: %s", delay, exc)
+                self._stopping.wait(delay)
+
+    def _progressed(self) -> None:
+        """Note that the store answered: the backoff starts again from the interval."""
+        self.outage.ok()
+        self._backoff.reset()
 
     @abstractmethod
     def _run(self) -> None:
@@ -93,6 +107,7 @@ class PollingFollower(Follower):
     def _run(self) -> None:
         while not self._stopping.is_set():
             self.reports.catch_up()
+            self._progressed()
             self._stopping.wait(self.interval)
 
 
@@ -111,12 +126,15 @@ class RunnerFollower(Follower):
                 self._runner.stop()
 
     def _run(self) -> None:
+        url = self.reports.store.url
         with self._lock:
             if self._stopping.is_set():
                 return
-            runner = self._runner = self._make_runner()
+            with store_errors(url, "start following the log"):
+                runner = self._runner = self._make_runner()
         try:
-            with runner:
+            with store_errors(url, "follow the log"), runner:
+                self._progressed()  # subscribed: the store answers
                 while not runner.is_interrupted.is_set():
                     runner.run_forever(timeout=self.interval)
         finally:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any, Self
 
+from phaseledger.engine._faults import guarded, store_errors
 from phaseledger.engine.store import Store
 from phaseledger.projections.errors import AlreadyApplied, ProjectionError, ProjectionOutdated, ProjectionReset
 from phaseledger.projections.follow import Follower, PollingFollower, RunnerFollower, memory_runner, postgres_runner
@@ -52,12 +53,14 @@ class Reports:
         self.store = store if isinstance(store, Store) else Store(store, snapshot_every=None)
         self.page_size = page_size
         self.application_name = self.store.app.name
-        self.view = open_view(self.store.url)
+        with store_errors(self.store.url, "open the report tables"):
+            self.view = open_view(self.store.url)
         self._follower: Follower | None = None
         self._lock = threading.Lock()
 
     # -- running the projection ---------------------------------------------------------
 
+    @guarded("bring the report tables up to date")
     def catch_up(self, progress: Progress | None = None, *, page_size: int | None = None,
                  max_events: int | None = None) -> int:
         """Apply the run events the tables do not include yet; return how many were applied.
@@ -141,6 +144,7 @@ class Reports:
                 )
             time.sleep(0.01)
 
+    @guarded("rebuild the report tables")
     def rebuild(self, progress: Progress | None = None, *, page_size: int | None = None) -> int:
         """Drop the tables, create them anew and fill them from position 0; return the events applied.
 
@@ -163,14 +167,17 @@ class Reports:
 
     # -- where it stands ----------------------------------------------------------------
 
+    @guarded("read the report tables' position")
     def position(self) -> int | None:
         """The last notification id the tables include (None before the first)."""
         return self.view.state(self.application_name).position
 
+    @guarded("count the events the report tables lack")
     def lag(self) -> int:
         """How many run events the log holds that the tables do not include yet."""
         return count_after(self.store.app, self.position())
 
+    @guarded("read the report tables' status")
     def status(self) -> ProjectionStatus:
         """Position, lag, generation, layout and row counts."""
         state = self.view.state(self.application_name)
@@ -187,6 +194,7 @@ class Reports:
 
     # -- queries ------------------------------------------------------------------------
 
+    @guarded("query the report tables")
     def _query(self, template: str, params: dict[str, Any] | None = None, table: Any = None) -> list[dict[str, Any]]:
         state = self.view.state(self.application_name)
         if state.schema_version != SCHEMA_VERSION:
@@ -238,6 +246,7 @@ class Reports:
             params["limit"] = int(limit)
         return [Failure(**row) for row in self._query(sql, params, FAILURES)]
 
+    @guarded("query the report tables")
     def summary(self) -> SummaryReport:
         """Runs by status, phase durations, and runs, tokens and cost by workflow."""
         by_status = {

@@ -28,6 +28,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL
 
+from phaseledger.engine._postgres import use_lifo_pool
 from phaseledger.engine.store import StoreURL
 from phaseledger.projections._dialect import Dialect
 from phaseledger.projections._fold import Fold
@@ -199,6 +200,7 @@ class PostgresReportView(ReportView, PostgresTrackingRecorder):
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         kwargs["tracking_table_name"] = TRACKING_TABLE
         super().__init__(datastore, **kwargs)
+        use_lifo_pool(self.datastore)  # gives up within seconds during an outage, back soon after it
         self.dialect = Dialect("postgresql", self.datastore.schema)
         self.sql_create_statements.extend(SQL(s) for s in self._report_create_statements())  # type: ignore[arg-type]
 

@@ -120,7 +120,7 @@ async def test_a_phase_deadline_is_typed_routable_and_counts_from_the_recorded_e
         await engine.signal("r", "go")
         run = await engine.resume("r")  # a new driver: the deadline still counts from the entry
         assert run.output == "escalated after first"
-        fast = await engine.run(wf, run_id="fast")
+        await engine.run(wf, run_id="fast")
         await engine.signal("fast", "go")
         assert (await engine.resume("fast")).output == "second"
 

@@ -1,0 +1,127 @@
+"""The one translation point of database errors, the backoff, and the outage log lines."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import psycopg
+import psycopg_pool
+import pytest
+from eventsourcing.persistence import IntegrityError, OperationalError, PersistenceError, ProgrammingError
+
+from phaseledger import ConcurrencyConflict, RunNotFound, StoreUnavailable
+from phaseledger.engine._faults import Backoff, Outage, guarded, store_errors, translate
+from phaseledger.engine.store import Store, StoreURL
+
+URL = StoreURL.parse("postgresql://app:s3cret@db.internal:5432/runs?schema=prod")
+
+
+def wrapped(outer: type[PersistenceError], inner: Exception) -> PersistenceError:
+    """``inner`` as eventsourcing raises it: ``raise Outer(str(inner)) from inner``."""
+    try:
+        try:
+            raise inner
+        except Exception as exc:
+            raise outer(str(exc)) from exc
+    except PersistenceError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(("error", "transient", "reason"), [
+    (wrapped(OperationalError, psycopg.OperationalError("server closed the connection unexpectedly")), True,
+     "OperationalError: server closed the connection unexpectedly"),
+    (psycopg_pool.PoolTimeout("couldn't get a connection after 1.00 sec"), True, "PoolTimeout: couldn't get"),
+    (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True, "AdminShutdown"),
+    (wrapped(OperationalError, sqlite3.OperationalError("database is locked")), True, "database is locked"),
+    (sqlite3.OperationalError("disk I/O error"), True, "disk I/O error"),
+    (wrapped(OperationalError, sqlite3.OperationalError("no such table: stored_events")), False, "no such table"),
+    (wrapped(ProgrammingError, psycopg.ProgrammingError('relation "x" does not exist')), False, "ProgrammingError"),
+    (psycopg_pool.PoolClosed("the pool is closed"), False, "PoolClosed"),
+])
+def test_every_database_error_becomes_store_unavailable(error: Exception, transient: bool, reason: str) -> None:
+    translated = translate(error, URL, "load run 'r1'")
+    assert isinstance(translated, StoreUnavailable)
+    assert translated.transient is transient
+    assert translated.store == "postgresql://app:***@db.internal:5432/runs?schema=prod"
+    assert translated.operation == "load run 'r1'"
+    message = str(translated)
+    assert message.startswith("cannot load run 'r1' (postgresql://app:***@db.internal:5432/runs?schema=prod): ")
+    assert reason in message and "s3cret" not in message
+    assert ("retry this with backoff" in message) is transient
+
+
+def test_an_integrity_error_is_a_conflict_where_the_operation_says_so() -> None:
+    error = wrapped(IntegrityError, psycopg.errors.UniqueViolation("duplicate key"))
+    conflict = translate(error, URL, "append events of run 'r1'", conflict=lambda: ConcurrencyConflict("r1", 7))
+    assert isinstance(conflict, ConcurrencyConflict) and conflict.version == 7
+    other = translate(error, URL, "write the run index")
+    assert isinstance(other, StoreUnavailable) and not other.transient
+
+
+def test_other_errors_pass_through_unchanged() -> None:
+    assert translate(ValueError("a bug"), URL, "load run 'r1'") is None
+    assert translate(RunNotFound("r1"), URL, "load run 'r1'") is None
+    with pytest.raises(KeyError), store_errors(URL, "read"):
+        raise KeyError("a bug")
+    with pytest.raises(RunNotFound), store_errors(URL, "read"):
+        raise RunNotFound("r1")
+    opening = translate(ValueError("bad port"), URL, "open store", any_error=True)
+    assert isinstance(opening, StoreUnavailable) and "retry" not in str(opening)
+
+
+def test_guarded_methods_name_their_arguments_only_when_they_fail() -> None:
+    class Reader:
+        store = Store("memory://")
+        calls = 0
+
+        @guarded("read run {run_id!r} at {version}")
+        def read(self, run_id: str, version: int = 3) -> str:
+            self.calls += 1
+            if run_id == "down":
+                raise wrapped(OperationalError, psycopg.OperationalError("connection refused"))
+            return run_id
+
+    reader = Reader()
+    assert reader.read("r1") == "r1"
+    with pytest.raises(StoreUnavailable, match=r"cannot read run 'down' at 3 \(memory://\)") as raised:
+        reader.read("down")
+    assert isinstance(raised.value.__cause__, OperationalError)
+
+
+def test_backoff_grows_to_its_cap_with_jitter_and_starts_again_after_reset() -> None:
+    backoff = Backoff(initial=0.5, cap=4.0)
+    waits = [backoff.next() for _ in range(8)]
+    for wait, base in zip(waits, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0], strict=True):
+        assert base / 2 <= wait <= base
+    backoff.reset()
+    assert backoff.next() <= 0.5
+
+
+def test_an_outage_is_one_warning_and_one_info_however_many_attempts_fail(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="test.outage")
+    outage = Outage(logging.getLogger("test.outage"), "worker w1", settle=60.0)
+    error = StoreUnavailable("cannot claim runs (postgresql://h/db): OperationalError: connection refused")
+    outage.ok()
+    for _ in range(20):
+        outage.failed(error)
+    assert outage.out and outage.failures == 20
+    outage.ok()
+    outage.ok()
+    outage.failed(error)  # a stale connection used just after the outage: the same outage
+    outage.ok()
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert [level for level, _ in lines] == [logging.WARNING, logging.INFO]
+    assert lines[0][1].startswith("worker w1: store unavailable, retrying with backoff until it is back: cannot claim")
+    assert "store available again after" in lines[1][1] and "(20 failed attempt(s))" in lines[1][1]
+    assert outage.outages == 1 and not outage.out
+
+
+def test_a_new_outage_after_the_settling_time_is_announced_again(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="test.outage")
+    outage = Outage(logging.getLogger("test.outage"), "follower", settle=0.0)
+    for _ in range(2):
+        outage.failed(StoreUnavailable("down"))
+        outage.ok()
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO] * 2
+    assert outage.outages == 2
