@@ -27,15 +27,19 @@ import threading
 import uuid
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from eventsourcing.persistence import OperationalError, ProgrammingError
 from pydantic import BaseModel
 
 from phaseledger.domain.errors import RunBusy
 from phaseledger.engine import _worker_sql as q
+from phaseledger.engine._faults import store_errors
+
+T = TypeVar("T")
 
 LEASE_SAFETY = 0.8
 """A driver stops at its next journal boundary once this fraction of its lease passed unrenewed."""
@@ -241,13 +245,63 @@ def _ts(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value is not None else None
 
 
-class SQLiteLeaseBook(LeaseBook):
-    """Leases in the ``phaseledger_leases`` table of a SQLite store (clock: this host's)."""
+class _TableLeaseBook(LeaseBook):
+    """Leases in the store's ``phaseledger_leases`` table, made with the run index's tables.
 
-    def __init__(self, datastore: Any) -> None:
-        self.datastore = datastore
+    Opening the book runs no DDL: the tables are created the first time a statement finds
+    them missing (a store no worker has opened yet), and the statement runs again. Database
+    errors are translated like every store operation's.
+    """
+
+    def __init__(self, store: Any, index: Any) -> None:
+        self.store = store
+        self.index = index
+        self.datastore = index.datastore
+        self._created = False
+
+    def _with_tables(self, operation: str, statement: Callable[[], T]) -> T:
+        with store_errors(self.store.url, operation):
+            try:
+                return statement()
+            except (ProgrammingError, OperationalError):
+                if self._created:
+                    raise
+            self.index.create_table()  # missing (or from an earlier release): made, then again
+            self._created = True
+            return statement()
 
     def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
+        return self._with_tables(f"take the lease of run {run_id!r}",
+                                 lambda: self._try_acquire_now(run_id, driver, seconds, takeover))
+
+    def renew(self, owner: str, run_ids: Iterable[str], seconds: float) -> frozenset[str]:
+        ids = list(run_ids)
+        return self._with_tables("renew run leases", lambda: self._renew_now(owner, ids, seconds))
+
+    def release(self, owner: str, run_id: str, fence: int) -> None:
+        self._with_tables(f"release the lease of run {run_id!r}", lambda: self._release_now(owner, run_id, fence))
+
+    def held(self, run_ids: Iterable[str] | None = None) -> dict[str, Driving]:
+        ids = None if run_ids is None else list(run_ids)
+        return self._with_tables("read run leases", lambda: self._held_now(ids))
+
+    @abstractmethod
+    def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool: ...
+
+    @abstractmethod
+    def _renew_now(self, owner: str, run_ids: list[str], seconds: float) -> frozenset[str]: ...
+
+    @abstractmethod
+    def _release_now(self, owner: str, run_id: str, fence: int) -> None: ...
+
+    @abstractmethod
+    def _held_now(self, run_ids: list[str] | None) -> dict[str, Driving]: ...
+
+
+class SQLiteLeaseBook(_TableLeaseBook):
+    """Leases in the ``phaseledger_leases`` table of a SQLite store (clock: this host's)."""
+
+    def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
         now = datetime.now(UTC).timestamp()
         with self.datastore.transaction(commit=True) as c:
             c.execute(q.SQLITE_ACQUIRE, {
@@ -258,7 +312,7 @@ class SQLiteLeaseBook(LeaseBook):
             row = c.fetchone()
         return row is not None and row[1] == driver.owner
 
-    def renew(self, owner: str, run_ids: Iterable[str], seconds: float) -> frozenset[str]:
+    def _renew_now(self, owner: str, run_ids: list[str], seconds: float) -> frozenset[str]:
         run_ids = list(run_ids)
         if not run_ids:
             return frozenset()
@@ -267,12 +321,12 @@ class SQLiteLeaseBook(LeaseBook):
             c.execute(q.SQLITE_RENEW.format(ids=", ".join("?" * len(run_ids))), [now, now + seconds, owner, *run_ids])
             return frozenset(r[0] for r in c.fetchall())
 
-    def release(self, owner: str, run_id: str, fence: int) -> None:
+    def _release_now(self, owner: str, run_id: str, fence: int) -> None:
         with self.datastore.transaction(commit=True) as c:
             c.execute(q.SQLITE_RELEASE_RUN, {"run_id": run_id, "owner": owner, "fence": fence,
                                              "now": datetime.now(UTC).timestamp()})
 
-    def held(self, run_ids: Iterable[str] | None = None) -> dict[str, Driving]:
+    def _held_now(self, run_ids: list[str] | None) -> dict[str, Driving]:
         wanted = None if run_ids is None else set(run_ids)
         with self.datastore.transaction(commit=False) as c:
             if wanted is not None and len(wanted) == 1:
@@ -296,15 +350,11 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
-class PostgresLeaseBook(LeaseBook):
+class PostgresLeaseBook(_TableLeaseBook):
     """Leases in the store schema's ``phaseledger_leases`` table, shared with worker claims
     (clock: the database server's, so drivers on many hosts agree)."""
 
-    def __init__(self, index: Any) -> None:
-        self.index = index
-        self.datastore = index.datastore
-
-    def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
+    def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(self.index.sql(q.PG_ACQUIRE), {
                 "run_id": run_id, "owner": driver.owner, "host": driver.host, "pid": driver.pid,
@@ -312,7 +362,7 @@ class PostgresLeaseBook(LeaseBook):
             })
             return bool(curs.rowcount)
 
-    def renew(self, owner: str, run_ids: Iterable[str], seconds: float) -> frozenset[str]:
+    def _renew_now(self, owner: str, run_ids: list[str], seconds: float) -> frozenset[str]:
         run_ids = list(run_ids)
         if not run_ids:
             return frozenset()
@@ -320,11 +370,11 @@ class PostgresLeaseBook(LeaseBook):
             curs.execute(self.index.sql(q.PG_RENEW), {"owner": owner, "run_ids": run_ids, "lease": float(seconds)})
             return frozenset(r["run_id"] for r in curs.fetchall())
 
-    def release(self, owner: str, run_id: str, fence: int) -> None:
+    def _release_now(self, owner: str, run_id: str, fence: int) -> None:
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(self.index.sql(q.PG_RELEASE_RUN), {"run_id": run_id, "owner": owner, "fence": fence})
 
-    def held(self, run_ids: Iterable[str] | None = None) -> dict[str, Driving]:
+    def _held_now(self, run_ids: list[str] | None) -> dict[str, Driving]:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.index.sql(q.PG_LEASE_ROWS), {"run_ids": None if run_ids is None else list(run_ids)})
             rows = curs.fetchall()
@@ -342,10 +392,10 @@ def open_lease_book(store: Any) -> LeaseBook:
         return MemoryLeaseBook.of(store.app)
     from phaseledger.engine.runindex import PostgresRunIndex, open_run_index
 
-    index = open_run_index(store)
+    index = open_run_index(store, create=False)
     if isinstance(index, PostgresRunIndex):
-        return PostgresLeaseBook(index)
-    return SQLiteLeaseBook(index.datastore)
+        return PostgresLeaseBook(store, index)
+    return SQLiteLeaseBook(store, index)
 
 
 # -- what one engine's drivers and workers share --------------------------------------------

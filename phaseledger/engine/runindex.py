@@ -496,12 +496,14 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
             return [(r["run_id"], r["version"]) for r in curs.fetchall()]
 
 
-def open_run_index(store: Store) -> RunIndex:
-    """The run index of a store (tables are created on first use)."""
+def open_run_index(store: Store, *, create: bool = True) -> RunIndex:
+    """The run index of a store; its tables are created unless ``create`` is False (the
+    caller creates them when it first finds them missing)."""
     index: RunIndex
     with store_errors(store.url, "open the run index"):
         if store.url.backend == "memory":
             return MemoryRunIndex(store)
         index = SQLiteRunIndex(store) if store.url.backend == "sqlite" else PostgresRunIndex(store)
-        index.create_table()
+        if create:
+            index.create_table()
     return index
