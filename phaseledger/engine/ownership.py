@@ -24,6 +24,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 import uuid
 import weakref
 from abc import ABC, abstractmethod
@@ -37,7 +38,7 @@ from pydantic import BaseModel
 
 from phaseledger.domain.errors import RunBusy
 from phaseledger.engine import _worker_sql as q
-from phaseledger.engine._faults import store_errors
+from phaseledger.engine._faults import is_transient, store_errors
 
 T = TypeVar("T")
 
@@ -245,6 +246,15 @@ def _ts(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value is not None else None
 
 
+_ATTEMPTS = 5
+"""Tries of a lease statement over a blip (0.1 s, doubling: 1.5 s in all) before it gives up."""
+
+
+def _missing_table(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "no such table" in text or "does not exist" in text or "no such column" in text
+
+
 class _TableLeaseBook(LeaseBook):
     """Leases in the store's ``phaseledger_leases`` table, made with the run index's tables.
 
@@ -260,14 +270,20 @@ class _TableLeaseBook(LeaseBook):
         self._created = False
 
     def _with_tables(self, operation: str, statement: Callable[[], T]) -> T:
+        """Run ``statement``: once more after making missing tables, and a few times more
+        over a short blip (a connection that dropped, a server that is coming back)."""
         with store_errors(self.store.url, operation):
-            try:
-                return statement()
-            except (ProgrammingError, OperationalError):
-                if self._created:
-                    raise
-            self.index.create_table()  # missing (or from an earlier release): made, then again
-            self._created = True
+            for attempt in range(_ATTEMPTS):
+                try:
+                    return statement()
+                except (ProgrammingError, OperationalError) as exc:
+                    if not self._created and _missing_table(exc):
+                        self.index.create_table()  # missing (or from an earlier release): made, then again
+                        self._created = True
+                        continue
+                    if attempt == _ATTEMPTS - 1 or not is_transient(exc):
+                        raise
+                    time.sleep(0.1 * 2**attempt)
             return statement()
 
     def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:

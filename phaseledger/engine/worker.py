@@ -392,9 +392,11 @@ class Worker:
         run_id, fence, hold = claim.run_id, claim.version, 0.0
         try:
             view = await self.engine.resume(run_id)
-        except (ConcurrencyConflict, LeaseLost):  # another driver took the run over
+        except ConcurrencyConflict:  # another writer took the run between claim and resume
             self.stats.lost += 1
             fence += 1
+        except LeaseLost:  # taken over (its new owner holds the lease), or the lease ran out unrenewed:
+            self.stats.lost += 1  # released at the claimed version, so the run is claimed again
         except RunBusy as exc:  # another process drives it (engine.run, resume): leave it to that one
             self.stats.lost += 1
             hold = min(self.poll_interval, 1.0)
