@@ -152,6 +152,18 @@ def test_images_need_graphviz_and_say_so(monkeypatch: pytest.MonkeyPatch) -> Non
         _diagram.image(load_box(), "svg")
 
 
+def test_images_label_edges_by_guards_only() -> None:
+    pytest.importorskip("graphviz")
+    box = Workflow("guarded", state=Box)
+    box.phase("a", initial=True, to={"b": lambda state: len(state.items) < 2, "c": None})(lambda ctx: None)
+    box.phase("b", to="c")(lambda ctx: None)
+    box.phase("c", final=True)(lambda ctx: None)
+    source = _diagram.graph(box).source
+    assert 'a -> b [label="[len(state.items) < 2]"]' in source
+    assert "\ta -> c\n" in source and "\tb -> c\n" in source  # no label repeating the target
+    assert "c [peripheries=2]" in source and "__start__ -> a" in source
+
+
 def load_box() -> Workflow[Box]:
     box = Workflow("draw", state=Box)
     box.phase("a", initial=True, to="b")(lambda ctx: None)
