@@ -235,6 +235,12 @@ def test_help_lists_every_command_and_version_prints(tmp_path: Path) -> None:
     assert "--at" in cli("show", "--help", cwd=tmp_path).stdout
 
 
+def test_the_command_runs_the_code_under_test(tmp_path: Path) -> None:
+    result = cli("--debug", "--store", "memory://", "show", "nope", cwd=tmp_path, check=None)
+    assert result.returncode == 1
+    assert str(Path(PACKAGE_ROOT) / "phaseledger" / "cli") in result.stderr  # the traceback's frames
+
+
 def test_python_dash_m_runs_the_same_command(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "phaseledger.cli", "--help"], capture_output=True, text=True,
                             cwd=tmp_path, timeout=60)
