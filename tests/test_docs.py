@@ -90,8 +90,8 @@ def compile_as_script(block: Block, filename: str) -> types.CodeType:
 
 def test_a_main_guard_runs_as_in_a_script() -> None:
     namespace: dict[str, object] = {"__name__": "docs_example"}
-    exec(compile_as_script(Block("python", 1, 'ran = False\nif __name__ == "__main__":\n    ran = True'), "x"),  # noqa: S102
-         namespace)
+    block = Block("python", 1, 'ran = False\nif __name__ == "__main__":\n    ran = True')
+    exec(compile_as_script(block, "x"), namespace)  # noqa: S102
     assert namespace["ran"] is True
 
 

@@ -28,7 +28,8 @@ def runs(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print JSON for scripts: a summary of each run (`show RUN --json` has its state).")] = False,
     full: Annotated[bool, typer.Option(
-        "--full", help="With --json: each run's whole view, state and output included (what --json printed before).")] = False,
+        "--full",
+        help="With --json: each run's whole view, state and output included (what --json printed before).")] = False,
 ) -> None:
     """List the runs in the store, oldest first."""
     from phaseledger.domain.run import STATUSES

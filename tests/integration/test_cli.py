@@ -228,8 +228,8 @@ def store_history(store: str, run_id: str) -> list[str]:
 
 def test_help_lists_every_command_and_version_prints(tmp_path: Path) -> None:
     result = cli("--help", cwd=tmp_path)
-    for command in ("runs", "show", "history", "resume", "retry", "signal", "cancel", "worker", "diagram", "diff",
-                    "demo", "projections", "report"):
+    for command in ("start", "runs", "show", "history", "resume", "retry", "signal", "cancel", "worker", "diagram",
+                    "diff", "demo", "projections", "report"):
         assert command in result.stdout
     assert cli("--version", cwd=tmp_path).stdout.startswith("phaseledger ")
     assert "--at" in cli("show", "--help", cwd=tmp_path).stdout
