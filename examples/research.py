@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from phaseledger import Engine, RunExists
 from phaseledger.demo.research import Research, build_research
@@ -57,4 +58,9 @@ if __name__ == "__main__":
     parser.add_argument("--model", default=None, help="a pydantic-ai model name; default: the local model")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per local model request")
     args = parser.parse_args()
-    asyncio.run(main(args.store, args.run_id, args.topic, args.model, args.latency))
+    try:
+        asyncio.run(main(args.store, args.run_id, args.topic, args.model, args.latency))
+    except KeyboardInterrupt:  # Ctrl-C: the run stopped at its last recorded step, nothing is lost
+        print(f"interrupted: run {args.run_id} stopped at its last recorded step; "
+              "run the same command again to resume it from its log", file=sys.stderr)
+        sys.exit(130)

@@ -1,7 +1,9 @@
 """Shared fixtures: one store URL per backend, so the same tests run on every store.
 
-PostgreSQL tests use ``$PHASELEDGER_TEST_POSTGRES_URL``. Outside CI they skip with a
-reason when no server answers; under ``CI=true`` they fail instead.
+PostgreSQL tests use ``$PHASELEDGER_TEST_POSTGRES_URL`` (default: a local server). Outside
+CI they skip with a reason when no server answers; under ``CI=true`` they fail instead.
+Which server they use, or why they skipped, is printed in pytest's header and, after
+skips, once at the end of the run.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -29,17 +32,54 @@ def _postgres_reachable() -> str | None:
 
 
 _PG_ERROR: list[str | None] = []
+_PG_SKIPPED: list[str] = []
+"""Set when a test skipped for want of the server: the end of the run says why, once."""
+
+
+def _postgres_error() -> str | None:
+    """Why the PostgreSQL test server cannot be used (None when it answers); probed once."""
+    if not _PG_ERROR:
+        _PG_ERROR.append(_postgres_reachable())
+    return _PG_ERROR[0]
+
+
+def _redacted(url: str) -> str:
+    from phaseledger.engine.store import StoreURL
+
+    return StoreURL.parse(url).redacted
+
+
+def postgres_note() -> str:
+    """One line: which PostgreSQL server the tests use, or why they skip and how to point them elsewhere."""
+    error = _postgres_error()
+    where = _redacted(POSTGRES_URL)
+    if error is None:
+        return f"PostgreSQL tests: {where} (set PHASELEDGER_TEST_POSTGRES_URL to use another server)"
+    effect = "fail (CI=true)" if IN_CI else "are skipped"
+    return (f"PostgreSQL tests {effect}: {where} is not reachable ({error.strip().splitlines()[0]}); "
+            "set PHASELEDGER_TEST_POSTGRES_URL=postgresql://USER@HOST:PORT/DB to use another server")
 
 
 def require_postgres() -> None:
     """Skip (or fail under CI) when the PostgreSQL test server is not reachable."""
-    if not _PG_ERROR:
-        _PG_ERROR.append(_postgres_reachable())
-    if _PG_ERROR[0] is not None:
-        message = f"PostgreSQL at {POSTGRES_URL} is not reachable: {_PG_ERROR[0]}"
+    error = _postgres_error()
+    if error is not None:
+        message = f"PostgreSQL at {_redacted(POSTGRES_URL)} is not reachable: {error}"
         if IN_CI:
             pytest.fail(message)
+        _PG_SKIPPED.append(message)
         pytest.skip(message)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The PostgreSQL server the tests use, at the top of a (non-quiet) run."""
+    return postgres_note()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """After PostgreSQL tests skipped, say why once at the end (also under ``-q``)."""
+    if _PG_SKIPPED:
+        terminalreporter.write_line(postgres_note(), yellow=True)
 
 
 def fresh_postgres_url() -> Iterator[str]:

@@ -2,14 +2,20 @@
 
 Each file's blocks run in order in one namespace (a module of its own, so pydantic models
 defined in a block can be recorded and replayed), in a temporary directory, with a
-timeout. A block whose fence says more than ``python`` (``python no-run``) is shown but
-not run: use that sparingly, for code that needs a server or an API key.
-Relative links between the docs must point to files that exist.
+timeout. A block runs as the script a reader would save it as: its
+``if __name__ == "__main__":`` part runs too. A block whose fence says more than
+``python`` (``python no-run``) is shown but not run: use that sparingly, for code that
+needs a server or an API key. Relative links between the docs must point to files that
+exist, and the README's shell commands run as written.
 """
 
 from __future__ import annotations
 
+import ast
+import os
 import re
+import shlex
+import subprocess
 import sys
 import types
 from dataclasses import dataclass
@@ -59,6 +65,36 @@ def runnable(blocks: list[Block]) -> list[Block]:
     return [b for b in blocks if b.info in ("python", "py", "python3")]
 
 
+class _RunAsScript(ast.NodeTransformer):
+    """Make a module-level ``if __name__ == "__main__":`` true, as when the block is run as a script."""
+
+    def visit_Module(self, node: ast.Module) -> ast.Module:
+        for statement in node.body:
+            if isinstance(statement, ast.If) and _is_main_guard(statement.test):
+                statement.test = ast.copy_location(ast.Constant(True), statement.test)
+        return node
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+            and len(test.comparators) == 1 and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__")
+
+
+def compile_as_script(block: Block, filename: str) -> types.CodeType:
+    """A block's code, with the doc's own line numbers and its ``__main__`` part enabled."""
+    source = "\n" * (block.line - 1) + block.code  # tracebacks show the doc's own line numbers
+    tree = _RunAsScript().visit(ast.parse(source, filename))
+    return compile(tree, filename, "exec")
+
+
+def test_a_main_guard_runs_as_in_a_script() -> None:
+    namespace: dict[str, object] = {"__name__": "docs_example"}
+    block = Block("python", 1, 'ran = False\nif __name__ == "__main__":\n    ran = True')
+    exec(compile_as_script(block, "x"), namespace)  # noqa: S102
+    assert namespace["ran"] is True
+
+
 def _doc_id(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
@@ -105,6 +141,41 @@ def test_python_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
     module.__file__ = str(path)
     monkeypatch.setitem(sys.modules, name, module)
     for block in blocks:
-        source = "\n" * (block.line - 1) + block.code  # tracebacks show the doc's own line numbers
-        code = compile(source, str(path), "exec")
+        code = compile_as_script(block, str(path))
         exec(code, module.__dict__)  # noqa: S102 - executing our own documentation is the point
+
+
+def _shell_words(line: str) -> list[str]:
+    """A README shell line as a command: `python` is this interpreter, `phaseledger` this checkout's command."""
+    words = shlex.split(line, comments=True)
+    if words[0] == "python":
+        return [sys.executable, *words[1:]]
+    assert words[0] == "phaseledger", line
+    return [sys.executable, "-m", "phaseledger.cli", *words[1:]]
+
+
+@pytest.mark.timeout(300)
+def test_readme_tour_and_its_shell_commands_run_as_written(tmp_path: Path) -> None:
+    """Save the tour as the README says, then run the README's commands one by one."""
+    import phaseledger
+
+    readme = (ROOT / "README.md").read_text()
+    tour = runnable(code_blocks(readme))[0]
+    assert "Save this as `tour.py`" in readme
+    (tmp_path / "tour.py").write_text(tour.code + "\n")
+    (commands,) = [b for b in code_blocks(readme) if b.info == "bash" and "python tour.py" in b.code]
+    package_root = str(Path(phaseledger.__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHASELEDGER_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    outputs = []
+    for line in filter(str.strip, commands.code.splitlines()):
+        result = subprocess.run(_shell_words(line), cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
+        outputs.append(result.stdout)
+    tour_output, shown, history, diagram = outputs
+    assert "completed" in tour_output and "'event sourcing practice'" in tour_output
+    assert "completed" in shown and "tour-1" in shown
+    assert "RunCompleted" in history
+    assert "stateDiagram-v2" in diagram and "review --> gather: [len(state.notes) < 2]" in diagram
+    assert diagram.count("stateDiagram-v2") == 1 and "completed" not in diagram  # importing did not rerun the tour

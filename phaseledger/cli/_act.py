@@ -1,16 +1,19 @@
-"""Commands that drive runs: ``resume``, ``retry``, ``signal``, ``cancel``."""
+"""Commands that drive runs: ``start``, ``resume``, ``retry``, ``signal``, ``cancel``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from phaseledger.cli import _render as render
-from phaseledger.cli._base import JsonOpt, RunArg, app, session_of
+from phaseledger.cli._base import JsonOpt, RunArg, WorkflowVersionOpt, app, session_of
+from phaseledger.cli._drive import NowDriving, command_line, drive, exit_if_failed
 from phaseledger.cli._session import CommandError, Session
 
 StealOpt = Annotated[bool, typer.Option(
@@ -18,17 +21,105 @@ StealOpt = Annotated[bool, typer.Option(
                     "next step; the step it was running may run twice).")]
 
 if TYPE_CHECKING:
+    from phaseledger.domain.workflow import Workflow
     from phaseledger.engine.engine import Engine
     from phaseledger.engine.views import Run
+
+
+# -- start --------------------------------------------------------------------------------
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    workflow: Annotated[str, typer.Argument(metavar="WORKFLOW", help="The workflow's name.", show_default=False)],
+    input_: Annotated[Optional[str], typer.Option(
+        "--input", metavar="JSON", show_default=False,
+        help="The run's input (fields of the workflow's state) as a JSON object, or @file.json.")] = None,
+    run_id: Annotated[Optional[str], typer.Option(
+        "--run-id", metavar="ID", show_default=False, help="The new run's id (default: a random UUID).")] = None,
+    drive_now: Annotated[bool, typer.Option(
+        "--drive", help="Drive the run here until it completes, fails or waits, instead of leaving it to a "
+                        "worker.")] = False,
+    workflow_version: WorkflowVersionOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a run of a workflow; a worker drives it, or --drive drives it right away.
+
+    Needs --workflows. The store is created if it does not exist yet.
+    """
+    session = session_of(ctx)
+    definition = session.workflow(workflow, workflow_version)
+    data = _run_input(input_)
+    run_id = run_id or str(uuid.uuid4())
+    with session.engine(must_exist=False) as engine:
+        run = _start(session, engine, definition, data, run_id, drive_now=drive_now)
+    _print_run(session, run, "started", as_json=as_json)
+    if not drive_now and not as_json:
+        session.console.print(
+            f"a worker drives it ({render.escape(command_line(session, 'worker'))}), "
+            f"or drive it now: {render.escape(command_line(session, 'resume', run_id))}")
+    exit_if_failed(session, [run])
+
+
+def _run_input(text: str | None) -> dict[str, Any] | None:
+    """The ``--input`` JSON: an object (the fields of the state), or None when not given."""
+    if text is None:
+        return None
+    data = _parse_json(text, "--input")
+    if not isinstance(data, dict):
+        raise CommandError(f"--input must be a JSON object of the state's fields, not {type(data).__name__}")
+    return data
+
+
+def _start(session: Session, engine: Engine, workflow: Workflow[Any], data: dict[str, Any] | None, run_id: str,
+           *, drive_now: bool) -> Run:
+    """Start the run (and drive it with ``drive_now``); an existing id is an error naming ``resume``."""
+    from phaseledger.domain.errors import RunExists
+
+    try:
+        if drive_now:
+            return drive(session, engine.run(workflow, data, run_id=run_id), run_id)
+        return asyncio.run(engine.start(workflow, data, run_id=run_id))
+    except RunExists:
+        raise CommandError(
+            f"run {run_id!r} already exists: pick another --run-id, or continue it with "
+            f"{command_line(session, 'resume', run_id)}") from None
+
+
+# -- resume -------------------------------------------------------------------------------
+
+
+@dataclass
+class Resumed:
+    """What resuming one run did (``run`` is None when it could not be resumed)."""
+
+    run_id: str
+    before: Run
+    run: Run | None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The row ``resume --json`` prints for this run."""
+        after = self.run or self.before
+        return {
+            "run_id": self.run_id, "before": self.before.status, "status": after.status, "phase": after.phase,
+            "replayed": after.replayed_steps - self.before.replayed_steps,
+            "executed": after.steps - self.before.steps,
+            "tokens_saved": after.usage.tokens_saved - self.before.usage.tokens_saved,
+            "error": self.error,
+        }
 
 
 @app.command()
 def resume(
     ctx: typer.Context,
     run_ids: Annotated[Optional[list[str]], typer.Argument(
-        help="Run ids to resume.", show_default=False)] = None,
+        metavar="RUN", help="Run ids to resume.", show_default=False)] = None,
     all_runs: Annotated[bool, typer.Option(
-        "--all", help="Resume every unfinished run that is due (crashed, woken or retry due).")] = False,
+        "--all", help="Resume every unfinished run that is due: crashed or never driven, woken by its signal or "
+                      "timer, or due for a retry. Runs still waiting, and runs a live process drives, are left "
+                      "alone.")] = False,
     steal: StealOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -42,24 +133,35 @@ def resume(
         raise CommandError("name the runs to resume, or pass --all")
     if run_ids and all_runs:
         raise CommandError("pass run ids or --all, not both")
+    now = NowDriving()
     with session.engine() as engine:
-        targets = run_ids or _unfinished(engine)
-        results = asyncio.run(_resume_many(session, engine, targets, strict=not all_runs, steal=steal))
-    _report_resumed(session, results, as_json=as_json)
-    if any(r["error"] for r in results):
-        raise typer.Exit(1)
+        targets, not_due = (run_ids, 0) if run_ids else _due(engine)
+        results = drive(session, _resume_many(session, engine, targets, strict=not all_runs, steal=steal, now=now),
+                        now)
+    _report_resumed(session, results, not_due=not_due, as_json=as_json)
+    exit_if_failed(session, [r.run for r in results if r.run is not None],
+                   errors=any(r.error for r in results))
 
 
-def _unfinished(engine: Engine) -> list[str]:
-    """Unfinished runs that are not damaged and that no other live process drives now."""
+def _due(engine: Engine) -> tuple[list[str], int]:
+    """The unfinished runs that are due now, not damaged and that no other live process drives, and how
+    many other unfinished runs are not due (still waiting for a signal, a timer or a retry)."""
     from phaseledger.domain.run import DAMAGED
+    from phaseledger.engine.runindex import is_due
 
-    return [run.run_id for run in engine.runs()
-            if not run.finished and run.status != DAMAGED and not (run.driving is not None and run.driving.live)]
+    due, not_due = [], 0
+    for run in engine.runs():
+        if run.finished or run.status == DAMAGED or (run.driving is not None and run.driving.live):
+            continue
+        if is_due(engine.store.load(run.run_id)):
+            due.append(run.run_id)
+        else:
+            not_due += 1
+    return due, not_due
 
 
-async def _resume_many(session: Session, engine: Engine, run_ids: list[str], *, strict: bool,
-                       steal: bool) -> list[dict[str, Any]]:
+async def _resume_many(session: Session, engine: Engine, run_ids: list[str], *, strict: bool, steal: bool,
+                       now: NowDriving) -> list[Resumed]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from phaseledger.domain.errors import PhaseledgerError, UnknownWorkflow
@@ -72,75 +174,74 @@ async def _resume_many(session: Session, engine: Engine, run_ids: list[str], *, 
         task = progress.add_task("", total=len(run_ids))
         for run_id in run_ids:
             progress.update(task, description=run_id)
+            now.run_id = run_id
             before = await engine._call_store(engine.get, run_id)
             try:
-                after = await engine.resume(run_id, steal=steal)
-                error = None
+                results.append(Resumed(run_id, before, await engine.resume(run_id, steal=steal)))
             except UnknownWorkflow as exc:
                 if strict:
                     raise session.explain_unknown_workflow(exc) from None
-                after, error = before, str(session.explain_unknown_workflow(exc))
+                results.append(Resumed(run_id, before, None, str(session.explain_unknown_workflow(exc))))
             except PhaseledgerError as exc:
                 if strict:
                     raise
-                after, error = before, str(exc)
-            results.append({
-                "run_id": run_id, "before": before.status, "status": after.status, "phase": after.phase,
-                "replayed": after.replayed_steps - before.replayed_steps,
-                "executed": after.steps - before.steps,
-                "tokens_saved": after.usage.tokens_saved - before.usage.tokens_saved,
-                "error": error,
-            })
+                results.append(Resumed(run_id, before, None, str(exc)))
             progress.advance(task)
     return results
 
 
-def _report_resumed(session: Session, results: list[dict[str, Any]], *, as_json: bool) -> None:
+def _report_resumed(session: Session, results: list[Resumed], *, not_due: int, as_json: bool) -> None:
     if as_json:
-        render.print_json(results)
+        render.print_json([r.as_json() for r in results])
         return
     console = session.console
     if not results:
-        console.print("no unfinished runs to resume")
+        waiting = f" ({not_due} unfinished waiting for a signal, a timer or a retry time)" if not_due else ""
+        console.print(f"no runs are due to resume{waiting}")
         return
     grid = render.table(console, ["run", "was", "now", "phase", "replayed", "executed", "tokens saved"])
     for r in results:
-        grid.add_row(render.escape(r["run_id"]), r["before"], render.status_text(r["status"]), r["phase"] or "-",
-                     str(r["replayed"]), str(r["executed"]), str(r["tokens_saved"]))
+        row = r.as_json()
+        grid.add_row(render.escape(r.run_id), row["before"], render.status_text(row["status"]), row["phase"] or "-",
+                     str(row["replayed"]), str(row["executed"]), str(row["tokens_saved"]))
     render.emit(console, grid)
     for r in results:
-        if r["error"]:
-            render.print_error(f"{r['run_id']}: {r['error']}")
+        if r.error:
+            render.print_error(f"{r.run_id}: {r.error}")
+
+
+# -- retry, signal, cancel ------------------------------------------------------------------
 
 
 @app.command()
 def retry(ctx: typer.Context, run_id: RunArg, steal: StealOpt = False, as_json: JsonOpt = False) -> None:
     """Re-enter the failed phase of a failed run, keeping the steps it recorded.
 
-    Needs --workflows.
+    Needs --workflows. Exits with status 3 when the run fails again.
     """
     from phaseledger.domain.errors import UnknownWorkflow
 
     session = session_of(ctx)
     with session.engine() as engine:
         try:
-            run = asyncio.run(engine.retry(run_id, steal=steal))
+            run = drive(session, engine.retry(run_id, steal=steal), run_id)
         except UnknownWorkflow as exc:
             raise session.explain_unknown_workflow(exc) from None
-    _report_run(session, run, "retried", as_json=as_json)
+    _print_run(session, run, "retried", as_json=as_json)
+    exit_if_failed(session, [run])
 
 
 @app.command()
 def signal(
     ctx: typer.Context,
     run_id: RunArg,
-    name: Annotated[str, typer.Argument(help="The signal's name.", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="SIGNAL", help="The signal's name.", show_default=False)],
     data: Annotated[Optional[str], typer.Option(
         "--data", metavar="JSON", show_default=False,
         help="The payload as JSON, or @file.json to read it from a file.")] = None,
     signal_id: Annotated[Optional[str], typer.Option(
-        "--id", show_default=False, help="A signal id: sending twice with one id delivers once.")] = None,
-    drive: Annotated[bool, typer.Option(
+        "--id", metavar="ID", show_default=False, help="A signal id: sending twice with one id delivers once.")] = None,
+    drive_now: Annotated[bool, typer.Option(
         "--resume", help="Drive the run right away instead of leaving it to a worker.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -154,12 +255,37 @@ def signal(
     payload = _parse_json(data, "--data") if data is not None else None
     with session.engine() as engine:
         try:
-            run = asyncio.run(engine.signal(run_id, name, payload, signal_id=signal_id))
-            if drive and not run.finished:
-                run = asyncio.run(engine.resume(run_id))
+            if data is None:
+                _refuse_missing_payload(engine, run_id, name)
+            run = drive(session, _send(engine, run_id, name, payload, signal_id, drive_now=drive_now), run_id)
         except UnknownWorkflow as exc:
             raise session.explain_unknown_workflow(exc) from None
-    _report_run(session, run, f"signal {name!r} sent to", as_json=as_json)
+    _print_run(session, run, f"signal {name!r} sent to", as_json=as_json)
+    exit_if_failed(session, [run])
+
+
+async def _send(engine: Engine, run_id: str, name: str, payload: Any, signal_id: str | None, *,
+                drive_now: bool) -> Run:
+    """Append the signal, then (``drive_now``) drive the run."""
+    run = await engine.signal(run_id, name, payload, signal_id=signal_id)
+    if drive_now and not run.finished:
+        run = await engine.resume(run_id)
+    return run
+
+
+def _refuse_missing_payload(engine: Engine, run_id: str, name: str) -> None:
+    """Refuse a signal sent without ``--data`` when the workflow declares a payload model for it."""
+    run = engine.get(run_id)
+    workflow = engine.registry.workflows.get((run.workflow, run.workflow_version))
+    model = workflow.signals.get(name) if workflow is not None else None
+    if model is None:
+        return
+    fields = ", ".join(
+        f"{field}" + ("" if info.is_required() else " (optional)") for field, info in model.model_fields.items()
+    )
+    raise CommandError(
+        f"signal {name!r} of workflow {run.workflow!r} carries a {model.__name__} payload "
+        f"({fields or 'no fields'}): pass it with --data JSON or --data @file.json")
 
 
 def _parse_json(text: str, option: str) -> Any:
@@ -179,23 +305,27 @@ def _parse_json(text: str, option: str) -> Any:
 def cancel(
     ctx: typer.Context,
     run_id: RunArg,
-    reason: Annotated[str, typer.Option("--reason", help="Why; kept in the log.")] = "cancelled from the command line",
+    reason: Annotated[str, typer.Option(
+        "--reason", metavar="TEXT", help="Why; kept in the log.")] = "cancelled from the command line",
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a run: it stops at its next step boundary and never resumes."""
     session = session_of(ctx)
     with session.engine() as engine:
         run = asyncio.run(engine.cancel(run_id, reason))
-    _report_run(session, run, "cancelled", as_json=as_json)
+    _print_run(session, run, "cancelled", as_json=as_json)
 
 
-def _report_run(session: Session, run: Run, did: str, *, as_json: bool) -> None:
+def _print_run(session: Session, run: Run, did: str, *, as_json: bool) -> None:
+    """The run as JSON, or one line saying what was done and where the run stands."""
     if as_json:
         render.print_json(render.run_as_json(run))
         return
+    _report_run(session, run, did)
+
+
+def _report_run(session: Session, run: Run, did: str) -> None:
     line = f"{did} run {render.escape(run.run_id)}: {render.status_text(run.status)}, phase {run.phase or '-'}"
     if run.replayed_steps:
         line += f", {run.replayed_steps} steps served from the log"
     session.console.print(line)
-    if run.error and run.status == "failed":
-        session.console.print(render.escape(f"error: {run.error.get('type')}: {run.error.get('message')}"))

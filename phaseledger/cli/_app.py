@@ -1,10 +1,12 @@
 """The command tree of ``phaseledger`` and its entry point.
 
 Every command opens the engine on ``--store`` (or ``$PHASELEDGER_STORE``), does one
-thing and closes it. Errors print one line on stderr and exit with status 1 (2 for a
-wrong command line); ``--debug`` shows the traceback instead. The commands live in
-``_read`` (runs, show, history), ``_act`` (resume, retry, signal, cancel) and ``_tools``
-(worker, diff, diagram, demo); projections and reports next to their subsystem.
+thing and closes it. Exit statuses: 0 done; 1 an error, printed as one ``error:`` line on
+stderr (``--debug`` shows the traceback instead); 2 a wrong command line; 3 a run the
+command drove ended failed; 130 interrupted (Ctrl-C), with one line saying how to resume.
+The commands live in ``_read`` (runs, show, history), ``_act`` (start, resume, retry,
+signal, cancel) and ``_tools`` (worker, diff, diagram, demo); projections and reports next
+to their subsystem.
 """
 
 from __future__ import annotations
@@ -19,15 +21,22 @@ from phaseledger.cli import (
 )
 from phaseledger.cli import _render as render
 from phaseledger.cli._base import app
+from phaseledger.cli._drive import INTERRUPTED, Interrupted
+from phaseledger.cli._help import Command, Group
 
 __all__ = ["app", "main"]
 
 
 def _mount_subsystem_commands() -> None:
     """Mount the commands that live next to their subsystems (projections and reports)."""
+    from typer.core import TyperCommand
+
     from phaseledger.projections import cli as projections_cli
 
-    app.add_typer(projections_cli.projections_app, name="projections")
+    for command in projections_cli.projections_app.registered_commands:
+        if command.cls in (None, TyperCommand):  # typer's default: use ours, for help without placeholders
+            command.cls = Command
+    app.add_typer(projections_cli.projections_app, name="projections", cls=Group)
     app.command("report")(projections_cli.report)
 
 
@@ -45,14 +54,21 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("PHASELEDGER_DEBUG", "") not in ("", "0")
     try:
         app(args=args, prog_name="phaseledger")  # usage errors exit 2 with click's message
-    except KeyboardInterrupt:
-        render.print_error("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit 130)
+        print("interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED:  # typer's silent exit after Ctrl-C outside a run
+            print("interrupted", file=sys.stderr)
+        raise
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(INTERRUPTED)
     except PhaseledgerError as exc:
         if debug:
             raise
         render.print_error(str(exc))
-        sys.exit(1)
+        sys.exit(getattr(exc, "exit_code", 1))
     except Exception as exc:  # an unexpected failure: still one line, the traceback on request
         if debug:
             raise

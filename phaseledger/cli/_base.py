@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
+from phaseledger.cli._help import Command, Group
 from phaseledger.cli._session import WORKFLOWS_ENV_VAR, Session
 
-app = typer.Typer(
+
+class _Typer(typer.Typer):
+    """A typer app whose commands default to :class:`~phaseledger.cli._help.Command` (tidy help)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        """Register a command (see :meth:`typer.Typer.command`)."""
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
     name="phaseledger",
+    cls=Group,
     help="Inspect, drive and draw durable workflow runs kept in an event log.",
     no_args_is_help=True,
     add_completion=False,
@@ -18,8 +30,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-RunArg = Annotated[str, typer.Argument(help="The run id.", show_default=False)]
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="The run id.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+WorkflowVersionOpt = Annotated[Optional[int], typer.Option(
+    "--workflow-version", min=1, metavar="N", show_default=False,
+    help="The workflow version (default: the latest loaded).")]
 
 
 def session_of(ctx: typer.Context) -> Session:

@@ -1,8 +1,8 @@
 """Drawing a workflow's state machine: Mermaid text always, SVG or PNG through Graphviz.
 
-Both come from the ``transitions`` diagram extension: Mermaid needs nothing installed,
-the images need Graphviz's ``dot`` program and the ``graphviz`` Python package
-(``pip install 'phaseledger[diagrams]'``).
+Both draw the edges of :meth:`Workflow.edges <phaseledger.Workflow.edges>`, labelled by
+their guards only. Mermaid needs nothing installed; the images need Graphviz's ``dot``
+program and the ``graphviz`` Python package (``pip install 'phaseledger[diagrams]'``).
 """
 
 from __future__ import annotations
@@ -41,30 +41,31 @@ def graphviz_available() -> str | None:
     return None
 
 
-def image(workflow: Workflow[Any], fmt: str) -> bytes:
-    """The workflow drawn by Graphviz as ``svg`` or ``png`` bytes.
+def graph(workflow: Workflow[Any]) -> Any:
+    """The workflow as a ``graphviz.Digraph``: a start dot, phases (finals with a double
+    border), and edges labelled by their guards only."""
+    import graphviz
 
-    Final phases get a double border; guarded transitions show their guard's name.
-    """
+    workflow.validate()
+    title = f"{workflow.name} v{workflow.version}"
+    digraph = graphviz.Digraph(
+        name=workflow.name,
+        graph_attr={"rankdir": "LR", "label": title, "labelloc": "t"},
+        node_attr={"shape": "box", "style": "rounded"},
+    )
+    digraph.node("__start__", label="", shape="circle", style="filled", fillcolor="black", width="0.15")
+    for phase in workflow.phases.values():
+        digraph.node(phase.name, peripheries="2" if phase.final else "1")
+    digraph.edge("__start__", workflow.initial_phase)
+    for edge in workflow.edges():
+        digraph.edge(edge.source, edge.target, **({"label": edge.label} if edge.label else {}))
+    return digraph
+
+
+def image(workflow: Workflow[Any], fmt: str) -> bytes:
+    """The workflow drawn by Graphviz as ``svg`` or ``png`` bytes (see :func:`graph`)."""
     missing = graphviz_available()
     if missing:
         raise CommandError(missing)
-    from transitions.extensions import GraphMachine
-
-    workflow.validate()
-    machine = GraphMachine(
-        states=list(workflow.phases),
-        initial=workflow.initial_phase,
-        transitions=workflow._transition_specs(),  # the same table the engine validates with
-        auto_transitions=False,
-        send_event=True,
-        graph_engine="graphviz",
-        show_conditions=True,
-        title=f"{workflow.name} v{workflow.version}",
-    )
-    graph = machine.get_graph()
-    for phase in workflow.phases.values():
-        if phase.final:
-            graph.node(phase.name, peripheries="2")
-    data = graph.draw(None, format=fmt)
+    data = graph(workflow).pipe(format=fmt)
     return data if isinstance(data, bytes) else str(data).encode()

@@ -19,14 +19,18 @@ if TYPE_CHECKING:
 def runs(
     ctx: typer.Context,
     status: Annotated[Optional[str], typer.Option(
-        "--status", help="Only runs with this status (running, waiting, sleeping, retrying, "
-                         "completed, failed, cancelled, or damaged: a stored row cannot be read).",
+        "--status", metavar="STATUS", help="Only runs with this status (running, waiting, sleeping, retrying, "
+                                           "completed, failed, cancelled, or damaged: a stored row cannot be read).",
         show_default=False)] = None,
     workflow: Annotated[Optional[str], typer.Option(
-        "--workflow", help="Only runs of this workflow.", show_default=False)] = None,
+        "--workflow", metavar="WORKFLOW", help="Only runs of this workflow.", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option(
-        "--limit", min=1, help="Show at most this many runs (the latest).", show_default=False)] = None,
-    as_json: JsonOpt = False,
+        "--limit", min=1, metavar="N", help="Show at most this many runs (the latest).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print JSON for scripts: a summary of each run (`show RUN --json` has its state).")] = False,
+    full: Annotated[bool, typer.Option(
+        "--full",
+        help="With --json: each run's whole view, state and output included (what --json printed before).")] = False,
 ) -> None:
     """List the runs in the store, oldest first (damaged runs too, with status damaged)."""
     from phaseledger.domain.run import DAMAGED, STATUSES
@@ -39,7 +43,7 @@ def runs(
     if limit is not None:
         found = found[-limit:]
     if as_json:
-        render.print_json([render.run_as_json(run) for run in found])
+        render.print_json([render.run_as_json(run) if full else render.run_summary_json(run) for run in found])
         return
     if not found:
         what = " ".join(filter(None, [status, f"{workflow!r}" if workflow else None]))
@@ -121,7 +125,7 @@ def _print_run(session: Session, run: Run, events: list[Any], *, at: int | None)
         rows.append(("forked from", render.compact(run.parent)))
     if run.suspended:
         waits = [f"signal {run.suspended['signal']!r}" if run.suspended.get("signal") else "",
-                 f"until {run.suspended['until']}" if run.suspended.get("until") else ""]
+                 f"until {render.when(run.suspended['until'])}" if run.suspended.get("until") else ""]
         rows.append(("waiting for", " or ".join(w for w in waits if w) or run.suspended.get("reason", "")))
     for line in render.usage_lines(run):
         label, _, value = line.partition(": ")

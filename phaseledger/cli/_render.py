@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from rich import box
@@ -86,9 +86,22 @@ def print_value(console: Console, value: Any) -> None:
         console.print(pretty(value), markup=False, highlight=False, soft_wrap=True)
 
 
-def when(moment: datetime | None) -> str:
-    """A timestamp to the second, in UTC."""
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+def when(moment: datetime | str | None) -> str:
+    """A time as people read it everywhere in the command: ``2026-12-04 19:15:16 UTC``.
+
+    Accepts a datetime (naive ones are taken as UTC) or an ISO 8601 string from event
+    data; anything else is shown as it is.
+    """
+    if moment is None or moment == "":
+        return "-"
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment)
+        except ValueError:
+            return moment
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def tokens(usage: dict[str, Any] | None) -> str:
@@ -141,12 +154,12 @@ def event_summary(event: RecordedEvent) -> str:
             parts.append(f"-> {compact(d.get('result'), 50)}")
         return "  ".join(parts)
     if kind == "StepAttemptFailed":
-        retry = f", retry at {d['retry_at']}" if d.get("retry_at") else ", not retried"
+        retry = f", retry at {when(d['retry_at'])}" if d.get("retry_at") else ", not retried"
         return f"{d.get('name')!r} attempt {d.get('attempt')} failed: {d.get('error_type')}: {d.get('message')}{retry}"
     if kind == "SignalReceived":
         return f"signal {d.get('name')!r} {compact(d.get('payload'), 60)}"
     if kind == "TimerStarted":
-        return f"timer set to wake at {d.get('wake_at')}"
+        return f"timer set to wake at {when(d.get('wake_at'))}"
     if kind == "CheckpointSaved":
         return f"checkpoint {d.get('label')!r}"
     if kind == "RunSuspended":
@@ -154,7 +167,7 @@ def event_summary(event: RecordedEvent) -> str:
         if d.get("signal"):
             waits.append(f"signal {d['signal']!r}")
         if d.get("until"):
-            waits.append(f"until {d['until']}")
+            waits.append(f"until {when(d['until'])}")
         return f"suspended ({d.get('reason')}) waiting for {' or '.join(waits) or 'a wake-up'}"
     if kind == "RunResumed":
         return f"resumed ({d.get('reason')})"
@@ -246,6 +259,23 @@ def usage_lines(run: Run) -> list[str]:
             f"replayed from the log: {usage.replayed_requests} requests, {usage.tokens_saved} tokens not paid again"
         )
     return lines
+
+
+def run_summary_json(run: Run) -> dict[str, Any]:
+    """What ``runs --json`` prints per run: the table's columns, not the state or output."""
+    data = run.model_dump(mode="json", include={
+        "run_id", "workflow", "workflow_version", "status", "phase", "steps", "created_on", "updated_on",
+        "finished_on",
+    })
+    error = run.error or {}
+    return {
+        **data,
+        "events": run.version,
+        "total_tokens": run.usage.total_tokens,
+        "cost": run.usage.cost,
+        "error": f"{error.get('type')}: {error.get('message')}" if error else None,
+        "driver_status": run.driver_status,
+    }
 
 
 def run_as_json(run: Run) -> dict[str, Any]:

@@ -28,6 +28,29 @@ WORKFLOWS_ENV_VAR = "PHASELEDGER_WORKFLOWS"
 class CommandError(PhaseledgerError):
     """A command cannot do what was asked (bad option, bad JSON, missing file); the message says why."""
 
+    exit_code = 1
+
+
+def refuse_missing_store(store: str | None) -> None:
+    """Raise :class:`StoreUnavailable` when ``store`` names a SQLite file that does not exist.
+
+    Commands that read a store call this first: opening a missing file would create an
+    empty store and show nothing, as if the runs had vanished.
+    """
+    from phaseledger.engine.store import StoreURL
+
+    url = StoreURL.parse(store)
+    if url.sqlite_path is not None and not Path(url.sqlite_path).expanduser().exists():
+        raise StoreUnavailable(
+            f"store {url.url} does not exist (no file {url.sqlite_path!r}); check --store or "
+            "$PHASELEDGER_STORE, or start a run there first"
+        )
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """Say on stderr that an option spelling is deprecated and what replaces it (output is unchanged)."""
+    print(f"warning: {old} is deprecated and will be removed; use {new}", file=sys.stderr)
+
 
 def make_console(*, stderr: bool = False) -> Console:
     """A console that styles output on a terminal and prints plain, unwrapped text otherwise."""
@@ -94,13 +117,9 @@ class Session:
         from phaseledger.engine.engine import Engine
         from phaseledger.engine.store import Store, StoreURL
 
-        url = StoreURL.parse(self.store)
-        if must_exist and url.sqlite_path is not None and not Path(url.sqlite_path).expanduser().exists():
-            raise StoreUnavailable(
-                f"store {url.url} does not exist (no file {url.sqlite_path!r}); check --store or "
-                "$PHASELEDGER_STORE, or start a run there first"
-            )
-        store = Store(url.url)
+        if must_exist:
+            refuse_missing_store(self.store)
+        store = Store(StoreURL.parse(self.store).url)
         workflows = self.workflows()  # import errors surface before the store is touched
         engine = Engine(store, workflows=workflows)
         try:

@@ -6,19 +6,23 @@ import asyncio
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from phaseledger.cli import _render as render
-from phaseledger.cli._base import JsonOpt, app, session_of
-from phaseledger.cli._session import CommandError, make_console
+from phaseledger.cli._base import JsonOpt, WorkflowVersionOpt, app, session_of
+from phaseledger.cli._session import CommandError, make_console, warn_deprecated
+
+if TYPE_CHECKING:
+    from phaseledger.engine.worker import WorkerStats
 
 
 @app.command()
 def worker(
     ctx: typer.Context,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Runs driven at once.")] = 10,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", "-c", min=1, metavar="N", help="Runs driven at once.")] = 10,
     lease: Annotated[float, typer.Option(
         "--lease", min=1.0, metavar="SECONDS", help="How long a claim on a run lasts unless renewed.")] = 30.0,
     poll: Annotated[float, typer.Option(
@@ -26,7 +30,8 @@ def worker(
     until_idle: Annotated[bool, typer.Option(
         "--until-idle", help="Exit once no run is runnable now (for cron jobs and tests).")] = False,
     worker_id: Annotated[Optional[str], typer.Option(
-        "--id", show_default=False, help="This worker's id in leases and logs (default: host:pid:random).")] = None,
+        "--id", metavar="ID", show_default=False,
+        help="This worker's id in leases and logs (default: host:pid:random).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every claim and drive.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -54,11 +59,24 @@ def worker(
         session.store_url, workflows, concurrency=concurrency, lease_seconds=lease, poll_interval=poll,
         until_idle=until_idle, worker_id=worker_id,
     ))
-    data = dataclasses.asdict(stats)
     if as_json:
-        render.print_json(data)
+        render.print_json(dataclasses.asdict(stats))
     else:
-        session.console.print("worker stopped: " + ", ".join(f"{k} {v}" for k, v in data.items()))
+        session.console.print(worker_summary(stats))
+
+
+def worker_summary(stats: WorkerStats) -> str:
+    """What a worker did, in words: how its drives ended, and anything that needs a look."""
+    parts = [f"{stats.completed} completed", f"{stats.failed} failed", f"{stats.cancelled} cancelled",
+             f"{stats.suspended} left waiting for a signal, a timer or a retry"]
+    if stats.released:
+        parts.append(f"{stats.released} released at shutdown (another worker or `resume` continues them)")
+    if stats.lost:
+        parts.append(f"{stats.lost} taken by another driver first (nothing appended)")
+    if stats.errors:
+        parts.append(f"{stats.errors} stopped by an error (logged; held back, then tried again)")
+    drives = "1 drive" if stats.claimed == 1 else f"{stats.claimed} drives"
+    return f"worker stopped after {drives}: " + ", ".join(parts)
 
 
 def _redacted(url: str) -> str:
@@ -70,8 +88,8 @@ def _redacted(url: str) -> str:
 @app.command()
 def diff(
     ctx: typer.Context,
-    run_a: Annotated[str, typer.Argument(help="A run id.", show_default=False)],
-    run_b: Annotated[str, typer.Argument(help="Another run of the same workflow (a fork, a rerun).",
+    run_a: Annotated[str, typer.Argument(metavar="A", help="A run id.", show_default=False)],
+    run_b: Annotated[str, typer.Argument(metavar="B", help="Another run of the same workflow (a fork, a rerun).",
                                          show_default=False)],
     as_json: JsonOpt = False,
 ) -> None:
@@ -90,14 +108,16 @@ def diff(
 @app.command()
 def diagram(
     ctx: typer.Context,
-    workflow: Annotated[str, typer.Argument(help="The workflow's name.", show_default=False)],
+    workflow: Annotated[str, typer.Argument(metavar="WORKFLOW", help="The workflow's name.", show_default=False)],
     fmt: Annotated[str, typer.Option(
-        "--format", "-f", help="mermaid (text, needs nothing installed), svg or png (need Graphviz).")] = "mermaid",
+        "--format", "-f", metavar="mermaid|svg|png",
+        help="mermaid: text, needs nothing installed; svg or png: an image drawn by Graphviz.")] = "mermaid",
     output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", show_default=False,
+        "--output", "-o", metavar="FILE", show_default=False,
         help="Write to this file (default for svg/png: WORKFLOW.FORMAT; Mermaid prints).")] = None,
-    version: Annotated[Optional[int], typer.Option(
-        "--version", min=1, show_default=False, help="The workflow version (default: the latest).")] = None,
+    workflow_version: WorkflowVersionOpt = None,
+    old_version: Annotated[Optional[int], typer.Option(
+        "--version", min=1, hidden=True, show_default=False, help="Deprecated: use --workflow-version.")] = None,
 ) -> None:
     """Draw a workflow's state machine (phases and guarded transitions).
 
@@ -109,7 +129,10 @@ def diagram(
     fmt = fmt.lower()
     if fmt not in _diagram.FORMATS:
         raise CommandError(f"unknown diagram format {fmt!r}: use {', '.join(_diagram.FORMATS)}")
-    definition = session.workflow(workflow, version)
+    if old_version is not None:
+        warn_deprecated("diagram --version", "--workflow-version")
+        workflow_version = workflow_version or old_version
+    definition = session.workflow(workflow, workflow_version)
     if fmt == "mermaid":
         text = _diagram.mermaid(definition)
         if output is None:
@@ -145,7 +168,8 @@ def demo(
         "--model", metavar="MODEL", show_default=False,
         help="A pydantic-ai model name (e.g. openai:gpt-4o) to use a real provider; its API key must be set. "
              "Default: a deterministic local model, offline.")] = None,
-    db: Annotated[Path, typer.Option("--db", help="The SQLite file to use (recreated).")] = Path("demo.db"),
+    db: Annotated[Path, typer.Option(
+        "--db", metavar="FILE", help="The SQLite file to use (recreated).")] = Path("demo.db"),
 ) -> None:
     """Run the research workflow, kill its process part-way, and resume it from the log."""
     from phaseledger.demo.runner import run_demo

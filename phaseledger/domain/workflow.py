@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 from transitions import EventData, Machine
 
+from phaseledger.domain.diagram import Edge, guard_label, mermaid
 from phaseledger.domain.errors import InvalidTransition, WorkflowDefinitionError
 from phaseledger.domain.retry import RetryPolicy
 
@@ -292,39 +293,26 @@ class Workflow(Generic[StateT]):
         held = [t for t in phase.targets if self._guard_holds(phase.name, t, state)]
         return f"guards that hold: {held}" if held else "no guard of this phase holds"
 
+    def edges(self) -> list[Edge]:
+        """Every allowed phase change, in definition order, with how its guard reads in a diagram."""
+        return [
+            Edge(phase.name, target, guard_label(guard) if guard else None)
+            for phase in self.phases.values()
+            for target, guard in phase.targets.items()
+        ]
+
     def diagram(self, *, active: str | None = None) -> str:
         """The state machine as Mermaid ``stateDiagram-v2`` text (no system packages needed).
 
-        ``active`` highlights one phase, for example the phase a run is in.
+        Edges are labelled by their guards only (``[needs_review]``, a short lambda's
+        expression, or ``[guard]``). ``active`` highlights one phase, for example the phase
+        a run is in.
         """
-        from transitions.extensions import GraphMachine
-
         self.validate()
         if active is not None and active not in self.phases:
             raise WorkflowDefinitionError(f"workflow {self.name!r} has no phase {active!r} to highlight")
-        title = f"{self.name} v{self.version}"
-        graph_machine = GraphMachine(
-            states=list(self.phases),
-            initial=self.initial_phase,
-            transitions=self._transition_specs(),
-            auto_transitions=False,
-            send_event=True,
-            graph_engine="mermaid",
-            show_conditions=True,
-            title=title,
-        )
-        lines = []
-        for line in graph_machine.get_graph().draw(None).splitlines():
-            words = line.split()
-            if not words:
-                continue
-            if line == title:
-                line = f"title: {title}"  # front matter is YAML: Mermaid reads the title key
-            elif words[0] == "Class" and len(words) == 3:  # transitions writes `Class`; Mermaid documents `class`
-                line = f"  class {words[1]} {'s_active' if words[1] == active else 's_default'}"
-            lines.append(line)
-        lines.extend(f"  {p.name} --> [*]" for p in self.phases.values() if p.final)
-        return "\n".join(lines) + "\n"
+        finals = [p.name for p in self.phases.values() if p.final]
+        return mermaid(f"{self.name} v{self.version}", self.initial_phase, self.edges(), finals, active=active)
 
 
 @dataclass

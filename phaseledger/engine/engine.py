@@ -188,7 +188,21 @@ class Engine:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._stop_drives()
         self.close()
+
+    async def _stop_drives(self) -> None:
+        """Cancel the drives still in progress here and wait until they gave back their leases.
+
+        A caller cancelled while awaiting a drive (Ctrl-C in ``asyncio.run``) leaves the
+        shielded drive running; it must stop while the store is still open, as after a
+        crash: the step in flight is not recorded and runs again on resume.
+        """
+        drives = [task for task in self.control.active.values() if not task.done()]
+        for task in drives:
+            task.cancel()
+        if drives:
+            await asyncio.gather(*drives, return_exceptions=True)
 
     # -- starting and driving ----------------------------------------------------------
 

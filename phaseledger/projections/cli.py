@@ -2,10 +2,12 @@
 
 ``projections_app`` is a typer app mounted by the main command
 (``app.add_typer(projections_app, name="projections")``) and :func:`report` a command
-(``app.command("report")(report)``). Each takes ``--store URL`` (default: the main
-command's ``--store``, then ``$PHASELEDGER_STORE``, then ``sqlite:///phaseledger.db``).
-On a terminal the output is a rich table (and rebuilds show a progress bar); otherwise it
-is plain text; ``--format json`` prints JSON for scripts.
+(``app.command("report")(report)``). The store is the main command's ``--store`` (then
+``$PHASELEDGER_STORE``, then ``sqlite:///phaseledger.db``); ``--store URL`` after the
+command name is kept as an alias. On a terminal the output is a rich table (and rebuilds
+show a progress bar); otherwise it is plain text; ``--json`` prints JSON for scripts, as
+every ``phaseledger`` command does (``--format json`` is a deprecated alias). A SQLite
+file that does not exist is refused, not created.
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ class OutputFormat(str, enum.Enum):
 
 
 StoreOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer reads the annotation
-    "--store", metavar="URL", show_default=False,
-    help="Store URL (default: $PHASELEDGER_STORE, then sqlite:///phaseledger.db).",
+    "--store", metavar="URL", show_default=False, hidden=True,
+    help="Store URL; an alias of the global --store (given before the command).",
 )]
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="table (for people) or json (for scripts).")]
-PageOpt = Annotated[int, typer.Option("--page-size", min=1, help="Events applied per transaction.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+FormatOpt = Annotated[Optional[OutputFormat], typer.Option(  # noqa: UP045 - typer reads the annotation
+    "--format", hidden=True, show_default=False, help="Deprecated: use --json.")]
+PageOpt = Annotated[int, typer.Option("--page-size", min=1, metavar="N", help="Events applied per transaction.")]
 
 projections_app = typer.Typer(
     name="projections",
@@ -65,12 +69,24 @@ def _store_url(ctx: typer.Context, store: str | None) -> str | None:
     return getattr(root, "store", None)
 
 
+def _wants_json(as_json: bool, output: OutputFormat | None) -> bool:
+    """``--json``, or the deprecated ``--format json`` (which says so on stderr)."""
+    if output is not None:
+        from phaseledger.cli._session import warn_deprecated
+
+        warn_deprecated(f"--format {output.value}", "--json for JSON (a table is the default)")
+    return as_json or output is OutputFormat.json
+
+
 @contextmanager
 def _reports(ctx: typer.Context, store: str | None) -> Iterator[Reports]:
+    from phaseledger.cli._session import refuse_missing_store
     from phaseledger.projections.reports import Reports
 
+    url = _store_url(ctx, store)
     try:
-        reports = Reports(_store_url(ctx, store))
+        refuse_missing_store(url)
+        reports = Reports(url)
     except PhaseledgerError as exc:
         _fail(exc)
     try:
@@ -91,11 +107,12 @@ def _json(value: Any) -> None:
 
 
 @projections_app.command("status")
-def status(ctx: typer.Context, store: StoreOpt = None, output: FormatOpt = OutputFormat.table) -> None:
+def status(ctx: typer.Context, as_json: JsonOpt = False, store: StoreOpt = None, output: FormatOpt = None) -> None:
     """Show the position of the report tables in the log, their lag and their row counts."""
+    as_json = _wants_json(as_json, output)
     with _reports(ctx, store) as reports:
         state = reports.status()
-    if output is OutputFormat.json:
+    if as_json:
         _json(state.model_dump(mode="json"))
         return
     _console().print(_status_table(state))
@@ -119,34 +136,36 @@ def _status_table(state: ProjectionStatus) -> Table:
 
 
 @projections_app.command("catch-up")
-def catch_up(ctx: typer.Context, store: StoreOpt = None, page_size: PageOpt = 500,
-             output: FormatOpt = OutputFormat.table) -> None:
+def catch_up(ctx: typer.Context, page_size: PageOpt = 500, as_json: JsonOpt = False, store: StoreOpt = None,
+             output: FormatOpt = None) -> None:
     """Apply the events the report tables do not include yet."""
+    as_json = _wants_json(as_json, output)
     with _reports(ctx, store) as reports:
-        applied = _with_progress(reports, "catching up", lambda p: reports.catch_up(p, page_size=page_size), output)
+        applied = _with_progress(reports, "catching up", lambda p: reports.catch_up(p, page_size=page_size), as_json)
         state = reports.status()
-    if output is OutputFormat.json:
+    if as_json:
         _json({"applied": applied, "position": state.position, "lag": state.lag})
         return
     _console().print(f"applied {applied} event(s); position {state.position}, lag {state.lag}")
 
 
 @projections_app.command("rebuild")
-def rebuild(ctx: typer.Context, store: StoreOpt = None, page_size: PageOpt = 500,
-            output: FormatOpt = OutputFormat.table) -> None:
+def rebuild(ctx: typer.Context, page_size: PageOpt = 500, as_json: JsonOpt = False, store: StoreOpt = None,
+            output: FormatOpt = None) -> None:
     """Drop the report tables and fill them again from the whole log."""
+    as_json = _wants_json(as_json, output)
     with _reports(ctx, store) as reports:
-        applied = _with_progress(reports, "rebuilding", lambda p: reports.rebuild(p, page_size=page_size), output)
+        applied = _with_progress(reports, "rebuilding", lambda p: reports.rebuild(p, page_size=page_size), as_json)
         state = reports.status()
-    if output is OutputFormat.json:
+    if as_json:
         _json({"applied": applied, "position": state.position, "generation": state.generation})
         return
     _console().print(f"rebuilt from {applied} event(s); position {state.position}, generation {state.generation}")
 
 
-def _with_progress(reports: Reports, label: str, work: Any, output: OutputFormat) -> int:
+def _with_progress(reports: Reports, label: str, work: Any, as_json: bool) -> int:
     console = _console()
-    if output is OutputFormat.json or not console.is_terminal:
+    if as_json or not console.is_terminal:
         return int(work(None))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -162,18 +181,21 @@ def _with_progress(reports: Reports, label: str, work: Any, output: OutputFormat
 
 def report(
     ctx: typer.Context,
-    store: StoreOpt = None,
-    output: FormatOpt = OutputFormat.table,
     catch_up_first: Annotated[bool, typer.Option(
-        "--catch-up/--no-catch-up", help="Apply new events before reporting (default) or report the tables as they are.",
+        "--catch-up/--no-catch-up",
+        help="Apply new events before reporting (default) or report the tables as they are.",
     )] = True,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+    output: FormatOpt = None,
 ) -> None:
     """Summarise the runs: runs by status, phase durations, tokens and cost by workflow."""
+    as_json = _wants_json(as_json, output)
     with _reports(ctx, store) as reports:
         if catch_up_first:
             reports.catch_up()
         summary = reports.summary()
-    if output is OutputFormat.json:
+    if as_json:
         _json(summary.model_dump(mode="json"))
         return
     console = _console()

@@ -2,27 +2,35 @@
 console script, on a real SQLite file and on the real PostgreSQL server.
 
 Runs are prepared with the Python API in this process; every check goes through the
-command line: what it prints, its exit status, and what it left in the store.
+command line: what it prints, its exit status, and what it left in the store. The
+subprocess imports the same phaseledger code as the tests (its checkout comes first on
+PYTHONPATH), whichever copy the console script was installed from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from phaseledger import Engine
+import phaseledger
+from phaseledger import Engine, RunNotFound
 
 FLOWS = '''
+import asyncio
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -91,9 +99,51 @@ def fetch(n: int) -> int:
 async def fetch_all(ctx: Context[Count]) -> dict:
     first = await ctx.step("first", lambda: 1)
     return {"second": await ctx.step("fetch", fetch, first)}
+
+
+slow = Workflow("slow", state=Count)
+
+
+async def tick(n: int) -> int:
+    await asyncio.sleep(0.1)
+    return n + 1
+
+
+@slow.phase(initial=True, final=True)
+async def ticking(ctx: Context[Count]) -> int:
+    while ctx.state.n < ctx.state.limit:
+        ctx.state.n = await ctx.step("tick", tick, ctx.state.n)
+    return ctx.state.n
+
+
+nap = Workflow("nap", state=Count)
+
+
+@nap.phase(initial=True, to="awake")
+async def dozing(ctx: Context[Count]) -> None:
+    await ctx.sleep(3600)
+
+
+@nap.phase(final=True)
+async def awake(ctx: Context[Count]) -> int:
+    return 1
 '''
 
 SCRIPT = Path(sys.executable).with_name("phaseledger")
+PACKAGE_ROOT = str(Path(phaseledger.__file__).resolve().parent.parent)
+"""The checkout whose code the tests import; the command runs it too."""
+
+
+def command_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a command: no PHASELEDGER_ settings, this checkout first on PYTHONPATH."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PHASELEDGER_")}
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, base.get("PYTHONPATH")]))
+    return {**base, **(env or {})}
+
+
+def command() -> list[str]:
+    """The console script (``python -m phaseledger.cli`` where it is not installed)."""
+    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "phaseledger.cli"]
 
 
 @pytest.fixture
@@ -116,10 +166,8 @@ def cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, check: int | None = 0,
 ) -> subprocess.CompletedProcess[str]:
     """Run the console script (``python -m phaseledger.cli`` where it is not installed)."""
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "phaseledger.cli"]
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PHASELEDGER_")}
     result = subprocess.run(
-        command + list(args), cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=120,
+        command() + list(args), cwd=cwd, env=command_env(env), capture_output=True, text=True, timeout=120,
     )
     if check is not None:
         assert result.returncode == check, (
@@ -128,17 +176,20 @@ def cli(
     return result
 
 
-def cli_all(*calls: tuple[str, ...], cwd: Path, check: int | None = 0) -> list[subprocess.CompletedProcess[str]]:
+def cli_all(*calls: tuple[str, ...], cwd: Path, check: int | None = 0,
+            env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess[str]]:
     """Run independent commands side by side (process start-up dominates their time)."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(lambda args: cli(*args, cwd=cwd, check=check), calls))
+        return list(pool.map(lambda args: cli(*args, cwd=cwd, check=check, env=env), calls))
 
 
-def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    """The command failed with one `error:` line on stderr naming every fragment, and no traceback."""
-    assert result.returncode == 1, result
+def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str, status: int = 1,
+                   prefix: str = "error: ") -> str:
+    """The command failed (exit ``status``) with one `error:` line on stderr naming every
+    fragment, and no traceback."""
+    assert result.returncode == status, result
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert len(lines) == 1 and lines[0].startswith(prefix), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
@@ -177,11 +228,17 @@ def store_history(store: str, run_id: str) -> list[str]:
 
 def test_help_lists_every_command_and_version_prints(tmp_path: Path) -> None:
     result = cli("--help", cwd=tmp_path)
-    for command in ("runs", "show", "history", "resume", "retry", "signal", "cancel", "worker", "diagram", "diff",
-                    "demo", "projections", "report"):
+    for command in ("start", "runs", "show", "history", "resume", "retry", "signal", "cancel", "worker", "diagram",
+                    "diff", "demo", "projections", "report"):
         assert command in result.stdout
     assert cli("--version", cwd=tmp_path).stdout.startswith("phaseledger ")
     assert "--at" in cli("show", "--help", cwd=tmp_path).stdout
+
+
+def test_the_command_runs_the_code_under_test(tmp_path: Path) -> None:
+    result = cli("--debug", "--store", "memory://", "show", "nope", cwd=tmp_path, check=None)
+    assert result.returncode == 1
+    assert str(Path(PACKAGE_ROOT) / "phaseledger" / "cli") in result.stderr  # the traceback's frames
 
 
 def test_python_dash_m_runs_the_same_command(tmp_path: Path) -> None:
@@ -394,3 +451,272 @@ def test_demo_kills_resumes_and_explains(tmp_path: Path) -> None:
     assert shown["status"] == "completed"
     assert shown["replayed_steps"] >= 2
     assert shown["usage"]["replayed_requests"] >= 1 and shown["usage"]["tokens_saved"] > 0
+
+
+# -- start: runs begin from the shell ---------------------------------------------------------
+
+
+def test_start_leaves_a_run_to_a_worker_or_drives_it(durable_store_url: str, project: Path) -> None:
+    s = ("--store", durable_store_url, "-w", "flows")
+    (project / "input.json").write_text('{"limit": 1}')
+    queued, plain, driven = cli_all(
+        (*s, "start", "counter", "--input", '{"limit": 2}', "--run-id", "c-1", "--json"),
+        (*s, "start", "counter", "--run-id", "c-2"),
+        (*s, "start", "counter", "--input", "@input.json", "--drive", "--json"),
+        cwd=project,
+    )
+    run = json.loads(queued.stdout)
+    assert (run["run_id"], run["status"], run["steps"]) == ("c-1", "running", 0)
+    assert "started run c-2" in plain.stdout
+    assert "worker" in plain.stdout and "resume c-2" in plain.stdout  # what drives it next
+    done = json.loads(driven.stdout)
+    assert done["status"] == "completed" and done["output"] == {"total": 1} and done["run_id"]
+
+    stats = json.loads(cli(*s, "worker", "--until-idle", "--poll", "0.05", "--json", cwd=project).stdout)
+    assert stats["completed"] == 2
+    shown = json.loads(cli(*s, "show", "c-1", "--json", cwd=project).stdout)
+    assert shown["output"] == {"total": 2}
+
+    exists, not_object, invalid, no_module = cli_all(
+        (*s, "start", "counter", "--run-id", "c-1"),
+        (*s, "start", "counter", "--input", "[1]"),
+        (*s, "start", "counter", "--input", '{"limit": "many"}'),
+        ("--store", durable_store_url, "start", "counter"),
+        cwd=project, check=None,
+    )
+    one_line_error(exists, "'c-1' already exists", "--run-id", "resume c-1")
+    one_line_error(not_object, "--input must be a JSON object")
+    one_line_error(invalid, "limit")
+    one_line_error(no_module, "'counter' is not registered", "--workflows")
+
+
+def test_start_creates_a_sqlite_store_that_reading_commands_then_find(project: Path) -> None:
+    cli("--store", "sqlite:///new.db", "-w", "flows", "start", "counter", "--run-id", "n-1", cwd=project)
+    assert (project / "new.db").exists()
+    assert "n-1" in cli("--store", "sqlite:///new.db", "runs", cwd=project).stdout
+
+
+# -- one JSON convention; the global --store everywhere -----------------------------------------
+
+
+def test_json_and_the_global_store_work_for_report_and_projections(project: Path) -> None:
+    store = f"sqlite:///{project / 'runs.db'}"
+    prepare(store, flows(project), project / "fail.flag")
+    report, alias, deprecated, status, caught = cli_all(
+        ("--store", store, "report", "--json"),
+        ("report", "--store", store, "--json"),  # the command's own --store, kept as an alias
+        ("--store", store, "report", "--format", "json"),
+        ("--store", store, "projections", "status", "--json"),
+        ("--store", store, "projections", "catch-up", "--json"),
+        cwd=project,
+    )
+    summary = json.loads(report.stdout)
+    assert summary["runs_by_status"]["completed"] == 1 and summary["runs_by_status"]["failed"] == 1
+    assert json.loads(alias.stdout)["runs_by_status"] == summary["runs_by_status"]
+    assert json.loads(deprecated.stdout)["runs_by_status"] == summary["runs_by_status"]
+    assert "--format json is deprecated" in deprecated.stderr and "--json" in deprecated.stderr
+    assert not report.stderr
+    assert json.loads(status.stdout)["store"].startswith("sqlite:///")
+    assert json.loads(caught.stdout)["lag"] == 0
+
+
+# -- reading commands refuse a SQLite file that does not exist ---------------------------------
+
+
+def test_every_reading_command_refuses_a_missing_sqlite_file(project: Path) -> None:
+    missing = ("--store", "sqlite:///nope.db")
+    readers = [("runs",), ("show", "x"), ("history", "x"), ("diff", "a", "b"), ("report",),
+               ("projections", "status"), ("projections", "catch-up"), ("projections", "rebuild")]
+    for args, result in zip(readers, cli_all(*((*missing, *r) for r in readers), cwd=project, check=None),
+                            strict=True):
+        assert result.returncode == 1, (args, result.stderr)
+        one_line_error(result, "store sqlite:///nope.db does not exist", "--store")
+        assert not result.stdout
+    assert not (project / "nope.db").exists()
+
+
+# -- exit statuses: a run that fails again is not a success -------------------------------------
+
+
+def test_a_run_that_fails_again_exits_3_with_the_reason(project: Path) -> None:
+    store = f"sqlite:///{project / 'runs.db'}"
+    module = flows(project)
+    prepare(store, module, project / "fail.flag")
+
+    async def queue_flaky() -> None:
+        engine = Engine(store, workflows=[module.flaky])
+        await engine.start(module.flaky, run_id="flaky-2")
+        engine.close()
+
+    asyncio.run(queue_flaky())
+    (project / "fail.flag").touch()
+    s = ("--store", store, "-w", "flows")
+    retried, resumed, as_json = cli_all((*s, "retry", "fail-1"), (*s, "resume", "flaky-2"),
+                                        (*s, "start", "flaky", "--drive", "--json", "--run-id", "flaky-3"),
+                                        cwd=project, check=None)
+    line = one_line_error(retried, "run 'fail-1' failed", "ConnectionError: backend down", "retry fail-1", status=3)
+    assert "in phase fetch_all" in line
+    assert "retried run fail-1: failed" in retried.stdout
+    one_line_error(resumed, "run 'flaky-2' failed", "backend down", status=3)
+    one_line_error(as_json, "run 'flaky-3' failed", status=3)
+    assert json.loads(as_json.stdout)["status"] == "failed"  # the JSON is still printed
+
+    (project / "fail.flag").unlink()
+    assert json.loads(cli(*s, "retry", "fail-1", "--json", cwd=project).stdout)["status"] == "completed"
+
+
+# -- resume --all drives only the runs that are due ---------------------------------------------
+
+
+def test_resume_all_leaves_runs_that_are_not_due(project: Path) -> None:
+    store = f"sqlite:///{project / 'runs.db'}"
+    module = flows(project)
+    prepare(store, module, project / "fail.flag")
+
+    async def nap() -> None:
+        engine = Engine(store, workflows=[module.nap])
+        await engine.run(module.nap, run_id="nap-1")  # sleeps an hour
+        engine.close()
+
+    asyncio.run(nap())
+    s = ("--store", store, "-w", "flows")
+    first = json.loads(cli(*s, "resume", "--all", "--json", cwd=project).stdout)
+    assert [(r["run_id"], r["status"]) for r in first] == [("new-1", "completed")]  # not wait-1, nap-1
+
+    nothing = cli(*s, "resume", "--all", cwd=project).stdout
+    assert "no runs are due to resume (2 unfinished waiting for a signal, a timer or a retry time)" in nothing
+
+    cli(*s, "signal", "wait-1", "approve", "--data", '{"approved": false}', cwd=project)
+    woken = json.loads(cli(*s, "resume", "--all", "--json", cwd=project).stdout)
+    assert [(r["run_id"], r["status"]) for r in woken] == [("wait-1", "completed")]
+    assert store_history(store, "nap-1")[-1] == "RunSuspended"
+
+
+# -- signal: a payload that the workflow declares is asked for ----------------------------------
+
+
+def test_signal_without_data_says_the_payload_is_needed(project: Path) -> None:
+    store = f"sqlite:///{project / 'runs.db'}"
+    prepare(store, flows(project), project / "fail.flag")
+    before = store_history(store, "wait-1")
+    result = cli("--store", store, "-w", "flows", "signal", "wait-1", "approve", cwd=project, check=None)
+    line = one_line_error(result, "signal 'approve'", "Approve payload", "approved", "--data")
+    assert "input_value" not in line
+    assert store_history(store, "wait-1") == before
+
+
+# -- output people can read -----------------------------------------------------------------------
+
+
+def test_runs_json_is_a_summary_and_times_read_one_way(project: Path) -> None:
+    store = f"sqlite:///{project / 'runs.db'}"
+    module = flows(project)
+    prepare(store, module, project / "fail.flag")
+
+    async def nap() -> None:
+        engine = Engine(store, workflows=[module.nap])
+        await engine.run(module.nap, run_id="nap-1")
+        engine.close()
+
+    asyncio.run(nap())
+    s = ("--store", store)
+    summary, full, shown, history, table = cli_all(
+        (*s, "runs", "--json"), (*s, "runs", "--json", "--full"), (*s, "show", "nap-1"), (*s, "history", "nap-1"),
+        (*s, "runs"), cwd=project)
+    rows = json.loads(summary.stdout)
+    assert {r["run_id"] for r in rows} == {"done-1", "new-1", "wait-1", "fail-1", "nap-1"}
+    assert all("state" not in r and "output" not in r for r in rows)
+    failed = next(r for r in rows if r["run_id"] == "fail-1")
+    assert failed["status"] == "failed" and "backend down" in failed["error"] and failed["steps"] == 1
+    assert all("state" in r for r in json.loads(full.stdout))  # --full: the whole views, as before
+
+    for text in (shown.stdout, history.stdout, table.stdout):
+        assert "+00:00" not in text and "T" not in "".join(re.findall(r"\d{4}-\d\d-\d\d.\d\d", text))
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+    assert re.search(rf"started\s+{stamp}", shown.stdout)
+    assert re.search(rf"waiting for\s+until {stamp}", shown.stdout)
+    assert re.search(rf"timer set to wake at {stamp}", history.stdout)
+    assert re.search(stamp, table.stdout)
+
+
+def test_the_worker_summary_explains_itself(project: Path) -> None:
+    store = f"sqlite:///{project / 'runs.db'}"
+    prepare(store, flows(project), project / "fail.flag")
+    out = cli("--store", store, "-w", "flows", "worker", "--until-idle", "--poll", "0.05", cwd=project).stdout
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("worker stopped after 1 drive: 1 completed, 0 failed, 0 cancelled, 0 left waiting")
+    for internal in ("indexed", "notified", "lost", "claimed"):
+        assert internal not in summary
+
+
+def test_help_shows_metavars_not_type_placeholders(tmp_path: Path) -> None:
+    screens = cli_all(("--help",), ("start", "--help"), ("resume", "--help"), ("runs", "--help"),
+                      ("worker", "--help"), ("diagram", "--help"), ("signal", "--help"), ("report", "--help"),
+                      ("projections", "status", "--help"), cwd=tmp_path, env={"COLUMNS": "160"})
+    for screen in screens:
+        assert not re.search(r"<(bool|str|int|float|path|list)", screen.stdout), screen.stdout
+    diagram = screens[5].stdout
+    assert "mermaid|svg|png" in diagram and "--workflow-version" in diagram
+    assert "--version" not in diagram.replace("--workflow-version", "")  # no clash with `phaseledger --version`
+    assert "N [x>=1]" in screens[4].stdout  # --concurrency N
+
+
+def test_diagram_workflow_version_and_the_old_spelling(project: Path) -> None:
+    new, old, version = cli_all(("-w", "flows", "diagram", "counter", "--workflow-version", "1"),
+                                ("-w", "flows", "diagram", "counter", "--version", "1"),
+                                ("--version",), cwd=project)
+    assert new.stdout == old.stdout and "stateDiagram-v2" in new.stdout
+    assert "diagram --version is deprecated" in old.stderr and "--workflow-version" in old.stderr
+    assert version.stdout.startswith("phaseledger ")
+    missing = cli("-w", "flows", "diagram", "counter", "--workflow-version", "2", check=None, cwd=project)
+    one_line_error(missing, "counter")
+
+
+# -- Ctrl-C: one line, status 130, and the run resumes ---------------------------------------------
+
+
+def _sigint_default() -> None:
+    """In the child: Ctrl-C's default disposition, even when this process was started ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def wait_for_steps(store: str, run_id: str, count: int, timeout: float = 60.0) -> None:
+    """Wait until the run has recorded ``count`` steps (it is being driven by another process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(RunNotFound):  # the run is not there yet
+            if store_history(store, run_id).count("StepRecorded") >= count:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id!r} recorded fewer than {count} steps in {timeout} s")
+
+
+def interrupt(args: list[str], *, cwd: Path, store: str, run_id: str) -> subprocess.CompletedProcess[str]:
+    """Run a command, press Ctrl-C (SIGINT) once its run has recorded two steps, and collect it."""
+    process = subprocess.Popen(args, cwd=cwd, env=command_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=_sigint_default)  # noqa: PLW1509 - only resets a signal
+    try:
+        wait_for_steps(store, run_id, 2)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def test_ctrl_c_stops_the_run_with_one_line_and_status_130(project: Path) -> None:
+    store = f"sqlite:///{project / 'runs.db'}"
+    s = ("--store", store, "-w", "flows")
+    cli(*s, "start", "slow", "--input", '{"limit": 40}', "--run-id", "slow-1", cwd=project)
+    result = interrupt([*command(), *s, "resume", "slow-1"], cwd=project, store=store, run_id="slow-1")
+    line = one_line_error(result, "run 'slow-1' stopped", "resume slow-1", status=130, prefix="interrupted: ")
+    assert f"phaseledger --store {store} -w flows resume slow-1" in line
+
+    started = interrupt([*command(), *s, "start", "slow", "--input", '{"limit": 40}', "--run-id", "slow-2",
+                         "--drive"], cwd=project, store=store, run_id="slow-2")
+    one_line_error(started, "run 'slow-2' stopped", "resume slow-2", status=130, prefix="interrupted: ")
+
+    resumed = json.loads(cli(*s, "resume", "slow-1", "slow-2", "--json", cwd=project).stdout)
+    assert [r["status"] for r in resumed] == ["completed", "completed"]  # no lease was left behind
+    for r in resumed:  # the steps recorded before Ctrl-C come from the log; the rest ran once
+        assert r["replayed"] >= 2 and r["replayed"] + r["executed"] == 40, r

@@ -49,7 +49,7 @@ async def store(tmp_path: Path) -> str:
 
 def test_status_catch_up_and_rebuild(store: str) -> None:
     runner = CliRunner()
-    status = runner.invoke(projections_app, ["status", "--store", store, "--format", "json"])
+    status = runner.invoke(projections_app, ["status", "--store", store, "--json"])
     assert status.exit_code == 0, status.output
     before = json.loads(status.output)
     assert before["position"] is None and before["lag"] > 0 and not before["outdated"]
@@ -61,7 +61,7 @@ def test_status_catch_up_and_rebuild(store: str) -> None:
     plain = runner.invoke(projections_app, ["status", "--store", store])
     assert "up to date" in plain.output and "report_runs" in plain.output and "\x1b[" not in plain.output
 
-    rebuilt = runner.invoke(projections_app, ["rebuild", "--store", store, "--format", "json"])
+    rebuilt = runner.invoke(projections_app, ["rebuild", "--store", store, "--json"])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert json.loads(rebuilt.output) == {"applied": before["lag"], "position": before["lag"], "generation": 2}
 
@@ -69,7 +69,7 @@ def test_status_catch_up_and_rebuild(store: str) -> None:
 def test_report_as_json_and_table(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = CliRunner()
     monkeypatch.setenv("PHASELEDGER_STORE", store)
-    result = runner.invoke(report_app, ["--format", "json"])
+    result = runner.invoke(report_app, ["--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["runs_by_status"] == {"completed": 1, "failed": 1}
@@ -90,3 +90,15 @@ def test_errors_print_one_line_and_exit_1() -> None:
     result = CliRunner().invoke(projections_app, ["status", "--store", "nosuch://here"])
     assert result.exit_code == 1
     assert "unsupported store URL" in result.output
+
+
+def test_format_json_is_a_deprecated_alias_of_json(store: str) -> None:
+    runner = CliRunner()
+    new = runner.invoke(report_app, ["--json", "--store", store])
+    old = runner.invoke(report_app, ["--format", "json", "--store", store])
+    assert new.exit_code == old.exit_code == 0, old.output
+    assert json.loads(old.stdout) == json.loads(new.stdout)
+    assert "--format json is deprecated" in old.stderr and "use --json" in old.stderr
+    assert not new.stderr
+    table = runner.invoke(projections_app, ["status", "--store", store, "--format", "table"])
+    assert "report projection" in table.stdout and "deprecated" in table.stderr

@@ -152,6 +152,18 @@ def test_images_need_graphviz_and_say_so(monkeypatch: pytest.MonkeyPatch) -> Non
         _diagram.image(load_box(), "svg")
 
 
+def test_images_label_edges_by_guards_only() -> None:
+    pytest.importorskip("graphviz")
+    box = Workflow("guarded", state=Box)
+    box.phase("a", initial=True, to={"b": lambda state: len(state.items) < 2, "c": None})(lambda ctx: None)
+    box.phase("b", to="c")(lambda ctx: None)
+    box.phase("c", final=True)(lambda ctx: None)
+    source = _diagram.graph(box).source
+    assert 'a -> b [label="[len(state.items) < 2]"]' in source
+    assert "\ta -> c\n" in source and "\tb -> c\n" in source  # no label repeating the target
+    assert "c [peripheries=2]" in source and "__start__ -> a" in source
+
+
 def load_box() -> Workflow[Box]:
     box = Workflow("draw", state=Box)
     box.phase("a", initial=True, to="b")(lambda ctx: None)
@@ -166,3 +178,34 @@ def test_main_prints_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert err.startswith("error: store sqlite:///") and err.count("\n") == 1
     assert not (tmp_path / "absent.db").exists()
+
+
+def _commands(group: object, prefix: str = "") -> dict[str, object]:
+    found: dict[str, object] = {}
+    for name, command in getattr(group, "commands", {}).items():
+        if getattr(command, "commands", None):
+            found.update(_commands(command, f"{prefix}{name} "))
+        else:
+            found[f"{prefix}{name}"] = command
+    return found
+
+
+def test_every_command_that_prints_data_takes_json() -> None:
+    import typer
+
+    from phaseledger.cli import app
+
+    commands = _commands(typer.main.get_command(app))
+    assert {"start", "report", "projections status", "projections rebuild"} <= set(commands)
+    without = sorted(name for name, command in commands.items()
+                     if "--json" not in [opt for p in command.params for opt in getattr(p, "opts", [])])
+    assert without == ["demo", "diagram"]  # they draw or tell; they print no data
+
+
+def test_exit_statuses_are_documented() -> None:
+    from phaseledger.cli._drive import INTERRUPTED, RUN_FAILED
+
+    cli_doc = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    section = cli_doc.split("## Exit statuses", 1)[1].split("\n## ", 1)[0]
+    for status in ("0", "1", "2", str(RUN_FAILED), str(INTERRUPTED)):
+        assert f"| {status} |" in section

@@ -131,18 +131,35 @@ def test_a_handler_returning_none_lets_the_guards_choose() -> None:
 
 def test_diagram_is_mermaid_with_guards_and_final_states() -> None:
     text = linear().diagram()
-    assert "stateDiagram-v2" in text
-    assert "a --> b" in text
-    assert "b --> a: a [guard_a]" in text
-    assert "[*] --> a" in text
-    assert "c --> [*]" in text
-    assert text.startswith("---\ntitle: wf v1\n---\n")
-    assert "class a s_default" in text and "Class " not in text
+    assert text.startswith("---\ntitle: wf v1\n---\nstateDiagram-v2\n")
+    lines = text.splitlines()
+    assert "  a --> b" in lines  # no label that only repeats the target
+    assert "  b --> c" in lines
+    assert "  b --> a: [s.n < 2]" in lines  # a short lambda guard reads as its expression
+    assert "  [*] --> a" in lines and "  c --> [*]" in lines
+    assert "classDef" not in text and "class " not in text  # no styling boilerplate
+
+
+def test_diagram_edge_labels_name_guards_only() -> None:
+    def needs_more(state: S) -> bool:
+        return state.n < 5
+
+    long_guard = lambda state: state.n < 2 and state.n + 1 < 3 and state.n * 2 < 4  # noqa: E731
+    wf = Workflow("guards", state=S)
+    wf.phase("a", initial=True, to={"b": needs_more, "c": long_guard, "d": None})(noop)
+    for name in ("b", "c", "d"):
+        wf.phase(name, final=True)(noop)
+    lines = wf.diagram().splitlines()
+    assert "  a --> b: [needs_more]" in lines  # a function reads as its name
+    assert "  a --> c: [guard]" in lines  # a long lambda as [guard]
+    assert "  a --> d" in lines
+    assert [e.label for e in wf.edges()] == ["[needs_more]", "[guard]", ""]
 
 
 def test_diagram_highlights_the_phase_a_run_is_in() -> None:
     text = linear().diagram(active="b")
-    assert "class b s_active" in text and "class a s_default" in text
-    assert "[*] --> a" in text  # the start stays the initial phase
+    lines = text.splitlines()
+    assert lines[-2:] == ["  classDef active color:red,fill:darksalmon", "  class b active"]  # styling last
+    assert "  [*] --> a" in lines  # the start stays the initial phase
     with pytest.raises(WorkflowDefinitionError, match="no phase 'x'"):
         linear().diagram(active="x")
