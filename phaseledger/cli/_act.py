@@ -257,10 +257,13 @@ def signal(
         try:
             if data is None:
                 _refuse_missing_payload(engine, run_id, name)
+            repeated = signal_id is not None and engine.signal_received(run_id, signal_id)
             run = drive(session, _send(engine, run_id, name, payload, signal_id, drive_now=drive_now), run_id)
         except UnknownWorkflow as exc:
             raise session.explain_unknown_workflow(exc) from None
-    _print_run(session, run, f"signal {name!r} sent to", as_json=as_json)
+    what = (f"signal {name!r} (id {signal_id!r}) was already delivered, not sent again, to" if repeated
+            else f"signal {name!r} sent to")
+    _print_run(session, run, what, as_json=as_json)
     exit_if_failed(session, [run])
 
 

@@ -151,6 +151,7 @@ def diagram(
 def keygen(
     size: Annotated[int, typer.Option(
         "--bytes", metavar="N", help="Key size in bytes: 16, 24 or 32 (AES-128, -192, -256).")] = 32,
+    as_json: JsonOpt = False,
 ) -> None:
     """Print a new random key for encrypting a store ($PHASELEDGER_CIPHER_KEY).
 
@@ -159,7 +160,11 @@ def keygen(
     """
     from phaseledger.engine._cipher import generate_cipher_key
 
-    print(generate_cipher_key(size))
+    key = generate_cipher_key(size)
+    if as_json:
+        render.print_json({"key": key, "bytes": size})
+        return
+    print(key)
 
 
 @app.command()

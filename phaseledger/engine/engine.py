@@ -296,15 +296,8 @@ class Engine:
         validate_run_id(run_id)
         if run_id in self.control.active:
             return await asyncio.shield(self.control.active[run_id])
-        await self._take(run_id, steal=steal)
-        try:
-            run = await self._call_store(self.store.load, run_id)
-            if run.finished:
-                raise RunFinished(run_id, run.status, "resume")
-            workflow = self._workflow_of(run)
-        except BaseException:
-            await self._let_go(run_id, 0)
-            raise
+        run = await self._take_and_load(run_id, steal, _resumable)
+        workflow = self._workflow_of(run)
         if not is_due(run):
             await self._let_go(run_id, run.version)
             return run_view(run, workflow.state_model)
@@ -323,17 +316,7 @@ class Engine:
         validate_run_id(run_id)
         if run_id in self.control.active:
             return await asyncio.shield(self.control.active[run_id])
-        await self._take(run_id, steal=steal)
-        try:
-            run = await self._call_store(self.store.load, run_id)
-            if run.status != FAILED:
-                if run.finished:
-                    raise RunFinished(run_id, run.status, "retry")
-                raise PhaseledgerError(f"run {run_id!r} is {run.status}, not failed: use engine.resume({run_id!r})")
-            self._workflow_of(run)
-        except BaseException:
-            await self._let_go(run_id, 0)
-            raise
+        run = await self._take_and_load(run_id, steal, _retryable)
         run.trigger_event(WorkflowRun.RunResumed, reason="retry")  # committed by the driver, as in resume()
         self._notify_resume(run, "retry")
         return await self._drive(run_id, run)
@@ -406,6 +389,18 @@ class Engine:
         self.control.hold(run_id, self.driver_id.owner, self.lease_seconds, asked)
         if self._heartbeat is None or self._heartbeat.done() or self._heartbeat.get_loop() is not _running_loop():
             self._heartbeat = asyncio.ensure_future(self._beat())
+
+    async def _take_and_load(self, run_id: str, steal: bool, check: Callable[[WorkflowRun], None]) -> WorkflowRun:
+        """Take the run's lease, then load the run and ``check`` it (the lease is let go if that raises)."""
+        await self._take(run_id, steal=steal)
+        try:
+            run = await self._call_store(self.store.load, run_id)
+            check(run)
+            self._workflow_of(run)
+        except BaseException:
+            await self._let_go(run_id, 0)
+            raise
+        return run
 
     async def _let_go(self, run_id: str, version: int) -> None:
         """Release the lease this engine took for a run it did not drive after all."""
@@ -480,6 +475,10 @@ class Engine:
                 continue
             return run_view(run, workflow.state_model)
         raise ConcurrencyConflict(run_id)
+
+    def signal_received(self, run_id: str, signal_id: str) -> bool:
+        """Whether the run has received a signal with this id (sending it again appends nothing)."""
+        return _signal_seen(self.store.load(validate_run_id(run_id)), signal_id)
 
     async def cancel(self, run_id: str, reason: str = "cancelled") -> Run:
         """Cancel a run: record ``RunCancelled``; the run never resumes.
@@ -683,6 +682,18 @@ def _check_store_settings(store: Store, cipher_key: CipherKeys | None, compress:
         raise PhaseledgerError(
             "compress= differs from the setting of the Store given to the Engine: pass it to Store(..., compress=...)"
         )
+
+
+def _resumable(run: WorkflowRun) -> None:
+    if run.finished:
+        raise RunFinished(run.id, run.status, "resume")
+
+
+def _retryable(run: WorkflowRun) -> None:
+    if run.status != FAILED:
+        if run.finished:
+            raise RunFinished(run.id, run.status, "retry")
+        raise PhaseledgerError(f"run {run.id!r} is {run.status}, not failed: use engine.resume({run.id!r})")
 
 
 def _notify(callback: Callable[[str, str], Any] | None, run_id: str, what: str) -> None:

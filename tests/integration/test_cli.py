@@ -558,8 +558,10 @@ def test_a_run_that_fails_again_exits_3_with_the_reason(project: Path) -> None:
     assert "in phase fetch_all" in line
     assert "retried run fail-1: failed" in retried.stdout
     one_line_error(resumed, "run 'flaky-2' failed", "backend down", status=3)
-    one_line_error(as_json, "run 'flaky-3' failed", status=3)
-    assert json.loads(as_json.stdout)["status"] == "failed"  # the JSON is still printed
+    data = json.loads(as_json.stdout)  # the JSON is still printed, recorded tracebacks included
+    assert data["status"] == "failed" and "ConnectionError: backend down" in data["error"]["message"]
+    one_line_error(subprocess.CompletedProcess(as_json.args, as_json.returncode, "", as_json.stderr),
+                   "run 'flaky-3' failed", status=3)
 
     (project / "fail.flag").unlink()
     assert json.loads(cli(*s, "retry", "fail-1", "--json", cwd=project).stdout)["status"] == "completed"
@@ -603,6 +605,21 @@ def test_signal_without_data_says_the_payload_is_needed(project: Path) -> None:
     line = one_line_error(result, "signal 'approve'", "Approve payload", "approved", "--data")
     assert "input_value" not in line
     assert store_history(store, "wait-1") == before
+
+
+def test_a_signal_name_typo_is_refused_and_a_repeated_id_is_not_sent_again(project: Path) -> None:
+    store = f"sqlite:///{project / 'runs.db'}"
+    prepare(store, flows(project), project / "fail.flag")
+    s = ("--store", store, "-w", "flows")
+    before = store_history(store, "wait-1")
+    typo = cli(*s, "signal", "wait-1", "approvee", "--data", '{"approved": true}', cwd=project, check=None)
+    one_line_error(typo, "declares no signal 'approvee'", "'approve'")
+    assert store_history(store, "wait-1") == before
+    first = cli(*s, "signal", "wait-1", "approve", "--data", '{"approved": true}', "--id", "a-1", cwd=project)
+    again = cli(*s, "signal", "wait-1", "approve", "--data", '{"approved": true}', "--id", "a-1", cwd=project)
+    assert "sent to" in first.stdout and "already delivered" not in first.stdout
+    assert "(id 'a-1') was already delivered, not sent again" in again.stdout
+    assert store_history(store, "wait-1").count("SignalReceived") == 1
 
 
 # -- output people can read -----------------------------------------------------------------------
