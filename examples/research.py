@@ -16,20 +16,17 @@ import argparse
 import asyncio
 import sys
 
-from phaseledger import Engine, RunExists
+from phaseledger import Engine
 from phaseledger.demo.research import Research, build_research
 
 
 async def main(store: str, run_id: str, topic: str, model: str | None, latency: float) -> None:
     workflow = build_research(model=model, latency=latency)
     async with Engine(store, workflows=[workflow]) as engine:
-        try:
-            run = await engine.run(workflow, Research(topic=topic), run_id=run_id)
-        except RunExists:
-            run = engine.get(run_id)
-            if not run.finished:
-                print(f"resuming run {run_id} from its log")
-                run = await engine.resume(run_id)
+        # A run that exists already is returned when finished, resumed from its log otherwise.
+        if any(r.run_id == run_id and not r.finished for r in await engine.runs_async(workflow=workflow.name)):
+            print(f"resuming run {run_id} from its log")
+        run = await engine.run(workflow, Research(topic=topic), run_id=run_id, if_exists="return")
         history = engine.history(run_id)
 
     print(f"\nrun {run.run_id}: {run.status}, {run.version} events")
