@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from functools import cache
 from typing import Any
 
 from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
@@ -24,10 +23,15 @@ from eventsourcing.utils import TopicError
 from phaseledger.domain.errors import CorruptEvent, DecryptionFailed
 from phaseledger.engine._cipher import CipherMapper
 
+_decode = Mapper.to_domain_event  # called directly: cheaper than super() on every read
+
 log = logging.getLogger("phaseledger.store")
 
 
-@cache
+_REQUIRED: dict[type, frozenset[str]] = {}
+"""The fields each event class needs, by class (read once per class)."""
+
+
 def _required_fields(cls: type) -> frozenset[str]:
     if not dataclasses.is_dataclass(cls):
         return frozenset()
@@ -54,14 +58,20 @@ class RunMapper(CipherMapper):
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         """The event (or snapshot) a stored row holds."""
         try:
-            event = super().to_domain_event(stored_event)
+            try:
+                event = _decode(self, stored_event)  # eventsourcing's own path: the hot one, called directly
+            except MapperDeserialisationError as exc:
+                event = self._recover(stored_event, exc)  # keys, compression (see CipherMapper)
         except DecryptionFailed:
             raise
         except Exception as exc:  # eventsourcing raises several types; any of them means this row
             raise CorruptEvent(str(stored_event.originator_id), stored_event.originator_version,
                                _reason(stored_event, exc)) from exc
-        missing = _required_fields(type(event)) - event.__dict__.keys()
-        if missing:
+        required = _REQUIRED.get(type(event))
+        if required is None:
+            required = _REQUIRED[type(event)] = _required_fields(type(event))
+        if len(event.__dict__) < len(required) and not required.issubset(event.__dict__):  # fields dropped
+            missing = required - event.__dict__.keys()
             raise CorruptEvent(
                 str(stored_event.originator_id), stored_event.originator_version,
                 f"it lacks the field(s) {', '.join(sorted(missing))} of {type(event).__name__}",
