@@ -175,7 +175,7 @@ async def _resume_many(session: Session, engine: Engine, run_ids: list[str], *, 
         for run_id in run_ids:
             progress.update(task, description=run_id)
             now.run_id = run_id
-            before = await engine._call_store(engine.get, run_id)
+            before = await engine.get_async(run_id)
             try:
                 results.append(Resumed(run_id, before, await engine.resume(run_id, steal=steal)))
             except UnknownWorkflow as exc:

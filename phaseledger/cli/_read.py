@@ -77,7 +77,7 @@ def show(
         except CorruptEvent:
             if at is not None:
                 raise
-            run = engine._view_or_damaged(run_id)
+            run = engine.get(run_id, allow_damaged=True)
         events = [event_view(e) for e in engine.store.events(run_id, lte=run.version)] if run.version else []
     if as_json:
         data = render.run_as_json(run)

@@ -280,3 +280,16 @@ class Outage:
         if since is not None and not quiet:
             self.log.info("%s: store available again after %.1fs (%d failed attempt(s)); carrying on",
                           self.who, now - since, self.failures)
+
+
+def create_racing(create: Callable[[], None], attempts: int = 3) -> None:
+    """Run an eventsourcing recorder's ``create_table`` where other processes may run it at
+    the same moment: the loser of the race to record the tables' migration row (an
+    integrity error) tries again, and then finds the tables made."""
+    for attempt in range(attempts):
+        try:
+            create()
+            return
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise

@@ -529,12 +529,18 @@ class Engine:
 
     # -- queries -----------------------------------------------------------------------
 
-    def get(self, run_id: str, *, version: int | None = None) -> Run:
+    def get(self, run_id: str, *, version: int | None = None, allow_damaged: bool = False) -> Run:
         """The run as it stands in the log (or as it stood at ``version``), with who drives it.
 
-        Raises :class:`RunNotFound`, or :class:`CorruptEvent` for a damaged run.
+        Raises :class:`RunNotFound`, or :class:`CorruptEvent` for a damaged run; with
+        ``allow_damaged`` a damaged run's view is returned instead, as ``runs()`` lists it
+        (status ``damaged``, the :class:`CorruptEvent` as its error).
         """
-        view = self._view(self.store.load(validate_run_id(run_id), version=version))
+        validate_run_id(run_id)
+        if allow_damaged and version is None:
+            view = self._view_or_damaged(run_id)
+        else:
+            view = self._view(self.store.load(run_id, version=version))
         if version is None and not view.finished:
             view.driving = self._lease_book_now().get(run_id)
         return view

@@ -32,7 +32,7 @@ from psycopg.sql import SQL, Identifier
 from phaseledger.domain.errors import CorruptEvent, RunNotFound
 from phaseledger.domain.run import DAMAGED, FINISHED, RUNNING, WAITING, WorkflowRun
 from phaseledger.engine import _worker_sql as q
-from phaseledger.engine._faults import guarded, store_errors
+from phaseledger.engine._faults import create_racing, guarded, store_errors
 from phaseledger.engine.store import Store
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -334,6 +334,9 @@ class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *q.SQLITE_CREATE]
 
+    def create_table(self) -> None:
+        create_racing(super().create_table)  # processes opening a new store at once
+
     @staticmethod
     def _params(row: IndexRow) -> dict[str, Any]:
         return {
@@ -420,13 +423,7 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
     def create_table(self) -> None:
         # Several workers may start on a fresh schema at once: creation is serialised by an
         # advisory lock, and a worker that raced another's migration row simply tries again.
-        for attempt in range(3):
-            try:
-                super().create_table()
-                return
-            except IntegrityError:
-                if attempt == 2:
-                    raise
+        create_racing(super().create_table)
 
     def _create_table(self, curs: Any) -> None:
         curs.execute(q.PG_CREATE_LOCK, {"key": self.lock_key + ":create"})

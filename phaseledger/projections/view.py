@@ -28,6 +28,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL
 
+from phaseledger.engine._faults import create_racing
 from phaseledger.engine._postgres import use_lifo_pool
 from phaseledger.engine.store import StoreURL
 from phaseledger.projections._dialect import Dialect
@@ -190,7 +191,7 @@ class SQLiteReportView(ReportView, SQLiteTrackingRecorder):
         ]
 
     def create_table(self) -> None:
-        super().create_table()
+        create_racing(super().create_table)  # processes opening a new store's reports at once
         self._init_meta()
 
 
@@ -205,7 +206,7 @@ class PostgresReportView(ReportView, PostgresTrackingRecorder):
         self.sql_create_statements.extend(SQL(s) for s in self._report_create_statements())  # type: ignore[arg-type]
 
     def create_table(self) -> None:
-        super().create_table()
+        create_racing(super().create_table)  # processes opening a new store's reports at once
         self._init_meta()
 
 
