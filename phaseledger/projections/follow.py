@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -111,6 +112,10 @@ class PollingFollower(Follower):
             self._stopping.wait(self.interval)
 
 
+_STALL_CHECK = 2.0
+"""Seconds between checks that a subscribed follower is not standing still behind the log."""
+
+
 class RunnerFollower(Follower):
     """Supervises an eventsourcing projection runner subscribed to the log (PostgreSQL, memory)."""
 
@@ -135,8 +140,21 @@ class RunnerFollower(Follower):
         try:
             with store_errors(url, "follow the log"), runner:
                 self._progressed()  # subscribed: the store answers
+                stalled_at, checked = None, time.monotonic()
                 while not runner.is_interrupted.is_set():
                     runner.run_forever(timeout=self.interval)
+                    if time.monotonic() - checked >= _STALL_CHECK:
+                        # A subscription that missed a notification waits for the next one;
+                        # one that stands still behind the log is made again.
+                        checked, position = time.monotonic(), self.reports.position()
+                        if self.reports.lag() == 0:
+                            stalled_at = None
+                        elif stalled_at == position:
+                            log.info("report follower: stalled at position %d behind the log; subscribing again",
+                                     position)
+                            return
+                        else:
+                            stalled_at = position
         finally:
             with self._lock:
                 self._runner = None
