@@ -33,9 +33,11 @@ gated = Workflow("gated", state=Tally)
 async def wait_at_gate(n: int) -> int:
     effect(f"step-{n}")
     gate = Path(os.environ[GATE_ENV])
-    while not gate.exists():
+    for _ in range(6000):  # two minutes at most: a test that failed never opens it
+        if gate.exists():
+            return n
         await asyncio.sleep(0.02)
-    return n
+    raise TimeoutError(f"the gate {gate} was never opened")
 
 
 @gated.phase(initial=True, to="end")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +30,25 @@ ROOT = Path(__file__).resolve().parents[2]
 FLOWS = "tests.integration.ownership_flows"
 
 
+_CHILDREN: list[subprocess.Popen[str]] = []
+
+
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), EFFECTS_ENV: str(tmp_path / "effects.log"),
-            GATE_ENV: str(tmp_path / "gate")}
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    yield {**os.environ, "PYTHONPATH": str(ROOT), EFFECTS_ENV: str(tmp_path / "effects.log"),
+           GATE_ENV: str(tmp_path / "gate")}
+    while _CHILDREN:  # a test that failed half-way leaves no driver waiting at its gate
+        child = _CHILDREN.pop()
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
 
 
 def driver(env: dict[str, str], store: str, run_id: str, how: str = "start") -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", FLOWS, store, run_id, how], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-m", FLOWS, store, run_id, how], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _CHILDREN.append(child)
+    return child
 
 
 def effects(env: dict[str, str]) -> Counter[str]:
