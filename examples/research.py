@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 
-from phaseledger import Engine
+from phaseledger import Engine, RunNotFound
 from phaseledger.demo.research import Research, build_research
 
 
@@ -24,8 +25,9 @@ async def main(store: str, run_id: str, topic: str, model: str | None, latency: 
     workflow = build_research(model=model, latency=latency)
     async with Engine(store, workflows=[workflow]) as engine:
         # A run that exists already is returned when finished, resumed from its log otherwise.
-        if any(r.run_id == run_id and not r.finished for r in await engine.runs_async(workflow=workflow.name)):
-            print(f"resuming run {run_id} from its log")
+        with contextlib.suppress(RunNotFound):
+            if not (await engine.get_async(run_id)).finished:
+                print(f"resuming run {run_id} from its log")
         run = await engine.run(workflow, Research(topic=topic), run_id=run_id, if_exists="return")
         history = engine.history(run_id)
 

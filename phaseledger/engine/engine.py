@@ -375,9 +375,7 @@ class Engine:
     # -- leases (see phaseledger.engine.ownership) -------------------------------------------
 
     async def _leases(self) -> LeaseBook:
-        if self._lease_book is None:
-            self._lease_book = await self._call_store(open_lease_book, self.store)
-        return self._lease_book
+        return self._lease_book or await self._call_store(self._lease_book_now)
 
     async def _take(self, run_id: str, *, steal: bool) -> None:
         """Take the run's lease for this engine (:class:`RunBusy` if another live driver has it)."""
@@ -387,7 +385,7 @@ class Engine:
         asked = time.monotonic()
         await self._call_store(book.acquire, run_id, self.driver_id, self.lease_seconds, steal=steal)
         self.control.hold(run_id, self.driver_id.owner, self.lease_seconds, asked)
-        if self._heartbeat is None or self._heartbeat.done() or self._heartbeat.get_loop() is not _running_loop():
+        if self._heartbeat is None or self._heartbeat.done() or self._heartbeat.get_loop() is not asyncio.get_running_loop():
             self._heartbeat = asyncio.ensure_future(self._beat())
 
     async def _take_and_load(self, run_id: str, steal: bool, check: Callable[[WorkflowRun], None]) -> WorkflowRun:
@@ -672,10 +670,6 @@ class Engine:
 
 
 log = logging.getLogger("phaseledger")
-
-
-def _running_loop() -> asyncio.AbstractEventLoop:
-    return asyncio.get_running_loop()
 
 
 def _check_store_settings(store: Store, cipher_key: CipherKeys | None, compress: bool | None) -> None:
