@@ -125,3 +125,16 @@ def test_a_new_outage_after_the_settling_time_is_announced_again(caplog: pytest.
         outage.ok()
     assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO] * 2
     assert outage.outages == 2
+
+
+def test_the_psycopg_pool_internals_the_store_overrides_are_still_there() -> None:
+    """The LIFO and outage-aware pool override private psycopg_pool members: fail loudly if they move."""
+    import inspect
+
+    import psycopg_pool
+    from psycopg_pool.base import AttemptWithBackoff
+
+    assert list(inspect.signature(psycopg_pool.ConnectionPool._connect).parameters)[:2] == ["self", "timeout"]
+    assert list(inspect.signature(psycopg_pool.ConnectionPool._add_connection).parameters)[:3] == [
+        "self", "attempt", "growing"]
+    assert callable(getattr(AttemptWithBackoff, "update_delay", None))
