@@ -131,7 +131,7 @@ def postgres_url() -> str:
 
 def postgres_conninfo(url: str) -> str:
     """The psycopg connection string of a store URL."""
-    from phaseledger.engine.store import StoreURL
+    from phaseledger.store.eventstore import StoreURL
 
     return StoreURL.parse(url).postgres_conninfo or ""
 

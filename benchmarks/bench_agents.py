@@ -21,7 +21,7 @@ from benchmarks._harness import Backends, Result, bracketed, now
 from benchmarks.bench_storage import table_bytes
 from benchmarks.workloads import Timings
 from phaseledger import Context, Engine, Workflow
-from phaseledger.engine.store import Store
+from phaseledger.store.eventstore import Store
 
 
 @dataclass(frozen=True)

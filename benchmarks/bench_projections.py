@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from benchmarks._harness import Backends, Result, bracketed, now
 from benchmarks.workloads import StepsState, Timings, steps_workflow
 from phaseledger import Engine
-from phaseledger.engine.store import Store
+from phaseledger.store.eventstore import Store
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from benchmarks._harness import Backends, Result, bracketed, now, postgres_conni
 from benchmarks.floors import postgres_commit_floor, sqlite_commit_floor, store_sqlite_synchronous
 from benchmarks.workloads import HistoryState, SimulatedCrash, Timings, history_workflow
 from phaseledger import Engine
-from phaseledger.engine.store import Store
+from phaseledger.store.eventstore import Store
 
 PER_VISIT = 10
 EVENTS_PER_VISIT = PER_VISIT + 1  # the steps and the PhaseEntered of the next visit

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from benchmarks._harness import Backends, Result
 from phaseledger import Context, Engine, Workflow
 from phaseledger.domain.values import json_size
-from phaseledger.engine.store import Store
+from phaseledger.store.eventstore import Store
 
 
 @dataclass(frozen=True)

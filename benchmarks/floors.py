@@ -22,7 +22,7 @@ _TOPIC = "phaseledger.domain.run:WorkflowRun.StepRecorded"
 
 def store_sqlite_synchronous(store_url: str) -> int:
     """The ``PRAGMA synchronous`` value of phaseledger's store connections on this file."""
-    from phaseledger.engine.store import Store
+    from phaseledger.store.eventstore import Store
 
     store = Store(store_url)
     try:

@@ -40,20 +40,20 @@ from phaseledger.domain.recorded_errors import RecordedError
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.workflow import Phase, Workflow
-from phaseledger.engine._cipher import generate_cipher_key
 from phaseledger.engine.breaker import CircuitBreaker
-from phaseledger.engine.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
 from phaseledger.engine.context import Context, idempotency_key
 from phaseledger.engine.engine import Engine
-from phaseledger.engine.ownership import Driving
-from phaseledger.engine.retention import CompactionReport, RetentionPolicy, RetentionReport
-from phaseledger.engine.store import Store
-from phaseledger.engine.timetravel import Checkpoint, ForkInfo, ForkPoint, JournalEntry, Lineage, RunAt
 from phaseledger.engine.views import RecordedEvent, Run, Usage
-from phaseledger.engine.worker import Worker, WorkerStats, run_worker
+from phaseledger.history.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
+from phaseledger.history.retention import CompactionReport, RetentionPolicy, RetentionReport
+from phaseledger.history.timetravel import Checkpoint, ForkInfo, ForkPoint, JournalEntry, Lineage, RunAt
+from phaseledger.store.cipher import generate_cipher_key
+from phaseledger.store.eventstore import Store
+from phaseledger.store.leasebook import Driving
+from phaseledger.workers.worker import Worker, WorkerStats, run_worker
 
 if TYPE_CHECKING:
-    from phaseledger.engine.agents import (
+    from phaseledger.agents import (
         SUPPORTED_PYDANTIC_AI,
         AgentNotDurable,
         AgentRunFailed,
@@ -72,7 +72,7 @@ _AGENT_NAMES = frozenset({
 def __getattr__(name: str) -> Any:
     """Import the durable-agent names on first use: pydantic-ai loads only when agents are used."""
     if name in _AGENT_NAMES:
-        from phaseledger.engine import agents
+        from phaseledger import agents
 
         return getattr(agents, name)
     raise AttributeError(f"module 'phaseledger' has no attribute {name!r}")

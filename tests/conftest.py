@@ -23,7 +23,7 @@ def _postgres_reachable() -> str | None:
     try:
         import psycopg
 
-        from phaseledger.engine.store import StoreURL
+        from phaseledger.store.eventstore import StoreURL
 
         with psycopg.connect(StoreURL.parse(POSTGRES_URL).postgres_conninfo or "", connect_timeout=3):
             return None
@@ -44,7 +44,7 @@ def _postgres_error() -> str | None:
 
 
 def _redacted(url: str) -> str:
-    from phaseledger.engine.store import StoreURL
+    from phaseledger.store.eventstore import StoreURL
 
     return StoreURL.parse(url).redacted
 
@@ -87,7 +87,7 @@ def fresh_postgres_url() -> Iterator[str]:
     import psycopg
     from psycopg import sql
 
-    from phaseledger.engine.store import StoreURL
+    from phaseledger.store.eventstore import StoreURL
 
     require_postgres()
     schema = f"pl_{uuid.uuid4().hex[:12]}"

@@ -40,8 +40,8 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from phaseledger import Context, Engine, Workflow
+from phaseledger.agents import PhaseledgerDurability
 from phaseledger.domain.values import strip_volatile
-from phaseledger.engine.agents import PhaseledgerDurability
 
 TOOLS = ("square", "lookup", "flaky")
 

@@ -110,7 +110,7 @@ def _hooked(hook: StepHook) -> Callable[[int], int]:
 
 
 def phaseledger_rebuild(backend: str, store: str, steps: int) -> float:
-    from phaseledger.engine.store import Store
+    from phaseledger.store.eventstore import Store
 
     start = now()
     opened = Store(_phaseledger_url(backend, store))
@@ -250,7 +250,7 @@ def dbos_rebuild(backend: str, store: str, steps: int) -> float:
 
 
 IMPORTS = {
-    "phaseledger": ("phaseledger", "phaseledger.engine.store", "pydantic"),
+    "phaseledger": ("phaseledger", "phaseledger.store.eventstore", "pydantic"),
     "langgraph": ("langgraph.graph", "langgraph.checkpoint.sqlite", "langgraph.checkpoint.postgres"),
     "dbos": ("dbos",),
 }

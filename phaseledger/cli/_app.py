@@ -28,10 +28,10 @@ __all__ = ["app", "main"]
 
 
 def _mount_subsystem_commands() -> None:
-    """Mount the commands that live next to their subsystems (projections and reports)."""
+    """Mount the projection and report commands (their own module, ``cli/reports.py``)."""
     from typer.core import TyperCommand
 
-    from phaseledger.projections import cli as projections_cli
+    from phaseledger.cli import reports as projections_cli
 
     for command in projections_cli.projections_app.registered_commands:
         if command.cls in (None, TyperCommand):  # typer's default: use ours, for help without placeholders

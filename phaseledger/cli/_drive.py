@@ -48,7 +48,7 @@ def command_line(session: Session, *words: str) -> str:
     """A ``phaseledger`` command line with this session's store and workflows (passwords hidden)."""
     parts = ["phaseledger"]
     if session.store is not None:
-        from phaseledger.engine.store import StoreURL
+        from phaseledger.store.eventstore import StoreURL
 
         parts += ["--store", StoreURL.parse(session.store).redacted]
     for module in session.workflow_modules:

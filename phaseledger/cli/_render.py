@@ -301,7 +301,7 @@ def print_json(value: Any) -> None:
 
 
 def print_comparison(console: Console, comparison: Any) -> None:
-    """Print a :class:`~phaseledger.engine.compare.RunComparison` side by side."""
+    """Print a :class:`~phaseledger.history.compare.RunComparison` side by side."""
     a, b = comparison.a, comparison.b
     grid = table(console, ["", escape(a.run_id), escape(b.run_id)], title=f"{comparison.workflow}: a vs b")
     grid.add_row("version", f"v{a.workflow_version}, {a.version} events", f"v{b.workflow_version}, {b.version} events")

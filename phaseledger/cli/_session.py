@@ -37,7 +37,7 @@ def refuse_missing_store(store: str | None) -> None:
     Commands that read a store call this first: opening a missing file would create an
     empty store and show nothing, as if the runs had vanished.
     """
-    from phaseledger.engine.store import StoreURL
+    from phaseledger.store.eventstore import StoreURL
 
     url = StoreURL.parse(store)
     if url.sqlite_path is not None and not Path(url.sqlite_path).expanduser().exists():
@@ -75,7 +75,7 @@ class Session:
     @property
     def store_url(self) -> str:
         """The URL the engine will open (resolving the environment variable and default)."""
-        from phaseledger.engine.store import StoreURL
+        from phaseledger.store.eventstore import StoreURL
 
         return StoreURL.parse(self.store).url
 
@@ -115,7 +115,7 @@ class Session:
         would otherwise silently show an empty store).
         """
         from phaseledger.engine.engine import Engine
-        from phaseledger.engine.store import Store, StoreURL
+        from phaseledger.store.eventstore import Store, StoreURL
 
         if must_exist:
             refuse_missing_store(self.store)

@@ -15,7 +15,7 @@ from phaseledger.cli._base import JsonOpt, WorkflowVersionOpt, app, session_of
 from phaseledger.cli._session import CommandError, make_console, warn_deprecated
 
 if TYPE_CHECKING:
-    from phaseledger.engine.worker import WorkerStats
+    from phaseledger.workers.worker import WorkerStats
 
 
 @app.command()
@@ -43,7 +43,7 @@ def worker(
     """
     import logging
 
-    from phaseledger.engine.worker import run_worker
+    from phaseledger.workers.worker import run_worker
 
     session = session_of(ctx)
     workflows = session.workflows()
@@ -80,7 +80,7 @@ def worker_summary(stats: WorkerStats) -> str:
 
 
 def _redacted(url: str) -> str:
-    from phaseledger.engine.store import StoreURL
+    from phaseledger.store.eventstore import StoreURL
 
     return StoreURL.parse(url).redacted
 
@@ -158,7 +158,7 @@ def keygen(
     Rotate keys with PHASELEDGER_CIPHER_KEY="NEW,OLD": the first encrypts, all decrypt
     (see docs/encryption.md). Without the key, nobody can read what it encrypted.
     """
-    from phaseledger.engine._cipher import generate_cipher_key
+    from phaseledger.store.cipher import generate_cipher_key
 
     key = generate_cipher_key(size)
     if as_json:

@@ -41,8 +41,8 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
+from phaseledger.agents import PhaseledgerDurability
 from phaseledger.domain.workflow import Workflow
-from phaseledger.engine.agents import PhaseledgerDurability
 from phaseledger.engine.context import Context
 
 BATCH = 2

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from phaseledger.domain.workflow import Workflow
-    from phaseledger.engine.store import Store
     from phaseledger.engine.views import RecordedEvent
+    from phaseledger.store.eventstore import Store
 
 TOPIC = "durable execution for AI agents"
 """What the demo run researches."""
@@ -190,7 +190,7 @@ class Demo:
         """Run the whole demo; raise :class:`DemoFailed` when a step of it fails."""
         from rich.markup import escape
 
-        from phaseledger.engine.store import Store
+        from phaseledger.store.eventstore import Store
 
         self._check_model()
         for suffix in ("", "-wal", "-shm"):

@@ -36,7 +36,7 @@ from phaseledger.domain.recorded_errors import rebuild_error
 from phaseledger.domain.retry import RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.values import copy_json, decode_value, encode_value
-from phaseledger.engine.driver import Suspended
+from phaseledger.engine.stops import Suspended
 
 if TYPE_CHECKING:
     from phaseledger.domain.workflow import Phase
@@ -371,7 +371,7 @@ class Context(Generic[StateT]):
         ``kwargs`` are those of ``agent.run`` (``deps``, ``message_history``, ``output_type``, ...);
         returns its ``AgentRunResult``. See ``docs/agents.md``.
         """
-        from phaseledger.engine.agents import run_agent
+        from phaseledger.agents import run_agent
 
         return await run_agent(self, agent, user_prompt, **kwargs)
 

@@ -1,7 +1,7 @@
 """Driving one run: replay the current phase from its journal, record new work, change phase.
 
 A :class:`RunDriver` owns the run's aggregate while it drives it, under the run's lease
-(:mod:`.ownership`). It appends events to
+(:mod:`phaseledger.store.leasebook`). It appends events to
 the aggregate and commits them in batches (``checkpoint_every_n_steps``); errors, phase
 changes, suspensions and the end of the run commit at once. When another writer appended
 to the run meanwhile, only signals are rebased over; anything else means another driver
@@ -37,7 +37,8 @@ from phaseledger.domain.recorded_errors import describe_error
 from phaseledger.domain.run import CANCELLED, WorkflowRun
 from phaseledger.domain.values import encode_value
 from phaseledger.domain.workflow import Workflow
-from phaseledger.engine._faults import Backoff
+from phaseledger.engine.stops import Cancelled, Released, Superseded, Suspended
+from phaseledger.store.faults import Backoff
 
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine
@@ -46,25 +47,6 @@ T = TypeVar("T")
 log = logging.getLogger("phaseledger.driver")
 _BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
 _REBASEABLE = (WorkflowRun.SignalReceived,)
-
-
-class Suspended(BaseException):
-    """Unwinds a handler when the run suspends (a BaseException so ``except Exception`` in
-    user code cannot swallow it)."""
-
-
-class Cancelled(BaseException):
-    """Unwinds a handler when the run was cancelled by another writer."""
-
-
-class Superseded(BaseException):
-    """Unwinds a handler when another driver advanced the run (or this one's worker lost its
-    lease); this one must stop without appending."""
-
-
-class Released(BaseException):
-    """Unwinds a handler at a journal boundary when its worker shuts down: what was recorded
-    is committed and the run is left for another worker."""
 
 
 class RunDriver:
@@ -146,7 +128,7 @@ class RunDriver:
 
         ``failure`` is how a first attempt made by the caller failed. Gives up with the last
         :class:`StoreUnavailable` once ``engine.append_retry_seconds`` have passed since the
-        first failure. The engine's :class:`~phaseledger.engine._faults.Outage` logs the
+        first failure. The engine's :class:`~phaseledger.store.faults.Outage` logs the
         outage once, not each attempt.
         """
         outage = self.engine.outage

@@ -29,22 +29,24 @@ from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import FAILED, RETRYING, RUNNING, SLEEPING, WAITING, WorkflowRun
 from phaseledger.domain.values import validate_payload
 from phaseledger.domain.workflow import Workflow, WorkflowRegistry
-from phaseledger.engine._cipher import CipherKeys, parse_cipher_keys
-from phaseledger.engine._faults import Outage
 from phaseledger.engine.breaker import CircuitBreaker
-from phaseledger.engine.compare import RunComparison, compare_runs
-from phaseledger.engine.driver import Cancelled, RunDriver, Superseded
-from phaseledger.engine.ownership import DriverId, LeaseBook, RunControl, open_lease_book
-from phaseledger.engine.retention import CompactionReport, Retention, RetentionPolicy, RetentionReport
-from phaseledger.engine.runindex import is_due
-from phaseledger.engine.store import Store
-from phaseledger.engine.timetravel import Checkpoint, Lineage, RunAt, TimeTravel
-from phaseledger.engine.tokens import looks_like_token, resolve_key
+from phaseledger.engine.control import RunControl
+from phaseledger.engine.driver import RunDriver
+from phaseledger.engine.stops import Cancelled, Superseded
 from phaseledger.engine.views import RecordedEvent, Run, damaged_view, event_view, run_view
+from phaseledger.history.compare import RunComparison, compare_runs
+from phaseledger.history.retention import CompactionReport, Retention, RetentionPolicy, RetentionReport
+from phaseledger.history.timetravel import Checkpoint, Lineage, RunAt, TimeTravel
+from phaseledger.history.tokens import looks_like_token, resolve_key
+from phaseledger.store.cipher import CipherKeys, parse_cipher_keys
+from phaseledger.store.eventstore import Store
+from phaseledger.store.faults import Outage
+from phaseledger.store.leasebook import DriverId, LeaseBook, open_lease_book
+from phaseledger.store.runindex import is_due
 
 if TYPE_CHECKING:
-    from phaseledger.engine.worker import Worker
     from phaseledger.projections.reports import Reports
+    from phaseledger.workers.worker import Worker
 
 T = TypeVar("T")
 IfExists = Literal["raise", "return"]
@@ -67,7 +69,7 @@ class Engine:
     While the store is unavailable a run's commit is retried with backoff for
     ``append_retry_seconds`` before the run gives up with :class:`StoreUnavailable`
     (resumable). ``lease_seconds`` is how long a driver's lease on a run lasts unless its
-    heartbeat renews it (see :mod:`phaseledger.engine.ownership`).
+    heartbeat renews it (see :mod:`phaseledger.store.leasebook`).
     """
 
     def __init__(
@@ -372,7 +374,7 @@ class Engine:
                 self.control.drop(run_id)
                 await self._release(run_id, version)
 
-    # -- leases (see phaseledger.engine.ownership) -------------------------------------------
+    # -- leases (see phaseledger.store.leasebook) -------------------------------------------
 
     async def _leases(self) -> LeaseBook:
         return self._lease_book or await self._call_store(self._lease_book_now)
@@ -518,9 +520,9 @@ class Engine:
         loop until ``worker.stop()`` (or SIGTERM); ``run(until_idle=True)`` returns when no
         run is runnable now. On PostgreSQL any number of workers share the store through
         leases of ``lease_seconds``; SQLite and memory:// stores take one worker. See
-        :class:`phaseledger.engine.worker.Worker` and docs/services.md.
+        :class:`phaseledger.workers.worker.Worker` and docs/services.md.
         """
-        from phaseledger.engine.worker import Worker
+        from phaseledger.workers.worker import Worker
 
         return Worker(self, concurrency=concurrency, lease_seconds=lease_seconds, poll_interval=poll_interval,
                       error_backoff=error_backoff, worker_id=worker_id)
@@ -606,7 +608,7 @@ class Engine:
         workflow = self.registry.workflows.get((before.workflow, before.workflow_version)) if before else None
         return damaged_view(error, before, workflow.state_model if workflow else None)
 
-    # -- time travel (phaseledger.engine.timetravel, compare, retention) ----------------
+    # -- time travel (phaseledger.history.timetravel, compare, retention) ----------------
 
     def checkpoints(self, run_id: str) -> list[Checkpoint]:
         """The run's checkpoints: every phase entry and every ``ctx.checkpoint``, in log order."""

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from phaseledger.domain.errors import CorruptEvent
 from phaseledger.domain.run import DAMAGED, WorkflowRun
 from phaseledger.domain.values import decode_value, json_size
-from phaseledger.engine.ownership import Driving
+from phaseledger.store.leasebook import Driving
 
 
 class Usage(BaseModel):

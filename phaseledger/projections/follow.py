@@ -28,12 +28,12 @@ from eventsourcing.persistence import Mapper
 from eventsourcing.projection import BaseProjectionRunner, ProjectionRunner
 
 from phaseledger.domain.errors import StoreUnavailable
-from phaseledger.engine._faults import Backoff, Outage, store_errors
-from phaseledger.engine._mapper import SkippingMapper
-from phaseledger.engine.store import RunApplication
 from phaseledger.projections.errors import ProjectionReset
 from phaseledger.projections.projection import TOPICS, ReportProjection
 from phaseledger.projections.view import PostgresReportView
+from phaseledger.store.eventstore import RunApplication
+from phaseledger.store.faults import Backoff, Outage, store_errors
+from phaseledger.store.mapper import SkippingMapper
 
 if TYPE_CHECKING:
     from phaseledger.projections.reports import Reports

@@ -15,10 +15,10 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
-from phaseledger.engine.store import RUN_TOPICS
 from phaseledger.projections.errors import AlreadyApplied
 from phaseledger.projections.schema import PROJECTION_NAME
 from phaseledger.projections.view import ReportView
+from phaseledger.store.eventstore import RUN_TOPICS
 
 TOPICS: tuple[str, ...] = tuple(sorted(RUN_TOPICS))
 """Topics of every run event class: the projection reads only these from the log."""
@@ -30,7 +30,7 @@ class ReportProjection(Projection[Any]):
     A processor reads the view's generation when it starts; if the view is rebuilt under it,
     its next transaction raises :class:`~phaseledger.projections.ProjectionReset` and writes
     nothing. An event another processor has applied already is skipped, and so is a row
-    that cannot be read (it arrives as an :class:`~phaseledger.engine._mapper.Unreadable`,
+    that cannot be read (it arrives as an :class:`~phaseledger.store.mapper.Unreadable`,
     already logged): its position is recorded and the events after it are applied.
     """
 

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any, Self
 
-from phaseledger.engine._faults import guarded, store_errors
-from phaseledger.engine.store import Store
 from phaseledger.projections.errors import AlreadyApplied, ProjectionError, ProjectionOutdated, ProjectionReset
 from phaseledger.projections.follow import Follower, PollingFollower, RunnerFollower, memory_runner, postgres_runner
 from phaseledger.projections.models import (
@@ -31,6 +29,8 @@ from phaseledger.projections.models import (
 from phaseledger.projections.projection import count_after, read_log
 from phaseledger.projections.schema import FAILURES, PHASES, READ_MODELS, RUNS, SCHEMA_VERSION, USAGE
 from phaseledger.projections.view import open_view
+from phaseledger.store.eventstore import Store
+from phaseledger.store.faults import guarded, store_errors
 
 Progress = Callable[[int, int], Any]
 """Called as ``progress(done, total)`` while events are applied (``total`` may grow)."""

@@ -28,9 +28,6 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL
 
-from phaseledger.engine._faults import create_racing
-from phaseledger.engine._postgres import use_lifo_pool
-from phaseledger.engine.store import StoreURL
 from phaseledger.projections._dialect import Dialect
 from phaseledger.projections._fold import Fold
 from phaseledger.projections.errors import AlreadyApplied, ProjectionOutdated, ProjectionReset
@@ -43,6 +40,9 @@ from phaseledger.projections.schema import (
     Table,
     create_statements,
 )
+from phaseledger.store.eventstore import StoreURL
+from phaseledger.store.faults import create_racing
+from phaseledger.store.postgres import use_lifo_pool
 
 
 @dataclass(frozen=True)

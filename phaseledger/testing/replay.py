@@ -22,7 +22,7 @@ from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.context import _STEP_KEY
 from phaseledger.engine.engine import Engine
-from phaseledger.engine.store import Store
+from phaseledger.store.eventstore import Store
 
 _VOLATILE = frozenset({
     "timestamp", "duration", "retry_at", "wake_at", "until", "started_at", "originator_id", "originator_topic",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from phaseledger.engine.store import Store
+from phaseledger.store.eventstore import Store
 from tests.test_agent_kit import Script, uninterrupted
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,8 +20,8 @@ import pytest
 from pydantic import BaseModel
 
 from phaseledger import Context, CorruptEvent, Engine, RetentionPolicy, Workflow
-from phaseledger.engine.runindex import RunIndex, open_run_index
 from phaseledger.projections import Reports
+from phaseledger.store.runindex import RunIndex, open_run_index
 from tests.integration.damage import CORRUPTIONS, damage, missing_field, write_row
 from tests.integration.test_cli import cli
 

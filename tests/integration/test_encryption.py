@@ -30,8 +30,8 @@ from phaseledger import (
     generate_cipher_key,
     run_worker,
 )
-from phaseledger.engine._cipher import RotatingCipher
-from phaseledger.engine.store import StoreURL
+from phaseledger.store.cipher import RotatingCipher
+from phaseledger.store.eventstore import StoreURL
 
 INPUT_SECRET = "sk-input-3f9a1c77d2e04b8e"
 STEP_SECRET = "tok-step-8b2d5e91c4a07f36"

@@ -10,7 +10,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
 from phaseledger import Context, Engine, Workflow
-from phaseledger.engine.agents import PhaseledgerDurability
+from phaseledger.agents import PhaseledgerDurability
 
 
 class Article(BaseModel):

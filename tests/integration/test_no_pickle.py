@@ -24,7 +24,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from phaseledger import Context, Engine, RecordedError, Workflow
-from phaseledger.engine.agents import PhaseledgerDurability
+from phaseledger.agents import PhaseledgerDurability
 
 BODY = {"error": {"type": "overloaded", "retry": True}}
 

@@ -9,8 +9,8 @@ import pytest
 from pydantic import BaseModel
 
 from phaseledger import Context, Engine, InvalidInput, RetentionPolicy, RunNotFound, Workflow
-from phaseledger.engine.runindex import open_run_index
-from phaseledger.engine.tokens import STORE_IDENTITY_ID
+from phaseledger.history.tokens import STORE_IDENTITY_ID
+from phaseledger.store.runindex import open_run_index
 
 KEY = "only-runs-are-runs-token-key-0123456789"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from phaseledger import Context, Engine, LeaseLost, RunBusy, Store, Workflow
-from phaseledger.engine.ownership import DriverId, open_lease_book
+from phaseledger.store.leasebook import DriverId, open_lease_book
 from tests.integration.crashflows import EFFECTS_ENV
 from tests.integration.ownership_flows import GATE_ENV, Tally
 from tests.integration.test_cli import cli

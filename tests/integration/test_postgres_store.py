@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from phaseledger import ConcurrencyConflict, Context, Engine, StoreUnavailable, Workflow
 from phaseledger.domain.run import WorkflowRun
-from phaseledger.engine.store import Store, StoreURL
+from phaseledger.store.eventstore import Store, StoreURL
 
 pytestmark = pytest.mark.postgres
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from phaseledger import Context, Engine, Workflow
-from phaseledger.projections.cli import projections_app, report_app
+from phaseledger.cli.reports import projections_app, report_app
 
 
 class Doc(BaseModel):

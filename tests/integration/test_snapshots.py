@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from phaseledger import Context, Engine, RetryPolicy, StepFailed, Store, Workflow
 from phaseledger.domain.run import WorkflowRun, project_run
-from phaseledger.engine.store import snapshot_wanted
+from phaseledger.store.eventstore import snapshot_wanted
 
 STEPS = 130
 SNAPSHOT_EVERY = 50

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from phaseledger import ConcurrencyConflict, Context, Engine, Workflow
 from phaseledger.domain.run import WorkflowRun, project_run
-from phaseledger.engine.store import Store, StoreURL
+from phaseledger.store.eventstore import Store, StoreURL
 
 
 class Tally(BaseModel):

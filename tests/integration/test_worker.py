@@ -17,16 +17,16 @@ import pytest
 from pydantic import BaseModel
 
 from phaseledger import Context, Engine, PhaseledgerError, RunBusy, WorkerAlreadyRunning, Workflow
-from phaseledger.engine.leases import PostgresLeases
-from phaseledger.engine.ownership import DriverId
-from phaseledger.engine.runindex import IndexRow, is_due, open_run_index, runnable_at
+from phaseledger.store.leasebook import DriverId
+from phaseledger.store.runindex import IndexRow, is_due, open_run_index, runnable_at
+from phaseledger.workers.claims import PostgresLeases
 from tests.integration import worker_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 
 WORKER_CODE = """
 import asyncio, sys
-from phaseledger.engine.worker import run_worker
+from phaseledger.workers.worker import run_worker
 asyncio.run(run_worker(sys.argv[1], "tests.integration.worker_fleet", concurrency=4, lease_seconds=1.0,
                        poll_interval=0.05, engine_options={"max_inline_wait": 0}))
 """

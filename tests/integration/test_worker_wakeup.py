@@ -17,8 +17,8 @@ import pytest
 from pydantic import BaseModel
 
 from phaseledger import Context, Engine, Workflow
-from phaseledger.engine.store import StoreURL
-from phaseledger.engine.worker import Worker
+from phaseledger.store.eventstore import StoreURL
+from phaseledger.workers.worker import Worker
 
 LONG_POLL = 30.0
 BOUND = 10.0

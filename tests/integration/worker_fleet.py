@@ -43,7 +43,7 @@ def _write_effect_pg(url: str, run_id: str, step: str, exec_id: str) -> None:
     import psycopg
     from psycopg import sql
 
-    from phaseledger.engine.store import StoreURL
+    from phaseledger.store.eventstore import StoreURL
 
     parsed = StoreURL.parse(url)
     with _conn_lock:

@@ -25,8 +25,8 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from phaseledger import Context, Engine, RetryPolicy, Workflow
-from phaseledger.engine.store import StoreURL
 from phaseledger.projections import Reports, _fold
+from phaseledger.store.eventstore import StoreURL
 
 ONCE: set[tuple[str, int, int]] = set()
 """Failures that already happened (a flaky or failing op fails the first time only)."""

@@ -11,7 +11,7 @@ from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import FunctionModel
 
 from phaseledger import Context, Engine, NonDeterminismError, Workflow
-from phaseledger.engine.agents import AgentNotDurable, PhaseledgerDurability
+from phaseledger.agents import AgentNotDurable, PhaseledgerDurability
 from tests.test_agent_kit import (
     Crash,
     Outcome,

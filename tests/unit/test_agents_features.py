@@ -21,7 +21,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage, UsageLimits
 
 from phaseledger import CircuitBreaker, Context, Engine, RetryPolicy, Workflow
-from phaseledger.engine.agents import (
+from phaseledger.agents import (
     AgentRunFailed,
     DurableAgent,
     PhaseledgerDurability,

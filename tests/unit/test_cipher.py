@@ -12,7 +12,7 @@ import pytest
 
 from phaseledger import DecryptionFailed, Engine, Store, generate_cipher_key
 from phaseledger.domain.run import WorkflowRun
-from phaseledger.engine._cipher import RotatingCipher, _NoKeyOpens
+from phaseledger.store.cipher import RotatingCipher, _NoKeyOpens
 from tests.integration.test_encryption import INPUT_SECRET, STEP_SECRET, make_workflow
 
 

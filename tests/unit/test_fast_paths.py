@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from phaseledger import SerializationError
 from phaseledger.domain.values import encode_value
-from phaseledger.engine._codec import FastJSONTranscoder
+from phaseledger.store.codec import FastJSONTranscoder
 
 
 def _transcoder(cls: type[JSONTranscoder]) -> JSONTranscoder:

@@ -11,8 +11,8 @@ import pytest
 from eventsourcing.persistence import IntegrityError, OperationalError, PersistenceError, ProgrammingError
 
 from phaseledger import ConcurrencyConflict, RunNotFound, StoreUnavailable
-from phaseledger.engine._faults import Backoff, Outage, guarded, store_errors, translate
-from phaseledger.engine.store import Store, StoreURL
+from phaseledger.store.eventstore import Store, StoreURL
+from phaseledger.store.faults import Backoff, Outage, guarded, store_errors, translate
 
 URL = StoreURL.parse("postgresql://app:s3cret@db.internal:5432/runs?schema=prod")
 

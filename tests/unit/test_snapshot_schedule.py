@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phaseledger.engine.store import snapshot_wanted
+from phaseledger.store.eventstore import snapshot_wanted
 
 
 @given(every=st.integers(1, 200), entered=st.integers(1, 10_000), visit=st.integers(0, 20_000))

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from phaseledger import Context, Engine, InvalidToken, RetentionPolicy, TokenKeyMissing, Workflow
-from phaseledger.engine.tokens import STORE_IDENTITY_ID, TOKEN_KEY_ENV_VAR
+from phaseledger.history.tokens import STORE_IDENTITY_ID, TOKEN_KEY_ENV_VAR
 
 KEY = "unit-test-token-key-0123456789abcdef"
 

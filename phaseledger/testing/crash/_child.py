@@ -39,7 +39,7 @@ class _Probe:
 
     def install(self) -> None:
         from phaseledger.engine.context import Context, idempotency_key
-        from phaseledger.engine.store import Store
+        from phaseledger.store.eventstore import Store
 
         probe = self
         save_events = Store.save_events

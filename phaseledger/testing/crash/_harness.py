@@ -91,8 +91,8 @@ class CrashHarness:
     # -- plumbing --------------------------------------------------------------------------
 
     def _events(self, run_id: str) -> list[WorkflowRun.Event]:
-        from phaseledger.engine._cipher import CIPHER_KEY_ENV_VAR, COMPRESS_ENV_VAR, parse_compress
-        from phaseledger.engine.store import Store
+        from phaseledger.store.cipher import CIPHER_KEY_ENV_VAR, COMPRESS_ENV_VAR, parse_compress
+        from phaseledger.store.eventstore import Store
 
         with self._store_lock:
             if self._store is None:

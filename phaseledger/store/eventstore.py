@@ -24,7 +24,7 @@ from eventsourcing.utils import get_topic
 
 from phaseledger.domain.errors import ConcurrencyConflict, CorruptEvent, RunNotFound, StoreUnavailable
 from phaseledger.domain.run import WorkflowRun, project_run
-from phaseledger.engine._cipher import (
+from phaseledger.store.cipher import (
     CIPHER_KEY_ENV_VAR,
     COMPRESS_ENV_VAR,
     CipherKeys,
@@ -34,9 +34,9 @@ from phaseledger.engine._cipher import (
     resolve_cipher_keys,
     resolve_compress,
 )
-from phaseledger.engine._codec import FastJSONTranscoder
-from phaseledger.engine._faults import guarded, store_errors
-from phaseledger.engine._mapper import RunMapper, SkippingMapper, Unreadable
+from phaseledger.store.codec import FastJSONTranscoder
+from phaseledger.store.faults import guarded, store_errors
+from phaseledger.store.mapper import RunMapper, SkippingMapper, Unreadable
 
 log = logging.getLogger("phaseledger.store")
 
@@ -207,7 +207,7 @@ class Store:
         env.update(self.codec_env)
         env["ORIGINATOR_ID_TYPE"] = "text"
         if self.url.backend == "postgresql":
-            from phaseledger.engine._postgres import StoreFactory
+            from phaseledger.store.postgres import StoreFactory
 
             env["PERSISTENCE_MODULE"] = get_topic(StoreFactory)
         if snapshot_every:
@@ -220,7 +220,7 @@ class Store:
         self._loop_appender: Any = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="phaseledger-writer") if self.url.sqlite_path else None
         if self.url.backend == "postgresql":
-            from phaseledger.engine._postgres import LoopAppender
+            from phaseledger.store.postgres import LoopAppender
 
             self._loop_appender = LoopAppender(self.app.recorder, self.url.postgres_conninfo or "")  # type: ignore[arg-type]
         self._prepared: dict[tuple[str, int], StoredEvent | object] = {}
@@ -350,7 +350,7 @@ class Store:
         """:meth:`save_events` for callers on an event loop, which keeps running meanwhile.
 
         On PostgreSQL the append is sent from the loop itself (see
-        :class:`~phaseledger.engine._postgres.LoopAppender`) and :meth:`save_events` is not
+        :class:`~phaseledger.store.postgres.LoopAppender`) and :meth:`save_events` is not
         called. SQLite appends call it in the store's writer thread: SQLite takes one writer
         at a time anyway, and one warm thread hands over faster than a pool of them. Memory
         stores append at once.

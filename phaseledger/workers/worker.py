@@ -51,13 +51,13 @@ from phaseledger.domain.errors import (
 )
 from phaseledger.domain.run import CANCELLED, COMPLETED, FAILED, RUNNING
 from phaseledger.domain.workflow import Workflow
-from phaseledger.engine._faults import Backoff
-from phaseledger.engine.driver import Cancelled, Released, Superseded
-from phaseledger.engine.leases import Claim, Leases, open_leases, worker_identity
 from phaseledger.engine.loading import load_workflows
-from phaseledger.engine.ownership import DriverId
-from phaseledger.engine.runindex import RunIndex, open_run_index, workflow_key
-from phaseledger.engine.wakeups import AppendListener
+from phaseledger.engine.stops import Cancelled, Released, Superseded
+from phaseledger.store.faults import Backoff
+from phaseledger.store.leasebook import DriverId
+from phaseledger.store.listener import AppendListener
+from phaseledger.store.runindex import RunIndex, open_run_index, workflow_key
+from phaseledger.workers.claims import Claim, Leases, open_leases, worker_identity
 
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine

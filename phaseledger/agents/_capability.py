@@ -30,12 +30,12 @@ from pydantic_ai.models import Model, ModelRequestContext
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT, RunContext, ToolDefinition
 
+from phaseledger.agents._backend import TOOL_CONFIG_KEY, PhaseledgerBackend
+from phaseledger.agents._scope import AGENT_RUN, REPLAY_SCOPED, container_context, phase_agents
+from phaseledger.agents._units import UnitConfig, flush_pending
+from phaseledger.agents._usage import UNIT_USAGE
 from phaseledger.domain.errors import SerializationError
 from phaseledger.domain.retry import RetryPolicy
-from phaseledger.engine.agents._backend import TOOL_CONFIG_KEY, PhaseledgerBackend
-from phaseledger.engine.agents._scope import AGENT_RUN, REPLAY_SCOPED, container_context, phase_agents
-from phaseledger.engine.agents._units import UnitConfig, flush_pending
-from phaseledger.engine.agents._usage import UNIT_USAGE
 
 
 def _serialization_failure(exc: Exception) -> BaseException:

@@ -39,8 +39,8 @@ from eventsourcing.domain import (
 from eventsourcing.persistence import IntegrityError
 
 from phaseledger.domain.errors import InvalidToken, TokenKeyMissing
-from phaseledger.engine._faults import store_errors
-from phaseledger.engine.store import Store
+from phaseledger.store.eventstore import Store
+from phaseledger.store.faults import store_errors
 
 TOKEN_KEY_ENV_VAR = "PHASELEDGER_TOKEN_KEY"
 TOKEN_PREFIX = "pl1"

@@ -1,7 +1,7 @@
 """Wake an idle worker as soon as new events are committed, instead of at its next poll.
 
 On PostgreSQL every append sends ``NOTIFY <channel>`` in its transaction (eventsourcing's
-recorder does, and so does :class:`~phaseledger.engine._postgres.OneTripRecorder`), so the
+recorder does, and so does :class:`~phaseledger.store.postgres.OneTripRecorder`), so the
 notification is delivered when, and only when, the events are committed. An
 :class:`AppendListener` keeps one dedicated connection that ``LISTEN``\\ s on that channel
 and calls a callback for each notification; the worker's callback sets the event its loop
@@ -30,7 +30,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from phaseledger.engine._faults import Outage, jittered, translate
+from phaseledger.store.faults import Outage, jittered, translate
 
 log = logging.getLogger("phaseledger.worker")
 

@@ -3,7 +3,7 @@
 pydantic-ai's ``CallableOperationBackend`` owns naming (``JournalOperationNamer``), the JSON
 codec and per-tool configuration; phaseledger supplies the durable primitive: a unit is
 served from, or recorded in, the journal of the workflow run whose phase handler is
-running (see :mod:`phaseledger.engine.agents._units`).
+running (see :mod:`phaseledger.agents._units`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pydantic_ai.durable_exec import (
 from pydantic_ai.messages import ModelResponse
 from pydantic_ai.tools import RunContext
 
+from phaseledger.agents._identity import identify
+from phaseledger.agents._scope import AGENT_RUN, ON_UNIT_COMMIT, container_context, phase_agents
+from phaseledger.agents._units import UnitConfig, run_unit
+from phaseledger.agents._usage import model_usage
 from phaseledger.domain.errors import PhaseledgerError
-from phaseledger.engine.agents._identity import identify
-from phaseledger.engine.agents._scope import AGENT_RUN, ON_UNIT_COMMIT, container_context, phase_agents
-from phaseledger.engine.agents._units import UnitConfig, run_unit
-from phaseledger.engine.agents._usage import model_usage
 
 TOOL_CONFIG_KEY = "phaseledger"
 """Tool metadata key of per-tool settings: ``{"phaseledger": {"retry": RetryPolicy(...), "breaker": "name"}}``,

@@ -44,8 +44,8 @@ from phaseledger.domain.errors import (
     RunNotFinished,
     StoreUnavailable,
 )
-from phaseledger.engine._faults import guarded, store_errors
-from phaseledger.engine.timetravel import TimeTravel
+from phaseledger.history.timetravel import TimeTravel
+from phaseledger.store.faults import guarded, store_errors
 
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine

@@ -10,7 +10,7 @@ from position 0 at any time (:meth:`RunIndex.rebuild`).
 
 Backends follow the store: :class:`MemoryRunIndex` (``memory://``), :class:`SQLiteRunIndex`
 and :class:`PostgresRunIndex`, each an eventsourcing tracking recorder with the index
-table added. Statements are in :mod:`phaseledger.engine._worker_sql`.
+table added. Statements are in :mod:`phaseledger.store.queries`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from psycopg.sql import SQL, Identifier
 
 from phaseledger.domain.errors import CorruptEvent, RunNotFound
 from phaseledger.domain.run import DAMAGED, FINISHED, RUNNING, WAITING, WorkflowRun
-from phaseledger.engine import _worker_sql as q
-from phaseledger.engine._faults import create_racing, guarded, store_errors
-from phaseledger.engine.store import Store
+from phaseledger.store import queries as q
+from phaseledger.store.eventstore import Store
+from phaseledger.store.faults import create_racing, guarded, store_errors
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

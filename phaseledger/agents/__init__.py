@@ -8,16 +8,16 @@ recorded model responses and tool results from the log instead of paying for the
 ``DurableAgent`` runs one agent as a single-phase workflow. See ``docs/agents.md``.
 """
 
-from phaseledger.engine.agents._version import SUPPORTED_PYDANTIC_AI, UnsupportedPydanticAI, check_pydantic_ai_version
+from phaseledger.agents._version import SUPPORTED_PYDANTIC_AI, UnsupportedPydanticAI, check_pydantic_ai_version
 
 PYDANTIC_AI_VERSION = check_pydantic_ai_version()
 """The installed pydantic-ai version (checked against ``SUPPORTED_PYDANTIC_AI`` at import)."""
 
-from phaseledger.engine.agents._backend import TOOL_CONFIG_KEY, PhaseledgerBackend  # noqa: E402
-from phaseledger.engine.agents._capability import PhaseledgerDurability  # noqa: E402
-from phaseledger.engine.agents._durable_agent import AgentRunFailed, DurableAgent, DurableAgentResult  # noqa: E402
-from phaseledger.engine.agents._run import AgentNotDurable, run_agent  # noqa: E402
-from phaseledger.engine.agents._units import UnitConfig  # noqa: E402
+from phaseledger.agents._backend import TOOL_CONFIG_KEY, PhaseledgerBackend  # noqa: E402
+from phaseledger.agents._capability import PhaseledgerDurability  # noqa: E402
+from phaseledger.agents._durable_agent import AgentRunFailed, DurableAgent, DurableAgentResult  # noqa: E402
+from phaseledger.agents._run import AgentNotDurable, run_agent  # noqa: E402
+from phaseledger.agents._units import UnitConfig  # noqa: E402
 
 __all__ = [
     "PYDANTIC_AI_VERSION",

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_ai.durable_exec import record_durable_unit
 
+from phaseledger.agents._scope import IN_UNIT, AgentRunJournal, PendingFailure
+from phaseledger.agents._usage import UNIT_USAGE, UnitUsage, run_usage_from_json
 from phaseledger.domain.errors import (
     CircuitOpen,
     NonDeterminismError,
@@ -34,12 +36,10 @@ from phaseledger.domain.recorded_errors import describe_error, rebuild_error
 from phaseledger.domain.retry import RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.values import copy_json
-from phaseledger.engine.agents._scope import IN_UNIT, AgentRunJournal, PendingFailure
-from phaseledger.engine.agents._usage import UNIT_USAGE, UnitUsage, run_usage_from_json
 from phaseledger.engine.context import _STEP_KEY, utcnow
 
 if TYPE_CHECKING:
-    from phaseledger.engine.agents._identity import UnitIdentity
+    from phaseledger.agents._identity import UnitIdentity
     from phaseledger.engine.context import Context
 
 UnitCommitted = Callable[[str, str], Any]

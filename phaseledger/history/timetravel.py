@@ -18,7 +18,7 @@ point, the fork's handler replays those recorded model responses, tool results a
 steps from the log (never calling them again, never paying again) and runs live from
 the fork point on. Usage recorded on copied events was paid by the parent: tools that
 sum tokens across runs should skip events with ``version <= parent["version"]`` (the
-:class:`~phaseledger.engine.compare.RunComparison` reports it as ``inherited``).
+:class:`~phaseledger.history.compare.RunComparison` reports it as ``inherited``).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from phaseledger.domain.errors import (
 from phaseledger.domain.ids import MAX_ID_LENGTH, validate_run_id
 from phaseledger.domain.run import COMPLETED, FAILED, WorkflowRun
 from phaseledger.domain.values import copy_json, encode_value
-from phaseledger.engine._faults import store_errors
-from phaseledger.engine.tokens import TokenClaims, looks_like_token, make_token, read_token, store_identity
 from phaseledger.engine.views import Run, run_view
+from phaseledger.history.tokens import TokenClaims, looks_like_token, make_token, read_token, store_identity
+from phaseledger.store.faults import store_errors
 
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine

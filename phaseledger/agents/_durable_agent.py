@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from pydantic_ai.agent import AbstractAgent
 
+from phaseledger.agents._capability import PhaseledgerDurability
+from phaseledger.agents._run import AgentNotDurable
+from phaseledger.agents._scope import ON_UNIT_COMMIT
 from phaseledger.domain.errors import InvalidInput, PhaseledgerError, RunExists
 from phaseledger.domain.retry import RetryPolicy
 from phaseledger.domain.workflow import Workflow
-from phaseledger.engine.agents._capability import PhaseledgerDurability
-from phaseledger.engine.agents._run import AgentNotDurable
-from phaseledger.engine.agents._scope import ON_UNIT_COMMIT
 from phaseledger.engine.engine import Engine
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
-from phaseledger.engine.agents._identity import MessageDigests
+from phaseledger.agents._identity import MessageDigests
 from phaseledger.engine.context import _STEP_KEY, current_context
 
 if TYPE_CHECKING:

@@ -38,11 +38,11 @@ from typing import IO, Any
 
 from phaseledger.domain.errors import WorkerAlreadyRunning
 from phaseledger.domain.run import CANCELLED
-from phaseledger.engine import _worker_sql as q
-from phaseledger.engine._faults import store_errors
-from phaseledger.engine.ownership import DriverId
-from phaseledger.engine.runindex import PostgresRunIndex, RunIndex
-from phaseledger.engine.store import Store
+from phaseledger.store import queries as q
+from phaseledger.store.eventstore import Store
+from phaseledger.store.faults import store_errors
+from phaseledger.store.leasebook import DriverId
+from phaseledger.store.runindex import PostgresRunIndex, RunIndex
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from eventsourcing.persistence import Mapper, MapperDeserialisationError, Stored
 from eventsourcing.utils import TopicError
 
 from phaseledger.domain.errors import CorruptEvent, DecryptionFailed
-from phaseledger.engine._cipher import CipherMapper
+from phaseledger.store.cipher import CipherMapper
 
 _decode = Mapper.to_domain_event  # called directly: cheaper than super() on every read
 

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_ai.agent import AbstractAgent
 
+from phaseledger.agents._capability import PhaseledgerDurability
 from phaseledger.domain.errors import PhaseledgerError
-from phaseledger.engine.agents._capability import PhaseledgerDurability
 from phaseledger.engine.context import _CURRENT_CONTEXT
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""A run's history: time travel, forks, comparison, retention and resume tokens."""

@@ -1,0 +1,1 @@
+"""Worker processes that claim due runs from the run index and drive them."""
