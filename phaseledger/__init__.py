@@ -50,7 +50,8 @@ from phaseledger.history.timetravel import Checkpoint, ForkInfo, ForkPoint, Jour
 from phaseledger.store.cipher import generate_cipher_key
 from phaseledger.store.eventstore import Store
 from phaseledger.store.leasebook import Driving
-from phaseledger.workers.worker import Worker, WorkerStats, run_worker
+from phaseledger.workers.service import run_worker
+from phaseledger.workers.worker import Worker, WorkerStats
 
 if TYPE_CHECKING:
     from phaseledger.agents import (

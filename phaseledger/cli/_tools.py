@@ -43,7 +43,7 @@ def worker(
     """
     import logging
 
-    from phaseledger.workers.worker import run_worker
+    from phaseledger.workers.service import run_worker
 
     session = session_of(ctx)
     workflows = session.workflows()

@@ -301,6 +301,11 @@ class WorkflowRun(BaseAggregate[str]):
         "RunFailed", "RunCancelled",
     )
 
+    @classmethod
+    def begin(cls, run_id: str, **fields: Any) -> WorkflowRun:
+        """A new run with its ``RunStarted`` event (``fields`` are that event's), not saved yet."""
+        return cls._create(cls.RunStarted, id=run_id, **fields)
+
     @property
     def finished(self) -> bool:
         """Completed, failed or cancelled."""

@@ -466,7 +466,7 @@ class Context(Generic[StateT]):
         )
         self._consumed.add(key)
         await self._driver.commit()
-        self.engine._notify_checkpoint(self._driver.run, label)
+        self.engine.hooks.checkpoint(self._driver.run, label)
 
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` durably: the wake time is recorded, so a crash changes nothing.

@@ -157,10 +157,10 @@ class RunDriver:
 
     async def _rebase(self, events: list[Any]) -> None:
         fresh: WorkflowRun = await self._persist(
-            lambda: self.engine._call_store(self.engine.store.load, self.run.id), "read the run")
+            lambda: self.engine.drives.call(self.engine.store.load, self.run.id), "read the run")
         base_version = events[0].originator_version - 1
         intervening = await self._persist(
-            lambda: self.engine._call_store(self.engine.store.events, self.run.id, gt=base_version), "read the run")
+            lambda: self.engine.drives.call(self.engine.store.events, self.run.id, gt=base_version), "read the run")
         if fresh.status == CANCELLED:
             self.run = fresh
             raise Cancelled()
@@ -206,7 +206,7 @@ class RunDriver:
             # the log has it.
             self.run.collect_events()
             self.run = await self._persist(
-                lambda: self.engine._call_store(self.engine.store.load, self.run.id), "read the run")
+                lambda: self.engine.drives.call(self.engine.store.load, self.run.id), "read the run")
         except Superseded:
             # Another driver owns the run now: what this one did not commit is dropped, and
             # its view would be stale, so say so instead of returning it.
@@ -260,7 +260,7 @@ class RunDriver:
                     await self._fail(exc)
                     return
                 await self.commit()
-                self.engine._notify_checkpoint(self.run, "phase")
+                self.engine.hooks.checkpoint(self.run, "phase")
         except (Suspended, Released):
             await self.commit()
 

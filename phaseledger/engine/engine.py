@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -19,7 +17,6 @@ from phaseledger.domain.errors import (
     ConcurrencyConflict,
     CorruptEvent,
     InvalidInput,
-    LeaseLost,
     PhaseledgerError,
     RunExists,
     RunFinished,
@@ -30,9 +27,9 @@ from phaseledger.domain.run import FAILED, RETRYING, RUNNING, SLEEPING, WAITING,
 from phaseledger.domain.values import validate_payload
 from phaseledger.domain.workflow import Workflow, WorkflowRegistry
 from phaseledger.engine.breaker import CircuitBreaker
-from phaseledger.engine.control import RunControl
-from phaseledger.engine.driver import RunDriver
-from phaseledger.engine.stops import Cancelled, Superseded
+from phaseledger.engine.drives import Drives
+from phaseledger.engine.hooks import RunCallback, RunHooks
+from phaseledger.engine.stops import Cancelled
 from phaseledger.engine.views import RecordedEvent, Run, damaged_view, event_view, run_view
 from phaseledger.history.compare import RunComparison, compare_runs
 from phaseledger.history.retention import CompactionReport, Retention, RetentionPolicy, RetentionReport
@@ -41,7 +38,7 @@ from phaseledger.history.tokens import looks_like_token, resolve_key
 from phaseledger.store.cipher import CipherKeys, parse_cipher_keys
 from phaseledger.store.eventstore import Store
 from phaseledger.store.faults import Outage
-from phaseledger.store.leasebook import DriverId, LeaseBook, open_lease_book
+from phaseledger.store.leasebook import DriverId
 from phaseledger.store.runindex import is_due
 
 if TYPE_CHECKING:
@@ -50,8 +47,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 IfExists = Literal["raise", "return"]
-CheckpointCallback = Callable[[str, str], Any]
-ResumeCallback = Callable[[str, str], Any]
+CheckpointCallback = RunCallback
+ResumeCallback = RunCallback
 
 
 class Engine:
@@ -108,22 +105,18 @@ class Engine:
         self._breakers: dict[str, CircuitBreaker] = dict(breakers or {})
         self.max_inline_wait = max_inline_wait
         """Waits (retry backoff, sleeps) longer than this suspend the run instead of blocking."""
-        self.on_checkpoint = on_checkpoint
-        self.on_resume = on_resume
-        self._token_key = resolve_key(token_key)
-        """Signs resume tokens (``token_key=`` or ``$PHASELEDGER_TOKEN_KEY``); None: no tokens."""
-        self.time_travel = TimeTravel(self)
+        self.hooks = RunHooks(self.registry, on_checkpoint, on_resume)
+        """The checkpoint and resume callbacks, and who listens to this engine's appends (its workers)."""
+        self.time_travel = TimeTravel(self, resolve_key(token_key))
         self.lease_seconds = float(lease_seconds)
         """How long a driver's lease on a run lasts unless renewed (every third of it, by a heartbeat)."""
         self._driver_id = DriverId.here()
-        self.control = RunControl()
+        self.drives = Drives(self)
+        """The drives of runs in this process, each under its lease (time travel, agents and workers use it)."""
+        self.control = self.drives.control
         """The runs driven here: their tasks, leases and requests to stop (shared with workers)."""
-        self._lease_book: LeaseBook | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
         self.event_observer: Callable[[WorkflowRun], None] | None = None
         """Testing hook: called with the run after each event a driver records."""
-        self._append_hooks: list[Callable[[], None]] = []
-        """Called on the loop after start, signal and cancel append (workers of this engine wake up)."""
         self.append_retry_seconds = float(append_retry_seconds)
         """How long a driver keeps trying to commit while the store is unavailable (see :mod:`.driver`)."""
         self.outage = Outage(logging.getLogger("phaseledger.store"), "engine")
@@ -138,11 +131,6 @@ class Engine:
             self._driver_id = DriverId.here()
         return self._driver_id
 
-    async def _call_store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self.store.is_memory:
-            return fn(*args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
     def register(self, workflow: Workflow[Any]) -> None:
         """Register a workflow version (checked now: :class:`WorkflowDefinitionError` if invalid)."""
         self.registry.register(workflow)
@@ -153,15 +141,23 @@ class Engine:
             self._breakers[name] = CircuitBreaker(name=name)
         return self._breakers[name]
 
-    def _notify_checkpoint(self, run: WorkflowRun, label: str) -> None:
-        workflow = self.registry.workflows.get((run.workflow, run.workflow_version))
-        _notify(self.on_checkpoint, run.id, label)
-        _notify(workflow.on_checkpoint if workflow else None, run.id, label)
+    @property
+    def on_checkpoint(self) -> CheckpointCallback | None:
+        """Called with ``(run_id, label)`` after each checkpoint commit (errors are logged)."""
+        return self.hooks.on_checkpoint
 
-    def _notify_resume(self, run: WorkflowRun, reason: str) -> None:
-        workflow = self.registry.workflows.get((run.workflow, run.workflow_version))
-        _notify(self.on_resume, run.id, reason)
-        _notify(workflow.on_resume if workflow else None, run.id, reason)
+    @on_checkpoint.setter
+    def on_checkpoint(self, callback: CheckpointCallback | None) -> None:
+        self.hooks.on_checkpoint = callback
+
+    @property
+    def on_resume(self) -> ResumeCallback | None:
+        """Called with ``(run_id, reason)`` when a run is taken up again (errors are logged)."""
+        return self.hooks.on_resume
+
+    @on_resume.setter
+    def on_resume(self, callback: ResumeCallback | None) -> None:
+        self.hooks.on_resume = callback
 
     def _workflow_of(self, run: WorkflowRun) -> Workflow[Any]:
         return self.registry.get(run.workflow, run.workflow_version)
@@ -181,30 +177,15 @@ class Engine:
         reports = self.__dict__.get("_reports")
         if reports is not None:
             reports.close()
-        if self._heartbeat is not None and not self._heartbeat.done():
-            with contextlib.suppress(RuntimeError):  # its loop is closed already
-                self._heartbeat.cancel()
+        self.drives.close()
         self.store.close()
 
     async def __aenter__(self) -> Engine:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stop_drives()
+        await self.drives.stop_all()
         self.close()
-
-    async def _stop_drives(self) -> None:
-        """Cancel the drives still in progress here and wait until they gave back their leases.
-
-        A caller cancelled while awaiting a drive (Ctrl-C in ``asyncio.run``) leaves the
-        shielded drive running; it must stop while the store is still open, as after a
-        crash: the step in flight is not recorded and runs again on resume.
-        """
-        drives = [task for task in self.control.active.values() if not task.done()]
-        for task in drives:
-            task.cancel()
-        if drives:
-            await asyncio.gather(*drives, return_exceptions=True)
 
     # -- starting and driving ----------------------------------------------------------
 
@@ -237,8 +218,8 @@ class Engine:
             raise InvalidInput(f"the input of workflow {workflow.name!r} is invalid: {exc}") from exc
         data = validate_payload(workflow.state_model, state, f"the input of workflow {workflow.name!r}")
         run_id = run_id or str(uuid.uuid4())
-        run = WorkflowRun._create(
-            WorkflowRun.RunStarted, id=run_id, workflow=workflow.name, workflow_version=workflow.version,
+        run = WorkflowRun.begin(
+            run_id, workflow=workflow.name, workflow_version=workflow.version,
             input=data, parent=None,
         )
         run.trigger_event(
@@ -246,15 +227,15 @@ class Engine:
             attempt=1, state=data,
         )
         try:
-            await self._call_store(self.store.save, run)
+            await self.drives.call(self.store.save, run)
         except ConcurrencyConflict:
             if if_exists == "raise":
                 raise RunExists(run_id) from None
-            existing = await self._call_store(self.store.load, run_id)
+            existing = await self.drives.call(self.store.load, run_id)
             if (existing.workflow, existing.input) != (workflow.name, data):
                 raise RunExists(run_id, "with another workflow or input than this start asks for") from None
             return self._view(existing), True
-        self._appended()
+        self.hooks.appended()
         return run_view(run, workflow.state_model), False
 
     async def run(self, workflow: Workflow[Any], input: BaseModel | Mapping[str, Any] | None = None,
@@ -267,18 +248,18 @@ class Engine:
         script that runs ``engine.run(..., run_id="report-2026-12")`` can simply run again.
         """
         run_id = validate_run_id(run_id) if run_id is not None else str(uuid.uuid4())
-        await self._take(run_id, steal=False)
+        await self.drives.take(run_id, steal=False)
         try:
             view, existed = await self._start(workflow, input, run_id, if_exists)
         except BaseException:
-            await self._let_go(run_id, 0)
+            await self.drives.let_go(run_id, 0)
             raise
         if existed:
             if view.finished:
-                await self._let_go(run_id, view.version)
+                await self.drives.let_go(run_id, view.version)
                 return view
             return await self.resume(run_id)
-        return await self._drive(run_id)
+        return await self.drives.drive(run_id)
 
     async def resume(self, run_id: str, *, reason: str | None = None, steal: bool = False) -> Run:
         """Drive an existing run from its log: replay the current phase, then continue live.
@@ -294,21 +275,21 @@ class Engine:
         then may run twice (at-least-once, with the same idempotency key).
         """
         if looks_like_token(run_id):
-            run_id = await self._call_store(self.time_travel.run_id_of, run_id)
+            run_id = await self.drives.call(self.time_travel.run_id_of, run_id)
         validate_run_id(run_id)
         if run_id in self.control.active:
             return await asyncio.shield(self.control.active[run_id])
-        run = await self._take_and_load(run_id, steal, _resumable)
+        run = await self.drives.take_and_load(run_id, steal, _resumable)
         workflow = self._workflow_of(run)
         if not is_due(run):
-            await self._let_go(run_id, run.version)
+            await self.drives.let_go(run_id, run.version)
             return run_view(run, workflow.state_model)
         why = reason or {RUNNING: "recover", WAITING: "signal", SLEEPING: "timer", RETRYING: "retry_due"}[run.status]
         # Not saved yet: the driver commits it before anything runs live (the claim that makes
         # a second resumer conflict), so a replay that meets NonDeterminismError appends nothing.
         run.trigger_event(WorkflowRun.RunResumed, reason=why)
-        self._notify_resume(run, why)
-        return await self._drive(run_id, run)
+        self.hooks.resumed(run, why)
+        return await self.drives.drive(run_id, run)
 
     async def retry(self, run_id: str, *, steal: bool = False) -> Run:
         """Re-enter the failed phase of a failed run, keeping the steps it recorded.
@@ -318,125 +299,15 @@ class Engine:
         validate_run_id(run_id)
         if run_id in self.control.active:
             return await asyncio.shield(self.control.active[run_id])
-        run = await self._take_and_load(run_id, steal, _retryable)
+        run = await self.drives.take_and_load(run_id, steal, _retryable)
         run.trigger_event(WorkflowRun.RunResumed, reason="retry")  # committed by the driver, as in resume()
-        self._notify_resume(run, "retry")
-        return await self._drive(run_id, run)
+        self.hooks.resumed(run, "retry")
+        return await self.drives.drive(run_id, run)
 
     async def _append(self, run: WorkflowRun, event_class: type[WorkflowRun.Event], **fields: Any) -> None:
         run.trigger_event(event_class, **fields)
-        await self._call_store(self.store.save, run)
-        self._appended()
-
-    def _appended(self) -> None:
-        for hook in list(self._append_hooks):
-            hook()
-
-    async def _drive(self, run_id: str, run: WorkflowRun | None = None) -> Run:
-        """Drive a run under its lease (taken here unless the caller or a worker holds it)."""
-        if run_id in self.control.active:
-            return await asyncio.shield(self.control.active[run_id])
-        if self.control.holder(run_id) is None:
-            await self._take(run_id, steal=False)
-        task = asyncio.ensure_future(self._drive_held(run_id, run))
-        self.control.active[run_id] = task
-
-        def done(_: object) -> None:
-            self.control.active.pop(run_id, None)
-            self.control.drop(run_id)
-
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                done(task)
-            else:
-                task.add_done_callback(done)
-
-    async def _drive_held(self, run_id: str, run: WorkflowRun | None) -> Run:
-        """Drive the run, then give back the lease this engine took (a worker releases its own)."""
-        version = 0
-        try:
-            if run is None:
-                run = await self._call_store(self.store.load, run_id)
-            workflow = self._workflow_of(run)
-            driver = RunDriver(self, run, workflow)
-            try:
-                await driver.drive()
-            finally:
-                version = driver.run.version
-            return run_view(driver.run, workflow.state_model)
-        except LeaseLost:
-            self.control.drop(run_id)  # not ours any more: nothing to release
-            raise
-        finally:
-            if self.control.holder(run_id) == self.driver_id.owner:
-                self.control.drop(run_id)
-                await self._release(run_id, version)
-
-    # -- leases (see phaseledger.store.leasebook) -------------------------------------------
-
-    async def _leases(self) -> LeaseBook:
-        return self._lease_book or await self._call_store(self._lease_book_now)
-
-    async def _take(self, run_id: str, *, steal: bool) -> None:
-        """Take the run's lease for this engine (:class:`RunBusy` if another live driver has it)."""
-        if self.control.holder(run_id) is not None:
-            return  # held here already: a worker's claim, or this engine's own
-        book = await self._leases()
-        asked = time.monotonic()
-        await self._call_store(book.acquire, run_id, self.driver_id, self.lease_seconds, steal=steal)
-        self.control.hold(run_id, self.driver_id.owner, self.lease_seconds, asked)
-        if self._heartbeat is None or self._heartbeat.done() or self._heartbeat.get_loop() is not asyncio.get_running_loop():
-            self._heartbeat = asyncio.ensure_future(self._beat())
-
-    async def _take_and_load(self, run_id: str, steal: bool, check: Callable[[WorkflowRun], None]) -> WorkflowRun:
-        """Take the run's lease, then load the run and ``check`` it (the lease is let go if that raises)."""
-        await self._take(run_id, steal=steal)
-        try:
-            run = await self._call_store(self.store.load, run_id)
-            check(run)
-            self._workflow_of(run)
-        except BaseException:
-            await self._let_go(run_id, 0)
-            raise
-        return run
-
-    async def _let_go(self, run_id: str, version: int) -> None:
-        """Release the lease this engine took for a run it did not drive after all."""
-        if self.control.holder(run_id) != self.driver_id.owner or run_id in self.control.active:
-            return
-        self.control.drop(run_id)
-        await self._release(run_id, version)
-
-    async def _release(self, run_id: str, version: int) -> None:
-        try:
-            await self._call_store((await self._leases()).release, self.driver_id.owner, run_id, version)
-        except PhaseledgerError as exc:  # it expires by itself
-            log.warning("could not release the lease of run %s: %s", run_id, exc)
-
-    async def _beat(self) -> None:
-        """Renew this engine's leases every third of their length while it holds any."""
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            held = self.control.held_by(self.driver_id.owner)
-            if not held:
-                return
-            asked = time.monotonic()
-            try:
-                kept = await self._call_store((await self._leases()).renew, self.driver_id.owner, held,
-                                              self.lease_seconds)
-            except Exception as exc:  # the store is down: runs stop at a boundary once their lease may be gone
-                log.warning("could not renew the leases of %d run(s): %s", len(held), exc)
-                continue
-            for run_id in held:
-                if self.control.holder(run_id) != self.driver_id.owner:
-                    continue  # that drive ended meanwhile
-                if run_id in kept:
-                    self.control.hold(run_id, self.driver_id.owner, self.lease_seconds, asked)
-                else:
-                    log.warning("run %s was taken over by another driver; stopping it here", run_id)
-                    self.control.interrupt(run_id, Superseded)
+        await self.drives.call(self.store.save, run)
+        self.hooks.appended()
 
     # -- signals and cancellation --------------------------------------------------------
 
@@ -454,7 +325,7 @@ class Engine:
         if signal_id is not None:
             validate_id("signal id", signal_id)
         for attempt in range(_APPEND_ATTEMPTS):
-            run = await self._call_store(self.store.load, run_id)
+            run = await self.drives.call(self.store.load, run_id)
             if run.finished:
                 raise RunFinished(run_id, run.status, f"signal {name!r} to")
             workflow = self._workflow_of(run)
@@ -490,7 +361,7 @@ class Engine:
         """
         validate_run_id(run_id)
         for attempt in range(_APPEND_ATTEMPTS):
-            run = await self._call_store(self.store.load, run_id)
+            run = await self.drives.call(self.store.load, run_id)
             if run.finished:
                 raise RunFinished(run_id, run.status, "cancel")
             try:
@@ -542,13 +413,8 @@ class Engine:
         else:
             view = self._view(self.store.load(run_id, version=version))
         if version is None and not view.finished:
-            view.driving = self._lease_book_now().get(run_id)
+            view.driving = self.drives.lease_book_now().get(run_id)
         return view
-
-    def _lease_book_now(self) -> LeaseBook:
-        if self._lease_book is None:
-            self._lease_book = open_lease_book(self.store)
-        return self._lease_book
 
     def _view(self, run: WorkflowRun) -> Run:
         workflow = self.registry.workflows.get((run.workflow, run.workflow_version))
@@ -569,7 +435,7 @@ class Engine:
             view = self._view_or_damaged(run_id)
             if (status is None or view.status == status) and (workflow is None or view.workflow == workflow):
                 views.append(view)
-        leases = self._lease_book_now().held() if any(not v.finished for v in views) else {}
+        leases = self.drives.lease_book_now().held() if any(not v.finished for v in views) else {}
         for view in views:
             if not view.finished:
                 view.driving = leases.get(view.run_id)
@@ -579,19 +445,19 @@ class Engine:
 
     async def get_async(self, run_id: str, *, version: int | None = None) -> Run:
         """:meth:`get` for code on an event loop (a request handler, a worker)."""
-        return await self._call_store(self.get, run_id, version=version)
+        return await self.drives.call(self.get, run_id, version=version)
 
     async def history_async(self, run_id: str) -> list[RecordedEvent]:
         """:meth:`history` for code on an event loop."""
-        return await self._call_store(self.history, run_id)
+        return await self.drives.call(self.history, run_id)
 
     async def runs_async(self, *, status: str | None = None, workflow: str | None = None) -> list[Run]:
         """:meth:`runs` for code on an event loop."""
-        return await self._call_store(self.runs, status=status, workflow=workflow)
+        return await self.drives.call(self.runs, status=status, workflow=workflow)
 
     async def state_at_async(self, run_id: str, version: int) -> RunAt:
         """:meth:`state_at` for code on an event loop."""
-        return await self._call_store(self.state_at, run_id, version)
+        return await self.drives.call(self.state_at, run_id, version)
 
     def _view_or_damaged(self, run_id: str) -> Run:
         """The run's view; for a damaged run, the ``damaged`` view (see :func:`damaged_view`)."""
@@ -696,16 +562,6 @@ def _retryable(run: WorkflowRun) -> None:
         if run.finished:
             raise RunFinished(run.id, run.status, "retry")
         raise PhaseledgerError(f"run {run.id!r} is {run.status}, not failed: use engine.resume({run.id!r})")
-
-
-def _notify(callback: Callable[[str, str], Any] | None, run_id: str, what: str) -> None:
-    """Call an observability callback; its errors are logged, never fail the run."""
-    if callback is None:
-        return
-    try:
-        callback(run_id, what)
-    except Exception:
-        logging.getLogger("phaseledger").exception("callback %r failed for run %r (%s)", callback, run_id, what)
 
 
 _APPEND_ATTEMPTS = 40

@@ -44,7 +44,6 @@ from phaseledger.domain.errors import (
     RunNotFinished,
     StoreUnavailable,
 )
-from phaseledger.history.timetravel import TimeTravel
 from phaseledger.store.faults import guarded, store_errors
 
 if TYPE_CHECKING:
@@ -185,7 +184,7 @@ class Retention:
         before = head if before is None else before
         if isinstance(before, bool) or not isinstance(before, int) or not 2 <= before <= head:
             raise InvalidInput(f"before= must be a version from 2 to {head} for run {run_id!r}, got {before!r}")
-        earliest = TimeTravel(self.engine).earliest_version(run_id)
+        earliest = self.engine.time_travel.earliest_version(run_id)
         if before <= earliest:
             return CompactionReport(run_id=run_id, snapshot_version=earliest)
         if not list(app.snapshots.get(run_id, gt=before - 1, lte=before)):
@@ -206,8 +205,8 @@ class Retention:
         run_ids = [rid for rid in self.store.run_ids() if not self.store.is_memory or self.store.exists(rid)]
         parents: set[str] = set()
         if policy.keep_forked:
-            lineage = TimeTravel(self.engine)
-            parents = {event.parent["run_id"] for event in lineage._started_events() if event.parent}
+            started = self.engine.time_travel.started_events()
+            parents = {event.parent["run_id"] for event in started if event.parent}
         for run_id in run_ids:
             try:
                 run = self.store.load(run_id)

@@ -160,8 +160,10 @@ def _checkpoint_id(version: int) -> str:
 class TimeTravel:
     """Time-travel operations of one engine (``engine.checkpoints()``, ``engine.fork()``, ...)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, token_key: bytes | None) -> None:
         self.engine = engine
+        self.token_key = token_key
+        """Signs resume tokens (``token_key=`` or ``$PHASELEDGER_TOKEN_KEY``); None: no tokens."""
 
     @property
     def store(self) -> Any:
@@ -287,11 +289,11 @@ class TimeTravel:
         """
         head = self.store.load(run_id)
         version = head.version if at is None else self._resolve_at(run_id, at, head.version)
-        return make_token(self.engine._token_key, TokenClaims(run_id, version, store_identity(self.store)))
+        return make_token(self.token_key, TokenClaims(run_id, version, store_identity(self.store)))
 
     def read_token(self, token: str) -> TokenClaims:
         """Verify a token for this engine's store; :class:`InvalidToken` when it is not valid here."""
-        claims = read_token(self.engine._token_key, token, store_identity(self.store))
+        claims = read_token(self.token_key, token, store_identity(self.store))
         try:
             head = self.store.load(claims.run_id)
         except RunNotFound:
@@ -340,26 +342,26 @@ class TimeTravel:
         if new_run_id is not None:
             validate_run_id(new_run_id, "new run id")
         if looks_like_token(source):
-            claims = await engine._call_store(self.read_token, source)
+            claims = await engine.drives.call(self.read_token, source)
             if at is not None:
                 raise InvalidInput("give the fork point either in the token or as at=, not both")
             source_id, version = claims.run_id, claims.version
         else:
             source_id = validate_run_id(source)
-            head = await engine._call_store(self.store.load, source_id)
-            version = head.version if at is None else await engine._call_store(
+            head = await engine.drives.call(self.store.load, source_id)
+            version = head.version if at is None else await engine.drives.call(
                 self._resolve_at, source_id, at, head.version
             )
-        if version >= 2 and version == await engine._call_store(self._completion_version, source_id):
+        if version >= 2 and version == await engine.drives.call(self._completion_version, source_id):
             version -= 1  # a completed run forks just before its completion: the final phase replays
         if version < 2:
             raise InvalidInput(
                 f"cannot fork run {source_id!r} at version {version}: fork at version 2 (its first phase "
                 "entry) or later"
             )
-        events: list[WorkflowRun.Event] = await engine._call_store(self.store.events, source_id, lte=version)
+        events: list[WorkflowRun.Event] = await engine.drives.call(self.store.events, source_id, lte=version)
         if [e.originator_version for e in events] != list(range(1, version + 1)):
-            earliest = await engine._call_store(self.earliest_version, source_id)
+            earliest = await engine.drives.call(self.earliest_version, source_id)
             raise HistoryCompacted(source_id, version, earliest)
         started = events[0]
         assert isinstance(started, WorkflowRun.RunStarted)
@@ -395,7 +397,7 @@ class TimeTravel:
                   "overrides": merged}
         fields = _fields(started)
         fields["parent"] = parent
-        run = WorkflowRun._create(WorkflowRun.RunStarted, id=new_id, timestamp=started.timestamp, **fields)
+        run = WorkflowRun.begin(new_id, timestamp=started.timestamp, **fields)
         for event in events[1:]:
             run.trigger_event(type(event), timestamp=event.timestamp, **_fields(event))
         if edited is not None:
@@ -412,18 +414,18 @@ class TimeTravel:
         reason = "retry" if run.status == FAILED else "fork"
         run.trigger_event(WorkflowRun.RunResumed, reason=reason)
         if drive:  # held before the fork is written, so no worker drives it meanwhile
-            await engine._take(new_id, steal=False)
+            await engine.drives.take(new_id, steal=False)
         try:
-            await engine._call_store(self.store.save, run)
+            await engine.drives.call(self.store.save, run)
         except BaseException as exc:
-            await engine._let_go(new_id, 0)
+            await engine.drives.let_go(new_id, 0)
             if isinstance(exc, ConcurrencyConflict):
                 raise RunExists(new_id) from None
             raise
-        engine._notify_resume(run, "fork")
+        engine.hooks.resumed(run, "fork")
         if not drive:
             return run_view(run, workflow.state_model)
-        return await engine._drive(new_id, run)
+        return await engine.drives.drive(new_id, run)
 
     def _completion_version(self, run_id: str) -> int | None:
         run = self.store.load(run_id)
@@ -431,7 +433,8 @@ class TimeTravel:
 
     # -- lineage -------------------------------------------------------------------------
 
-    def _started_events(self) -> Iterator[WorkflowRun.RunStarted]:
+    def started_events(self) -> Iterator[WorkflowRun.RunStarted]:
+        """Every run's ``RunStarted`` event, in log order (forks name their parent in it)."""
         start = 0
         recorder = self.store.app.recorder
         while True:
@@ -466,7 +469,7 @@ class TimeTravel:
             ancestors.append(ForkPoint(run_id=parent["run_id"], version=parent["version"]))
             parent = above.parent
         forks: list[ForkInfo] = []
-        for event in self._started_events():
+        for event in self.started_events():
             if event.parent:
                 forked_on = event.parent.get("forked_on")
                 forks.append(ForkInfo(

@@ -35,7 +35,6 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +49,6 @@ from phaseledger.domain.errors import (
     UnknownWorkflow,
 )
 from phaseledger.domain.run import CANCELLED, COMPLETED, FAILED, RUNNING
-from phaseledger.domain.workflow import Workflow
-from phaseledger.engine.loading import load_workflows
 from phaseledger.engine.stops import Cancelled, Released, Superseded
 from phaseledger.store.faults import Backoff
 from phaseledger.store.leasebook import DriverId
@@ -192,7 +189,7 @@ class Worker:
         removers = self._install_signal_handlers() if handle_signals else []
         renewer: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
-        self.engine._append_hooks.append(self._notified)
+        stop_listening = self.engine.hooks.listen_to_appends(self._notified)
         self.outage.who = f"worker {self.id}"
         try:
             self._index = await self._call(open_run_index, self.engine.store)
@@ -221,8 +218,7 @@ class Worker:
             raise
         finally:
             await self._shutdown()
-            with contextlib.suppress(ValueError):
-                self.engine._append_hooks.remove(self._notified)
+            stop_listening()
             if self.listener is not None:
                 await self.listener.close()
             self.listener = None
@@ -318,7 +314,7 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------
 
     async def _call(self, fn: Any, *args: Any) -> Any:
-        return await self.engine._call_store(fn, *args)
+        return await self.engine.drives.call(fn, *args)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -489,34 +485,3 @@ class Worker:
                 else:
                     log.warning("worker %s lost its lease on run %s; stopping it", self.id, run_id)
                     self.engine.control.interrupt(run_id, Superseded)
-
-
-async def run_worker(
-    store_url: str | None,
-    workflows: str | Iterable[Workflow[Any]],
-    *,
-    concurrency: int = 10,
-    lease_seconds: float = 30.0,
-    poll_interval: float = 0.5,
-    error_backoff: float = 30.0,
-    until_idle: bool = False,
-    worker_id: str | None = None,
-    handle_signals: bool = True,
-    engine_options: Mapping[str, Any] | None = None,
-) -> WorkerStats:
-    """Run a worker on a store until SIGTERM/SIGINT (or until idle): what ``phaseledger worker`` does.
-
-    ``workflows`` is an import path (see :func:`phaseledger.engine.loading.load_workflows`) or the workflows
-    themselves; ``engine_options`` are passed to :class:`~phaseledger.Engine` (for example
-    ``max_inline_wait`` or ``checkpoint_every_n_steps``).
-    """
-    from phaseledger.engine.engine import Engine
-
-    found = load_workflows(workflows) if isinstance(workflows, str) else list(workflows)
-    engine = Engine(store_url, workflows=found, **dict(engine_options or {}))
-    try:
-        worker = engine.worker(concurrency=concurrency, lease_seconds=lease_seconds, poll_interval=poll_interval,
-                               error_backoff=error_backoff, worker_id=worker_id)
-        return await worker.run(until_idle=until_idle, handle_signals=handle_signals)
-    finally:
-        engine.close()

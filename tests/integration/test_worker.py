@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 WORKER_CODE = """
 import asyncio, sys
-from phaseledger.workers.worker import run_worker
+from phaseledger.workers.service import run_worker
 asyncio.run(run_worker(sys.argv[1], "tests.integration.worker_fleet", concurrency=4, lease_seconds=1.0,
                        poll_interval=0.05, engine_options={"max_inline_wait": 0}))
 """

@@ -53,7 +53,7 @@ WORKER_CODE = """
 import signal, sys
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 import asyncio
-from phaseledger.workers.worker import run_worker
+from phaseledger.workers.service import run_worker
 asyncio.run(run_worker(sys.argv[1], "tests.integration.worker_fleet", concurrency=8, lease_seconds=2.0,
                        poll_interval=0.1, error_backoff=1.0, engine_options={"max_inline_wait": 0}))
 """

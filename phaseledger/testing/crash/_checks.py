@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from phaseledger.domain.run import WorkflowRun
+from phaseledger.testing.replay import comparable_events
 
 _STEP_LIKE = ("step", "model", "tool")
 
@@ -63,9 +64,8 @@ def _retried_after(events: Sequence[WorkflowRun.Event], index: int) -> bool:
     return isinstance(nxt, WorkflowRun.RunResumed) and nxt.reason == "retry"
 
 
-def _comparable(events: Sequence[WorkflowRun.Event], ignore: frozenset[str]) -> list[tuple[str, dict[str, Any]]]:
-    from phaseledger.testing.replay import comparable_events
-
+def comparable_without(events: Sequence[WorkflowRun.Event], ignore: frozenset[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The events as :func:`~phaseledger.testing.replay.comparable_events` gives them, less the ``ignore``d kinds."""
     result = []
     for kind, data in comparable_events(events):
         if kind in ignore:
@@ -76,6 +76,7 @@ def _comparable(events: Sequence[WorkflowRun.Event], ignore: frozenset[str]) -> 
     return result
 
 
-def _fingerprint(event: WorkflowRun.Event) -> tuple[Any, ...]:
+def event_fingerprint(event: WorkflowRun.Event) -> tuple[Any, ...]:
+    """An event's kind and data, comparable across processes."""
     data = dataclasses.asdict(event) if dataclasses.is_dataclass(event) else vars(event)
     return (type(event).__name__, json.dumps(data, sort_keys=True, default=str))

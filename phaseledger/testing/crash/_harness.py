@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from phaseledger.domain.run import WorkflowRun
-from phaseledger.testing.crash._checks import _comparable, _fingerprint, check_log, committed_step_keys
+from phaseledger.testing.crash._checks import check_log, committed_step_keys, comparable_without, event_fingerprint
 from phaseledger.testing.crash._killpoints import KILL_ENV, KILL_KINDS, LEDGER_ENV, CrashHarnessError, KillPoint
 from phaseledger.testing.crash._reports import ChildOutcome, CrashReport, RunReport
 
@@ -233,7 +233,7 @@ class CrashHarness:
             for key in sorted(set(started) & committed_keys):
                 report.problems.append(f"step {key} ran again in process {index + 1} although its result was committed")
             events = self._events(run_id)
-            if [_fingerprint(e) for e in events[: len(committed)]] != [_fingerprint(e) for e in committed]:
+            if [event_fingerprint(e) for e in events[: len(committed)]] != [event_fingerprint(e) for e in committed]:
                 report.problems.append(f"events committed before process {index + 1} were lost or changed")
             committed = events
             committed_keys = committed_step_keys(events, run_id)
@@ -293,7 +293,7 @@ class CrashHarness:
                     f"final {what} {getattr(crashed, what)!r} differs from the uninterrupted run's "
                     f"{getattr(baseline, what)!r}"
                 )
-        got, expected = _comparable(crashed.events, self.ignore_events), _comparable(baseline.events, self.ignore_events)
+        got, expected = comparable_without(crashed.events, self.ignore_events), comparable_without(baseline.events, self.ignore_events)
         if got != expected:
             pairs = enumerate(zip(got, expected, strict=False))
             first = next((i for i, (a, b) in pairs if a != b), min(len(got), len(expected)))

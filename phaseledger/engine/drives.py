@@ -1,0 +1,182 @@
+"""Driving runs in this process, each under its lease in the store.
+
+Every drive of a run goes through :meth:`Drives.drive`: ``engine.run``, ``resume``,
+``retry``, forks that drive, durable agents, the CLI and workers. It takes the run's lease
+first (unless a worker's claim holds it), keeps it alive with a heartbeat every third of
+``engine.lease_seconds``, and gives it back when the drive ends. See
+:mod:`phaseledger.store.leasebook` for the leases themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from phaseledger.domain.errors import LeaseLost, PhaseledgerError
+from phaseledger.domain.run import WorkflowRun
+from phaseledger.engine.control import RunControl
+from phaseledger.engine.driver import RunDriver
+from phaseledger.engine.stops import Superseded
+from phaseledger.engine.views import Run, run_view
+from phaseledger.store.leasebook import LeaseBook, open_lease_book
+
+if TYPE_CHECKING:
+    from phaseledger.engine.engine import Engine
+
+T = TypeVar("T")
+log = logging.getLogger("phaseledger")
+
+
+class Drives:
+    """The drives of runs in this process by one engine: leases taken, renewed and given back.
+
+    Time travel, durable agents and workers drive runs through it; ``control`` is what the
+    drives and the engine's workers share (tasks, lease holders, stop requests).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.control = RunControl()
+        self._lease_book: LeaseBook | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call a blocking store function off the loop (in a thread; directly for the in-memory store)."""
+        if self.engine.store.is_memory:
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def lease_book_now(self) -> LeaseBook:
+        """The store's lease book (opened on first use; blocking)."""
+        if self._lease_book is None:
+            self._lease_book = open_lease_book(self.engine.store)
+        return self._lease_book
+
+    async def stop_all(self) -> None:
+        """Cancel the drives still in progress here and wait until they gave back their leases.
+
+        A caller cancelled while awaiting a drive (Ctrl-C in ``asyncio.run``) leaves the
+        shielded drive running; it must stop while the store is still open, as after a
+        crash: the step in flight is not recorded and runs again on resume.
+        """
+        drives = [task for task in self.control.active.values() if not task.done()]
+        for task in drives:
+            task.cancel()
+        if drives:
+            await asyncio.gather(*drives, return_exceptions=True)
+
+    def close(self) -> None:
+        """Stop the heartbeat (the leases it renewed then expire by themselves)."""
+        if self._heartbeat is not None and not self._heartbeat.done():
+            with contextlib.suppress(RuntimeError):  # its loop is closed already
+                self._heartbeat.cancel()
+
+    async def drive(self, run_id: str, run: WorkflowRun | None = None) -> Run:
+        """Drive a run under its lease (taken here unless the caller or a worker holds it)."""
+        if run_id in self.control.active:
+            return await asyncio.shield(self.control.active[run_id])
+        if self.control.holder(run_id) is None:
+            await self.take(run_id, steal=False)
+        task = asyncio.ensure_future(self._drive_held(run_id, run))
+        self.control.active[run_id] = task
+
+        def done(_: object) -> None:
+            self.control.active.pop(run_id, None)
+            self.control.drop(run_id)
+
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                done(task)
+            else:
+                task.add_done_callback(done)
+
+    async def _drive_held(self, run_id: str, run: WorkflowRun | None) -> Run:
+        """Drive the run, then give back the lease this engine took (a worker releases its own)."""
+        version = 0
+        try:
+            if run is None:
+                run = await self.call(self.engine.store.load, run_id)
+            workflow = self.engine.registry.get(run.workflow, run.workflow_version)
+            driver = RunDriver(self.engine, run, workflow)
+            try:
+                await driver.drive()
+            finally:
+                version = driver.run.version
+            return run_view(driver.run, workflow.state_model)
+        except LeaseLost:
+            self.control.drop(run_id)  # not ours any more: nothing to release
+            raise
+        finally:
+            if self.control.holder(run_id) == self.engine.driver_id.owner:
+                self.control.drop(run_id)
+                await self.release(run_id, version)
+
+    async def lease_book(self) -> LeaseBook:
+        """The store's lease book, opened off the loop on first use."""
+        return self._lease_book or await self.call(self.lease_book_now)
+
+    async def take(self, run_id: str, *, steal: bool) -> None:
+        """Take the run's lease for this engine (:class:`RunBusy` if another live driver has it)."""
+        if self.control.holder(run_id) is not None:
+            return  # held here already: a worker's claim, or this engine's own
+        book = await self.lease_book()
+        asked = time.monotonic()
+        await self.call(book.acquire, run_id, self.engine.driver_id, self.engine.lease_seconds, steal=steal)
+        self.control.hold(run_id, self.engine.driver_id.owner, self.engine.lease_seconds, asked)
+        if self._heartbeat is None or self._heartbeat.done() or self._heartbeat.get_loop() is not asyncio.get_running_loop():
+            self._heartbeat = asyncio.ensure_future(self._beat())
+
+    async def take_and_load(self, run_id: str, steal: bool, check: Callable[[WorkflowRun], None]) -> WorkflowRun:
+        """Take the run's lease, then load the run and ``check`` it (the lease is let go if that raises)."""
+        await self.take(run_id, steal=steal)
+        try:
+            run = await self.call(self.engine.store.load, run_id)
+            check(run)
+            self.engine.registry.get(run.workflow, run.workflow_version)
+        except BaseException:
+            await self.let_go(run_id, 0)
+            raise
+        return run
+
+    async def let_go(self, run_id: str, version: int) -> None:
+        """Release the lease this engine took for a run it did not drive after all."""
+        if self.control.holder(run_id) != self.engine.driver_id.owner or run_id in self.control.active:
+            return
+        self.control.drop(run_id)
+        await self.release(run_id, version)
+
+    async def release(self, run_id: str, version: int) -> None:
+        """Give back this engine's lease of a run whose drive ended at ``version`` (logged if it fails)."""
+        try:
+            await self.call((await self.lease_book()).release, self.engine.driver_id.owner, run_id, version)
+        except PhaseledgerError as exc:  # it expires by itself
+            log.warning("could not release the lease of run %s: %s", run_id, exc)
+
+    async def _beat(self) -> None:
+        """Renew this engine's leases every third of their length while it holds any."""
+        while True:
+            await asyncio.sleep(self.engine.lease_seconds / 3)
+            held = self.control.held_by(self.engine.driver_id.owner)
+            if not held:
+                return
+            asked = time.monotonic()
+            try:
+                kept = await self.call((await self.lease_book()).renew, self.engine.driver_id.owner, held,
+                                              self.engine.lease_seconds)
+            except Exception as exc:  # the store is down: runs stop at a boundary once their lease may be gone
+                log.warning("could not renew the leases of %d run(s): %s", len(held), exc)
+                continue
+            for run_id in held:
+                if self.control.holder(run_id) != self.engine.driver_id.owner:
+                    continue  # that drive ended meanwhile
+                if run_id in kept:
+                    self.control.hold(run_id, self.engine.driver_id.owner, self.engine.lease_seconds, asked)
+                else:
+                    log.warning("run %s was taken over by another driver; stopping it here", run_id)
+                    self.control.interrupt(run_id, Superseded)
