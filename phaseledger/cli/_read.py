@@ -160,4 +160,4 @@ def history(ctx: typer.Context, run_id: RunArg, as_json: JsonOpt = False) -> Non
     if as_json:
         render.print_json([e.model_dump(mode="json") for e in events])
         return
-    render.emit(session.console, render.history_table(session.console, events, title=f"history of run {run_id}"))
+    render.print_history(session.console, events, title=f"history of run {run_id}")

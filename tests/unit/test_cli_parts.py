@@ -146,10 +146,10 @@ def test_every_event_reads_as_one_line() -> None:
 
 def test_images_need_graphviz_and_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_diagram.shutil, "which", lambda name: None)
-    message = _diagram.graphviz_available()
+    message = _diagram.graphviz_missing()
     assert message and "dot" in message and "Mermaid" in message
     with pytest.raises(CommandError, match="Graphviz"):
-        _diagram.image(load_box(), "svg")
+        _diagram.draw_diagram(load_box(), "svg")
 
 
 def test_images_label_edges_by_guards_only() -> None:
