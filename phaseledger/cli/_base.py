@@ -8,9 +8,11 @@ for that, :data:`FormatOpt` keeps it as a hidden, deprecated alias (:func:`wants
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.models import CommandFunctionType
 
 from phaseledger.cli._command import Command, Group
 from phaseledger.cli._session import WORKFLOWS_ENV_VAR, Session, debug_from_env, warn_deprecated
@@ -20,7 +22,7 @@ class App(typer.Typer):
     """A typer app whose commands default to :class:`~phaseledger.cli._command.Command`
     (tidy help, errors as one line)."""
 
-    def command(self, *args: Any, **kwargs: Any) -> Any:
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[CommandFunctionType], CommandFunctionType]:
         """Register a command (see :meth:`typer.Typer.command`)."""
         kwargs.setdefault("cls", Command)
         return super().command(*args, **kwargs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -47,9 +47,11 @@ def summary_tables(summary: SummaryReport) -> list[Table]:
     runs.add_row("total", str(sum(summary.runs_by_status.values())))
 
     phases = Table(title="phase durations (finished visits)")
-    for name, justify in (("workflow", "left"), ("phase", "left"), ("visits", "right"), ("mean s", "right"),
-                          ("max s", "right"), ("total s", "right")):
-        phases.add_column(name, justify=justify)  # type: ignore[arg-type]
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("workflow", "left"), ("phase", "left"), ("visits", "right"), ("mean s", "right"), ("max s", "right"),
+        ("total s", "right"))
+    for name, justify in columns:
+        phases.add_column(name, justify=justify)
     for p in summary.phases:
         phases.add_row(p.workflow, p.phase, str(p.visits), _seconds(p.mean_seconds), _seconds(p.max_seconds),
                        _seconds(p.total_seconds))
