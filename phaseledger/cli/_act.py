@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from phaseledger.cli import _render as render
 from phaseledger.cli._base import JsonOpt, RunArg, WorkflowVersionOpt, app, session_of
@@ -57,8 +58,8 @@ def start(
     _print_run(session, run, "started", as_json=as_json)
     if not drive_now and not as_json:
         session.console.print(
-            f"a worker drives it ({render.escape(command_line(session, 'worker'))}), "
-            f"or drive it now: {render.escape(command_line(session, 'resume', run_id))}")
+            f"a worker drives it ({escape(command_line(session, 'worker'))}), "
+            f"or drive it now: {escape(command_line(session, 'resume', run_id))}")
     exit_if_failed(session, [run])
 
 
@@ -202,7 +203,7 @@ def _report_resumed(session: Session, results: list[Resumed], *, not_due: int, a
     grid = render.table(console, ["run", "was", "now", "phase", "replayed", "executed", "tokens saved"])
     for r in results:
         row = r.as_json()
-        grid.add_row(render.escape(r.run_id), row["before"], render.status_text(row["status"]), row["phase"] or "-",
+        grid.add_row(escape(r.run_id), row["before"], render.status_text(row["status"]), row["phase"] or "-",
                      str(row["replayed"]), str(row["executed"]), str(row["tokens_saved"]))
     render.emit(console, grid)
     for r in results:
@@ -328,7 +329,7 @@ def _print_run(session: Session, run: Run, did: str, *, as_json: bool) -> None:
 
 
 def _report_run(session: Session, run: Run, did: str) -> None:
-    line = f"{did} run {render.escape(run.run_id)}: {render.status_text(run.status)}, phase {run.phase or '-'}"
+    line = f"{did} run {escape(run.run_id)}: {render.status_text(run.status)}, phase {run.phase or '-'}"
     if run.replayed_steps:
         line += f", {run.replayed_steps} steps served from the log"
     session.console.print(line)

@@ -5,72 +5,41 @@ thing and closes it. Exit statuses: 0 done; 1 an error, printed as one ``error:`
 stderr (``--debug`` shows the traceback instead); 2 a wrong command line; 3 a run the
 command drove ended failed; 130 interrupted (Ctrl-C), with one line saying how to resume.
 The commands live in ``_read`` (runs, show, history), ``_act`` (start, resume, retry,
-signal, cancel) and ``_tools`` (worker, diff, diagram, demo); projections and reports next
-to their subsystem.
+signal, cancel), ``_tools`` (worker, diff, diagram, keygen, demo) and ``reports``
+(projections, report); each reports its own errors (see ``_command``).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from phaseledger.cli import (
     _act,  # noqa: F401
     _read,  # noqa: F401, I001 - commands register on import, in the order of --help
     _tools,  # noqa: F401
+    reports,
 )
 from phaseledger.cli import _render as render
 from phaseledger.cli._base import app
-from phaseledger.cli._drive import INTERRUPTED, Interrupted
-from phaseledger.cli._help import Command, Group
+from phaseledger.cli._drive import INTERRUPTED
+from phaseledger.cli._session import debug_from_env
 
 __all__ = ["app", "main"]
 
-
-def _mount_subsystem_commands() -> None:
-    """Mount the projection and report commands (their own module, ``cli/reports.py``)."""
-    from typer.core import TyperCommand
-
-    from phaseledger.cli import reports as projections_cli
-
-    for command in projections_cli.projections_app.registered_commands:
-        if command.cls in (None, TyperCommand):  # typer's default: use ours, for help without placeholders
-            command.cls = Command
-    app.add_typer(projections_cli.projections_app, name="projections", cls=Group)
-    app.command("report")(projections_cli.report)
-
-
-_mount_subsystem_commands()
-
-
-# -- entry point --------------------------------------------------------------------------
+app.add_typer(reports.projections_app, name="projections")
+app.command("report")(reports.report)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the command line; errors print one line on stderr (a traceback with ``--debug``)."""
-    from phaseledger.domain.errors import PhaseledgerError
-
+    """Run the command line; an unexpected failure prints one line on stderr (a traceback with ``--debug``)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("PHASELEDGER_DEBUG", "") not in ("", "0")
     try:
         app(args=args, prog_name="phaseledger")  # usage errors exit 2 with click's message
-    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit 130)
+    except KeyboardInterrupt:  # before a command started (commands report Ctrl-C themselves)
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
-    except SystemExit as exc:
-        if exc.code == INTERRUPTED:  # typer's silent exit after Ctrl-C outside a run
-            print("interrupted", file=sys.stderr)
-        raise
-    except Interrupted as exc:
-        print(str(exc), file=sys.stderr)
-        sys.exit(INTERRUPTED)
-    except PhaseledgerError as exc:
-        if debug:
-            raise
-        render.print_error(str(exc))
-        sys.exit(getattr(exc, "exit_code", 1))
-    except Exception as exc:  # an unexpected failure: still one line, the traceback on request
-        if debug:
+    except Exception as exc:
+        if "--debug" in args or debug_from_env():
             raise
         render.print_error(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
         sys.exit(1)

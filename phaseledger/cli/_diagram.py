@@ -1,8 +1,9 @@
-"""Drawing a workflow's state machine: Mermaid text always, SVG or PNG through Graphviz.
+"""Rendering a workflow's state machine: Mermaid text always, SVG or PNG through Graphviz.
 
-Both draw the edges of :meth:`Workflow.edges <phaseledger.Workflow.edges>`, labelled by
-their guards only. Mermaid needs nothing installed; the images need Graphviz's ``dot``
-program and the ``graphviz`` Python package (``pip install 'phaseledger[diagrams]'``).
+Every format draws the one :class:`~phaseledger.domain.diagram.StateDiagram` of the
+workflow: its edges labelled by their guards only. Mermaid needs nothing installed; the
+images need Graphviz's ``dot`` program and the ``graphviz`` Python package
+(``pip install 'phaseledger[diagrams]'``).
 """
 
 from __future__ import annotations
@@ -11,20 +12,17 @@ import shutil
 from typing import TYPE_CHECKING, Any
 
 from phaseledger.cli._session import CommandError
+from phaseledger.domain.diagram import StateDiagram
 
 if TYPE_CHECKING:
     from phaseledger.domain.workflow import Workflow
 
 FORMATS = ("mermaid", "svg", "png")
+"""What ``phaseledger diagram --format`` draws: Mermaid text, or an image drawn by Graphviz."""
 
 
-def mermaid(workflow: Workflow[Any]) -> str:
-    """The workflow as Mermaid ``stateDiagram-v2`` text."""
-    return workflow.diagram()
-
-
-def graphviz_available() -> str | None:
-    """None when SVG and PNG can be drawn here, else what is missing and how to get it."""
+def graphviz_missing() -> str | None:
+    """What is missing to draw SVG or PNG here, and how to get it; None when nothing is."""
     if shutil.which("dot") is None:
         return (
             "drawing SVG or PNG needs Graphviz, and its `dot` program is not on PATH: install Graphviz "
@@ -42,29 +40,32 @@ def graphviz_available() -> str | None:
 
 
 def graph(workflow: Workflow[Any]) -> Any:
-    """The workflow as a ``graphviz.Digraph``: a start dot, phases (finals with a double
-    border), and edges labelled by their guards only."""
+    """The workflow's diagram as a ``graphviz.Digraph``: a start dot, phases (finals with a
+    double border), and edges labelled by their guards only."""
     import graphviz
 
-    workflow.validate()
-    title = f"{workflow.name} v{workflow.version}"
+    diagram = StateDiagram.of(workflow)
     digraph = graphviz.Digraph(
         name=workflow.name,
-        graph_attr={"rankdir": "LR", "label": title, "labelloc": "t"},
+        graph_attr={"rankdir": "LR", "label": diagram.title, "labelloc": "t"},
         node_attr={"shape": "box", "style": "rounded"},
     )
     digraph.node("__start__", label="", shape="circle", style="filled", fillcolor="black", width="0.15")
-    for phase in workflow.phases.values():
-        digraph.node(phase.name, peripheries="2" if phase.final else "1")
-    digraph.edge("__start__", workflow.initial_phase)
-    for edge in workflow.edges():
+    for phase in diagram.phases:
+        digraph.node(phase, peripheries="2" if phase in diagram.finals else "1")
+    digraph.edge("__start__", diagram.initial)
+    for edge in diagram.edges:
         digraph.edge(edge.source, edge.target, **({"label": edge.label} if edge.label else {}))
     return digraph
 
 
-def image(workflow: Workflow[Any], fmt: str) -> bytes:
-    """The workflow drawn by Graphviz as ``svg`` or ``png`` bytes (see :func:`graph`)."""
-    missing = graphviz_available()
+def draw_diagram(workflow: Workflow[Any], fmt: str) -> bytes:
+    """The workflow's state machine drawn by Graphviz as ``svg`` or ``png`` bytes.
+
+    Raises a :class:`~phaseledger.PhaseledgerError` saying what to install when Graphviz
+    is missing (see :func:`graphviz_missing`).
+    """
+    missing = graphviz_missing()
     if missing:
         raise CommandError(missing)
     data = graph(workflow).pipe(format=fmt)

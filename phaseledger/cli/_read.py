@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from phaseledger.cli import _render as render
 from phaseledger.cli._base import JsonOpt, RunArg, app, session_of
@@ -106,11 +107,11 @@ def _run_at(engine: Engine, run_id: str, at: int | None) -> Run:
 def _print_run(session: Session, run: Run, events: list[Any], *, at: int | None) -> None:
     console = session.console
     title = f"run {run.run_id}" + (f" at version {at}" if at else "")
-    console.print(f"[bold]{render.escape(title)}[/]" if console.is_terminal else title)
+    console.print(f"[bold]{escape(title)}[/]" if console.is_terminal else title)
     rows = [
         ("workflow", f"{run.workflow} v{run.workflow_version}"),
         ("status", render.status_text(run.status)),
-        *([("driver", render.escape(run.driver_status or ""))] if run.driver_status and at is None else []),
+        *([("driver", escape(run.driver_status or ""))] if run.driver_status and at is None else []),
         ("phase", run.phase or "-"),
         ("events", str(run.version)),
         ("attempts", ", ".join(f"{phase}×{n}" for phase, n in run.attempts.items()) or "-"),
@@ -132,7 +133,7 @@ def _print_run(session: Session, run: Run, events: list[Any], *, at: int | None)
         rows.append((label, value))
     if run.error:
         where = f" (in phase {run.error['phase']})" if run.error.get("phase") else ""
-        rows.append(("last error", render.escape(f"{run.error.get('type')}: {run.error.get('message')}{where}")))
+        rows.append(("last error", escape(f"{run.error.get('type')}: {run.error.get('message')}{where}")))
     grid = render.table(console, ["", ""])
     grid.show_header = False
     for label, value in rows:
@@ -144,7 +145,7 @@ def _print_run(session: Session, run: Run, events: list[Any], *, at: int | None)
         console.print("output:")
         render.print_value(console, run.output)
     if run.error and session.debug and run.error.get("traceback"):
-        console.print(render.escape(run.error["traceback"]), soft_wrap=True)
+        console.print(escape(run.error["traceback"]), soft_wrap=True)
     steps, cut = render.steps_table(console, events)
     if steps.row_count:
         console.print(f"recorded steps{f' (the last {steps.row_count}; {cut} earlier)' if cut else ''}:")
@@ -160,4 +161,4 @@ def history(ctx: typer.Context, run_id: RunArg, as_json: JsonOpt = False) -> Non
     if as_json:
         render.print_json([e.model_dump(mode="json") for e in events])
         return
-    render.emit(session.console, render.history_table(session.console, events, title=f"history of run {run_id}"))
+    render.print_history(session.console, events, title=f"history of run {run_id}")

@@ -1,6 +1,8 @@
 """Turning runs and events into text: rich tables on a terminal, plain aligned text in pipes.
 
-Only presentation lives here; the commands in ``_app`` decide what to show.
+Only presentation lives here (the report projections' tables are in ``_render_reports``);
+the commands decide what to show. :mod:`phaseledger.cli` exports the few functions other
+programs may use (the demo does).
 """
 
 from __future__ import annotations
@@ -96,15 +98,16 @@ def when(moment: datetime | str | None) -> str:
         return "-"
     if isinstance(moment, str):
         try:
-            moment = datetime.fromisoformat(moment)
+            parsed = datetime.fromisoformat(moment)
         except ValueError:
             return moment
+        moment = parsed
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def tokens(usage: dict[str, Any] | None) -> str:
+def token_counts(usage: dict[str, Any] | None) -> str:
     """``in/out`` tokens of a usage record, or an empty string."""
     if not usage:
         return ""
@@ -145,7 +148,7 @@ def event_summary(event: RecordedEvent) -> str:
     if kind == "StepRecorded":
         parts = [call_label(str(d.get("kind")), str(d.get("name")))]
         if d.get("usage"):
-            parts.append(f"{tokens(d['usage'])} tokens")
+            parts.append(f"{token_counts(d['usage'])} tokens")
         if d.get("duration"):
             parts.append(f"{d['duration']:.3f}s")
         if d.get("error"):
@@ -201,6 +204,11 @@ def history_table(console: Console, events: Iterable[RecordedEvent], *, title: s
     return grid
 
 
+def print_history(console: Console, events: Iterable[RecordedEvent], *, title: str | None = None) -> None:
+    """Print a run's events as a timeline (see :func:`history_table`)."""
+    emit(console, history_table(console, events, title=title))
+
+
 def runs_table(console: Console, runs: Sequence[Run]) -> Table:
     """One row per run: id, workflow, status, phase, steps, tokens, last update."""
     grid = table(console, ["run", "workflow", "status", "phase", "steps", "tokens", "updated", "driver"])
@@ -235,7 +243,7 @@ def steps_table(console: Console, events: Sequence[RecordedEvent], *, limit: int
         elif event.type == "StepRecorded":
             d = event.data
             kind, name = str(d.get("kind")), str(d.get("name"))
-            rows.append((phase, str(d.get("seq")), kind, escape(call_name(kind, name)), tokens(d.get("usage")),
+            rows.append((phase, str(d.get("seq")), kind, escape(call_name(kind, name)), token_counts(d.get("usage")),
                          f"{d.get('duration') or 0:.3f}"))
     cut = max(0, len(rows) - limit)
     for row in rows[cut:]:

@@ -1,4 +1,5 @@
-"""What every command shares: the store URL, the workflows to load, and the console.
+"""What every command shares: the store URL, the workflows to load, the console, and the
+one place that opens the store (:meth:`Session.engine`, :meth:`Session.reports`).
 
 Heavy imports (the engine, eventsourcing, pydantic-ai) happen here on first use, not when
 the command starts, so ``phaseledger --help`` stays fast.
@@ -21,8 +22,10 @@ from phaseledger.domain.errors import PhaseledgerError, StoreUnavailable, Unknow
 if TYPE_CHECKING:
     from phaseledger.domain.workflow import Workflow
     from phaseledger.engine.engine import Engine
+    from phaseledger.projections.reports import Reports
 
 WORKFLOWS_ENV_VAR = "PHASELEDGER_WORKFLOWS"
+DEBUG_ENV_VAR = "PHASELEDGER_DEBUG"
 
 
 class CommandError(PhaseledgerError):
@@ -52,6 +55,11 @@ def warn_deprecated(old: str, new: str) -> None:
     print(f"warning: {old} is deprecated and will be removed; use {new}", file=sys.stderr)
 
 
+def debug_from_env() -> bool:
+    """Whether ``$PHASELEDGER_DEBUG`` asks for tracebacks (set, and not ``0``), as ``--debug`` does."""
+    return os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
+
+
 def make_console(*, stderr: bool = False) -> Console:
     """A console that styles output on a terminal and prints plain, unwrapped text otherwise."""
     probe = Console(stderr=stderr)
@@ -68,7 +76,8 @@ class Session:
     """The store URL (``--store``, else ``$PHASELEDGER_STORE``, else the SQLite default)."""
     workflow_modules: list[str] = field(default_factory=list)
     """Import paths that define workflows (``--workflows``)."""
-    debug: bool = False
+    debug: bool = field(default_factory=debug_from_env)
+    """Show tracebacks of errors (``--debug`` or ``$PHASELEDGER_DEBUG``)."""
     console: Console = field(default_factory=make_console)
     _workflows: list[Workflow[Any]] | None = None
 
@@ -126,6 +135,20 @@ class Session:
             yield engine
         finally:
             engine.close()
+
+    @contextmanager
+    def reports(self, store: str | None = None) -> Iterator[Reports]:
+        """Open the report projections on the store (``store`` instead of ``--store`` when given),
+        for one command; a SQLite file that does not exist is refused, not created."""
+        from phaseledger.projections.reports import Reports
+
+        url = store or self.store
+        refuse_missing_store(url)
+        reports = Reports(url)
+        try:
+            yield reports
+        finally:
+            reports.close()
 
     def explain_unknown_workflow(self, exc: UnknownWorkflow) -> UnknownWorkflow:
         """The same error with a hint on how to load workflows."""

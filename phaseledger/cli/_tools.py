@@ -12,7 +12,7 @@ import typer
 
 from phaseledger.cli import _render as render
 from phaseledger.cli._base import JsonOpt, WorkflowVersionOpt, app, session_of
-from phaseledger.cli._session import CommandError, make_console, warn_deprecated
+from phaseledger.cli._session import DEBUG_ENV_VAR, CommandError, warn_deprecated
 
 if TYPE_CHECKING:
     from phaseledger.workers.worker import WorkerStats
@@ -134,14 +134,14 @@ def diagram(
         workflow_version = workflow_version or old_version
     definition = session.workflow(workflow, workflow_version)
     if fmt == "mermaid":
-        text = _diagram.mermaid(definition)
+        text = definition.diagram()
         if output is None:
             print(text, end="")
         else:
             output.write_text(text)
             session.console.print(f"wrote {output}")
         return
-    data = _diagram.image(definition, fmt)
+    data = _diagram.draw_diagram(definition, fmt)
     target = output or Path(f"{definition.name}.{fmt}")
     target.write_bytes(data)
     session.console.print(f"wrote {target} ({len(data)} bytes)")
@@ -169,6 +169,7 @@ def keygen(
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option(
         "--model", metavar="MODEL", show_default=False,
         help="A pydantic-ai model name (e.g. openai:gpt-4o) to use a real provider; its API key must be set. "
@@ -177,6 +178,17 @@ def demo(
         "--db", metavar="FILE", help="The SQLite file to use (recreated).")] = Path("demo.db"),
 ) -> None:
     """Run the research workflow, kill its process part-way, and resume it from the log."""
-    from phaseledger.demo.runner import run_demo
+    import os
+    import subprocess
 
-    run_demo(db=db, model=model, console=make_console())
+    # The demo is a program of its own (``python -m phaseledger.demo``, which runs its own child
+    # processes) and a client of this package's rendering; running it keeps the CLI independent of it.
+    command = [sys.executable, "-m", "phaseledger.demo", "--db", str(db), *(["--model", model] if model else [])]
+    env = {**os.environ, DEBUG_ENV_VAR: "1"} if session_of(ctx).debug else None
+    with subprocess.Popen(command, env=env) as process:
+        try:
+            status = process.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the demo too: it stops its own processes, then exits
+            status = process.wait()
+    if status:
+        raise typer.Exit(status if status > 0 else 128 - status)  # killed by a signal: as shells report it

@@ -41,9 +41,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
-from phaseledger.agents import PhaseledgerDurability
-from phaseledger.domain.workflow import Workflow
-from phaseledger.engine.context import Context
+from phaseledger import Context, PhaseledgerDurability, Workflow
 
 BATCH = 2
 """Questions the researcher takes on per execution round."""

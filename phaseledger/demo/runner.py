@@ -5,6 +5,10 @@ research workflow, follows the run's events in the SQLite file as the child appe
 them, and sends the child SIGKILL part-way through a phase. A second child process then
 resumes the run from the log. Everything the parent prints about replay is read from the
 log and the :class:`~phaseledger.Run` view, not from the children's say-so.
+
+It uses the public API only: :mod:`phaseledger` for the runs and :mod:`phaseledger.cli`'s
+rendering functions to show them as the command does (the ``phaseledger demo`` command
+runs this module as a program and imports nothing from it).
 """
 
 from __future__ import annotations
@@ -22,14 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from phaseledger.domain.errors import PhaseledgerError
+from phaseledger import Engine, PhaseledgerError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from phaseledger.domain.workflow import Workflow
-    from phaseledger.engine.views import RecordedEvent
-    from phaseledger.store.eventstore import Store
+    from phaseledger import RecordedEvent, Workflow
 
 TOPIC = "durable execution for AI agents"
 """What the demo run researches."""
@@ -61,16 +63,12 @@ def demo_input() -> dict[str, Any]:
 
 
 async def _child_start(store_url: str, run_id: str, model: str | None) -> None:
-    from phaseledger.engine.engine import Engine
-
     workflow = build_workflow(model)
     async with Engine(store_url, workflows=[workflow]) as engine:
         await engine.run(workflow, demo_input(), run_id=run_id)
 
 
 async def _child_resume(store_url: str, run_id: str, model: str | None) -> None:
-    from phaseledger.engine.engine import Engine
-
     workflow = build_workflow(model)
     async with Engine(store_url, workflows=[workflow]) as engine:
         run = await engine.resume(run_id)
@@ -84,7 +82,7 @@ async def _child_resume(store_url: str, run_id: str, model: str | None) -> None:
 class LogFollower:
     """Reads a run's new events from the store as another process appends them."""
 
-    store: Store
+    engine: Engine
     run_id: str
     version: int = 0
     phase: str | None = None
@@ -94,11 +92,10 @@ class LogFollower:
 
     def poll(self) -> list[RecordedEvent]:
         """The events appended since the last poll (none before the run exists)."""
-        from phaseledger.domain.errors import RunNotFound
-        from phaseledger.engine.views import event_view
+        from phaseledger import RunNotFound
 
         try:
-            fresh = [event_view(e) for e in self.store.events(self.run_id, gt=self.version or None)]
+            fresh = [e for e in self.engine.history(self.run_id) if e.version > self.version]
         except RunNotFound:  # the child has not started the run yet
             return []
         for event in fresh:
@@ -190,8 +187,6 @@ class Demo:
         """Run the whole demo; raise :class:`DemoFailed` when a step of it fails."""
         from rich.markup import escape
 
-        from phaseledger.store.eventstore import Store
-
         self._check_model()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{self.db}{suffix}").unlink(missing_ok=True)
@@ -202,13 +197,13 @@ class Demo:
         self.say(f"agents    {escape(model_name)}")
         self.say(f"store     {self.store_url} (a fresh SQLite file)")
 
-        store = Store(self.store_url)
+        engine = Engine(self.store_url, workflows=[workflow])
         try:
-            killed_at = self._first_attempt(store)
-            self._resume(store, killed_at)
+            killed_at = self._first_attempt(engine)
+            self._resume(engine, killed_at)
+            self._finish(engine, workflow)
         finally:
-            store.close()
-        self._finish(workflow)
+            engine.close()
 
     def _check_model(self) -> None:
         if self.model is None:
@@ -244,18 +239,18 @@ class Demo:
     def _print_event(self, tag: str, event: RecordedEvent) -> None:
         from rich.markup import escape
 
-        from phaseledger.cli._render import event_summary
+        from phaseledger.cli import event_summary
 
         if event.type in ("StepRecorded", "PhaseEntered", "RunCompleted", "RunFailed", "RunResumed", "RunStarted"):
             style = "bold" if event.type == "PhaseEntered" else "dim" if event.type == "StepRecorded" else ""
             line = escape(f"  [{tag}] #{event.version:<3} {event_summary(event)}")
             self.say(line, style)
 
-    def _first_attempt(self, store: Store) -> LogFollower:
+    def _first_attempt(self, engine: Engine) -> LogFollower:
         self.heading("1. a process starts the run")
         child = Child.spawn("start", self.store_url, self.run_id, self.model)
         try:
-            follower = LogFollower(store, self.run_id)
+            follower = LogFollower(engine, self.run_id)
             killed = self._follow(child, follower, kill=True)
             if not killed:
                 if child.process.returncode != 0:
@@ -270,14 +265,13 @@ class Demo:
         )
         return follower
 
-    def _resume(self, store: Store, killed: LogFollower) -> None:
+    def _resume(self, engine: Engine, killed: LogFollower) -> None:
         from rich.markup import escape
 
-        from phaseledger.cli._render import call_name, tokens
-        from phaseledger.engine.views import run_view
+        from phaseledger.cli import call_name, token_counts
 
         self.heading("2. what the log holds")
-        at_kill = run_view(store.load(self.run_id), None)
+        at_kill = engine.get(self.run_id)
         earlier = killed.phases_seen[:-1]
         self.say(f"  {at_kill.version} events; the run is still {at_kill.status!r} in phase {at_kill.phase!r}: "
                  "no process is driving it any more")
@@ -287,7 +281,7 @@ class Demo:
 
         self.heading("3. a new process resumes the run from the log")
         child = Child.spawn("resume", self.store_url, self.run_id, self.model)
-        follower = LogFollower(store, self.run_id, version=killed.version, phase=killed.phase,
+        follower = LogFollower(engine, self.run_id, version=killed.version, phase=killed.phase,
                                phases_seen=list(killed.phases_seen), visit_calls=list(killed.visit_calls))
         try:
             self._follow(child, follower, kill=False)
@@ -296,8 +290,8 @@ class Demo:
             child_pid = child.process.pid
         finally:
             child.close()
-        final = run_view(store.load(self.run_id), None)
-        after_kill = self._events_after(store, killed.version)
+        final = engine.get(self.run_id)
+        after_kill = [e for e in engine.history(self.run_id) if e.version > killed.version]
         live_after = sum(1 for e in after_kill if e.type == "StepRecorded")
         live_models = sum(1 for e in after_kill if e.type == "StepRecorded" and e.data.get("kind") == "model")
 
@@ -306,7 +300,7 @@ class Demo:
                  "from the log instead of running them:")
         for event in killed.visit_calls:
             d = event.data
-            used = f"  {tokens(d.get('usage'))} tokens" if d.get("usage") else ""
+            used = f"  {token_counts(d.get('usage'))} tokens" if d.get("usage") else ""
             kind, name = str(d.get("kind")), str(d.get("name"))
             self.say(f"    {kind:<6} {escape(call_name(kind, name))}{used}", "green")
         if earlier:
@@ -322,22 +316,11 @@ class Demo:
         self.say("  (a call in flight when the process died had no result in the log, so it ran again: "
                  "at-least-once, with a stable ctx.idempotency_key)", "dim")
 
-    def _events_after(self, store: Store, version: int) -> list[RecordedEvent]:
-        from phaseledger.engine.views import event_view
+    def _finish(self, engine: Engine, workflow: Workflow[Any]) -> None:
+        from phaseledger.cli import print_history
 
-        return [event_view(e) for e in store.events(self.run_id, gt=version)]
-
-    def _finish(self, workflow: Workflow[Any]) -> None:
-        from phaseledger.cli._render import emit, history_table
-        from phaseledger.engine.engine import Engine
-
-        with_store = Engine(self.store_url, workflows=[workflow])
-        try:
-            events = with_store.history(self.run_id)
-        finally:
-            with_store.close()
         self.heading("5. the run's history (its event log)")
-        emit(self.console, history_table(self.console, events))
+        print_history(self.console, engine.history(self.run_id))
         self.heading(f"6. the state machine of {workflow.name!r} (Mermaid)")
         self.console.print(workflow.diagram(), highlight=False, markup=False)
         self._draw(workflow)
@@ -347,22 +330,21 @@ class Demo:
         self.say(f"  phaseledger {store} history {self.run_id} --json")
         self.say(f"  phaseledger -w phaseledger.demo.research diagram {workflow.name} --format svg")
 
-
     def _draw(self, workflow: Workflow[Any]) -> None:
         """Also draw the machine as SVG next to the database when Graphviz is installed."""
-        from phaseledger.cli import _diagram
+        from phaseledger.cli import draw_diagram, graphviz_missing
 
-        if _diagram.graphviz_available() is not None:
+        if graphviz_missing() is not None:
             self.say("  (paste it into any Mermaid viewer; with Graphviz installed the demo also writes an SVG)")
             return
         target = self.db.with_name(f"{self.db.stem}-{workflow.name}.svg")
-        target.write_bytes(_diagram.image(workflow, "svg"))
+        target.write_bytes(draw_diagram(workflow, "svg"))
         self.say(f"  drawn as {target}")
 
 
 def run_demo(*, db: Path = Path("demo.db"), model: str | None = None, console: Console | None = None) -> None:
     """Run the demo on the SQLite file ``db`` (recreated); ``model`` is a pydantic-ai model name."""
-    from phaseledger.cli._session import make_console
+    from phaseledger.cli import make_console
 
     Demo(console or make_console(), db, model).run()
 
@@ -382,8 +364,21 @@ def main(argv: list[str] | None = None) -> None:
     elif args.role == "child-resume":
         asyncio.run(_child_resume(args.store, args.run_id, args.model))
     else:
-        try:
-            run_demo(db=Path(args.db), model=args.model)
-        except PhaseledgerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(1)
+        _run_as_a_program(db=Path(args.db), model=args.model)
+
+
+def _run_as_a_program(*, db: Path, model: str | None) -> None:
+    """Run the demo; an error prints one ``error:`` line (its traceback with ``$PHASELEDGER_DEBUG``),
+    Ctrl-C one line, each with the exit status the ``phaseledger`` command gives them."""
+    from phaseledger.cli import print_error
+
+    try:
+        run_demo(db=db, model=model)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except PhaseledgerError as exc:
+        if os.environ.get("PHASELEDGER_DEBUG", "") not in ("", "0"):
+            raise
+        print_error(str(exc))
+        sys.exit(1)

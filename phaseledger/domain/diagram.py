@@ -1,10 +1,19 @@
-"""Drawing a workflow's state machine: its edges, how guards read, and Mermaid text.
+"""The one builder of a workflow's state-machine diagram, and its Mermaid text.
+
+:meth:`StateDiagram.of` reads a workflow into what every drawing shows: a title, the
+initial phase, the phases (final ones marked), the edges and an optional highlighted
+phase. Mermaid text (:meth:`StateDiagram.mermaid`, what :meth:`Workflow.diagram
+<phaseledger.Workflow.diagram>` returns) is rendered here, as it needs nothing installed;
+``phaseledger diagram --format svg|png`` renders the same diagram with Graphviz
+(``phaseledger.cli``). Building is pure: nothing here writes or runs a program.
 
 An edge is labelled only by its guard: ``[needs_review]`` for a named function, the
 expression of a short lambda (``[len(state.notes) < 2]``), else ``[guard]``. An edge
-without a guard has no label (the arrow already names its target). Mermaid text needs
-nothing installed; ``phaseledger diagram --format svg|png`` draws the same edges with
-Graphviz.
+without a guard has no label (the arrow already names its target).
+
+The ``transitions`` library can draw its machines too (``GraphMachine``), but it labels
+edges with their triggers, marks no final states and writes other Mermaid text; the
+diagrams documented here are built from the workflow's own definition instead.
 """
 
 from __future__ import annotations
@@ -13,10 +22,15 @@ import ast
 import inspect
 import linecache
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from phaseledger.domain.errors import WorkflowDefinitionError
+
+if TYPE_CHECKING:
+    from phaseledger.domain.workflow import Workflow
 
 GUARD_TEXT_LIMIT = 40
 """The longest lambda expression shown as it is; longer ones read ``[guard]``."""
@@ -97,14 +111,45 @@ def _same_body(node: ast.Lambda, code: Any) -> bool:
     return False
 
 
-def mermaid(title: str, initial: str, edges: Iterable[Edge], finals: Iterable[str], *,
-            active: str | None = None) -> str:
-    """Mermaid ``stateDiagram-v2`` text: the title, the edges, the final phases, styling last."""
-    lines = ["---", f"title: {title}", "---", "stateDiagram-v2", "  direction LR", f"  [*] --> {initial}"]
-    for edge in edges:
-        label = f": {edge.label}" if edge.label else ""
-        lines.append(f"  {edge.source} --> {edge.target}{label}")
-    lines.extend(f"  {phase} --> [*]" for phase in finals)
-    if active is not None:
-        lines += ["  classDef active color:red,fill:darksalmon", f"  class {active} active"]
-    return "\n".join(lines) + "\n"
+@dataclass(frozen=True)
+class StateDiagram:
+    """A workflow's state machine as every drawing shows it (Mermaid text, Graphviz images)."""
+
+    title: str
+    """``name vVERSION``."""
+    initial: str
+    """The phase every run starts in (drawn with an arrow from a start dot)."""
+    phases: tuple[str, ...]
+    """Every phase, in definition order."""
+    finals: tuple[str, ...]
+    """The final phases (drawn leading to the end, or with a double border)."""
+    edges: tuple[Edge, ...]
+    """Every allowed phase change, in definition order."""
+    active: str | None = None
+    """A phase to highlight (the phase a run is in), or None."""
+
+    @classmethod
+    def of(cls, workflow: Workflow[Any], *, active: str | None = None) -> StateDiagram:
+        """The diagram of a workflow (checked first); ``active`` must be one of its phases."""
+        workflow.validate()
+        if active is not None and active not in workflow.phases:
+            raise WorkflowDefinitionError(f"workflow {workflow.name!r} has no phase {active!r} to highlight")
+        return cls(
+            title=f"{workflow.name} v{workflow.version}",
+            initial=workflow.initial_phase,
+            phases=tuple(workflow.phases),
+            finals=tuple(p.name for p in workflow.phases.values() if p.final),
+            edges=tuple(workflow.edges()),
+            active=active,
+        )
+
+    def mermaid(self) -> str:
+        """Mermaid ``stateDiagram-v2`` text: the title, the edges, the final phases, styling last."""
+        lines = ["---", f"title: {self.title}", "---", "stateDiagram-v2", "  direction LR", f"  [*] --> {self.initial}"]
+        for edge in self.edges:
+            label = f": {edge.label}" if edge.label else ""
+            lines.append(f"  {edge.source} --> {edge.target}{label}")
+        lines.extend(f"  {phase} --> [*]" for phase in self.finals)
+        if self.active is not None:
+            lines += ["  classDef active color:red,fill:darksalmon", f"  class {self.active} active"]
+        return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 from transitions import EventData, Machine
 
-from phaseledger.domain.diagram import Edge, guard_label, mermaid
+from phaseledger.domain.diagram import Edge, StateDiagram, guard_label
 from phaseledger.domain.errors import InvalidTransition, WorkflowDefinitionError
 from phaseledger.domain.retry import RetryPolicy
 
@@ -306,13 +306,9 @@ class Workflow(Generic[StateT]):
 
         Edges are labelled by their guards only (``[needs_review]``, a short lambda's
         expression, or ``[guard]``). ``active`` highlights one phase, for example the phase
-        a run is in.
+        a run is in. Other formats draw the same :class:`~phaseledger.domain.diagram.StateDiagram`.
         """
-        self.validate()
-        if active is not None and active not in self.phases:
-            raise WorkflowDefinitionError(f"workflow {self.name!r} has no phase {active!r} to highlight")
-        finals = [p.name for p in self.phases.values() if p.final]
-        return mermaid(f"{self.name} v{self.version}", self.initial_phase, self.edges(), finals, active=active)
+        return StateDiagram.of(self, active=active).mermaid()
 
 
 @dataclass

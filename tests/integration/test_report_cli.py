@@ -102,3 +102,30 @@ def test_format_json_is_a_deprecated_alias_of_json(store: str) -> None:
     assert not new.stderr
     table = runner.invoke(projections_app, ["status", "--store", store, "--format", "table"])
     assert "report projection" in table.stdout and "deprecated" in table.stderr
+
+
+def test_format_json_is_an_alias_for_catch_up_and_rebuild_too(store: str) -> None:
+    runner = CliRunner()
+    for command in ("catch-up", "rebuild"):
+        new = runner.invoke(projections_app, [command, "--store", store, "--json"])
+        old = runner.invoke(projections_app, [command, "--store", store, "--format", "json"])
+        assert new.exit_code == old.exit_code == 0, old.output
+        assert json.loads(old.stdout).keys() == json.loads(new.stdout).keys()
+        assert "--format json is deprecated" in old.stderr and not new.stderr
+        plain = runner.invoke(projections_app, [command, "--store", store, "--format", "table"])
+        assert plain.exit_code == 0 and not plain.stdout.lstrip().startswith("{")
+        assert "--format table is deprecated" in plain.stderr
+
+
+def test_a_bad_format_is_a_usage_error(store: str) -> None:
+    result = CliRunner().invoke(report_app, ["--format", "yaml", "--store", store])
+    assert result.exit_code == 2
+    assert "yaml" in result.output
+
+
+def test_errors_show_their_traceback_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    from phaseledger import PhaseledgerError
+
+    monkeypatch.setenv("PHASELEDGER_DEBUG", "1")
+    result = CliRunner().invoke(projections_app, ["status", "--store", "nosuch://here"])
+    assert isinstance(result.exception, PhaseledgerError)  # not turned into one line: the traceback shows

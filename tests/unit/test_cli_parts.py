@@ -146,10 +146,10 @@ def test_every_event_reads_as_one_line() -> None:
 
 def test_images_need_graphviz_and_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_diagram.shutil, "which", lambda name: None)
-    message = _diagram.graphviz_available()
+    message = _diagram.graphviz_missing()
     assert message and "dot" in message and "Mermaid" in message
     with pytest.raises(CommandError, match="Graphviz"):
-        _diagram.image(load_box(), "svg")
+        _diagram.draw_diagram(load_box(), "svg")
 
 
 def test_images_label_edges_by_guards_only() -> None:
@@ -162,6 +162,24 @@ def test_images_label_edges_by_guards_only() -> None:
     assert 'a -> b [label="[len(state.items) < 2]"]' in source
     assert "\ta -> c\n" in source and "\tb -> c\n" in source  # no label repeating the target
     assert "c [peripheries=2]" in source and "__start__ -> a" in source
+
+
+def test_mermaid_and_images_draw_the_one_state_diagram() -> None:
+    pytest.importorskip("graphviz")
+    from phaseledger.domain.diagram import StateDiagram
+
+    box = Workflow("loop", state=Box)
+    box.phase("a", initial=True, to={"b": lambda state: not state.items, "c": None})(lambda ctx: None)
+    box.phase("b", to="a")(lambda ctx: None)
+    box.phase("c", final=True)(lambda ctx: None)
+    diagram = StateDiagram.of(box)
+    assert (diagram.title, diagram.initial, diagram.phases, diagram.finals) == ("loop v1", "a", ("a", "b", "c"), ("c",))
+    assert box.diagram() == diagram.mermaid()
+    source = _diagram.graph(box).source
+    for edge in diagram.edges:
+        drawn = f"{edge.source} -> {edge.target}" + (f' [label="{edge.label}"]' if edge.label else "")
+        assert f"\t{drawn}\n" in source and f"  {edge.source} --> {edge.target}" in diagram.mermaid()
+    assert f'label="{diagram.title}"' in source
 
 
 def load_box() -> Workflow[Box]:
@@ -200,6 +218,41 @@ def test_every_command_that_prints_data_takes_json() -> None:
     without = sorted(name for name, command in commands.items()
                      if "--json" not in [opt for p in command.params for opt in getattr(p, "opts", [])])
     assert without == ["demo", "diagram"]  # they draw or tell; they print no data
+
+
+def test_format_is_a_hidden_json_alias_only_where_it_was_one() -> None:
+    import typer
+
+    from phaseledger.cli import app
+
+    with_format = {}
+    for name, command in _commands(typer.main.get_command(app)).items():
+        for param in command.params:
+            if "--format" in getattr(param, "opts", []):
+                with_format[name] = param
+    aliases = {name for name, param in with_format.items() if param.hidden}
+    assert aliases == {"report", "projections status", "projections catch-up", "projections rebuild"}
+    for name in aliases:
+        assert with_format[name].help == "Deprecated: use --json."
+    # diagram's --format picks the drawing (Mermaid, SVG, PNG): shown in help, no JSON to alias
+    assert set(with_format) - aliases == {"diagram"} and not with_format["diagram"].hidden
+
+
+@pytest.mark.parametrize(("as_json", "fmt", "wanted", "warned"), [
+    (False, None, False, False),
+    (True, None, True, False),
+    (False, "json", True, True),
+    (False, "table", False, True),
+    (True, "table", True, True),
+])
+def test_wants_json_reads_json_and_the_deprecated_format(
+    as_json: bool, fmt: str | None, wanted: bool, warned: bool, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from phaseledger.cli._base import OutputFormat, wants_json
+
+    assert wants_json(as_json, OutputFormat(fmt) if fmt else None) is wanted
+    err = capsys.readouterr().err
+    assert (f"--format {fmt} is deprecated" in err and "--json" in err) if warned else not err
 
 
 def test_exit_statuses_are_documented() -> None:
