@@ -21,15 +21,7 @@ from eventsourcing.domain import (
 )
 
 from phaseledger.domain.errors import CorruptEvent
-
-RUNNING, WAITING, SLEEPING, RETRYING = "running", "waiting", "sleeping", "retrying"
-COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
-FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
-SUSPENDED = frozenset({WAITING, SLEEPING, RETRYING})
-STATUSES = (RUNNING, WAITING, SLEEPING, RETRYING, COMPLETED, FAILED, CANCELLED)
-DAMAGED = "damaged"
-"""Not a status a run takes: what listings and the run index show for a run a stored row of
-which cannot be read (see :class:`~phaseledger.CorruptEvent`)."""
+from phaseledger.domain.status import CANCELLED, COMPLETED, FAILED, FINISHED, RUNNING, WAITING, suspended_status
 
 STEP_KINDS = ("step", "model", "tool", "signal", "timer", "clock", "random", "checkpoint", "agent")
 
@@ -222,7 +214,7 @@ class WorkflowRun(BaseAggregate[str]):
         signal: str | None
 
         def apply(self, run: WorkflowRun) -> None:
-            run.status = {"signal": WAITING, "sleep": SLEEPING, "retry": RETRYING}.get(self.reason, WAITING)
+            run.status = suspended_status(self.reason)
             run.suspended = {"reason": self.reason, "until": self.until, "signal": self.signal}
 
     class RunResumed(Event):

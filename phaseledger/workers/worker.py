@@ -49,7 +49,7 @@ from phaseledger.domain.errors import (
     StoreUnavailable,
     UnknownWorkflow,
 )
-from phaseledger.domain.run import CANCELLED, COMPLETED, FAILED, RUNNING
+from phaseledger.domain.status import CANCELLED, COMPLETED, FAILED, RUNNING
 from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.loading import load_workflows
 from phaseledger.engine.stops import Cancelled, Released, Superseded
