@@ -44,7 +44,7 @@ def test_failed_attempts_are_kept_until_the_step_is_recorded() -> None:
     when = datetime(2030, 1, 1, tzinfo=UTC)
     run.trigger_event(
         WorkflowRun.StepAttemptFailed, seq=0, key="0", name="s0", error_type="E", message="m",
-        retryable=True, attempt=1, retry_at=when,
+        retryable=True, attempt=1, retry_at=when, started_at=None,
     )
     assert run.failures["0"][0]["retry_at"] == when and run.failures["0"][0]["name"] == "s0"
     step(run, "0")
