@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from phaseledger.domain.run import WorkflowRun, project_run
+from phaseledger.domain.status import DAMAGED, FINISHED, STATUSES, suspended_status
 
 
 def started(run_id: str = "r") -> WorkflowRun:
@@ -87,3 +88,10 @@ def test_the_fast_projector_equals_eventsourcing_replay() -> None:
     events = run.collect_events()
     rebuilt = project_run(None, events)
     assert rebuilt is not None and rebuilt.__dict__ == run.__dict__
+
+
+def test_statuses_keep_their_stored_spelling() -> None:
+    # Snapshots, the run index and the report tables store these strings: they are part of the log's contract.
+    assert STATUSES == ("running", "waiting", "sleeping", "retrying", "completed", "failed", "cancelled")
+    assert FINISHED == {"completed", "failed", "cancelled"} and DAMAGED == "damaged"
+    assert [suspended_status(reason) for reason in ("signal", "sleep", "retry")] == ["waiting", "sleeping", "retrying"]
