@@ -9,8 +9,8 @@ The log is a contract: every event and snapshot a release wrote must load in eve
 one. When an event's fields or the run's state change, the class's ``class_version`` goes
 up and an ``upcast_vN_vN+1`` static method turns what older releases stored into the new
 shape; eventsourcing's mapper applies it to every row read (events and snapshots alike).
-Rows stored without a ``class_version`` are version 1. ``tests/golden/`` holds a log of
-this release that the tests load and resume on every store.
+Rows stored without a ``class_version`` are version 1. ``tests/golden/`` holds logs written
+by past releases (this one included) that the tests load and resume on every store.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class WorkflowRun(BaseAggregate[str]):
     """2: the state holds ``signal_ids``, ``phase_entered_on`` and each failed attempt's
     ``started_at`` (see :meth:`upcast_v1_v2`)."""
 
-    if TYPE_CHECKING:  # for type checkers only: eventsourcing makes annotations of the class constructor fields
+    if TYPE_CHECKING:  # declared for type checkers only: eventsourcing turns annotations into constructor fields
         workflow: str
         workflow_version: int
         input: dict[str, Any]
