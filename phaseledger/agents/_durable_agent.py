@@ -21,6 +21,7 @@ from phaseledger.agents._run import AgentNotDurable
 from phaseledger.agents._scope import ON_UNIT_COMMIT
 from phaseledger.domain.errors import InvalidInput, PhaseledgerError, RunExists
 from phaseledger.domain.retry import RetryPolicy
+from phaseledger.domain.status import COMPLETED, FAILED
 from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.engine import Engine
 
@@ -153,11 +154,11 @@ class DurableAgent:
         finally:
             self._kwargs.pop(run_id, None)
             self._results.pop(run_id, None)
-        if view.status == "failed":
+        if view.status == FAILED:
             raise AgentRunFailed(view)
-        if view.status == "completed" and self.on_checkpoint is not None and result is not None:
+        if view.status == COMPLETED and self.on_checkpoint is not None and result is not None:
             self.on_checkpoint(run_id, "completed")
-        output = view.output if view.status == "completed" else None
+        output = view.output if view.status == COMPLETED else None
         return DurableAgentResult(run_id=run_id, output=output, run=view, result=result)
 
     async def _continue(self, run_id: str, user_prompt: str | None) -> Run:
@@ -165,17 +166,17 @@ class DurableAgent:
         if (existing.workflow, existing.workflow_version) != self.workflow.key:
             raise RunExists(run_id)
         recorded = existing.state.prompt if isinstance(existing.state, DurableAgentInput) else None
-        if existing.status != "completed" and recorded != user_prompt:
+        if existing.status != COMPLETED and recorded != user_prompt:
             raise InvalidInput(
                 f"run {run_id!r} was started with the prompt {recorded!r}, not {user_prompt!r}: "
                 "resume it with the same prompt, or start a run with another run_id"
             )
-        if existing.status == "completed":
+        if existing.status == COMPLETED:
             return existing
-        reason = "retry" if existing.status == "failed" else "recover"
+        reason = "retry" if existing.status == FAILED else "recover"
         if self.on_resume is not None:
             self.on_resume(run_id, reason)
-        if existing.status == "failed":
+        if existing.status == FAILED:
             return await self.engine.retry(run_id)
         return await self.engine.resume(run_id)
 

@@ -162,7 +162,7 @@ async def _run_live(
             driver.record(
                 WorkflowRun.StepAttemptFailed, seq=driver.run.next_seq, key=key, name=name,
                 error_type=type(exc).__name__, message=str(exc)[:2000], retryable=retryable,
-                attempt=attempt, retry_at=retry_at,
+                attempt=attempt, retry_at=retry_at, started_at=None,
             )
             await driver.commit()
             if final:

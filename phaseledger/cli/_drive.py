@@ -19,6 +19,7 @@ import typer
 
 from phaseledger.cli import _render as render
 from phaseledger.cli._session import CommandError, Session
+from phaseledger.domain.status import FAILED
 
 if TYPE_CHECKING:
     from phaseledger.engine.views import Run
@@ -89,7 +90,7 @@ def failure_line(session: Session, run: Run) -> str:
 def exit_if_failed(session: Session, runs: Iterable[Run], *, errors: bool = False) -> None:
     """Print one ``error:`` line per failed run, then exit: status 1 if ``errors`` (some run
     could not be driven), else :data:`RUN_FAILED` if a run failed; return if neither."""
-    failed = [run for run in runs if run.status == "failed"]
+    failed = [run for run in runs if run.status == FAILED]
     for run in failed:
         render.print_error(failure_line(session, run))
     if errors:

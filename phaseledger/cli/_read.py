@@ -34,7 +34,7 @@ def runs(
         help="With --json: each run's whole view, state and output included (what --json printed before).")] = False,
 ) -> None:
     """List the runs in the store, oldest first (damaged runs too, with status damaged)."""
-    from phaseledger.domain.run import DAMAGED, STATUSES
+    from phaseledger.domain.status import DAMAGED, STATUSES
 
     session = session_of(ctx)
     if status is not None and status not in (*STATUSES, DAMAGED):
@@ -68,7 +68,7 @@ def show(
     and the command exits with status 1.
     """
     from phaseledger.domain.errors import CorruptEvent
-    from phaseledger.domain.run import DAMAGED
+    from phaseledger.domain.status import DAMAGED
     from phaseledger.engine.views import event_view
 
     session = session_of(ctx)

@@ -17,18 +17,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from phaseledger.domain.status import CANCELLED, COMPLETED, DAMAGED, FAILED, RETRYING, RUNNING, SLEEPING, WAITING
+
 if TYPE_CHECKING:
     from phaseledger.engine.views import RecordedEvent, Run
 
 STATUS_STYLES = {
-    "running": "cyan",
-    "waiting": "yellow",
-    "sleeping": "yellow",
-    "retrying": "yellow",
-    "completed": "green",
-    "failed": "red",
-    "cancelled": "magenta",
-    "damaged": "bold red",
+    RUNNING: "cyan",
+    WAITING: "yellow",
+    SLEEPING: "yellow",
+    RETRYING: "yellow",
+    COMPLETED: "green",
+    FAILED: "red",
+    CANCELLED: "magenta",
+    DAMAGED: "bold red",
 }
 
 
@@ -229,7 +231,7 @@ def driver_summary(run: Run) -> str:
     if lease is not None and lease.live:
         age = lease.heartbeat_age
         return f"{lease.host}:{lease.pid}" + (f", {age:.0f} s ago" if age is not None else "")
-    return "orphaned" if run.status == "running" or lease is not None else "-"
+    return "orphaned" if run.status == RUNNING or lease is not None else "-"
 
 
 def steps_table(console: Console, events: Sequence[RecordedEvent], *, limit: int = 40) -> tuple[Table, int]:

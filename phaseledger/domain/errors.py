@@ -40,6 +40,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from phaseledger.domain.status import FAILED
+
 
 class PhaseledgerError(Exception):
     """Root of every exception raised by phaseledger."""
@@ -79,7 +81,7 @@ class RunFinished(PhaseledgerError):
     """The run has finished (completed, failed or cancelled) and cannot take this action."""
 
     def __init__(self, run_id: str, status: str, action: str) -> None:
-        hint = " (engine.retry() re-enters the failed phase)" if status == "failed" else ""
+        hint = " (engine.retry() re-enters the failed phase)" if status == FAILED else ""
         super().__init__(f"cannot {action} run {run_id!r}: it is {status}{hint}")
         self.run_id = run_id
         self.status = status

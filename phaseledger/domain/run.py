@@ -4,12 +4,19 @@ Events record outcomes only, so applying one assigns fields: no I/O, no clock, n
 code and no state machine, which keeps replay cheap and safe. The aggregate keeps just
 what resuming needs: the state recorded when the current phase was entered and the
 journal of the calls recorded since (keyed by the call's key), plus counters.
+
+The log is a contract: every event and snapshot a release wrote must load in every later
+one. When an event's fields or the run's state change, the class's ``class_version`` goes
+up and an ``upcast_vN_vN+1`` static method turns what older releases stored into the new
+shape; eventsourcing's mapper applies it to every row read (events and snapshots alike).
+Rows stored without a ``class_version`` are version 1. ``tests/golden/`` holds logs written
+by past releases (this one included) that the tests load and resume on every store.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from eventsourcing.domain import (
     BaseAggregate,
@@ -21,17 +28,16 @@ from eventsourcing.domain import (
 )
 
 from phaseledger.domain.errors import CorruptEvent
-
-RUNNING, WAITING, SLEEPING, RETRYING = "running", "waiting", "sleeping", "retrying"
-COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
-FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
-SUSPENDED = frozenset({WAITING, SLEEPING, RETRYING})
-STATUSES = (RUNNING, WAITING, SLEEPING, RETRYING, COMPLETED, FAILED, CANCELLED)
-DAMAGED = "damaged"
-"""Not a status a run takes: what listings and the run index show for a run a stored row of
-which cannot be read (see :class:`~phaseledger.CorruptEvent`)."""
-
-STEP_KINDS = ("step", "model", "tool", "signal", "timer", "clock", "random", "checkpoint", "agent")
+from phaseledger.domain.status import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    FINISHED,
+    RUNNING,
+    WAITING,
+    RunStatus,
+    suspended_status,
+)
 
 
 def _add_usage(total: dict[str, Any], usage: dict[str, Any] | None) -> None:
@@ -44,7 +50,74 @@ def _add_usage(total: dict[str, Any], usage: dict[str, Any] | None) -> None:
 
 
 class WorkflowRun(BaseAggregate[str]):
-    """The log of one workflow run, folded into what resuming and reporting need."""
+    """The log of one workflow run, folded into what resuming and reporting need.
+
+    Its state is set by :class:`RunStarted` and changed by the other events' ``apply``.
+    """
+
+    class_version = 2
+    """2: the state holds ``signal_ids``, ``phase_entered_on`` and each failed attempt's
+    ``started_at`` (see :meth:`upcast_v1_v2`)."""
+
+    if TYPE_CHECKING:  # declared for type checkers only: eventsourcing turns annotations into constructor fields
+        workflow: str
+        workflow_version: int
+        input: dict[str, Any]
+        """What the run was started with."""
+        parent: dict[str, Any] | None
+        """The run and version a fork branched from (None otherwise)."""
+        status: RunStatus
+        phase: str | None
+        """The current phase (None before the first is entered)."""
+        phase_state: dict[str, Any]
+        """The pydantic state as it stood when the current phase was entered (the final state once completed)."""
+        phase_entered_version: int
+        phase_entered_on: datetime | None
+        """When the current phase was entered; None in a run loaded from a snapshot older than the field."""
+        attempts: dict[str, int]
+        """How many times each phase was entered."""
+        journal: dict[str, Any]
+        """The calls recorded in the current phase visit, by key: replay serves them."""
+        failures: dict[str, list[Any]]
+        """The failed attempts of the current phase visit's calls not recorded yet, by key."""
+        timers: dict[str, datetime]
+        """When each durable timer of the current phase visit may continue, by key."""
+        next_seq: int
+        inbox: list[Any]
+        """The signals received and not taken yet."""
+        signal_ids: list[str]
+        """The id of every signal received (a signal sent again with one of them is delivered once)."""
+        suspended: dict[str, Any] | None
+        """Why the run waits (reason, until, signal); None while it runs or once finished."""
+        output: Any
+        output_type: str | None
+        error: dict[str, Any] | None
+        """Why the run failed or was cancelled (type, message, traceback)."""
+        usage: dict[str, Any]
+        """Model requests, tokens and cost of every call recorded."""
+        saved_usage: dict[str, Any]
+        """The part of :attr:`usage` served from the log on resumes instead of being spent again."""
+        replayed_steps: int
+        steps: int
+        checkpoints: int
+        finished_on: datetime | None
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """Fill in what a snapshot stored without a class version may lack.
+
+        Snapshots of the first releases lack ``signal_ids`` (the ids still in the inbox or
+        in the journal are all that is known of them), ``phase_entered_on`` (unknown: None)
+        and the ``started_at`` of failed attempts (unknown: None).
+        """
+        if "signal_ids" not in state:
+            taken = [e["detail"]["signal_id"] for e in state["journal"].values()
+                     if e["kind"] == "signal" and (e.get("detail") or {}).get("signal_id")]
+            state["signal_ids"] = taken + [s["signal_id"] for s in state["inbox"]]
+        state.setdefault("phase_entered_on", None)
+        for attempts in state["failures"].values():
+            for attempt in attempts:
+                attempt.setdefault("started_at", None)
 
     class Event(CanMutateAggregate[str], CanCreateTimestamp, metaclass=MetaDomainEvent):
         """Base class of every run event (a frozen dataclass; run ids are strings)."""
@@ -155,6 +228,9 @@ class WorkflowRun(BaseAggregate[str]):
     class StepAttemptFailed(Event):
         """An attempt of a journaled call failed; ``retry_at`` is when the next may start."""
 
+        class_version = 2
+        """2: ``started_at`` (see :meth:`upcast_v1_v2`)."""
+
         seq: int
         key: str
         name: str
@@ -163,8 +239,13 @@ class WorkflowRun(BaseAggregate[str]):
         retryable: bool
         attempt: int
         retry_at: datetime | None
-        started_at: datetime | None = None
-        """When the call's first attempt started (its ``total_timeout`` counts from then)."""
+        started_at: datetime | None
+        """When the call's first attempt started (its ``total_timeout`` counts from then); None: unknown."""
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Events of the first releases lack ``started_at``: unknown, None."""
+            state.setdefault("started_at", None)
 
         def apply(self, run: WorkflowRun) -> None:
             run.failures.setdefault(self.key, []).append(
@@ -182,7 +263,7 @@ class WorkflowRun(BaseAggregate[str]):
 
         def apply(self, run: WorkflowRun) -> None:
             run.inbox.append({"signal_id": self.signal_id, "name": self.name, "payload": self.payload})
-            run.__dict__.setdefault("signal_ids", []).append(self.signal_id)  # every id ever received
+            run.signal_ids.append(self.signal_id)
             if run.status == WAITING and run.suspended and run.suspended.get("signal") == self.name:
                 run.status = RUNNING
                 run.suspended = None
@@ -222,7 +303,7 @@ class WorkflowRun(BaseAggregate[str]):
         signal: str | None
 
         def apply(self, run: WorkflowRun) -> None:
-            run.status = {"signal": WAITING, "sleep": SLEEPING, "retry": RETRYING}.get(self.reason, WAITING)
+            run.status = suspended_status(self.reason)
             run.suspended = {"reason": self.reason, "until": self.until, "signal": self.signal}
 
     class RunResumed(Event):
@@ -286,20 +367,6 @@ class WorkflowRun(BaseAggregate[str]):
         timestamp: datetime
         topic: str
         state: dict[str, Any]
-
-    # Attributes, all set by RunStarted.apply (not annotated: eventsourcing would turn
-    # annotations into constructor fields): workflow, workflow_version, input, parent,
-    # status, phase, phase_state, phase_entered_version, attempts {phase: entries},
-    # journal {key: entry} and failures {key: [attempts]} and timers {key: wake_at} of the
-    # current phase visit, next_seq, inbox (unconsumed signals), signal_ids (every signal
-    # id received), suspended, output, output_type, error, usage, saved_usage (usage served
-    # from the log on resumes), replayed_steps, steps, checkpoints, finished_on.
-
-    EVENT_NAMES: ClassVar[tuple[str, ...]] = (
-        "RunStarted", "PhaseEntered", "StepRecorded", "StepAttemptFailed", "SignalReceived",
-        "TimerStarted", "CheckpointSaved", "RunSuspended", "RunResumed", "RunCompleted",
-        "RunFailed", "RunCancelled",
-    )
 
     @classmethod
     def begin(cls, run_id: str, **fields: Any) -> WorkflowRun:

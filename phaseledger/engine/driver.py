@@ -34,7 +34,8 @@ from phaseledger.domain.errors import (
     StoreUnavailable,
 )
 from phaseledger.domain.recorded_errors import describe_error
-from phaseledger.domain.run import CANCELLED, WorkflowRun
+from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.status import CANCELLED, RUNNING
 from phaseledger.domain.values import encode_value
 from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.stops import Cancelled, Released, Superseded, Suspended
@@ -217,7 +218,7 @@ class RunDriver:
         from phaseledger.engine.context import Context
 
         try:
-            while not self.run.finished and self.run.status == "running":
+            while not self.run.finished and self.run.status == RUNNING:
                 self.check_boundary()
                 if self.run.phase is None:  # started, but the initial phase entry was never recorded
                     self.record(

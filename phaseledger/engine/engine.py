@@ -23,7 +23,8 @@ from phaseledger.domain.errors import (
 )
 from phaseledger.domain.ids import validate_id, validate_run_id
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
-from phaseledger.domain.run import FAILED, RETRYING, RUNNING, SLEEPING, WAITING, WorkflowRun
+from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.status import FAILED, RETRYING, RUNNING, SLEEPING, WAITING
 from phaseledger.domain.values import validate_payload
 from phaseledger.domain.workflow import Workflow, WorkflowRegistry
 from phaseledger.engine.breaker import CircuitBreaker

@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from phaseledger.domain.errors import CorruptEvent
-from phaseledger.domain.run import DAMAGED, WorkflowRun
+from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.status import DAMAGED, FINISHED, RUNNING
 from phaseledger.domain.values import decode_value, json_size
 from phaseledger.store.leasebook import Driving
 
@@ -79,12 +80,12 @@ class Run(BaseModel):
             return None
         if self.driving is not None:
             return self.driving.describe()
-        return "orphaned: no driver holds it" if self.status == "running" else "not driven (suspended)"
+        return "orphaned: no driver holds it" if self.status == RUNNING else "not driven (suspended)"
 
     @property
     def finished(self) -> bool:
         """Completed, failed or cancelled."""
-        return self.status in ("completed", "failed", "cancelled")
+        return self.status in FINISHED
 
 
 def run_view(run: WorkflowRun, state_model: type[BaseModel] | None) -> Run:

@@ -41,7 +41,8 @@ from phaseledger.domain.errors import (
     RunNotFound,
 )
 from phaseledger.domain.ids import MAX_ID_LENGTH, validate_run_id
-from phaseledger.domain.run import COMPLETED, FAILED, WorkflowRun
+from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.status import COMPLETED, FAILED
 from phaseledger.domain.values import copy_json, encode_value
 from phaseledger.engine.views import Run, run_view
 from phaseledger.history.tokens import TokenClaims, looks_like_token, make_token, read_token, store_identity

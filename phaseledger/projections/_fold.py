@@ -14,13 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.status import CANCELLED, COMPLETED, FAILED, FINISHED, RUNNING, WAITING, suspended_status
 from phaseledger.projections._dialect import Dialect
 from phaseledger.projections.schema import FAILURES, PHASES, RUNS, USAGE, Table
 
 log = logging.getLogger(__name__)
-
-_SUSPENDED_STATUS = {"signal": "waiting", "sleep": "sleeping", "retry": "retrying"}
-_FINISHED = ("completed", "failed", "cancelled")
 
 W = WorkflowRun
 
@@ -137,7 +135,7 @@ class Fold:
         parent_version = parent.get("version")
         self.runs[e.originator_id] = {
             "run_id": e.originator_id, "workflow": e.workflow, "workflow_version": e.workflow_version,
-            "status": "running", "phase": None, "phase_attempt": 0, "phase_entered_at": None, "phase_visits": 0,
+            "status": RUNNING, "phase": None, "phase_attempt": 0, "phase_entered_at": None, "phase_visits": 0,
             "version": e.originator_version, "steps": 0, "step_failures": 0, "signals": 0, "checkpoints": 0,
             "model_requests": 0, "input_tokens": 0, "output_tokens": 0, "cost": None,
             "started_at": e.timestamp, "updated_at": e.timestamp, "finished_at": None, "duration_seconds": 0.0,
@@ -204,18 +202,18 @@ class Fold:
 
     def _signal(self, run: dict[str, Any], e: W.SignalReceived) -> None:
         run["signals"] += 1
-        if run["status"] == "waiting" and run["waiting_for"] == e.name:
-            run.update(status="running", waiting_for=None, wake_at=None)
+        if run["status"] == WAITING and run["waiting_for"] == e.name:
+            run.update(status=RUNNING, waiting_for=None, wake_at=None)
 
     def _checkpoint(self, run: dict[str, Any], e: W.CheckpointSaved) -> None:
         run["checkpoints"] += 1
 
     def _suspended(self, run: dict[str, Any], e: W.RunSuspended) -> None:
-        run.update(status=_SUSPENDED_STATUS.get(e.reason, "waiting"), waiting_for=e.signal, wake_at=e.until)
+        run.update(status=suspended_status(e.reason), waiting_for=e.signal, wake_at=e.until)
 
     def _resumed(self, run: dict[str, Any], e: W.RunResumed) -> None:
-        reopened = run["status"] in _FINISHED
-        run.update(status="running", waiting_for=None, wake_at=None, finished_at=None)
+        reopened = run["status"] in FINISHED
+        run.update(status=RUNNING, waiting_for=None, wake_at=None, finished_at=None)
         visit = self._visit(run) if reopened and run["phase_visits"] else None
         if visit is not None:
             visit.update(left_at=None, outcome=None, next_phase=None, duration_seconds=None)
@@ -225,10 +223,10 @@ class Fold:
         self._close_visit(run, e.timestamp, status)
 
     def _completed(self, run: dict[str, Any], e: W.RunCompleted) -> None:
-        self._finished(run, e, "completed")
+        self._finished(run, e, COMPLETED)
 
     def _cancelled(self, run: dict[str, Any], e: W.RunCancelled) -> None:
-        self._finished(run, e, "cancelled")
+        self._finished(run, e, CANCELLED)
 
     def _failed(self, run: dict[str, Any], e: W.RunFailed) -> None:
         error = e.error or {}
@@ -240,7 +238,7 @@ class Fold:
             "attempt": None, "retryable": None, "error_type": error_type, "message": message,
             "failed_at": e.timestamp,
         })
-        self._finished(run, e, "failed")
+        self._finished(run, e, FAILED)
 
     # -- writing -------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
 from phaseledger.domain.errors import CorruptEvent, RunNotFound
-from phaseledger.domain.run import DAMAGED, FINISHED, RUNNING, WAITING, WorkflowRun
+from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.status import DAMAGED, FINISHED, RUNNING, WAITING
 from phaseledger.store import queries as q
 from phaseledger.store.eventstore import Store
 from phaseledger.store.faults import create_racing, guarded, store_errors

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.status import RUNNING
 from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.context import _STEP_KEY
 from phaseledger.engine.engine import Engine
@@ -134,7 +135,7 @@ async def check_replay(
             calls.keys.clear()
         engine = Engine(shared, workflows=[workflow], **options)  # a fresh engine: nothing in memory
         resumed = engine.get(prefix_id)
-        while not resumed.finished and resumed.status == "running" or resumed.suspended:
+        while not resumed.finished and resumed.status == RUNNING or resumed.suspended:
             before = resumed.version
             resumed = await engine.resume(prefix_id)
             if resumed.version == before:

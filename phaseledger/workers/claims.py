@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from phaseledger.domain.errors import WorkerAlreadyRunning
-from phaseledger.domain.run import CANCELLED
+from phaseledger.domain.status import CANCELLED
 from phaseledger.store import queries as q
 from phaseledger.store.eventstore import Store
 from phaseledger.store.faults import store_errors

@@ -48,7 +48,7 @@ from phaseledger.domain.errors import (
     StoreUnavailable,
     UnknownWorkflow,
 )
-from phaseledger.domain.run import CANCELLED, COMPLETED, FAILED, RUNNING
+from phaseledger.domain.status import CANCELLED, COMPLETED, FAILED, RUNNING
 from phaseledger.engine.stops import Cancelled, Released, Superseded
 from phaseledger.store.faults import Backoff
 from phaseledger.store.leasebook import DriverId

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from phaseledger.domain.run import WorkflowRun, project_run
+from phaseledger.domain.status import DAMAGED, FINISHED, STATUSES, suspended_status
 
 
 def started(run_id: str = "r") -> WorkflowRun:
@@ -44,7 +45,7 @@ def test_failed_attempts_are_kept_until_the_step_is_recorded() -> None:
     when = datetime(2030, 1, 1, tzinfo=UTC)
     run.trigger_event(
         WorkflowRun.StepAttemptFailed, seq=0, key="0", name="s0", error_type="E", message="m",
-        retryable=True, attempt=1, retry_at=when,
+        retryable=True, attempt=1, retry_at=when, started_at=None,
     )
     assert run.failures["0"][0]["retry_at"] == when and run.failures["0"][0]["name"] == "s0"
     step(run, "0")
@@ -87,3 +88,10 @@ def test_the_fast_projector_equals_eventsourcing_replay() -> None:
     events = run.collect_events()
     rebuilt = project_run(None, events)
     assert rebuilt is not None and rebuilt.__dict__ == run.__dict__
+
+
+def test_statuses_keep_their_stored_spelling() -> None:
+    # Snapshots, the run index and the report tables store these strings: they are part of the log's contract.
+    assert STATUSES == ("running", "waiting", "sleeping", "retrying", "completed", "failed", "cancelled")
+    assert FINISHED == {"completed", "failed", "cancelled"} and DAMAGED == "damaged"
+    assert [suspended_status(reason) for reason in ("signal", "sleep", "retry")] == ["waiting", "sleeping", "retrying"]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.status import FINISHED, RETRYING, RUNNING, SLEEPING
 from phaseledger.testing.crash._checks import check_log, committed_step_keys, comparable_without, event_fingerprint
 from phaseledger.testing.crash._killpoints import KILL_ENV, KILL_KINDS, LEDGER_ENV, CrashHarnessError, KillPoint
 from phaseledger.testing.crash._reports import ChildOutcome, CrashReport, RunReport
@@ -245,13 +246,13 @@ class CrashHarness:
                 self._check_batch_bound(report, kill)
                 continue
             report.counts.update(outcome.counts)
-            if outcome.status in ("completed", "failed", "cancelled"):
+            if outcome.status in FINISHED:
                 break
-            if outcome.status in ("sleeping", "retrying") and outcome.suspended and outcome.suspended.get("until"):
+            if outcome.status in (SLEEPING, RETRYING) and outcome.suspended and outcome.suspended.get("until"):
                 until = datetime.fromisoformat(str(outcome.suspended["until"]))
                 time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.01)
                 continue
-            if outcome.status == "running":
+            if outcome.status == RUNNING:
                 continue
             raise CrashHarnessError(
                 f"run {run_id!r} is {outcome.status} ({outcome.suspended}): the crash harness drives runs "

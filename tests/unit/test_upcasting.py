@@ -1,0 +1,111 @@
+"""Rows stored by earlier releases (class version 1: no ``class_version`` in their state) read as this release's.
+
+``StepAttemptFailed`` gained ``started_at``; the run's snapshots gained ``signal_ids``,
+``phase_entered_on`` and the ``started_at`` of failed attempts. Their upcasters fill in what
+an old row lacks, on the store's own read path (its mapper, then :func:`project_run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from phaseledger import CorruptEvent, Store
+from phaseledger.domain.run import WorkflowRun, project_run
+from tests.unit.test_run_aggregate import started, step
+
+STARTED = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store("memory://", cipher_key="", compress=False)
+
+
+def stored_state(store: Store, event: Any) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads(store.app.mapper.to_stored_event(event).state)
+    return state
+
+
+def reread(store: Store, event: Any, edit: Any) -> Any:
+    """``event`` stored, its stored state changed by ``edit``, then read back through the store's mapper."""
+    row = store.app.mapper.to_stored_event(event)
+    state = json.loads(row.state)
+    edit(state)
+    return store.app.mapper.to_domain_event(dataclasses.replace(row, state=json.dumps(state).encode()))
+
+
+def failed_attempt(run: WorkflowRun) -> Any:
+    """Record a failed attempt (started at :data:`STARTED`) in ``run``; return its event."""
+    run.trigger_event(
+        WorkflowRun.StepAttemptFailed, seq=run.next_seq, key="9", name="s9", error_type="E", message="m",
+        retryable=True, attempt=1, retry_at=None, started_at=STARTED,
+    )
+    return run.pending_events[-1]
+
+
+def as_first_release(state: dict[str, Any]) -> None:
+    """What the first release stored of a failed attempt: no class version, no ``started_at``."""
+    del state["class_version"], state["started_at"]
+
+
+def test_this_release_stores_its_class_versions(store: Store) -> None:
+    run = started()
+    failed_attempt(run)
+    first, *_, last = run.collect_events()
+    assert "class_version" not in stored_state(store, first)  # RunStarted: version 1
+    assert stored_state(store, last)["class_version"] == 2
+    assert stored_state(store, WorkflowRun.Snapshot.take(run))["state"]["class_version"] == 2
+
+
+def test_a_failed_attempt_of_the_first_release_reads_with_started_at_unknown(store: Store) -> None:
+    event = reread(store, failed_attempt(started()), as_first_release)
+    assert type(event) is WorkflowRun.StepAttemptFailed and event.started_at is None
+    assert (event.name, event.attempt, event.message) == ("s9", 1, "m")
+    run = project_run(None, [*started().collect_events(), event])
+    assert run is not None and run.failures["9"][0]["started_at"] is None
+
+
+def test_a_failed_attempt_stored_without_class_version_keeps_its_started_at(store: Store) -> None:
+    event = reread(store, failed_attempt(started()), lambda state: state.pop("class_version"))
+    assert event.started_at == STARTED
+
+
+def test_a_failed_attempt_of_this_release_lacking_started_at_is_corrupt(store: Store) -> None:
+    with pytest.raises(CorruptEvent, match="started_at"):
+        reread(store, failed_attempt(started()), lambda state: state.pop("started_at"))
+
+
+def test_a_snapshot_of_the_first_release_folds_to_this_releases_state(store: Store) -> None:
+    run = started()
+    run.trigger_event(WorkflowRun.SignalReceived, signal_id="taken", name="a", payload=1)
+    step(run, "0", kind="signal", detail={"signal_id": "taken"})
+    run.trigger_event(WorkflowRun.SignalReceived, signal_id="waiting", name="b", payload=2)
+    failed_attempt(run)
+    run.collect_events()
+    expected = dict(vars(run), phase_entered_on=None)
+    expected["failures"] = {"9": [dict(run.failures["9"][0], started_at=None)]}
+
+    def first_release(state: dict[str, Any]) -> None:
+        run_state = state["state"]
+        del run_state["class_version"], run_state["signal_ids"], run_state["phase_entered_on"]
+        del run_state["failures"]["9"][0]["started_at"]
+
+    snapshot = reread(store, WorkflowRun.Snapshot.take(run), first_release)
+    loaded = project_run(None, [snapshot])
+    assert loaded is not None and vars(loaded) == expected
+    assert loaded.signal_ids == ["taken", "waiting"]  # what the snapshot still shows of them
+
+
+def test_a_snapshot_stored_without_class_version_keeps_its_state(store: Store) -> None:
+    run = started()
+    run.trigger_event(WorkflowRun.SignalReceived, signal_id="x", name="a", payload=1)
+    failed_attempt(run)
+    run.collect_events()
+    snapshot = reread(store, WorkflowRun.Snapshot.take(run), lambda state: state["state"].pop("class_version"))
+    loaded = project_run(None, [snapshot])
+    assert loaded is not None and vars(loaded) == vars(run)
