@@ -316,9 +316,10 @@ _HTTP_MESSAGE = re.compile(r"status_code: (?P<status>\d+), model_name: (?P<model
 def _rebuild_pydantic_ai(name: str, record: Mapping[str, Any]) -> BaseException | None:
     from pydantic_ai import exceptions  # a fixed module: only agent runs record these errors
 
-    cls = getattr(exceptions, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+    found = getattr(exceptions, name, None)
+    if not (isinstance(found, type) and issubclass(found, BaseException)):
         return None  # a type this pydantic-ai release does not have
+    cls: Any = found  # each type's constructor takes its own arguments
     details = _details_of(name, record)
     message = details.get("message", _text_field(record, "message") or "")
     if "status_code" in details and (name == "ModelHTTPError" or name in _API_ERRORS):

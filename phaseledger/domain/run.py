@@ -15,8 +15,9 @@ by past releases (this one included) that the tests load and resume on every sto
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from eventsourcing.domain import (
     BaseAggregate,
@@ -377,6 +378,14 @@ class WorkflowRun(BaseAggregate[str]):
     def finished(self) -> bool:
         """Completed, failed or cancelled."""
         return self.status in FINISHED
+
+
+_BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
+
+
+def event_fields(event: WorkflowRun.Event) -> dict[str, Any]:
+    """What an event records, without the fields every event has (id, version, timestamp, topic)."""
+    return {f.name: getattr(event, f.name) for f in dataclasses.fields(cast(Any, event)) if f.name not in _BASE_FIELDS}
 
 
 def project_run(run: WorkflowRun | None, events: Any) -> WorkflowRun | None:

@@ -18,7 +18,6 @@ events in the log and carries on. After that the driver gives up with
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,7 @@ from phaseledger.domain.errors import (
     StoreUnavailable,
 )
 from phaseledger.domain.recorded_errors import describe_error
-from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.run import WorkflowRun, event_fields
 from phaseledger.domain.status import CANCELLED, RUNNING
 from phaseledger.domain.values import encode_value
 from phaseledger.domain.workflow import Workflow
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 log = logging.getLogger("phaseledger.driver")
-_BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
 _REBASEABLE = (WorkflowRun.SignalReceived,)
 
 
@@ -173,7 +171,7 @@ class RunDriver:
         if not all(isinstance(e, _REBASEABLE) for e in intervening):
             raise Superseded()
         for event in events:
-            fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name not in _BASE_FIELDS}
+            fields = event_fields(event)
             fresh.trigger_event(type(event), timestamp=event.timestamp, **fields)
         self.run = fresh
         pending = fresh.collect_events()

@@ -119,7 +119,9 @@ class Drives:
 
     async def lease_book(self) -> LeaseBook:
         """The store's lease book, opened off the loop on first use."""
-        return self._lease_book or await self.call(self.lease_book_now)
+        if self._lease_book is None:
+            return await self.call(self.lease_book_now)
+        return self._lease_book
 
     async def take(self, run_id: str, *, steal: bool) -> None:
         """Take the run's lease for this engine (:class:`RunBusy` if another live driver has it)."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from phaseledger.domain.errors import CorruptEvent
-from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.run import WorkflowRun, event_fields
 from phaseledger.domain.status import DAMAGED, FINISHED, RUNNING
 from phaseledger.domain.values import decode_value, json_size
 from phaseledger.store.leasebook import Driving
@@ -137,7 +136,6 @@ class RecordedEvent(BaseModel):
     """Seconds the recorded call took when it ran live (``StepRecorded`` only)."""
 
 
-_BASE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
 
 
 def damaged_view(error: CorruptEvent, before: WorkflowRun | None, state_model: type[BaseModel] | None) -> Run:
@@ -156,7 +154,7 @@ def damaged_view(error: CorruptEvent, before: WorkflowRun | None, state_model: t
 
 def event_view(event: WorkflowRun.Event) -> RecordedEvent:
     """Turn a stored run event into a :class:`RecordedEvent`."""
-    data = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name not in _BASE}
+    data = event_fields(event)
     plain = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items()}
     usage = data.get("usage") or {}
     tokens = int(usage.get("input_tokens", 0) or 0) + int(usage.get("output_tokens", 0) or 0)

@@ -184,6 +184,7 @@ def _chain(engine: Engine, run: WorkflowRun) -> list[tuple[str, int]]:
             [started] = engine.store.events(parent["run_id"], lte=1)
         except Exception:  # a deleted ancestor ends the chain
             break
+        assert isinstance(started, WorkflowRun.RunStarted)
         parent = started.parent
     return chain
 

@@ -23,7 +23,6 @@ sum tokens across runs should skip events with ``version <= parent["version"]`` 
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -41,7 +40,7 @@ from phaseledger.domain.errors import (
     RunNotFound,
 )
 from phaseledger.domain.ids import MAX_ID_LENGTH, validate_run_id
-from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.run import WorkflowRun, event_fields
 from phaseledger.domain.status import COMPLETED, FAILED
 from phaseledger.domain.values import copy_json, encode_value
 from phaseledger.engine.views import Run, run_view
@@ -51,7 +50,6 @@ from phaseledger.store.faults import store_errors
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine
 
-_BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
 
 
 # -- views ------------------------------------------------------------------------------
@@ -148,10 +146,6 @@ class Lineage(BaseModel):
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def _fields(event: WorkflowRun.Event) -> dict[str, Any]:
-    return {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name not in _BASE_FIELDS}
 
 
 def _checkpoint_id(version: int) -> str:
@@ -396,11 +390,11 @@ class TimeTravel:
         new_id = new_run_id or source_id[:MAX_ID_LENGTH - len(suffix)] + suffix
         parent = {"run_id": source_id, "version": version, "forked_on": datetime.now(UTC).isoformat(),
                   "overrides": merged}
-        fields = _fields(started)
+        fields = event_fields(started)
         fields["parent"] = parent
         run = WorkflowRun.begin(new_id, timestamp=started.timestamp, **fields)
         for event in events[1:]:
-            run.trigger_event(type(event), timestamp=event.timestamp, **_fields(event))
+            run.trigger_event(type(event), timestamp=event.timestamp, **event_fields(event))
         if edited is not None:
             if isinstance(fork_at, WorkflowRun.PhaseEntered):
                 run.trigger_event(

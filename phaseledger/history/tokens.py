@@ -27,7 +27,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventsourcing.domain import (
     BaseAggregate,
@@ -67,6 +67,9 @@ class StoreIdentity(BaseAggregate[str]):
 
         def apply(self, aggregate: StoreIdentity) -> None:
             aggregate.store_id = self.store_id
+
+    if TYPE_CHECKING:  # set by Identified.apply (an annotation at run time would be a constructor field)
+        store_id: str
 
     @classmethod
     def create(cls, store_id: str) -> StoreIdentity:
