@@ -96,7 +96,6 @@ class RunDriver:
             if not self.run.pending_events:
                 return
             events = self.run.collect_events()
-            self.engine.store.prepare_snapshot(self.run, events)  # from the run in memory, before the append
             try:
                 await self._append(events)
             except ConcurrencyConflict:
@@ -107,9 +106,9 @@ class RunDriver:
     async def _append(self, events: list[Any]) -> None:
         """Append ``events`` (collected from the run), waiting out an outage of the store."""
         try:
-            await self.engine.store.save_events_async(self.run.id, events)
+            await self.engine.store.append_async(events, run=self.run)
         except StoreUnavailable as exc:
-            await self._persist(lambda: self.engine.store.save_events_async(self.run.id, events), "commit", exc)
+            await self._persist(lambda: self.engine.store.append_async(events, run=self.run), "commit", exc)
         else:
             self.engine.outage.ok()
 
@@ -117,9 +116,8 @@ class RunDriver:
         """Whether the events ``found`` in the log start with ``events``, as they were appended."""
         if len(found) < len(events):
             return False
-        mapper = self.engine.store.app.mapper
         # Compared as read back: a value's Python type may change on the way (a tuple comes back a list).
-        return all(mapper.to_domain_event(mapper.to_stored_event(mine)) == theirs
+        return all(self.engine.store.read_back(mine) == theirs
                    for mine, theirs in zip(events, found, strict=False))
 
     async def _persist(self, call: Callable[[], Awaitable[T]], what: str,
@@ -176,7 +174,6 @@ class RunDriver:
             fresh.trigger_event(type(event), timestamp=event.timestamp, **fields)
         self.run = fresh
         pending = fresh.collect_events()
-        self.engine.store.prepare_snapshot(fresh, pending)
         try:
             await self._append(pending)
         except ConcurrencyConflict:

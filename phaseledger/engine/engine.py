@@ -139,9 +139,7 @@ class Engine:
         return self._driver_id
 
     async def _call_store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self.store.is_memory:
-            return fn(*args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await self.store.call(fn, *args, **kwargs)
 
     def register(self, workflow: Workflow[Any]) -> None:
         """Register a workflow version (checked now: :class:`WorkflowDefinitionError` if invalid)."""

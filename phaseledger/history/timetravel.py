@@ -45,7 +45,6 @@ from phaseledger.domain.run import COMPLETED, FAILED, WorkflowRun
 from phaseledger.domain.values import copy_json, encode_value
 from phaseledger.engine.views import Run, run_view
 from phaseledger.history.tokens import TokenClaims, looks_like_token, make_token, read_token, store_identity
-from phaseledger.store.faults import store_errors
 
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine
@@ -247,8 +246,7 @@ class TimeTravel:
 
     def earliest_version(self, run_id: str) -> int:
         """The earliest version after ``RunStarted`` that can still be rebuilt (2 unless compacted)."""
-        with store_errors(self.store.url, f"read the events of run {run_id!r}"):
-            later = list(self.store.app.events.get(run_id, gt=1, limit=1))
+        later = self.store.events(run_id, gt=1, limit=1)
         return later[0].originator_version if later else 1
 
     def state_at(self, run_id: str, version: int) -> RunAt:
@@ -431,25 +429,6 @@ class TimeTravel:
 
     # -- lineage -------------------------------------------------------------------------
 
-    def _started_events(self) -> Iterator[WorkflowRun.RunStarted]:
-        start = 0
-        recorder = self.store.app.recorder
-        while True:
-            with store_errors(self.store.url, "list the runs"):
-                batch = recorder.select_notifications(
-                    start=start, limit=500, topics=(self.store.started_topic,), inclusive_of_start=False
-                )
-            if not batch:
-                return
-            for notification in batch:
-                event = self.store.read_notification(notification)
-                if not isinstance(event, WorkflowRun.RunStarted):
-                    continue  # unreadable: a damaged run (logged), whose lineage is unknown
-                # memory:// keeps deleted runs in its notification list (positions are ids)
-                if not self.store.is_memory or self.store.exists(event.originator_id):
-                    yield event
-            start = batch[-1].id
-
     def lineage(self, run_id: str) -> Lineage:
         """The runs ``run_id`` was forked from (nearest first) and the runs forked from it."""
         [started] = self.store.events(run_id, lte=1)
@@ -466,7 +445,7 @@ class TimeTravel:
             ancestors.append(ForkPoint(run_id=parent["run_id"], version=parent["version"]))
             parent = above.parent
         forks: list[ForkInfo] = []
-        for event in self._started_events():
+        for event in self.store.started_events():  # damaged runs' (unreadable) are passed over
             if event.parent:
                 forked_on = event.parent.get("forked_on")
                 forks.append(ForkInfo(

@@ -129,7 +129,7 @@ async def check_replay(
             continue
         prefix_id = f"{run_id}~{k}"
         prefix = _copy_events(events[:k], prefix_id)
-        await reference_engine._call_store(shared.save_events, prefix_id, prefix)
+        await shared.call(shared.append, prefix)
         if calls is not None:
             calls.keys.clear()
         engine = Engine(shared, workflows=[workflow], **options)  # a fresh engine: nothing in memory
