@@ -50,7 +50,8 @@ from phaseledger.domain.errors import PhaseledgerError, StoreUnavailable
 F = TypeVar("F", bound=Callable[..., Any])
 
 _CLOSED = (psycopg_pool.PoolClosed, ConnectionPoolClosedError)  # the store was closed: waiting will not help
-_DATABASE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error, ConnectionPoolClosedError)
+DATABASE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error, ConnectionPoolClosedError)
+"""What the layers under a store raise (for handlers that retry rather than translate)."""
 _INTEGRITY = (IntegrityError, psycopg.IntegrityError, sqlite3.IntegrityError)
 _NOT_TRANSIENT = _CLOSED
 _TRANSIENT = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
@@ -61,7 +62,7 @@ _SQLITE_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "disk is fu
 def _root(exc: BaseException) -> BaseException:
     """The driver's own error under eventsourcing's wrappers (``raise X from driver_error``)."""
     seen = {id(exc)}
-    while isinstance(exc.__cause__, _DATABASE_ERRORS) and id(exc.__cause__) not in seen:
+    while isinstance(exc.__cause__, DATABASE_ERRORS) and id(exc.__cause__) not in seen:
         exc = exc.__cause__
         seen.add(id(exc))
     return exc
@@ -120,7 +121,7 @@ def translate(exc: BaseException, store: Any, operation: str, *,
     """
     if isinstance(exc, PhaseledgerError) or not isinstance(exc, Exception):
         return None
-    if not isinstance(exc, _DATABASE_ERRORS) and not any_error:
+    if not isinstance(exc, DATABASE_ERRORS) and not any_error:
         return None
     root = _root(exc)
     if conflict is not None and isinstance(root, _INTEGRITY):

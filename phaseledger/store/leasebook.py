@@ -370,10 +370,12 @@ class PostgresLeaseBook(_TableLeaseBook):
             curs.execute(self.index.sql(template), params)
             return list(curs.fetchall()) if curs.description else []
 
-    def claim(self, driver: DriverId, limit: int, seconds: float, keys: list[str]) -> list[tuple[str, int]]:
-        """Take up to ``limit`` runnable, unleased runs of these workflow keys: ``(run_id, version)``."""
+    def claim(self, owner: str, driver: DriverId, limit: int, seconds: float,
+              keys: list[str]) -> list[tuple[str, int]]:
+        """Take up to ``limit`` runnable, unleased runs of these workflow keys for ``owner`` (run by
+        ``driver``'s process): ``(run_id, version)``."""
         rows = self._run("claim runs", pg.CLAIM, {
-            "owner": driver.owner, "limit": limit, "lease": float(seconds), "keys": keys,
+            "owner": owner, "limit": limit, "lease": float(seconds), "keys": keys,
             "host": driver.host, "pid": driver.pid, "proc_start": driver.proc_start})
         return [(r["run_id"], r["version"]) for r in rows]
 

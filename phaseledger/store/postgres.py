@@ -37,7 +37,7 @@ from eventsourcing.utils import Environment, retry
 from psycopg.sql import SQL
 
 from phaseledger.store._internals import use_lifo_pool
-from phaseledger.store.faults import connection_lost
+from phaseledger.store.faults import DATABASE_ERRORS, connection_lost
 from phaseledger.store.sql import Literal, quote
 from phaseledger.store.sql import postgres as pg
 
@@ -237,7 +237,7 @@ class LoopAppender:
         task = asyncio.current_task()
         try:
             conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-        except psycopg.Error:
+        except DATABASE_ERRORS:
             if self._connecting is task:  # an append after RETRY_SECONDS tries again
                 self._loop = self._connecting = None
                 self._retry_at = time.monotonic() + RETRY_SECONDS

@@ -235,7 +235,8 @@ class PostgresLeases(Leases):
         keys = list(keys)
         if limit <= 0 or not keys:
             return []
-        return [Claim(run_id, version) for run_id, version in self.book.claim(self.driver, limit, lease_seconds, keys)]
+        claimed = self.book.claim(owner, self.driver, limit, lease_seconds, keys)
+        return [Claim(run_id, version) for run_id, version in claimed]
 
     def renew(self, owner: str, run_ids: Iterable[str], lease_seconds: float) -> Renewal:
         run_ids = list(run_ids)
