@@ -162,7 +162,7 @@ class DurableAgent:
         return DurableAgentResult(run_id=run_id, output=output, run=view, result=result)
 
     async def _continue(self, run_id: str, user_prompt: str | None) -> Run:
-        existing = await self.engine.drives.call(self.engine.get, run_id)
+        existing = await self.engine.store.call(self.engine.get, run_id)
         if (existing.workflow, existing.workflow_version) != self.workflow.key:
             raise RunExists(run_id)
         recorded = existing.state.prompt if isinstance(existing.state, DurableAgentInput) else None

@@ -95,7 +95,6 @@ class RunDriver:
             if not self.run.pending_events:
                 return
             events = self.run.collect_events()
-            self.engine.store.prepare_snapshot(self.run, events)  # from the run in memory, before the append
             try:
                 await self._append(events)
             except ConcurrencyConflict:
@@ -106,9 +105,9 @@ class RunDriver:
     async def _append(self, events: list[Any]) -> None:
         """Append ``events`` (collected from the run), waiting out an outage of the store."""
         try:
-            await self.engine.store.save_events_async(self.run.id, events)
+            await self.engine.store.append_async(events, run=self.run)
         except StoreUnavailable as exc:
-            await self._persist(lambda: self.engine.store.save_events_async(self.run.id, events), "commit", exc)
+            await self._persist(lambda: self.engine.store.append_async(events, run=self.run), "commit", exc)
         else:
             self.engine.outage.ok()
 
@@ -116,9 +115,8 @@ class RunDriver:
         """Whether the events ``found`` in the log start with ``events``, as they were appended."""
         if len(found) < len(events):
             return False
-        mapper = self.engine.store.app.mapper
         # Compared as read back: a value's Python type may change on the way (a tuple comes back a list).
-        return all(mapper.to_domain_event(mapper.to_stored_event(mine)) == theirs
+        return all(self.engine.store.read_back(mine) == theirs
                    for mine, theirs in zip(events, found, strict=False))
 
     async def _persist(self, call: Callable[[], Awaitable[T]], what: str,
@@ -156,10 +154,10 @@ class RunDriver:
 
     async def _rebase(self, events: list[Any]) -> None:
         fresh: WorkflowRun = await self._persist(
-            lambda: self.engine.drives.call(self.engine.store.load, self.run.id), "read the run")
+            lambda: self.engine.store.call(self.engine.store.load, self.run.id), "read the run")
         base_version = events[0].originator_version - 1
         intervening = await self._persist(
-            lambda: self.engine.drives.call(self.engine.store.events, self.run.id, gt=base_version), "read the run")
+            lambda: self.engine.store.call(self.engine.store.events, self.run.id, gt=base_version), "read the run")
         if fresh.status == CANCELLED:
             self.run = fresh
             raise Cancelled()
@@ -175,7 +173,6 @@ class RunDriver:
             fresh.trigger_event(type(event), timestamp=event.timestamp, **fields)
         self.run = fresh
         pending = fresh.collect_events()
-        self.engine.store.prepare_snapshot(fresh, pending)
         try:
             await self._append(pending)
         except ConcurrencyConflict:
@@ -205,7 +202,7 @@ class RunDriver:
             # the log has it.
             self.run.collect_events()
             self.run = await self._persist(
-                lambda: self.engine.drives.call(self.engine.store.load, self.run.id), "read the run")
+                lambda: self.engine.store.call(self.engine.store.load, self.run.id), "read the run")
         except Superseded:
             # Another driver owns the run now: what this one did not commit is dropped, and
             # its view would be stale, so say so instead of returning it.

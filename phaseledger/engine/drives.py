@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from phaseledger.domain.errors import LeaseLost, PhaseledgerError
 from phaseledger.domain.run import WorkflowRun
@@ -22,7 +22,7 @@ from phaseledger.engine.control import RunControl
 from phaseledger.engine.driver import RunDriver
 from phaseledger.engine.stops import Superseded
 from phaseledger.engine.views import Run, run_view
-from phaseledger.store.leasebook import LeaseBook, open_lease_book
+from phaseledger.store.leasebook import LeaseBook
 
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine
@@ -44,16 +44,10 @@ class Drives:
         self._lease_book: LeaseBook | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call a blocking store function off the loop (in a thread; directly for the in-memory store)."""
-        if self.engine.store.is_memory:
-            return fn(*args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
     def lease_book_now(self) -> LeaseBook:
         """The store's lease book (opened on first use; blocking)."""
         if self._lease_book is None:
-            self._lease_book = open_lease_book(self.engine.store)
+            self._lease_book = self.engine.store.lease_book()
         return self._lease_book
 
     async def stop_all(self) -> None:
@@ -101,7 +95,7 @@ class Drives:
         version = 0
         try:
             if run is None:
-                run = await self.call(self.engine.store.load, run_id)
+                run = await self.engine.store.call(self.engine.store.load, run_id)
             workflow = self.engine.registry.get(run.workflow, run.workflow_version)
             driver = RunDriver(self.engine, run, workflow)
             try:
@@ -120,7 +114,7 @@ class Drives:
     async def lease_book(self) -> LeaseBook:
         """The store's lease book, opened off the loop on first use."""
         if self._lease_book is None:
-            return await self.call(self.lease_book_now)
+            return await self.engine.store.call(self.lease_book_now)
         return self._lease_book
 
     async def take(self, run_id: str, *, steal: bool) -> None:
@@ -129,7 +123,7 @@ class Drives:
             return  # held here already: a worker's claim, or this engine's own
         book = await self.lease_book()
         asked = time.monotonic()
-        await self.call(book.acquire, run_id, self.engine.driver_id, self.engine.lease_seconds, steal=steal)
+        await self.engine.store.call(book.acquire, run_id, self.engine.driver_id, self.engine.lease_seconds, steal=steal)
         self.control.hold(run_id, self.engine.driver_id.owner, self.engine.lease_seconds, asked)
         if self._heartbeat is None or self._heartbeat.done() or self._heartbeat.get_loop() is not asyncio.get_running_loop():
             self._heartbeat = asyncio.ensure_future(self._beat())
@@ -138,7 +132,7 @@ class Drives:
         """Take the run's lease, then load the run and ``check`` it (the lease is let go if that raises)."""
         await self.take(run_id, steal=steal)
         try:
-            run = await self.call(self.engine.store.load, run_id)
+            run = await self.engine.store.call(self.engine.store.load, run_id)
             check(run)
             self.engine.registry.get(run.workflow, run.workflow_version)
         except BaseException:
@@ -156,7 +150,7 @@ class Drives:
     async def release(self, run_id: str, version: int) -> None:
         """Give back this engine's lease of a run whose drive ended at ``version`` (logged if it fails)."""
         try:
-            await self.call((await self.lease_book()).release, self.engine.driver_id.owner, run_id, version)
+            await self.engine.store.call((await self.lease_book()).release, self.engine.driver_id.owner, run_id, version)
         except PhaseledgerError as exc:  # it expires by itself
             log.warning("could not release the lease of run %s: %s", run_id, exc)
 
@@ -169,7 +163,7 @@ class Drives:
                 return
             asked = time.monotonic()
             try:
-                kept = await self.call((await self.lease_book()).renew, self.engine.driver_id.owner, held,
+                kept = await self.engine.store.call((await self.lease_book()).renew, self.engine.driver_id.owner, held,
                                               self.engine.lease_seconds)
             except Exception as exc:  # the store is down: runs stop at a boundary once their lease may be gone
                 log.warning("could not renew the leases of %d run(s): %s", len(held), exc)

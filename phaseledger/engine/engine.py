@@ -228,11 +228,11 @@ class Engine:
             attempt=1, state=data,
         )
         try:
-            await self.drives.call(self.store.save, run)
+            await self.store.call(self.store.save, run)
         except ConcurrencyConflict:
             if if_exists == "raise":
                 raise RunExists(run_id) from None
-            existing = await self.drives.call(self.store.load, run_id)
+            existing = await self.store.call(self.store.load, run_id)
             if (existing.workflow, existing.input) != (workflow.name, data):
                 raise RunExists(run_id, "with another workflow or input than this start asks for") from None
             return self._view(existing), True
@@ -276,7 +276,7 @@ class Engine:
         then may run twice (at-least-once, with the same idempotency key).
         """
         if looks_like_token(run_id):
-            run_id = await self.drives.call(self.time_travel.run_id_of, run_id)
+            run_id = await self.store.call(self.time_travel.run_id_of, run_id)
         validate_run_id(run_id)
         if run_id in self.control.active:
             return await asyncio.shield(self.control.active[run_id])
@@ -307,7 +307,7 @@ class Engine:
 
     async def _append(self, run: WorkflowRun, event_class: type[WorkflowRun.Event], **fields: Any) -> None:
         run.trigger_event(event_class, **fields)
-        await self.drives.call(self.store.save, run)
+        await self.store.call(self.store.save, run)
         self.hooks.appended()
 
     # -- signals and cancellation --------------------------------------------------------
@@ -326,7 +326,7 @@ class Engine:
         if signal_id is not None:
             validate_id("signal id", signal_id)
         for attempt in range(_APPEND_ATTEMPTS):
-            run = await self.drives.call(self.store.load, run_id)
+            run = await self.store.call(self.store.load, run_id)
             if run.finished:
                 raise RunFinished(run_id, run.status, f"signal {name!r} to")
             workflow = self._workflow_of(run)
@@ -362,7 +362,7 @@ class Engine:
         """
         validate_run_id(run_id)
         for attempt in range(_APPEND_ATTEMPTS):
-            run = await self.drives.call(self.store.load, run_id)
+            run = await self.store.call(self.store.load, run_id)
             if run.finished:
                 raise RunFinished(run_id, run.status, "cancel")
             try:
@@ -446,19 +446,19 @@ class Engine:
 
     async def get_async(self, run_id: str, *, version: int | None = None) -> Run:
         """:meth:`get` for code on an event loop (a request handler, a worker)."""
-        return await self.drives.call(self.get, run_id, version=version)
+        return await self.store.call(self.get, run_id, version=version)
 
     async def history_async(self, run_id: str) -> list[RecordedEvent]:
         """:meth:`history` for code on an event loop."""
-        return await self.drives.call(self.history, run_id)
+        return await self.store.call(self.history, run_id)
 
     async def runs_async(self, *, status: str | None = None, workflow: str | None = None) -> list[Run]:
         """:meth:`runs` for code on an event loop."""
-        return await self.drives.call(self.runs, status=status, workflow=workflow)
+        return await self.store.call(self.runs, status=status, workflow=workflow)
 
     async def state_at_async(self, run_id: str, version: int) -> RunAt:
         """:meth:`state_at` for code on an event loop."""
-        return await self.drives.call(self.state_at, run_id, version)
+        return await self.store.call(self.state_at, run_id, version)
 
     def _view_or_damaged(self, run_id: str) -> Run:
         """The run's view; for a damaged run, the ``damaged`` view (see :func:`damaged_view`)."""

@@ -1,10 +1,9 @@
 """Retention: removing what finished runs no longer need.
 
-eventsourcing's recorders have no delete operation, so this module deletes rows itself:
-with SQL on SQLite (tables ``stored_events`` / ``stored_snapshots``) and PostgreSQL
-(``phaseledger_events`` / ``phaseledger_snapshots`` in the store's schema), and through
-the in-memory recorder's index on ``memory://``. The table names are read from the
-recorders, not hard-coded.
+eventsourcing's recorders have no delete operation, so rows are deleted by the store's
+backend (:meth:`Store.delete_events <phaseledger.Store.delete_events>`, see
+:mod:`phaseledger.store.deleter`): with SQL on SQLite and PostgreSQL, from the tables the
+recorders name, and through the in-memory recorder's index on ``memory://``.
 
 What :meth:`Retention.compact` keeps for a finished run compacted ``before=V`` (V is the
 run's last version by default):
@@ -33,7 +32,7 @@ the next event and read models that tracked it would skip that event.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
@@ -44,7 +43,7 @@ from phaseledger.domain.errors import (
     RunNotFinished,
     StoreUnavailable,
 )
-from phaseledger.store.faults import guarded, store_errors
+from phaseledger.store.faults import guarded
 
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine
@@ -90,89 +89,13 @@ class Retention:
         self.engine = engine
         self.store = engine.store
 
-    # -- deleting rows (the only place that does) ---------------------------------------
-
-    def _delete(self, run_id: str, below: int | None) -> tuple[int, int]:
-        """Delete the run's events 1 < version < ``below`` and snapshots < ``below``;
-        everything of the run when ``below`` is None. Returns (events, snapshots) removed."""
-        app = self.store.app
-        recorders = [(app.recorder, True)]
-        if app.snapshots is not None:
-            recorders.append((app.snapshots.recorder, False))
-        backend = self.store.url.backend
-        if backend == "memory":
-            counts = []
-            for recorder, is_log in recorders:
-                with recorder._database_lock:
-                    index = recorder._stored_events_index[str(run_id)]
-                    doomed = [v for v in index if _doomed(v, below, keep_first=is_log)]
-                    for version in doomed:
-                        del index[version]
-                counts.append(len(doomed))
-            counts += [0] * (2 - len(counts))
-            return counts[0], counts[1]
-        with store_errors(self.store.url, f"delete events of run {run_id!r}"):
-            if backend == "sqlite":
-                return self._delete_sqlite(recorders, run_id, below)
-            return self._delete_postgres(recorders, run_id, below)
-
-    @staticmethod
-    def _where(below: int | None, is_log: bool, mark: str) -> tuple[str, list[Any]]:
-        if below is None:
-            return "", []
-        first = " AND originator_version > 1" if is_log else ""
-        return f"{first} AND originator_version < {mark}", [below]
-
-    def _delete_sqlite(self, recorders: list[tuple[Any, bool]], run_id: str, below: int | None) -> tuple[int, int]:
-        counts = [0, 0]
-        datastore = recorders[0][0].datastore
-        with datastore.transaction(commit=True) as cursor:
-            for i, (recorder, is_log) in enumerate(recorders):
-                extra, params = self._where(below, is_log, "?")
-                cursor.execute(
-                    f"DELETE FROM {recorder.events_table_name} WHERE originator_id = ?{extra}",  # noqa: S608
-                    [run_id, *params],
-                )
-                cursor.execute("SELECT changes()")
-                counts[i] = int(cursor.fetchone()[0])
-        return counts[0], counts[1]
-
-    def _delete_postgres(self, recorders: list[tuple[Any, bool]], run_id: str,
-                         below: int | None) -> tuple[int, int]:
-        from psycopg import sql
-
-        counts = [0, 0]
-        datastore = recorders[0][0].datastore
-        with datastore.transaction(commit=True) as cursor:
-            for i, (recorder, is_log) in enumerate(recorders):
-                extra, params = self._where(below, is_log, "%s")
-                statement = sql.SQL("DELETE FROM {}.{} WHERE originator_id = %s" + extra).format(
-                    sql.Identifier(datastore.schema), sql.Identifier(recorder.events_table_name)
-                )
-                cursor.execute(statement, [run_id, *params])
-                counts[i] = cursor.rowcount
-        return counts[0], counts[1]
-
-    @guarded("read the newest row of the log")
-    def _holds_newest_row(self, run_id: str) -> bool:
-        if self.store.url.backend != "sqlite":
-            return False
-        recorder = self.store.app.recorder
-        with recorder.datastore.transaction(commit=False) as cursor:
-            table = recorder.events_table_name
-            cursor.execute(f"SELECT MAX(rowid) FROM {table}")  # noqa: S608
-            newest = cursor.fetchone()[0]
-            cursor.execute(f"SELECT MAX(rowid) FROM {table} WHERE originator_id = ?", [run_id])  # noqa: S608
-            return bool(newest is not None and cursor.fetchone()[0] == newest)
-
     # -- compaction ----------------------------------------------------------------------
 
     @guarded("compact run {run_id!r}")
     def compact(self, run_id: str, *, before: int | None = None) -> CompactionReport:
         """Keep a snapshot at ``before`` (default: the last version) and remove the finished run's
         events between its first event and that version; see the module docs for what is kept."""
-        app = self.store.app
-        if app.snapshots is None:
+        if not self.store.snapshotting:
             raise PhaseledgerError(
                 "compaction keeps a snapshot in place of the removed events, and this store has "
                 "snapshots off: create the Engine with snapshot_every=N (the default is 100)"
@@ -187,12 +110,12 @@ class Retention:
         earliest = self.engine.time_travel.earliest_version(run_id)
         if before <= earliest:
             return CompactionReport(run_id=run_id, snapshot_version=earliest)
-        if not list(app.snapshots.get(run_id, gt=before - 1, lte=before)):
+        if not self.store.has_snapshot(run_id, before):
             self.store.take_snapshot(run_id, version=before)
         check = self.store.load(run_id, version=before)
         if check.version != before:  # pragma: no cover - the snapshot was not written
             raise StoreUnavailable(f"the snapshot of run {run_id!r} at version {before} could not be read back")
-        removed_events, removed_snapshots = self._delete(run_id, before)
+        removed_events, removed_snapshots = self.store.delete_events(run_id, before)
         return CompactionReport(run_id=run_id, snapshot_version=before, removed_events=removed_events,
                                 removed_snapshots=removed_snapshots)
 
@@ -202,11 +125,10 @@ class Retention:
         """Apply ``policy`` to every finished run of the store; unfinished runs are left alone."""
         now = now or datetime.now(UTC)
         report = RetentionReport()
-        run_ids = [rid for rid in self.store.run_ids() if not self.store.is_memory or self.store.exists(rid)]
+        run_ids = list(self.store.run_ids())
         parents: set[str] = set()
         if policy.keep_forked:
-            started = self.engine.time_travel.started_events()
-            parents = {event.parent["run_id"] for event in started if event.parent}
+            parents = {event.parent["run_id"] for event in self.store.started_events() if event.parent}
         for run_id in run_ids:
             try:
                 run = self.store.load(run_id)
@@ -218,8 +140,8 @@ class Retention:
                 continue
             age = now - (run.finished_on or run.modified_on)
             if _older(age, policy.delete_after):
-                if run_id not in parents and not self._holds_newest_row(run_id):
-                    self._delete(run_id, None)
+                if run_id not in parents and not self.store.holds_newest_row(run_id):
+                    self.store.delete_events(run_id, None)
                     report.deleted.append(run_id)
                     continue
             if _older(age, policy.compact_after) or _older(age, policy.delete_after):
@@ -232,8 +154,3 @@ class Retention:
 def _older(age: timedelta, limit: timedelta | None) -> bool:
     return limit is not None and age >= limit
 
-
-def _doomed(version: int, below: int | None, *, keep_first: bool) -> bool:
-    if below is None:
-        return True
-    return version < below and not (keep_first and version == 1)

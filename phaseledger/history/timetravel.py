@@ -45,7 +45,6 @@ from phaseledger.domain.status import COMPLETED, FAILED
 from phaseledger.domain.values import copy_json, encode_value
 from phaseledger.engine.views import Run, run_view
 from phaseledger.history.tokens import TokenClaims, looks_like_token, make_token, read_token, store_identity
-from phaseledger.store.faults import store_errors
 
 if TYPE_CHECKING:
     from phaseledger.engine.engine import Engine
@@ -244,8 +243,7 @@ class TimeTravel:
 
     def earliest_version(self, run_id: str) -> int:
         """The earliest version after ``RunStarted`` that can still be rebuilt (2 unless compacted)."""
-        with store_errors(self.store.url, f"read the events of run {run_id!r}"):
-            later = list(self.store.app.events.get(run_id, gt=1, limit=1))
+        later = self.store.events(run_id, gt=1, limit=1)
         return later[0].originator_version if later else 1
 
     def state_at(self, run_id: str, version: int) -> RunAt:
@@ -337,26 +335,26 @@ class TimeTravel:
         if new_run_id is not None:
             validate_run_id(new_run_id, "new run id")
         if looks_like_token(source):
-            claims = await engine.drives.call(self.read_token, source)
+            claims = await engine.store.call(self.read_token, source)
             if at is not None:
                 raise InvalidInput("give the fork point either in the token or as at=, not both")
             source_id, version = claims.run_id, claims.version
         else:
             source_id = validate_run_id(source)
-            head = await engine.drives.call(self.store.load, source_id)
-            version = head.version if at is None else await engine.drives.call(
+            head = await engine.store.call(self.store.load, source_id)
+            version = head.version if at is None else await engine.store.call(
                 self._resolve_at, source_id, at, head.version
             )
-        if version >= 2 and version == await engine.drives.call(self._completion_version, source_id):
+        if version >= 2 and version == await engine.store.call(self._completion_version, source_id):
             version -= 1  # a completed run forks just before its completion: the final phase replays
         if version < 2:
             raise InvalidInput(
                 f"cannot fork run {source_id!r} at version {version}: fork at version 2 (its first phase "
                 "entry) or later"
             )
-        events: list[WorkflowRun.Event] = await engine.drives.call(self.store.events, source_id, lte=version)
+        events: list[WorkflowRun.Event] = await engine.store.call(self.store.events, source_id, lte=version)
         if [e.originator_version for e in events] != list(range(1, version + 1)):
-            earliest = await engine.drives.call(self.earliest_version, source_id)
+            earliest = await engine.store.call(self.earliest_version, source_id)
             raise HistoryCompacted(source_id, version, earliest)
         started = events[0]
         assert isinstance(started, WorkflowRun.RunStarted)
@@ -411,7 +409,7 @@ class TimeTravel:
         if drive:  # held before the fork is written, so no worker drives it meanwhile
             await engine.drives.take(new_id, steal=False)
         try:
-            await engine.drives.call(self.store.save, run)
+            await engine.store.call(self.store.save, run)
         except BaseException as exc:
             await engine.drives.let_go(new_id, 0)
             if isinstance(exc, ConcurrencyConflict):
@@ -427,26 +425,6 @@ class TimeTravel:
         return run.version if run.status == COMPLETED else None
 
     # -- lineage -------------------------------------------------------------------------
-
-    def started_events(self) -> Iterator[WorkflowRun.RunStarted]:
-        """Every run's ``RunStarted`` event, in log order (forks name their parent in it)."""
-        start = 0
-        recorder = self.store.app.recorder
-        while True:
-            with store_errors(self.store.url, "list the runs"):
-                batch = recorder.select_notifications(
-                    start=start, limit=500, topics=(self.store.started_topic,), inclusive_of_start=False
-                )
-            if not batch:
-                return
-            for notification in batch:
-                event = self.store.read_notification(notification)
-                if not isinstance(event, WorkflowRun.RunStarted):
-                    continue  # unreadable: a damaged run (logged), whose lineage is unknown
-                # memory:// keeps deleted runs in its notification list (positions are ids)
-                if not self.store.is_memory or self.store.exists(event.originator_id):
-                    yield event
-            start = batch[-1].id
 
     def lineage(self, run_id: str) -> Lineage:
         """The runs ``run_id`` was forked from (nearest first) and the runs forked from it."""
@@ -464,7 +442,7 @@ class TimeTravel:
             ancestors.append(ForkPoint(run_id=parent["run_id"], version=parent["version"]))
             parent = above.parent
         forks: list[ForkInfo] = []
-        for event in self.started_events():
+        for event in self.store.started_events():  # damaged runs' (unreadable) are passed over
             if event.parent:
                 forked_on = event.parent.get("forked_on")
                 forks.append(ForkInfo(

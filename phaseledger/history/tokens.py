@@ -36,11 +36,9 @@ from eventsourcing.domain import (
     CanMutateAggregate,
     MetaDomainEvent,
 )
-from eventsourcing.persistence import IntegrityError
 
-from phaseledger.domain.errors import InvalidToken, TokenKeyMissing
+from phaseledger.domain.errors import ConcurrencyConflict, InvalidToken, TokenKeyMissing
 from phaseledger.store.eventstore import Store
-from phaseledger.store.faults import store_errors
 
 TOKEN_KEY_ENV_VAR = "PHASELEDGER_TOKEN_KEY"
 TOKEN_PREFIX = "pl1"
@@ -83,16 +81,14 @@ def store_identity(store: Store) -> str:
     if cached:
         return str(cached)
     for _ in range(3):
-        with store_errors(store.url, "read the store's identity"):
-            events = list(store.app.events.get(STORE_IDENTITY_ID, lte=1))
+        events = store.stream(STORE_IDENTITY_ID, lte=1)
         if events:
             store_id = str(events[0].store_id)  # type: ignore[attr-defined]
             break
-        with store_errors(store.url, "record the store's identity"):
-            try:
-                store.app.save(StoreIdentity.create(uuid.uuid4().hex))
-            except IntegrityError:  # another engine wrote it first: read theirs
-                continue
+        try:
+            store.record(StoreIdentity.create(uuid.uuid4().hex))
+        except ConcurrencyConflict:  # another engine wrote it first: read theirs
+            continue
     else:  # pragma: no cover - three lost races in a row
         raise InvalidToken(f"could not establish the identity of store {store.url.redacted}; try again")
     store._phaseledger_store_id = store_id  # type: ignore[attr-defined]

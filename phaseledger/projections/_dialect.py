@@ -1,21 +1,20 @@
 """The small differences between SQLite and PostgreSQL that the report SQL meets.
 
-Report SQL is written once with ``{runs}``-style table names and ``%(name)s`` parameters;
-a :class:`Dialect` turns it into the backend's form (qualified, quoted PostgreSQL names;
-``:name`` parameters for SQLite) and converts values at the boundary (timestamps are
-ISO text on SQLite, booleans 0/1).
+Report SQL is written once, in the store's template style (see :mod:`phaseledger.store.sql`):
+``{runs}``-style fields name the tables and ``%(name)s`` the parameters. A :class:`Dialect`
+renders it for its backend (quoted names, qualified with the schema on PostgreSQL;
+``:name`` parameters on SQLite) and converts values at the boundary (timestamps are ISO
+text on SQLite, booleans 0/1).
 """
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 
 from phaseledger.projections.schema import TABLES, TRACKING_TABLE, Table
-
-_PARAM = re.compile(r"%\((\w+)\)s")
+from phaseledger.store.sql import Identifier, render
 
 
 class Dialect:
@@ -24,21 +23,23 @@ class Dialect:
     def __init__(self, name: str, schema: str | None = None) -> None:
         self.name = name
         """``sqlite`` or ``postgresql``."""
-        self.qualify = f'"{schema}".' if name == "postgresql" and schema else ""
-        names = {key: f"{self.qualify}{table.name}" for key, table in TABLES.items()}
-        names["tracking"] = f"{self.qualify}{TRACKING_TABLE}"
-        self.names = names
-        self._sql = lru_cache(maxsize=256)(self._translate)
+        self.schema = schema if name == "postgresql" else None
+        """The PostgreSQL schema of the tables (None on SQLite)."""
+        tables = {key: table.name for key, table in TABLES.items()}
+        tables["tracking"] = TRACKING_TABLE
+        self.names: dict[str, Identifier] = {
+            key: (self.schema, table) if self.schema else table for key, table in tables.items()
+        }
+        self._paramstyle = "named" if name == "sqlite" else "pyformat"
+        self.sql = lru_cache(maxsize=256)(self._render)
 
-    def _translate(self, template: str) -> str:
-        text = template.format(**self.names)
-        if self.name == "sqlite":
-            text = _PARAM.sub(r":\1", text)
-        return text
+    def _render(self, template: str, table: str | None = None) -> str:
+        """The backend's SQL for a template using ``{table}`` names and ``%(param)s``.
 
-    def sql(self, template: str) -> str:
-        """The backend's SQL for a template using ``{table}`` names and ``%(param)s``."""
-        return self._sql(template)
+        ``table``: the key of the table a ``{table}`` field stands for.
+        """
+        names = self.names if table is None else {**self.names, "table": self.names[table]}
+        return render(template, self._paramstyle, **names)
 
     # -- values --------------------------------------------------------------------------
 
@@ -56,6 +57,10 @@ class Dialect:
                 value = int(bool(value))
             out[key] = value
         return out
+
+    def to_db_date(self, value: date) -> Any:
+        """A date as a query parameter."""
+        return value.isoformat() if self.name == "sqlite" else value
 
     def from_db(self, table: Table | None, row: Any) -> dict[str, Any]:
         """A fetched row as a dict of Python values (aware UTC datetimes, dates, bools)."""

@@ -1,10 +1,11 @@
 """Keeping the report tables up to date in the background.
 
-PostgreSQL and memory stores have subscriptions, so eventsourcing's projection runners
-drive the :class:`~phaseledger.projections.projection.ReportProjection` (a
-:class:`~eventsourcing.projection.ProjectionRunner` with its own application and view on
-PostgreSQL; on memory, a runner over the engine's own in-process application and view).
-SQLite has no subscriptions: the follower catches up in a loop, polling the log.
+Stores with subscriptions have eventsourcing's projection runners drive the
+:class:`~phaseledger.projections.projection.ReportProjection`: a
+:class:`~eventsourcing.projection.ProjectionRunner` with its own application and view
+(PostgreSQL), or, for a store that exists only in this process (memory), a runner over the
+store's own log and the reports' view. Stores without subscriptions (SQLite) are followed
+by catching up in a loop, polling the log.
 
 A follower survives errors: it keeps the last one in :attr:`Follower.error`, waits (with
 exponential backoff, capped and jittered) and starts again from the position recorded in
@@ -30,7 +31,7 @@ from eventsourcing.projection import BaseProjectionRunner, ProjectionRunner
 from phaseledger.domain.errors import StoreUnavailable
 from phaseledger.projections.errors import ProjectionReset
 from phaseledger.projections.projection import TOPICS, ReportProjection
-from phaseledger.projections.view import PostgresReportView
+from phaseledger.projections.view import REPORT_VIEWS
 from phaseledger.store.eventstore import RunApplication
 from phaseledger.store.faults import Backoff, Outage, store_errors
 from phaseledger.store.mapper import SkippingMapper
@@ -159,7 +160,7 @@ class RunnerFollower(Follower):
             with self._lock:
                 self._runner = None
             view = getattr(runner, "view", None)
-            if isinstance(view, PostgresReportView):  # a runner's own view: release its connections
+            if view is not None and view is not self.reports.view:  # a runner's own view: release its connections
                 view.datastore.close()
 
 
@@ -173,28 +174,12 @@ class _SkippingRunApplication(RunApplication):
         return SkippingMapper(super().construct_mapper())
 
 
-class _SkippingLog:
-    """What a runner's subscription reads of an application: its name, its log and a
-    :class:`SkippingMapper` over its mapper (closing it closes nothing)."""
-
-    def __init__(self, app: RunApplication) -> None:
-        self.name = app.name
-        self.recorder = app.recorder
-        self.mapper = SkippingMapper(app.mapper)
-
-    def close(self) -> None:
-        """The application belongs to the engine: leave it open."""
-
-
-def postgres_runner(reports: Reports) -> ProjectionRunner[Any, Any]:
-    """eventsourcing's ProjectionRunner with its own application and view on the store's database."""
-    env = dict(reports.store.url.env)
-    env.update(reports.store.codec_env)  # the runner's application decrypts as the store does
-    env.update({"ORIGINATOR_ID_TYPE": "text", "POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": "4",
-                "CREATE_TABLE": "y"})
+def subscribed_runner(reports: Reports, env: dict[str, str]) -> ProjectionRunner[Any, Any]:
+    """eventsourcing's ProjectionRunner with its own application and view on the store's database
+    (``env``: the store's :meth:`~phaseledger.Store.subscriber_env`)."""
     return ProjectionRunner(
-        application_class=_SkippingRunApplication, projection_class=ReportProjection, view_class=PostgresReportView,
-        env=env,
+        application_class=_SkippingRunApplication, projection_class=ReportProjection,
+        view_class=REPORT_VIEWS[reports.store.report_dialect], env=env,
     )
 
 
@@ -203,9 +188,9 @@ def memory_runner(reports: Reports) -> BaseProjectionRunner[Any]:
 
     A memory store exists only in its application object, so the runner must subscribe to
     that object rather than build a new (empty) application from a class: it reads that
-    object's log through a :class:`_SkippingLog`.
+    object's log through :meth:`Store.skipping_log <phaseledger.Store.skipping_log>`.
     """
-    source = _SkippingLog(reports.store.app)
+    source = reports.store.skipping_log()
 
     class _EngineApplication(RunApplication):
         def __new__(cls, env: Any = None) -> Any:  # the runner "constructs" the existing app

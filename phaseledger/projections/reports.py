@@ -15,7 +15,7 @@ from datetime import date
 from typing import Any, Self
 
 from phaseledger.projections.errors import AlreadyApplied, ProjectionError, ProjectionOutdated, ProjectionReset
-from phaseledger.projections.follow import Follower, PollingFollower, RunnerFollower, memory_runner, postgres_runner
+from phaseledger.projections.follow import Follower, PollingFollower, RunnerFollower, memory_runner, subscribed_runner
 from phaseledger.projections.models import (
     Failure,
     PhaseDurations,
@@ -31,6 +31,7 @@ from phaseledger.projections.schema import FAILURES, PHASES, READ_MODELS, RUNS, 
 from phaseledger.projections.view import open_view
 from phaseledger.store.eventstore import Store
 from phaseledger.store.faults import guarded, store_errors
+from phaseledger.store.sql import reports as sql
 
 Progress = Callable[[int, int], Any]
 """Called as ``progress(done, total)`` while events are applied (``total`` may grow)."""
@@ -52,9 +53,9 @@ class Reports:
         self._owns_store = not isinstance(store, Store)
         self.store = store if isinstance(store, Store) else Store(store, snapshot_every=None)
         self.page_size = page_size
-        self.application_name = self.store.app.name
+        self.application_name = self.store.name
         with store_errors(self.store.url, "open the report tables"):
-            self.view = open_view(self.store.url)
+            self.view = open_view(self.store)
         self._follower: Follower | None = None
         self._lock = threading.Lock()
 
@@ -81,7 +82,7 @@ class Reports:
             if state.schema_version != SCHEMA_VERSION:
                 raise ProjectionOutdated(state.schema_version, SCHEMA_VERSION)
             limit = size if max_events is None else min(size, max_events - applied)
-            page = read_log(self.store.app, state.position, limit)
+            page = read_log(self.store, state.position, limit)
             if not page:
                 break
             # An unreadable row becomes a placeholder the fold ignores: its position still counts.
@@ -107,11 +108,12 @@ class Reports:
         with self._lock:
             if self._follower is not None and self._follower.running:
                 return self._follower
-            backend = self.store.url.backend
-            if backend == "postgresql":
-                follower: Follower = RunnerFollower(self, interval, lambda: postgres_runner(self))
-            elif backend == "memory":
+            follower: Follower
+            env = self.store.subscriber_env()
+            if self.store.in_process:
                 follower = RunnerFollower(self, interval, lambda: memory_runner(self))
+            elif env is not None:
+                follower = RunnerFollower(self, interval, lambda: subscribed_runner(self, env))
             else:
                 follower = PollingFollower(self, interval)
             self._follower = follower.start()
@@ -175,7 +177,7 @@ class Reports:
     @guarded("count the events the report tables lack")
     def lag(self) -> int:
         """How many run events the log holds that the tables do not include yet."""
-        return count_after(self.store.app, self.position())
+        return count_after(self.store, self.position())
 
     @guarded("read the report tables' status")
     def status(self) -> ProjectionStatus:
@@ -185,9 +187,9 @@ class Reports:
         rows: dict[str, int] = {}
         if not outdated:
             for table in READ_MODELS:
-                rows[table.name] = int(self.view.fetch(f"SELECT COUNT(*) AS n FROM {{{table.key}}}")[0]["n"])
+                rows[table.name] = int(self.view.fetch(sql.COUNT_ROWS, table=table)[0]["n"])
         return ProjectionStatus(
-            store=self.store.url.redacted, position=state.position, lag=count_after(self.store.app, state.position),
+            store=self.store.url.redacted, position=state.position, lag=count_after(self.store, state.position),
             generation=state.generation, schema_version=state.schema_version,
             expected_schema_version=SCHEMA_VERSION, outdated=outdated, following=self.following, rows=rows,
         )
@@ -228,10 +230,10 @@ class Reports:
         clauses = [where[len(" WHERE "):]] if where else []
         if since is not None:
             clauses.append("day >= %(since)s")
-            params["since"] = since.isoformat() if self.view.dialect.name == "sqlite" else since
+            params["since"] = self.view.dialect.to_db_date(since)
         if until is not None:
             clauses.append("day <= %(until)s")
-            params["until"] = until.isoformat() if self.view.dialect.name == "sqlite" else until
+            params["until"] = self.view.dialect.to_db_date(until)
         sql = "SELECT * FROM {usage}" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         rows = self._query(sql + " ORDER BY day, workflow, model", params, USAGE)
         return [TokenUsage(**row) for row in rows]
@@ -280,14 +282,13 @@ class Reports:
         state = self.view.state(self.application_name)
         return SummaryReport(
             runs_by_status=by_status, phases=phases, workflows=workflows, position=state.position,
-            lag=count_after(self.store.app, state.position),
+            lag=count_after(self.store, state.position),
         )
 
     def dump(self) -> dict[str, list[dict[str, Any]]]:
         """Every row of every report table, in primary-key order (for comparisons and exports)."""
         return {
-            table.name: self._query(f"SELECT * FROM {{{table.key}}} ORDER BY {', '.join(table.primary_key)}",
-                                    table=table)
+            table.name: self._query(f"SELECT * FROM {{table}} ORDER BY {', '.join(table.primary_key)}", table=table)
             for table in READ_MODELS
         }
 

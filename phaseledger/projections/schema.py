@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from phaseledger.store.sql import quote
+
 SCHEMA_VERSION = 1
 """Bumped whenever a table's layout changes; older tables must then be rebuilt."""
 
@@ -159,19 +161,20 @@ READ_MODELS: tuple[Table, ...] = (RUNS, PHASES, USAGE, FAILURES)
 TABLES: dict[str, Table] = {t.key: t for t in (*READ_MODELS, META)}
 
 
-def create_statements(table: Table, dialect: str, qualify: str = "") -> list[str]:
+def create_statements(table: Table, dialect: str, schema: str | None = None) -> list[str]:
     """``CREATE TABLE IF NOT EXISTS`` (and its indexes) for ``dialect`` (sqlite, postgresql).
 
-    ``qualify`` prefixes table names (a quoted PostgreSQL schema and a dot).
+    ``schema`` qualifies the table's name (a PostgreSQL schema).
     """
     types = _TYPES[dialect]
     cols = ", ".join(f"{name} {types[kind]}" for name, kind, _ in table.columns)
+    name = quote((schema, table.name)) if schema else table.name
     statements = [
-        f"CREATE TABLE IF NOT EXISTS {qualify}{table.name} ({cols}, PRIMARY KEY ({', '.join(table.primary_key)}))"
+        f"CREATE TABLE IF NOT EXISTS {name} ({cols}, PRIMARY KEY ({', '.join(table.primary_key)}))"
     ]
     for columns in table.indexes:
         index = f"{table.name}_{'_'.join(columns)}_idx"
-        statements.append(f"CREATE INDEX IF NOT EXISTS {index} ON {qualify}{table.name} ({', '.join(columns)})")
+        statements.append(f"CREATE INDEX IF NOT EXISTS {index} ON {name} ({', '.join(columns)})")
     return statements
 
 

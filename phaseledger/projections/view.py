@@ -1,9 +1,9 @@
 """The materialised view of the reports: eventsourcing tracking recorders with report tables.
 
 The view is a :class:`~eventsourcing.persistence.TrackingRecorder`, so the rows it writes
-and the position it has reached are committed in one transaction
-(``_insert_tracking(cursor, tracking)`` in the same cursor as the rows): each event of the
-log is applied exactly once, whichever process applies it and however often it crashes.
+and the position it has reached are committed in one transaction (the tracking row is
+written in the same cursor as the rows): each event of the log is applied exactly once,
+whichever process applies it and however often it crashes.
 
 Each transaction first claims the position of its first event (the tracking row only moves
 forward, so a second processor that reaches the same events fails there and writes
@@ -11,21 +11,22 @@ nothing), then checks the generation that every rebuild bumps (a processor start
 a rebuild writes nothing after it), then folds the events and moves the position to the
 last one.
 
+The store's backend says where the view lives (:meth:`Store.report_infrastructure`):
 ``memory://`` stores get the same SQLite view in an in-memory database of the process.
+Its statements are in :mod:`phaseledger.store.sql.reports` and built from
+:mod:`.schema`, rendered by the view's :class:`~._dialect.Dialect`.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from eventsourcing.persistence import InfrastructureFactory, IntegrityError, Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
-from eventsourcing.utils import Environment
 from psycopg.sql import SQL
 
 from phaseledger.projections._dialect import Dialect
@@ -40,9 +41,12 @@ from phaseledger.projections.schema import (
     Table,
     create_statements,
 )
-from phaseledger.store.eventstore import StoreURL
+from phaseledger.store import _internals
+from phaseledger.store.eventstore import Store
 from phaseledger.store.faults import create_racing
 from phaseledger.store.postgres import use_lifo_pool
+from phaseledger.store.sql import reports as sql
+from phaseledger.store.sql import sqlite
 
 
 @dataclass(frozen=True)
@@ -62,23 +66,16 @@ class ReportView:
     datastore: Any
 
     def _report_create_statements(self) -> list[str]:
-        return [s for t in (*READ_MODELS, META) for s in create_statements(t, self.dialect.name, self.dialect.qualify)]
+        return [s for t in (*READ_MODELS, META) for s in create_statements(t, self.dialect.name, self.dialect.schema)]
 
     def _init_meta(self) -> None:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(
-                self.dialect.sql(
-                    "INSERT INTO {meta} (name, schema_version, generation, rebuilt_at) "
-                    "VALUES (%(name)s, %(schema_version)s, 1, NULL) ON CONFLICT (name) DO NOTHING"
-                ),
-                {"name": PROJECTION_NAME, "schema_version": SCHEMA_VERSION},
-            )
+            curs.execute(self.dialect.sql(sql.INIT_META), {"name": PROJECTION_NAME, "schema_version": SCHEMA_VERSION})
 
     # -- reading -------------------------------------------------------------------------
 
     def _meta(self, curs: Any) -> tuple[int, int]:
-        curs.execute(self.dialect.sql("SELECT generation, schema_version FROM {meta} WHERE name = %(name)s"),
-                     {"name": PROJECTION_NAME})
+        curs.execute(self.dialect.sql(sql.SELECT_META), {"name": PROJECTION_NAME})
         row = curs.fetchone()
         if row is None:  # tables dropped behind our back: treat as a fresh generation
             return 0, SCHEMA_VERSION
@@ -89,7 +86,7 @@ class ReportView:
         """The position, generation and layout of the view, read together."""
         with self.datastore.transaction(commit=False) as curs:
             generation, schema_version = self._meta(curs)
-            position = self._max_tracking_id(application_name, curs)  # type: ignore[attr-defined]
+            position = _internals.max_tracking_id(self, application_name, curs)  # type: ignore[arg-type]
         return ViewState(position, generation, schema_version)
 
     def generation(self) -> int:
@@ -101,7 +98,7 @@ class ReportView:
               table: Table | None = None) -> list[dict[str, Any]]:
         """Run a read query (a template with ``{table}`` names and ``%(param)s``) and decode its rows."""
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.dialect.sql(template), params or {})
+            curs.execute(self.dialect.sql(template, table.key if table is not None else None), params or {})
             rows = curs.fetchall()
         return [self.dialect.from_db(table, row) for row in rows]
 
@@ -119,7 +116,7 @@ class ReportView:
         first, last = items[0][1], items[-1][1]
         with self.datastore.transaction(commit=True) as curs:
             try:
-                self._insert_tracking(curs, Tracking(application_name, first))  # type: ignore[attr-defined]
+                _internals.insert_tracking(self, curs, Tracking(application_name, first))  # type: ignore[arg-type]
             except IntegrityError:
                 raise AlreadyApplied(first) from None
             found, schema_version = self._meta(curs)
@@ -132,7 +129,7 @@ class ReportView:
                 fold.apply(event)
             fold.flush()
             if last != first:
-                self._insert_tracking(curs, Tracking(application_name, last))  # type: ignore[attr-defined]
+                _internals.insert_tracking(self, curs, Tracking(application_name, last))  # type: ignore[arg-type]
         return len(items)
 
     def reset(self, application_name: str) -> int:
@@ -143,24 +140,15 @@ class ReportView:
         with self.datastore.transaction(commit=True) as curs:
             # Write before reading: a SQLite transaction that reads first cannot take the write
             # lock once another connection has written ("database is locked" at once).
-            curs.execute(self.dialect.sql("DELETE FROM {tracking} WHERE application_name = %(app)s"),
-                         {"app": application_name})
+            curs.execute(self.dialect.sql(sql.FORGET_POSITION), {"app": application_name})
             generation, _ = self._meta(curs)
             for table in READ_MODELS:
-                curs.execute(self.dialect.sql(f"DROP TABLE IF EXISTS {{{table.key}}}"))
-                for statement in create_statements(table, self.dialect.name, self.dialect.qualify):
+                curs.execute(self.dialect.sql(sql.DROP_TABLE, table.key))
+                for statement in create_statements(table, self.dialect.name, self.dialect.schema):
                     curs.execute(statement)
             row = {"name": PROJECTION_NAME, "schema_version": SCHEMA_VERSION, "generation": generation + 1,
                    "rebuilt_at": datetime.now(UTC)}
-            curs.execute(
-                self.dialect.sql(
-                    "INSERT INTO {meta} (name, schema_version, generation, rebuilt_at) "
-                    "VALUES (%(name)s, %(schema_version)s, %(generation)s, %(rebuilt_at)s) "
-                    "ON CONFLICT (name) DO UPDATE SET schema_version = excluded.schema_version, "
-                    "generation = excluded.generation, rebuilt_at = excluded.rebuilt_at"
-                ),
-                self.dialect.to_db(META, row),
-            )
+            curs.execute(self.dialect.sql(sql.SET_META), self.dialect.to_db(META, row))
         return generation + 1
 
 
@@ -174,21 +162,11 @@ class SQLiteReportView(ReportView, SQLiteTrackingRecorder):
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         self.dialect = Dialect("sqlite")
         super().__init__(datastore, **kwargs)
-        self.insert_tracking_statement = (
-            f"INSERT INTO {TRACKING_TABLE} VALUES (:application_name, :notification_id) "
-            "ON CONFLICT (application_name) DO UPDATE SET notification_id = :notification_id "
-            f"WHERE {TRACKING_TABLE}.notification_id < :notification_id RETURNING notification_id"
-        )
-        self.select_max_tracking_id_statement = (
-            f"SELECT MAX(notification_id) FROM {TRACKING_TABLE} WHERE application_name=?"
-        )
+        self.insert_tracking_statement = sqlite.sql(sqlite.INSERT_TRACKING, tracking=TRACKING_TABLE)
+        self.select_max_tracking_id_statement = sqlite.sql(sqlite.SELECT_MAX_TRACKING_ID, tracking=TRACKING_TABLE)
 
     def construct_create_table_statements(self) -> list[str]:
-        return [
-            (f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (application_name TEXT, notification_id INTEGER, "
-             "PRIMARY KEY (application_name)) WITHOUT ROWID"),
-            *self._report_create_statements(),
-        ]
+        return [sqlite.sql(sqlite.CREATE_TRACKING, tracking=TRACKING_TABLE), *self._report_create_statements()]
 
     def create_table(self) -> None:
         create_racing(super().create_table)  # processes opening a new store's reports at once
@@ -210,22 +188,11 @@ class PostgresReportView(ReportView, PostgresTrackingRecorder):
         self._init_meta()
 
 
-def view_env(url: StoreURL) -> Environment:
-    """The environment that builds the report view of a store (named after the projection)."""
-    if url.backend == "memory":
-        env = {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": f"file:phaseledger-report-{uuid.uuid4().hex}?mode=memory&cache=shared",
-        }
-    else:
-        env = dict(url.env)
-        if url.backend == "postgresql":
-            env["POSTGRES_POOL_SIZE"] = "1"
-            env["POSTGRES_MAX_OVERFLOW"] = "4"
-    return Environment(PROJECTION_NAME, env)
+REPORT_VIEWS: dict[str, type[ReportView]] = {"sqlite": SQLiteReportView, "postgresql": PostgresReportView}
+"""The report view written in each SQL dialect."""
 
 
-def open_view(url: StoreURL) -> ReportView:
+def open_view(store: Store) -> ReportView:
     """Build the report view of a store, creating its tables when they do not exist."""
-    view_class = PostgresReportView if url.backend == "postgresql" else SQLiteReportView
-    return InfrastructureFactory.construct(view_env(url)).tracking_recorder(view_class)  # type: ignore[return-value]
+    view_class = REPORT_VIEWS[store.report_dialect]
+    return store.report_infrastructure(PROJECTION_NAME).tracking_recorder(view_class)  # type: ignore[arg-type,return-value]

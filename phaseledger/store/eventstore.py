@@ -7,23 +7,22 @@ sqlite and postgres persistence modules. Tables are created on first use.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import InfrastructureFactory, Mapper, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic
 
 from phaseledger.domain.errors import ConcurrencyConflict, CorruptEvent, RunNotFound, StoreUnavailable
 from phaseledger.domain.run import WorkflowRun, project_run
+from phaseledger.store.backends import Backend, open_backend
 from phaseledger.store.cipher import (
     CIPHER_KEY_ENV_VAR,
     COMPRESS_ENV_VAR,
@@ -37,6 +36,13 @@ from phaseledger.store.cipher import (
 from phaseledger.store.codec import FastJSONTranscoder
 from phaseledger.store.faults import guarded, store_errors
 from phaseledger.store.mapper import RunMapper, SkippingMapper, Unreadable
+
+if TYPE_CHECKING:
+    from phaseledger.store.leasebook import LeaseBook
+    from phaseledger.store.listener import AppendListener
+    from phaseledger.store.runindex import RunIndex
+
+T = TypeVar("T")
 
 log = logging.getLogger("phaseledger.store")
 
@@ -158,7 +164,7 @@ class RunApplication(Application[str]):
 
 
 NOT_WANTED = object()
-"""What :meth:`Store.prepare_snapshot` notes for a version at which no snapshot is wanted."""
+"""What :meth:`Store.append` decides for a version at which no snapshot is wanted."""
 
 
 def snapshot_wanted(version: int, phase_entered_version: int, every: int) -> bool:
@@ -180,12 +186,15 @@ def snapshot_wanted(version: int, phase_entered_version: int, every: int) -> boo
 
 
 class Store:
-    """Where runs live: loads and saves :class:`WorkflowRun` aggregates and reads their events.
+    """Where runs live: loads and appends :class:`WorkflowRun` aggregates and reads their events.
 
-    Methods are synchronous (eventsourcing is); the engine calls them from a worker
-    thread for SQLite and PostgreSQL so the event loop keeps running. The journal's
-    appends have an async twin, :meth:`save_events_async`, which on PostgreSQL needs no
-    thread at all.
+    Everything else of a store (its run index, leases, listener, deleter, the home of its
+    read models) comes from its :class:`~phaseledger.store.backends.Backend`, through the
+    methods below: callers never ask which kind of store they talk to.
+
+    Methods are synchronous (eventsourcing is); :meth:`call` makes one from an event loop
+    without blocking it (in a thread, but for memory stores). Appends have an async twin,
+    :meth:`append_async`, which on PostgreSQL needs no thread at all.
 
     ``cipher_key`` (default ``$PHASELEDGER_CIPHER_KEY``) encrypts and ``compress`` (default
     ``$PHASELEDGER_COMPRESS``) compresses what the store writes; see :mod:`._cipher`.
@@ -194,6 +203,8 @@ class Store:
     def __init__(self, url: str | None = None, *, snapshot_every: int | None = 100,
                  cipher_key: CipherKeys | None = None, compress: bool | None = None) -> None:
         self.url = StoreURL.parse(url)
+        self.backend: Backend = open_backend(self.url)
+        """What this kind of store is made of."""
         self.cipher_keys = resolve_cipher_keys(cipher_key)
         """The AES keys of the events (current first; see docs/encryption.md); ``()``: not encrypted."""
         self.compressed = resolve_compress(compress)
@@ -203,28 +214,17 @@ class Store:
             COMPRESS_ENV_VAR: "1" if self.compressed else "0",
         }
         """The env entries that give an application built elsewhere this store's encryption and compression."""
-        env = dict(self.url.env)
+        env = self.backend.application_env()
         env.update(self.codec_env)
         env["ORIGINATOR_ID_TYPE"] = "text"
-        if self.url.backend == "postgresql":
-            from phaseledger.store.postgres import StoreFactory
-
-            env["PERSISTENCE_MODULE"] = get_topic(StoreFactory)
         if snapshot_every:
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
         with store_errors(self.url, "open store", any_error=True):  # psycopg, sqlite3, eventsourcing, OSError...
-            if self.url.sqlite_path:
-                Path(self.url.sqlite_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.backend.prepare()
             self.app = RunApplication(env=env)
+            """The eventsourcing application (for tests and tools; the store's methods are the API)."""
+        self.backend.opened(self.app)
         self.snapshot_every = snapshot_every
-        self._loop_appender: Any = None
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="phaseledger-writer") if self.url.sqlite_path else None
-        if self.url.backend == "postgresql":
-            from phaseledger.store.postgres import LoopAppender
-
-            self._loop_appender = LoopAppender(self.app.recorder, self.url.postgres_conninfo or "")  # type: ignore[arg-type]
-        self._prepared: dict[tuple[str, int], StoredEvent | object] = {}
-        """Snapshots made by :meth:`prepare_snapshot`, waiting for their events to be saved."""
         self.started_topic = get_topic(WorkflowRun.RunStarted)
 
     @property
@@ -233,17 +233,20 @@ class Store:
         return bool(self.cipher_keys)
 
     @property
-    def is_memory(self) -> bool:
-        """True for ``memory://`` stores (calls are cheap enough to make on the loop)."""
-        return self.url.backend == "memory"
+    def name(self) -> str:
+        """The name of the store's application: what read models call its log in their tracking."""
+        return self.app.name
 
     def close(self) -> None:
         """Release connections and files."""
-        if self._loop_appender is not None:
-            self._loop_appender.close()
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
+        self.backend.close()
         self.app.close()
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` (a blocking store call) from an event loop that keeps running meanwhile."""
+        return await self.backend.call(fn, *args, **kwargs)
+
+    # -- runs ----------------------------------------------------------------------------
 
     @guarded("read run {run_id!r}")
     def exists(self, run_id: str) -> bool:
@@ -276,6 +279,15 @@ class Store:
     def _skipping_mapper(self) -> SkippingMapper:
         return SkippingMapper(self.app.mapper)
 
+    def skipping_log(self) -> SkippingLog:
+        """The store's log as an eventsourcing projection runner reads an application, with rows
+        that cannot be read passed on as :class:`Unreadable` (for in-process subscribers)."""
+        return SkippingLog(self.app.name, self.app.recorder, self._skipping_mapper)
+
+    def read_back(self, event: WorkflowRun.Event) -> WorkflowRun.Event:
+        """``event`` as the store reads it back (a value's Python type may change on the way)."""
+        return self.app.mapper.to_domain_event(self.app.mapper.to_stored_event(event))  # type: ignore[return-value]
+
     @guarded("load run {run_id!r}")
     def load(self, run_id: str, version: int | None = None) -> WorkflowRun:
         """The run folded from its latest snapshot and the events after it (or at ``version``).
@@ -307,85 +319,75 @@ class Store:
                     run_id, unreadable.reason)
         return run  # type: ignore[return-value]
 
+    # -- appending -----------------------------------------------------------------------
+
     def save(self, run: WorkflowRun) -> int:
-        """Append the run's pending events (see :meth:`save_events`)."""
-        events = run.collect_events()
-        self.prepare_snapshot(run, events)
-        return self.save_events(run.id, events)
+        """Append the run's pending events (see :meth:`append`)."""
+        return self.append(run.collect_events(), run=run)
 
-    def prepare_snapshot(self, run: WorkflowRun, events: Sequence[WorkflowRun.Event]) -> None:
-        """Take the snapshot due with ``events`` (just collected from ``run``) from the run in memory.
-
-        When the last event's version is a multiple of ``snapshot_every`` (always, for
-        runs committing every step), the snapshot at that version is the run as it is now:
-        it is encoded here (or found not wanted, see :func:`snapshot_wanted`) and stored by
-        the :meth:`save_events` call for these events, so nothing is read back from the
-        store. Call this where the run lives (on the event loop), not in a thread while the
-        run may change.
-        """
-        if not (self.snapshot_every and events and self.app.snapshots is not None):
-            return
-        last = events[-1].originator_version
-        if last % self.snapshot_every:
-            return
-        if run.version != last or run.pending_events:
-            return  # not the run these events came from: save_events reads the state back
-        wanted = snapshot_wanted(last, run.phase_entered_version, self.snapshot_every)
-        self._prepared[(run.id, last)] = (
-            self.app.mapper.to_stored_event(WorkflowRun.Snapshot.take(run)) if wanted else NOT_WANTED
-        )
-
-    def save_events(self, run_id: str, events: Sequence[WorkflowRun.Event]) -> int:
+    def append(self, events: Sequence[WorkflowRun.Event], *, run: WorkflowRun | None = None) -> int:
         """Append events of one run in one transaction; return the last notification id.
 
         Raises :class:`ConcurrencyConflict` when another writer appended first: then nothing
-        was written and the caller's copy of the run is stale (reload it). Snapshots are
-        taken at versions that are multiples of ``snapshot_every``: the one made by
-        :meth:`prepare_snapshot` for these events when there is one, else from the state
-        read back from the store.
+        was written and the caller's copy of the run is stale (reload it). The snapshots due
+        at these events' versions (multiples of ``snapshot_every``, see :func:`snapshot_wanted`)
+        are stored with them: the last one from ``run``, the run the events were just
+        collected from, when given and unchanged since, else from the state read back.
         """
-        return self._save_events(run_id, events)
+        return self._append(events, self._snapshot_of(run, events))
 
-    async def save_events_async(self, run_id: str, events: Sequence[WorkflowRun.Event]) -> int:
-        """:meth:`save_events` for callers on an event loop, which keeps running meanwhile.
+    async def append_async(self, events: Sequence[WorkflowRun.Event], *, run: WorkflowRun | None = None) -> int:
+        """:meth:`append` for callers on an event loop, which keeps running meanwhile.
 
-        On PostgreSQL the append is sent from the loop itself (see
-        :class:`~phaseledger.store.postgres.LoopAppender`) and :meth:`save_events` is not
-        called. SQLite appends call it in the store's writer thread: SQLite takes one writer
-        at a time anyway, and one warm thread hands over faster than a pool of them. Memory
-        stores append at once.
+        Call it where ``run`` lives (on the loop): its snapshot is taken before the append
+        leaves the loop. PostgreSQL appends from the loop itself (see
+        :class:`~phaseledger.store.postgres.LoopAppender`); other stores append as their
+        backend writes (SQLite in its writer thread, memory at once).
         """
-        if self.is_memory:
-            return self.save_events(run_id, events)
-        if self._loop_appender is None or not events:
-            return await asyncio.get_running_loop().run_in_executor(self._writer, self.save_events, run_id, events)
-        stored = [self.app.mapper.to_stored_event(event) for event in events]
-        snapshot = self._prepared.pop((run_id, events[-1].originator_version), None)
-        with self._appending(run_id, events):
-            ids = await self._loop_appender.append(stored)
-        if ids is None:  # the loop's connection is unavailable: the recorder's path retries
-            return await asyncio.to_thread(self._save_events, run_id, events, snapshot)
-        if self._snapshot_due(events):
-            await asyncio.to_thread(self._store_snapshots, run_id, events, snapshot)
-        return ids[-1]
-
-    def _save_events(self, run_id: str, events: Sequence[WorkflowRun.Event],
-                     snapshot: StoredEvent | object | None = None) -> int:
         if not events:
             return 0
-        # Taken before the append: after a conflict these versions mean other events.
-        snapshot = snapshot or self._prepared.pop((run_id, events[-1].originator_version), None)
-        with self._appending(run_id, events):
+        snapshot = self._snapshot_of(run, events)
+        backend = self.backend
+        if not backend.blocking:
+            return self._append(events, snapshot)
+        if not backend.appends_on_loop:
+            return await backend.write(self._append, events, snapshot)
+        stored = [self.app.mapper.to_stored_event(event) for event in events]
+        with self._appending(events):
+            ids = await backend.append_on_loop(stored)
+        if ids is None:  # the loop's connection is unavailable: the recorder's path retries
+            return await backend.write(self._append, events, snapshot)
+        if self._snapshot_due(events):
+            await backend.call(self._store_snapshots, events[0].originator_id, events, snapshot)
+        return ids[-1]
+
+    def _snapshot_of(self, run: WorkflowRun | None, events: Sequence[WorkflowRun.Event]) -> StoredEvent | object | None:
+        """The snapshot due with ``events``, taken from ``run`` in memory: encoded, or
+        :data:`NOT_WANTED`; None when there is none to take from it (then, if one is due, the
+        append reads the state back from the store)."""
+        if run is None or not (self.snapshot_every and events and self.app.snapshots is not None):
+            return None
+        last = events[-1].originator_version
+        if last % self.snapshot_every or run.version != last or run.pending_events:
+            return None  # none due, or not the run these events came from
+        if not snapshot_wanted(last, run.phase_entered_version, self.snapshot_every):
+            return NOT_WANTED
+        return self.app.mapper.to_stored_event(WorkflowRun.Snapshot.take(run))
+
+    def _append(self, events: Sequence[WorkflowRun.Event], snapshot: StoredEvent | object | None) -> int:
+        if not events:
+            return 0
+        with self._appending(events):
             # The event store directly: Application.save adds a Protocol isinstance check per
             # event and snapshot bookkeeping this application does not use.
             recordings = self.app.events.put(events)
         if self._snapshot_due(events):
-            self._store_snapshots(run_id, events, snapshot)
+            self._store_snapshots(events[0].originator_id, events, snapshot)
         return recordings[-1].notification.id if recordings else 0
 
-    def _appending(self, run_id: str, events: Sequence[WorkflowRun.Event]) -> store_errors:
+    def _appending(self, events: Sequence[WorkflowRun.Event]) -> store_errors:
         """Errors of an append: an integrity error means another writer appended first."""
-        version = events[0].originator_version
+        run_id, version = events[0].originator_id, events[0].originator_version
         return store_errors(self.url, f"append events of run {run_id!r}",
                             conflict=lambda: ConcurrencyConflict(run_id, version))
 
@@ -396,42 +398,74 @@ class Store:
     def _store_snapshots(self, run_id: str, events: Sequence[WorkflowRun.Event],
                          snapshot: StoredEvent | object | None) -> None:
         """Store the snapshots wanted at these (appended) events' versions; ``snapshot`` is
-        what :meth:`prepare_snapshot` decided for the last one (None: nothing)."""
+        what :meth:`_snapshot_of` decided for the last one (None: nothing)."""
         snapshots = self.app.snapshots
         if snapshots is None:
             return
         last = events[-1].originator_version
         for event in events:
             version = event.originator_version
-            if version % self.snapshot_every:
+            if version % self.snapshot_every:  # type: ignore[operator]
                 continue
             if version == last and snapshot is not None:  # decided from the run in memory
                 if snapshot is not NOT_WANTED:
                     snapshots.recorder.insert_events([snapshot])  # type: ignore[list-item]
                 continue
             run = self.load(run_id, version)  # no run in memory at this version: read it back
-            if snapshot_wanted(version, run.phase_entered_version, self.snapshot_every):
+            if snapshot_wanted(version, run.phase_entered_version, self.snapshot_every):  # type: ignore[arg-type]
                 snapshots.put([WorkflowRun.Snapshot.take(run)])
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    @property
+    def snapshotting(self) -> bool:
+        """Whether the store keeps snapshots (``snapshot_every`` was not None)."""
+        return self.app.snapshots is not None
 
     @guarded("store a snapshot of run {run_id!r}")
     def take_snapshot(self, run_id: str, version: int | None = None) -> None:
         """Store the run's folded state at ``version`` (latest when None)."""
         self.app.take_snapshot(run_id, version=version, projector_func=project_run)
 
-    def events(self, run_id: str, *, gt: int | None = None, lte: int | None = None) -> list[WorkflowRun.Event]:
-        """The run's events in order (all of them, or those after ``gt`` up to ``lte``).
+    @guarded("read the snapshots of run {run_id!r}")
+    def has_snapshot(self, run_id: str, version: int) -> bool:
+        """Whether a snapshot of the run at exactly ``version`` is stored."""
+        return self.app.snapshots is not None and bool(list(self.app.snapshots.get(run_id, gt=version - 1,
+                                                                                  lte=version)))
+
+    # -- reading the log -----------------------------------------------------------------
+
+    def events(self, run_id: str, *, gt: int | None = None, lte: int | None = None,
+               limit: int | None = None) -> list[WorkflowRun.Event]:
+        """The run's events in order (all of them, or those after ``gt`` up to ``lte``, at most ``limit``).
 
         Raises :class:`RunNotFound` for an unknown run (when ``gt`` is not given), and
         :class:`CorruptEvent` when one of them cannot be read.
         """
         with store_errors(self.url, f"read the events of run {run_id!r}"):
-            events = list(self.app.events.get(run_id, gt=gt, lte=lte))
+            events = list(self.app.events.get(run_id, gt=gt, lte=lte, limit=limit))
         if not events and not gt and not self.exists(run_id):
             raise RunNotFound(run_id)
         return events  # type: ignore[return-value]
 
-    def run_ids(self, *, page: int = 1000) -> Iterator[str]:
-        """Every run id in the store, in the order the runs were started."""
+    @guarded("read the log")
+    def notifications(self, after: int | None, limit: int, topics: Sequence[str] = ()) -> Sequence[StoredEvent]:
+        """Up to ``limit`` rows of the log after position ``after`` (of these topics, or all), in order."""
+        return self.app.recorder.select_notifications(  # type: ignore[return-value]
+            start=after or 0, limit=limit, topics=topics, inclusive_of_start=False)
+
+    @guarded("read the log's position")
+    def max_notification_id(self) -> int:
+        """The position of the newest row of the log (0 when empty)."""
+        return self.app.recorder.max_notification_id() or 0
+
+    @guarded("count the rows of the log")
+    def count_notifications(self, after: int | None, topics: Sequence[str]) -> int:
+        """How many rows of the log with these topics follow position ``after``."""
+        return self.backend.count_notifications(after, topics)
+
+    def _started(self, page: int) -> Iterator[StoredEvent]:
+        """The ``RunStarted`` rows of the runs in the store, in the order the runs were started."""
         start = 0
         while True:
             with store_errors(self.url, "list the runs"):  # a generator: no @guarded
@@ -441,8 +475,93 @@ class Store:
             if not batch:
                 return
             for notification in batch:
-                run_id = str(notification.originator_id)
-                # memory:// keeps removed runs in its notification list (ids are positions)
-                if not self.is_memory or self.exists(run_id):
-                    yield run_id
+                if not self.backend.keeps_deleted_notifications or self.exists(str(notification.originator_id)):
+                    yield notification
             start = batch[-1].id
+
+    def run_ids(self, *, page: int = 1000) -> Iterator[str]:
+        """Every run id in the store, in the order the runs were started."""
+        for notification in self._started(page):
+            yield str(notification.originator_id)
+
+    def started_events(self, *, page: int = 500) -> Iterator[WorkflowRun.RunStarted]:
+        """The ``RunStarted`` event of every run in the store, in order (unreadable ones, of
+        damaged runs, are passed over: see :meth:`read_notification`)."""
+        for notification in self._started(page):
+            event = self.read_notification(notification)
+            if isinstance(event, WorkflowRun.RunStarted):
+                yield event
+
+    # -- other streams -------------------------------------------------------------------
+
+    def stream(self, originator_id: str, *, lte: int | None = None) -> list[Any]:
+        """The events of one of the store's other streams (not a run's), in order."""
+        with store_errors(self.url, f"read stream {originator_id!r}"):
+            return list(self.app.events.get(originator_id, lte=lte))
+
+    def record(self, aggregate: Aggregate) -> None:
+        """Append an aggregate of another stream; :class:`ConcurrencyConflict` if it was advanced first."""
+        pending = aggregate.collect_events()
+        with store_errors(self.url, f"record stream {aggregate.id!r}",
+                          conflict=lambda: ConcurrencyConflict(str(aggregate.id), pending[0].originator_version)):
+            self.app.events.put(pending)
+
+    # -- the backend's other parts -------------------------------------------------------
+
+    def run_index(self, *, create: bool = True) -> RunIndex:
+        """The store's run index (see :mod:`.runindex`); its tables are created unless ``create``
+        is False (the caller creates them when it first finds them missing)."""
+        with store_errors(self.url, "open the run index"):
+            return self.backend.run_index(self, create=create)
+
+    def lease_book(self) -> LeaseBook:
+        """The store's run leases (see :mod:`.leasebook`)."""
+        return self.backend.lease_book(self)
+
+    def listener(self, on_notify: Callable[[], None]) -> AppendListener | None:
+        """A listener that calls ``on_notify`` when events are committed (see :mod:`.listener`);
+        None when the store cannot tell (then poll)."""
+        return self.backend.listener(on_notify)
+
+    def delete_events(self, run_id: str, below: int | None = None) -> tuple[int, int]:
+        """Delete the run's events 1 < version < ``below`` and snapshots < ``below``; all of
+        the run when ``below`` is None. Returns (events, snapshots) removed (for retention)."""
+        return self.backend.deleter(self).delete(run_id, below)
+
+    def holds_newest_row(self, run_id: str) -> bool:
+        """Whether deleting the run would hand its newest notification id on to the next event
+        (SQLite), so that read models which tracked that id would skip the event."""
+        return self.backend.deleter(self).holds_newest_row(run_id)
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the store exists only in this process's objects (``memory://``)."""
+        return self.backend.in_process
+
+    @property
+    def report_dialect(self) -> str:
+        """The SQL dialect of the database of :meth:`report_infrastructure`."""
+        return self.backend.report_dialect
+
+    def report_infrastructure(self, name: str) -> InfrastructureFactory[Any]:
+        """The eventsourcing infrastructure holding read models named ``name`` next to the store."""
+        return self.backend.report_infrastructure(name)
+
+    def subscriber_env(self) -> dict[str, str] | None:
+        """Settings of an application of its own that reads and subscribes to the store's log as
+        this store does (its encryption included); None when the store has no subscriptions."""
+        env = self.backend.subscriber_env()
+        return None if env is None else {**env, **self.codec_env}
+
+
+@dataclass(frozen=True)
+class SkippingLog:
+    """What an eventsourcing projection runner reads of an application: its name, its log and
+    a :class:`SkippingMapper` (closing it closes nothing: the store owns the application)."""
+
+    name: str
+    recorder: Any
+    mapper: SkippingMapper
+
+    def close(self) -> None:
+        """The store's application stays open."""

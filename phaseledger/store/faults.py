@@ -3,8 +3,8 @@
 Every store operation runs its database calls inside :class:`store_errors`, or is a method
 decorated with :func:`guarded`: the event store, the run index, leases, retention, time
 travel, the report projections, and the drivers' appends. Whatever the layers underneath
-raise (eventsourcing's ``PersistenceError`` family, ``psycopg.Error`` and so
-``psycopg_pool.PoolTimeout``, ``sqlite3.Error``) comes out as one of:
+raise (eventsourcing's ``PersistenceError`` family and its closed-pool error, ``psycopg.Error``
+and so ``psycopg_pool.PoolTimeout``, ``sqlite3.Error``) comes out as one of:
 
 - :class:`~phaseledger.ConcurrencyConflict`, for an integrity error where the operation
   says that this means another writer appended first;
@@ -37,15 +37,23 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
-from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, PersistenceError
+from eventsourcing.persistence import (
+    ConnectionPoolClosedError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    PersistenceError,
+)
 
 from phaseledger.domain.errors import PhaseledgerError, StoreUnavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_DATABASE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error)
+_CLOSED = (psycopg_pool.PoolClosed, ConnectionPoolClosedError)  # the store was closed: waiting will not help
+DATABASE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error, ConnectionPoolClosedError)
+"""What the layers under a store raise (for handlers that retry rather than translate)."""
 _INTEGRITY = (IntegrityError, psycopg.IntegrityError, sqlite3.IntegrityError)
-_NOT_TRANSIENT = (psycopg_pool.PoolClosed,)  # the store was closed: waiting will not help
+_NOT_TRANSIENT = _CLOSED
 _TRANSIENT = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 # sqlite3.OperationalError also covers SQL mistakes ("no such table"); these are the waits.
 _SQLITE_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "disk is full")
@@ -54,7 +62,7 @@ _SQLITE_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "disk is fu
 def _root(exc: BaseException) -> BaseException:
     """The driver's own error under eventsourcing's wrappers (``raise X from driver_error``)."""
     seen = {id(exc)}
-    while isinstance(exc.__cause__, _DATABASE_ERRORS) and id(exc.__cause__) not in seen:
+    while isinstance(exc.__cause__, DATABASE_ERRORS) and id(exc.__cause__) not in seen:
         exc = exc.__cause__
         seen.add(id(exc))
     return exc
@@ -73,6 +81,11 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(root, sqlite3.Error):
         return isinstance(root, sqlite3.OperationalError) and any(w in str(root).lower() for w in _SQLITE_TRANSIENT)
     return isinstance(root, _TRANSIENT) or isinstance(exc, _TRANSIENT)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a database error says the connection itself is gone (it is not worth using again)."""
+    return isinstance(_root(exc), _TRANSIENT)
 
 
 def _advice(root: BaseException, transient: bool, opening: bool) -> str:
@@ -108,7 +121,7 @@ def translate(exc: BaseException, store: Any, operation: str, *,
     """
     if isinstance(exc, PhaseledgerError) or not isinstance(exc, Exception):
         return None
-    if not isinstance(exc, _DATABASE_ERRORS) and not any_error:
+    if not isinstance(exc, DATABASE_ERRORS) and not any_error:
         return None
     root = _root(exc)
     if conflict is not None and isinstance(root, _INTEGRITY):

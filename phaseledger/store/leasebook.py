@@ -24,19 +24,23 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from eventsourcing.persistence import OperationalError, ProgrammingError
 from pydantic import BaseModel
 
 from phaseledger.domain.errors import RunBusy
-from phaseledger.store import queries as q
 from phaseledger.store.faults import is_transient, store_errors
+from phaseledger.store.sql import postgres as pg
+from phaseledger.store.sql import sqlite
+
+if TYPE_CHECKING:
+    from phaseledger.store.eventstore import Store
+    from phaseledger.store.runindex import PostgresRunIndex, RunIndex
 
 T = TypeVar("T")
 
@@ -182,25 +186,13 @@ class LeaseBook(ABC):
 
 # -- memory:// ----------------------------------------------------------------------------
 
-_MEMORY_BOOKS: weakref.WeakKeyDictionary[Any, MemoryLeaseBook] = weakref.WeakKeyDictionary()
-_MEMORY_BOOKS_LOCK = threading.Lock()
-
-
 class MemoryLeaseBook(LeaseBook):
-    """Leases of a ``memory://`` store, shared by every engine on the same store object."""
+    """Leases of a ``memory://`` store, shared by every engine on the same store object (its
+    backend holds one book)."""
 
     def __init__(self) -> None:
         self._rows: dict[str, Driving] = {}
         self._lock = threading.Lock()
-
-    @classmethod
-    def of(cls, app: Any) -> MemoryLeaseBook:
-        """The lease book of one in-process store (its eventsourcing application)."""
-        with _MEMORY_BOOKS_LOCK:
-            book = _MEMORY_BOOKS.get(app)
-            if book is None:
-                book = _MEMORY_BOOKS[app] = cls()
-            return book
 
     def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
         now = datetime.now(UTC)
@@ -261,10 +253,10 @@ class _TableLeaseBook(LeaseBook):
     errors are translated like every store operation's.
     """
 
-    def __init__(self, store: Any, index: Any) -> None:
+    def __init__(self, store: Store, index: RunIndex) -> None:
         self.store = store
         self.index = index
-        self.datastore = index.datastore
+        self.datastore: Any = index.datastore  # type: ignore[attr-defined]
         self._created = False
 
     def _with_tables(self, operation: str, statement: Callable[[], T]) -> T:
@@ -318,11 +310,11 @@ class SQLiteLeaseBook(_TableLeaseBook):
     def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
         now = datetime.now(UTC).timestamp()
         with self.datastore.transaction(commit=True) as c:
-            c.execute(q.SQLITE_ACQUIRE, {
+            c.execute(sqlite.ACQUIRE, {
                 "run_id": run_id, "owner": driver.owner, "host": driver.host, "pid": driver.pid,
                 "proc_start": driver.proc_start, "now": now, "lease": float(seconds), "takeover": takeover,
             })
-            c.execute(q.SQLITE_LEASE_ROW, {"run_id": run_id})
+            c.execute(sqlite.LEASE_ROW, {"run_id": run_id})
             row = c.fetchone()
         return row is not None and row[1] == driver.owner
 
@@ -332,21 +324,22 @@ class SQLiteLeaseBook(_TableLeaseBook):
             return frozenset()
         now = datetime.now(UTC).timestamp()
         with self.datastore.transaction(commit=True) as c:
-            c.execute(q.SQLITE_RENEW.format(ids=", ".join("?" * len(run_ids))), [now, now + seconds, owner, *run_ids])
+            c.execute(sqlite.RENEW, {"now": now, "expires_at": now + seconds, "owner": owner,
+                                     "run_ids": sqlite.json_list(run_ids)})
             return frozenset(r[0] for r in c.fetchall())
 
     def _release_now(self, owner: str, run_id: str, fence: int) -> None:
         with self.datastore.transaction(commit=True) as c:
-            c.execute(q.SQLITE_RELEASE_RUN, {"run_id": run_id, "owner": owner, "fence": fence,
-                                             "now": datetime.now(UTC).timestamp()})
+            c.execute(sqlite.RELEASE_RUN, {"run_id": run_id, "owner": owner, "fence": fence,
+                                           "now": datetime.now(UTC).timestamp()})
 
     def _held_now(self, run_ids: list[str] | None) -> dict[str, Driving]:
         wanted = None if run_ids is None else set(run_ids)
         with self.datastore.transaction(commit=False) as c:
             if wanted is not None and len(wanted) == 1:
-                c.execute(q.SQLITE_LEASE_ROW, {"run_id": next(iter(wanted))})
+                c.execute(sqlite.LEASE_ROW, {"run_id": next(iter(wanted))})
             else:
-                c.execute(q.SQLITE_LEASE_ROWS)
+                c.execute(sqlite.LEASE_ROWS)
             rows = c.fetchall()
         now = datetime.now(UTC)
         return {
@@ -368,9 +361,49 @@ class PostgresLeaseBook(_TableLeaseBook):
     """Leases in the store schema's ``phaseledger_leases`` table, shared with worker claims
     (clock: the database server's, so drivers on many hosts agree)."""
 
+    index: PostgresRunIndex
+
+    # -- worker claims: a worker's claim is the run's lease (see phaseledger.workers.claims) --
+
+    def _run(self, operation: str, template: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with store_errors(self.store.url, operation), self.datastore.transaction(commit=True) as curs:
+            curs.execute(self.index.sql(template), params)
+            return list(curs.fetchall()) if curs.description else []
+
+    def claim(self, owner: str, driver: DriverId, limit: int, seconds: float,
+              keys: list[str]) -> list[tuple[str, int]]:
+        """Take up to ``limit`` runnable, unleased runs of these workflow keys for ``owner`` (run by
+        ``driver``'s process): ``(run_id, version)``."""
+        rows = self._run("claim runs", pg.CLAIM, {
+            "owner": owner, "limit": limit, "lease": float(seconds), "keys": keys,
+            "host": driver.host, "pid": driver.pid, "proc_start": driver.proc_start})
+        return [(r["run_id"], r["version"]) for r in rows]
+
+    def renew_claims(self, owner: str, run_ids: list[str], seconds: float) -> tuple[frozenset[str], frozenset[str]]:
+        """Extend ``owner``'s claims: the runs it still holds, and those of them the index shows cancelled."""
+        with store_errors(self.store.url, "renew leases"), self.datastore.transaction(commit=True) as curs:
+            curs.execute(self.index.sql(pg.RENEW), {"owner": owner, "run_ids": run_ids, "lease": float(seconds)})
+            kept = frozenset(r["run_id"] for r in curs.fetchall())
+            cancelled: frozenset[str] = frozenset()
+            if kept:
+                curs.execute(self.index.sql(pg.CANCELLED), {"run_ids": list(kept)})
+                cancelled = frozenset(r["run_id"] for r in curs.fetchall())
+        return kept, cancelled
+
+    def release_claim(self, owner: str, run_id: str, fence: int, hold_seconds: float) -> None:
+        """Give a claimed run back at version ``fence``; no worker takes it for ``hold_seconds``."""
+        self._run(f"release run {run_id!r}", pg.RELEASE,
+                  {"owner": owner, "run_id": run_id, "fence": fence, "hold": float(hold_seconds)})
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every lease row (for inspection and tests)."""
+        return self._run("read the leases", pg.SELECT_LEASES, {})
+
+    # -- every driver's run leases ----------------------------------------------------------
+
     def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(self.index.sql(q.PG_ACQUIRE), {
+            curs.execute(self.index.sql(pg.ACQUIRE), {
                 "run_id": run_id, "owner": driver.owner, "host": driver.host, "pid": driver.pid,
                 "proc_start": driver.proc_start, "lease": float(seconds), "takeover": takeover,
             })
@@ -381,16 +414,16 @@ class PostgresLeaseBook(_TableLeaseBook):
         if not run_ids:
             return frozenset()
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(self.index.sql(q.PG_RENEW), {"owner": owner, "run_ids": run_ids, "lease": float(seconds)})
+            curs.execute(self.index.sql(pg.RENEW), {"owner": owner, "run_ids": run_ids, "lease": float(seconds)})
             return frozenset(r["run_id"] for r in curs.fetchall())
 
     def _release_now(self, owner: str, run_id: str, fence: int) -> None:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(self.index.sql(q.PG_RELEASE_RUN), {"run_id": run_id, "owner": owner, "fence": fence})
+            curs.execute(self.index.sql(pg.RELEASE_RUN), {"run_id": run_id, "owner": owner, "fence": fence})
 
     def _held_now(self, run_ids: list[str] | None) -> dict[str, Driving]:
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.index.sql(q.PG_LEASE_ROWS), {"run_ids": None if run_ids is None else list(run_ids)})
+            curs.execute(self.index.sql(pg.LEASE_ROWS), {"run_ids": None if run_ids is None else list(run_ids)})
             rows = curs.fetchall()
         return {
             r["run_id"]: Driving(owner=r["owner"], host=r["host"], pid=r["pid"], proc_start=r["proc_start"],
@@ -400,13 +433,6 @@ class PostgresLeaseBook(_TableLeaseBook):
         }
 
 
-def open_lease_book(store: Any) -> LeaseBook:
+def open_lease_book(store: Store) -> LeaseBook:
     """The lease book of a store (its tables are created with the run index's, on first use)."""
-    if store.url.backend == "memory":
-        return MemoryLeaseBook.of(store.app)
-    from phaseledger.store.runindex import PostgresRunIndex, open_run_index
-
-    index = open_run_index(store, create=False)
-    if isinstance(index, PostgresRunIndex):
-        return PostgresLeaseBook(store, index)
-    return SQLiteLeaseBook(store, index)
+    return store.lease_book()

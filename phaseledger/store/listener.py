@@ -30,7 +30,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from phaseledger.store.faults import Outage, jittered, translate
+from phaseledger.store.faults import DATABASE_ERRORS, Outage, jittered, translate
 
 log = logging.getLogger("phaseledger.worker")
 
@@ -93,7 +93,7 @@ class AppendListener:
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-            except psycopg.Error as exc:
+            except DATABASE_ERRORS as exc:
                 self._lost(exc)
             else:
                 try:
@@ -107,7 +107,7 @@ class AppendListener:
                     async for _ in conn.notifies():
                         self.received += 1
                         self.on_notify()
-                except psycopg.Error as exc:
+                except DATABASE_ERRORS as exc:
                     self._lost(exc)
                 finally:
                     self.listening.clear()
@@ -117,6 +117,6 @@ class AppendListener:
             await asyncio.sleep(jittered(min(self.retry_initial * 2**failures, self.retry_max)))
             failures += 1
 
-    def _lost(self, exc: psycopg.Error) -> None:
+    def _lost(self, exc: BaseException) -> None:
         self.outage.failed(translate(exc, self.store, "listen for new events") or exc,
                            then="polling only until it reconnects")

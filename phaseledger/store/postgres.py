@@ -20,7 +20,7 @@ backend instead of waking each pooled backend in turn, which costs about half a 
 per append on a small machine. Idle connections stay at the cold end, where the pool
 closes them first. Through an outage the pool stops waiting for connections within a
 quarter of a second and reconnects within about a second of the server's return (see
-:class:`LifoConnectionPool`).
+:class:`~phaseledger.store._internals.LifoConnectionPool`).
 """
 
 from __future__ import annotations
@@ -31,108 +31,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from eventsourcing.persistence import (
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    PersistenceError,
-    StoredEvent,
-)
-from eventsourcing.postgres import ConnectionPool, PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.utils import Environment, retry
-from psycopg import sql
-from psycopg_pool import PoolTimeout
+from psycopg.sql import SQL
+
+from phaseledger.store._internals import use_lifo_pool
+from phaseledger.store.faults import DATABASE_ERRORS, connection_lost
+from phaseledger.store.sql import Literal, quote
+from phaseledger.store.sql import postgres as pg
+
+__all__ = ["LoopAppender", "OneTripRecorder", "StoreFactory", "use_lifo_pool"]
 
 STORE_VERSION = "phaseledger store 1"
 """Set as the append function's comment: a store that has it needs no set-up when opened."""
-APPEND_ARGS = "text[], bigint[], text[], bytea[], text"
 _SETUP_LOCK = 0x70686173656C6467  # pg_advisory_lock key held while a store is set up
-
-
-OUTAGE_WAIT = 0.25
-"""While the server cannot be reached, how long a pool waits for a connection before giving up."""
-RECONNECT_DELAYS = (0.1, 1.0)
-"""A pool's first and longest waits between attempts to reconnect to a server that went away."""
-
-
-try:  # private to psycopg_pool: without it, reconnections keep psycopg_pool's own schedule
-    from psycopg_pool.base import AttemptWithBackoff
-except ImportError:  # pragma: no cover
-    _ReconnectBackoff: Any = None
-else:
-    class _ReconnectBackoff(AttemptWithBackoff):  # type: ignore[no-redef]
-        """psycopg_pool's reconnection schedule (1, 2, 4... s, for minutes), started and capped lower."""
-
-        INITIAL_DELAY = RECONNECT_DELAYS[0]
-
-        def update_delay(self, now: float) -> None:
-            super().update_delay(now)
-            self.delay = min(self.delay, RECONNECT_DELAYS[1])
-
-
-class LifoConnectionPool(ConnectionPool):  # type: ignore[type-arg]
-    """eventsourcing's connection pool, handing out the most recently returned connection,
-    and quick to give up during an outage and to come back after it.
-
-    psycopg_pool waits up to its timeout (the store's ``connect_timeout``) for a connection,
-    which eventsourcing's recorders then retry ten times, and tries to reconnect after 1, 2,
-    4... seconds: an operation during an outage held a thread for minutes, and the pool
-    came back long after the server. This pool tries to reconnect at least every
-    ``RECONNECT_DELAYS[1]`` seconds, and while its last connection attempt failed it waits
-    ``OUTAGE_WAIT`` seconds at most, so an operation fails within seconds (callers retry
-    with backoff) and succeeds within about a second of the server's return.
-    """
-
-    unreachable_since: float | None = None
-    """When (``time.monotonic()``) a connection attempt last failed, None once one succeeds."""
-
-    def _get_ready_connection(self, timeout: float | None) -> Any:
-        # Called under the pool's lock; psycopg_pool takes from the left and returns to
-        # the right, so bring the newest connection to the left first.
-        if len(self._pool) > 1:
-            self._pool.rotate(1)
-        return super()._get_ready_connection(timeout)
-
-    def getconn(self, timeout: float | None = None) -> Any:
-        # Wait in slices, so that a caller already waiting when the server becomes
-        # unreachable gives up then too, not after the whole timeout.
-        timeout = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return super().getconn(min(deadline - time.monotonic(), OUTAGE_WAIT))
-            except PoolTimeout:
-                since = self.unreachable_since
-                if since is not None:
-                    raise PoolTimeout(f"no connection: the server has been unreachable for "
-                                      f"{time.monotonic() - since:.1f}s") from None
-                if time.monotonic() >= deadline:
-                    raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec") from None
-
-    def _connect(self, timeout: float | None = None) -> Any:
-        try:
-            conn = super()._connect(timeout)
-        except Exception:
-            self.unreachable_since = self.unreachable_since or time.monotonic()
-            raise
-        self.unreachable_since = None
-        return conn
-
-    def _add_connection(self, attempt: Any, growing: bool = False) -> None:
-        if attempt is None and _ReconnectBackoff is not None:
-            attempt = _ReconnectBackoff(timeout=self.reconnect_timeout)
-        super()._add_connection(attempt, growing)
-
-
-def use_lifo_pool(datastore: PostgresDatastore) -> None:
-    """Make the datastore's pool LIFO and quick through outages (see :class:`LifoConnectionPool`).
-
-    A pool of another kind, or a psycopg_pool without the methods overridden, is left alone.
-    """
-    if type(datastore.pool) is ConnectionPool and all(
-        hasattr(ConnectionPool, name) for name in ("_get_ready_connection", "_connect", "_add_connection")
-    ):
-        datastore.pool.__class__ = LifoConnectionPool
 
 
 class OneTripRecorder(PostgresApplicationRecorder):
@@ -140,45 +53,16 @@ class OneTripRecorder(PostgresApplicationRecorder):
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events") -> None:
         super().__init__(datastore, events_table_name=events_table_name)
-        schema = sql.Identifier(self.datastore.schema)
         self._function_name = f"{self.events_table_name}_append"
-        function = sql.Identifier(self._function_name)
+        names = {"function": self._function_name, "events": self.events_table_name}
         # CREATE OR REPLACE, so a store set up by an older release gets this one.
-        self.sql_create_statements.append(
-            sql.SQL(
-                "CREATE OR REPLACE FUNCTION {schema}.{function}("
-                "ids text[], versions bigint[], topics text[], states bytea[], lock_timeout text) "
-                "RETURNS SETOF bigint LANGUAGE plpgsql AS $body$ "
-                "BEGIN "
-                "PERFORM set_config('lock_timeout', lock_timeout, true); "
-                "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
-                "PERFORM pg_notify({channel}, ''); "
-                "RETURN QUERY INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-                "SELECT * FROM unnest(ids, versions, topics, states) RETURNING notification_id; "
-                "END $body$"
-            ).format(
-                schema=schema,
-                function=function,
-                table=sql.Identifier(self.events_table_name),
-                channel=sql.Literal(self.channel_name),
-            )
-        )
-        self.sql_create_statements.append(
-            sql.SQL("COMMENT ON FUNCTION {schema}.{function}({args}) IS {version}").format(
-                schema=schema, function=function, args=sql.SQL(APPEND_ARGS), version=sql.Literal(STORE_VERSION)
-            )
-        )
-        # Arrays for a batch; for one event (the common case) scalars, wrapped in arrays by
-        # the server: psycopg adapts them several times faster than one-element lists.
-        self._batch_call = sql.SQL(
-            "SELECT * FROM {schema}.{function}(%s::text[], %s::bigint[], %s::text[], %s::bytea[], %s::text)"
-        ).format(schema=schema, function=function)
-        self._single_call = sql.SQL(
-            "SELECT * FROM {schema}.{function}("
-            "ARRAY[%s::text], ARRAY[%s::bigint], ARRAY[%s::text], ARRAY[%s::bytea], %s::text)"
-        ).format(schema=schema, function=function)
-        self._compiled: dict[bool, bytes] = {}
+        self.sql_create_statements.append(SQL(self._sql(pg.CREATE_APPEND, channel=Literal(self.channel_name), **names)))
+        self.sql_create_statements.append(SQL(self._sql(pg.COMMENT_APPEND, version=Literal(STORE_VERSION), **names)))
+        self._calls = {True: self._sql(pg.APPEND_ONE, **names).encode(), False: self._sql(pg.APPEND_BATCH, **names).encode()}
         self._lock_timeout = f"{int(self.datastore.lock_timeout)}s"
+
+    def _sql(self, template: str, **names: str) -> str:
+        return pg.sql(template, self.datastore.schema, **names)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
@@ -188,20 +72,16 @@ class OneTripRecorder(PostgresApplicationRecorder):
         # The pool's connections are in autocommit mode: the call is its own transaction,
         # and a failed one (a version conflict) leaves the connection idle and usable.
         with self.datastore.get_connection() as conn, conn.cursor(binary=True) as cursor:
-            cursor.execute(*self.append_call(stored_events, conn), prepare=True)
+            cursor.execute(*self.append_call(stored_events), prepare=True)
             ids = [row[self._function_name] for row in cursor.fetchall()]
         if len(ids) != len(stored_events):
             raise OperationalError(f"appended {len(stored_events)} events but got {len(ids)} ids")
         return ids
 
-    def append_call(
-        self, stored_events: Sequence[StoredEvent], conn: psycopg.BaseConnection[Any]
-    ) -> tuple[bytes, tuple[Any, ...]]:
-        """The statement (composed once) and parameters that append these events."""
+    def append_call(self, stored_events: Sequence[StoredEvent]) -> tuple[bytes, tuple[Any, ...]]:
+        """The statement (rendered once) and parameters that append these events."""
         single = len(stored_events) == 1
-        statement = self._compiled.get(single)
-        if statement is None:
-            statement = self._compiled[single] = (self._single_call if single else self._batch_call).as_bytes(conn)
+        statement = self._calls[single]
         if single:
             event = stored_events[0]
             return statement, (str(event.originator_id), event.originator_version, event.topic, event.state,
@@ -213,11 +93,6 @@ class OneTripRecorder(PostgresApplicationRecorder):
             [event.state for event in stored_events],
             self._lock_timeout,
         )
-
-
-def _qualified(schema: str, name: str) -> str:
-    """``"schema"."name"``, quoted as an identifier, for the ``to_reg*`` functions."""
-    return ".".join('"' + part.replace('"', '""') + '"' for part in (schema, name))
 
 
 class StoreFactory(PostgresFactory):
@@ -272,28 +147,22 @@ class StoreFactory(PostgresFactory):
     def _is_set_up(self, conn: psycopg.Connection[Any]) -> bool:
         events, snapshots, function = self._names()
         schema = self.datastore.schema
-        query = sql.SQL(
-            "SELECT obj_description(to_regprocedure({function}), 'pg_proc') = {version} "
-            "AND to_regclass({events}) IS NOT NULL AND to_regclass({snapshots}) IS NOT NULL AS ready"
-        ).format(
-            function=sql.Literal(f"{_qualified(schema, function)}({APPEND_ARGS})"),
-            version=sql.Literal(STORE_VERSION),
-            events=sql.Literal(_qualified(schema, events)),
-            snapshots=sql.Literal(_qualified(schema, snapshots)),
-        )
-        row = conn.execute(query).fetchone()
+        row = conn.execute(pg.IS_SET_UP, {  # the to_reg* functions take quoted names
+            "function": f"{quote((schema, function))}({pg.APPEND_ARGS})", "version": STORE_VERSION,
+            "events": quote((schema, events)), "snapshots": quote((schema, snapshots)),
+        }).fetchone()
         return bool(row and row["ready"])
 
     def _set_up_store(self, conn: psycopg.Connection[Any]) -> bool:
         events, snapshots, _ = self._names()
-        conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
+        conn.execute(pg.ADVISORY_LOCK, {"key": _SETUP_LOCK})
         try:
             if not self._is_set_up(conn):  # unless another process did it while we waited
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.datastore.schema)))
+                conn.execute(pg.sql(pg.CREATE_SCHEMA, self.datastore.schema))
                 OneTripRecorder(self.datastore, events_table_name=events).create_table()
                 self.aggregate_recorder_class(self.datastore, events_table_name=snapshots).create_table()
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
+            conn.execute(pg.ADVISORY_UNLOCK, {"key": _SETUP_LOCK})
         return True
 
 
@@ -332,15 +201,13 @@ class LoopAppender:
             return None
         try:
             async with conn.cursor(binary=True) as cursor:
-                await cursor.execute(*self.recorder.append_call(stored_events, conn), prepare=True)
+                await cursor.execute(*self.recorder.append_call(stored_events), prepare=True)
                 ids = [row[0] for row in await cursor.fetchall()]
-        except psycopg.IntegrityError as exc:
-            raise IntegrityError(str(exc)) from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            self.close()
-            return None
-        except psycopg.Error as exc:
-            raise PersistenceError(str(exc)) from exc
+        except Exception as exc:  # the caller translates what it raises (a conflict among them)
+            if connection_lost(exc):
+                self.close()
+                return None
+            raise
         except BaseException:
             self.close()  # cancelled mid-call: the connection's state is unknown
             raise
@@ -370,7 +237,7 @@ class LoopAppender:
         task = asyncio.current_task()
         try:
             conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-        except psycopg.Error:
+        except DATABASE_ERRORS:
             if self._connecting is task:  # an append after RETRY_SECONDS tries again
                 self._loop = self._connecting = None
                 self._retry_at = time.monotonic() + RETRY_SECONDS

@@ -8,33 +8,40 @@ transaction. So nothing is lost between "events appended" and "index updated": a
 crash the next pass starts from the last position written, and the index can be rebuilt
 from position 0 at any time (:meth:`RunIndex.rebuild`).
 
-Backends follow the store: :class:`MemoryRunIndex` (``memory://``), :class:`SQLiteRunIndex`
-and :class:`PostgresRunIndex`, each an eventsourcing tracking recorder with the index
-table added. Statements are in :mod:`phaseledger.store.queries`.
+Backends follow the store (:meth:`Store.run_index`): :class:`MemoryRunIndex` (``memory://``),
+:class:`SQLiteRunIndex` and :class:`PostgresRunIndex`, each an eventsourcing tracking
+recorder with the index table added. Statements are in :mod:`phaseledger.store.sql`.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
-from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL
 
 from phaseledger.domain.errors import CorruptEvent, RunNotFound
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.status import DAMAGED, FINISHED, RUNNING, WAITING
-from phaseledger.store import queries as q
-from phaseledger.store.eventstore import Store
-from phaseledger.store.faults import create_racing, guarded, store_errors
+from phaseledger.store import _internals
+from phaseledger.store.faults import create_racing, guarded
+from phaseledger.store.sql import Literal, sqlite
+from phaseledger.store.sql import postgres as pg
+
+if TYPE_CHECKING:
+    from phaseledger.store.eventstore import Store
+
+TRACKING_NAME = "phaseledger.runindex"
+"""The index's name in the tracking table."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -151,10 +158,7 @@ class RunIndex(TrackingRecorder):
 
         Call it until it returns less than ``batch`` to reach the end of the log.
         """
-        position = self.position()
-        notifications = self.store.app.recorder.select_notifications(
-            start=position, limit=batch, inclusive_of_start=False
-        )
+        notifications = self.store.notifications(self.position(), batch)
         if not notifications:
             return 0
         rows, gone = [], []
@@ -167,7 +171,7 @@ class RunIndex(TrackingRecorder):
                 log.error("run index: %s", exc)
                 rows.append(IndexRow.damaged(run_id, version, self.get(run_id)))
         try:
-            self._write(rows, gone, Tracking(q.TRACKING_NAME, notifications[-1].id))
+            self._write(rows, gone, Tracking(TRACKING_NAME, notifications[-1].id))
         except IntegrityError:
             return 0  # another indexer recorded this position first: its rows stand
         return len(notifications)
@@ -219,12 +223,12 @@ class RunIndex(TrackingRecorder):
     @guarded("read the run index's position")
     def position(self) -> int:
         """The notification id the index has reached (0 before the first pass)."""
-        return self.max_tracking_id(q.TRACKING_NAME) or 0
+        return self.max_tracking_id(TRACKING_NAME) or 0
 
     @guarded("read the run index's position")
     def caught_up(self) -> bool:
         """Whether the index has read the whole notification log."""
-        return (self.store.app.recorder.max_notification_id() or 0) <= self.position()
+        return self.store.max_notification_id() <= self.position()
 
     @guarded("rebuild the run index")
     def rebuild(self) -> int:
@@ -262,53 +266,64 @@ class RunIndex(TrackingRecorder):
         """``(run_id, version)`` of runs of these workflow keys runnable at ``now``, oldest first."""
 
 
-class MemoryRunIndex(POPOTrackingRecorder, RunIndex):
+class MemoryRunIndex(RunIndex):
     """The run index of a ``memory://`` store (in this process only)."""
 
     def __init__(self, store: Store) -> None:
-        super().__init__()
         self.store = store
         self._rows: dict[str, IndexRow] = {}
+        self._position: int | None = None
+        self._lock = threading.Lock()
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        with self._lock:
+            self._track(tracking)
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        return self._position if application_name == TRACKING_NAME else None
+
+    def _track(self, tracking: Tracking) -> None:
+        if self._position is not None and self._position >= tracking.notification_id:
+            raise IntegrityError(f"position {tracking.notification_id} not after {self._position}")
+        self._position = tracking.notification_id
 
     def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking | None) -> None:
-        with self._database_lock:
+        with self._lock:
             if tracking is not None:
-                self._assert_tracking_uniqueness(tracking)
+                self._track(tracking)
             for row in rows:
                 old = self._rows.get(row.run_id)
                 if old is None or old.version <= row.version:
                     self._rows[row.run_id] = row
             for run_id in gone:
                 self._rows.pop(run_id, None)
-            if tracking is not None:
-                self._insert_tracking(tracking)
 
     def _reset(self) -> None:
-        with self._database_lock:
+        with self._lock:
             self._rows.clear()
-            self._max_tracking_ids.pop(q.TRACKING_NAME, None)
+            self._position = None
 
     def rows(self) -> list[IndexRow]:
-        with self._database_lock:
+        with self._lock:
             return sorted(self._rows.values(), key=lambda r: r.run_id)
 
     def get(self, run_id: str) -> IndexRow | None:
-        with self._database_lock:
+        with self._lock:
             return self._rows.get(run_id)
 
     def damaged_runs(self) -> list[str]:
-        with self._database_lock:
+        with self._lock:
             return sorted(r.run_id for r in self._rows.values() if r.status == DAMAGED)
 
     def next_wake(self, keys: Iterable[str]) -> datetime | None:
         wanted = set(keys)
-        with self._database_lock:
+        with self._lock:
             times = [r.runnable_at for r in self._rows.values() if r.runnable_at and r.workflow_key in wanted]
         return min(times, default=None)
 
     def runnable(self, now: datetime, keys: Iterable[str], limit: int) -> list[tuple[str, int]]:
         wanted = set(keys)
-        with self._database_lock:
+        with self._lock:
             due = [r for r in self._rows.values()
                    if r.runnable_at is not None and r.runnable_at <= now and r.workflow_key in wanted]
         due.sort(key=lambda r: r.runnable_at or _EPOCH)
@@ -326,14 +341,12 @@ def _dt(value: float | None) -> datetime | None:
 class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
     """The run index of a SQLite store: a table in the same file, next to the events."""
 
-    def __init__(self, store: Store) -> None:
-        datastore = store.app.recorder.datastore  # type: ignore[attr-defined]
-        assert isinstance(datastore, SQLiteDatastore)
+    def __init__(self, store: Store, datastore: SQLiteDatastore) -> None:
         super().__init__(datastore)
         self.store = store
 
     def construct_create_table_statements(self) -> list[str]:
-        return [*super().construct_create_table_statements(), *q.SQLITE_CREATE]
+        return [*super().construct_create_table_statements(), *sqlite.CREATE]
 
     def create_table(self) -> None:
         create_racing(super().create_table)  # processes opening a new store at once
@@ -356,34 +369,34 @@ class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
     def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking | None) -> None:
         with self.datastore.transaction(commit=True) as c:
             for row in rows:
-                c.execute(q.SQLITE_UPSERT_ROW, self._params(row))
+                c.execute(sqlite.UPSERT_ROW, self._params(row))
             for run_id in gone:
-                c.execute(q.SQLITE_DELETE_ROW, {"run_id": run_id})
+                c.execute(sqlite.DELETE_ROW, {"run_id": run_id})
             if tracking is not None:
-                self._insert_tracking(c, tracking)
+                _internals.insert_tracking(self, c, tracking)
 
     def _reset(self) -> None:
         with self.datastore.transaction(commit=True) as c:
-            for statement in q.SQLITE_RESET:
-                c.execute(statement, {"name": q.TRACKING_NAME})
+            for statement in sqlite.RESET:
+                c.execute(statement, {"name": TRACKING_NAME})
 
     @guarded("read the run index")
     def rows(self) -> list[IndexRow]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(q.SQLITE_SELECT_ROWS)
+            c.execute(sqlite.SELECT_ROWS)
             return [self._row(r) for r in c.fetchall()]
 
     @guarded("read the run index row of run {run_id!r}")
     def get(self, run_id: str) -> IndexRow | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(q.SQLITE_SELECT_ROW, {"run_id": run_id})
+            c.execute(sqlite.SELECT_ROW, {"run_id": run_id})
             found = c.fetchone()
         return self._row(found) if found else None
 
     @guarded("read the run index")
     def damaged_runs(self) -> list[str]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(q.SQLITE_SELECT_DAMAGED, {"status": DAMAGED})
+            c.execute(sqlite.SELECT_DAMAGED, {"status": DAMAGED})
             return [r[0] for r in c.fetchall()]
 
     @guarded("read the run index")
@@ -392,7 +405,7 @@ class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
         if not keys:
             return None
         with self.datastore.transaction(commit=False) as c:
-            c.execute(q.SQLITE_NEXT_WAKE.format(keys=", ".join("?" * len(keys))), keys)
+            c.execute(sqlite.NEXT_WAKE, {"keys": sqlite.json_list(keys)})
             return _dt(c.fetchone()[0])
 
     @guarded("read the run index")
@@ -401,42 +414,38 @@ class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
         if not keys or limit <= 0:
             return []
         with self.datastore.transaction(commit=False) as c:
-            c.execute(q.SQLITE_RUNNABLE.format(keys=", ".join("?" * len(keys))), [now.timestamp(), *keys, limit])
+            c.execute(sqlite.RUNNABLE, {"now": now.timestamp(), "keys": sqlite.json_list(keys), "limit": limit})
             return [(r[0], r[1]) for r in c.fetchall()]
 
 
 class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
     """The run index of a PostgreSQL store, shared by every worker on it (see :mod:`.leases`)."""
 
-    def __init__(self, store: Store) -> None:
-        datastore = store.app.recorder.datastore  # type: ignore[attr-defined]
-        assert isinstance(datastore, PostgresDatastore)
-        super().__init__(datastore, tracking_table_name=q.TRACKING_TABLE)
+    def __init__(self, store: Store, datastore: PostgresDatastore) -> None:
+        super().__init__(datastore, tracking_table_name=pg.TRACKING_TABLE)
         self.store = store
-        self.schema = Identifier(datastore.schema)
-        self.lock_key = f"{datastore.schema}.{q.INDEX_TABLE}"
-        self.sql_create_statements.extend(self.sql(s) for s in q.PG_CREATE)
+        self.lock_key = f"{datastore.schema}.phaseledger_runindex"
+        # The creating transaction first takes a lock, so workers starting on a fresh schema
+        # at once create the tables one after the other.
+        self.sql_create_statements.insert(0, SQL(self.sql(pg.CREATE_LOCK, key=Literal(self.lock_key + ":create"))))
+        self.sql_create_statements.extend(SQL(self.sql(s)) for s in pg.CREATE)  # type: ignore[arg-type]
 
-    def sql(self, statement: str) -> Any:
-        """A statement of :mod:`._worker_sql` with the store's schema filled in."""
-        return SQL(statement).format(schema=self.schema)  # type: ignore[arg-type]
+    def sql(self, template: str, **names: str) -> str:
+        """A template of :mod:`phaseledger.store.sql.postgres` for the store's schema."""
+        return pg.sql(template, self.datastore.schema, **names)
 
     def create_table(self) -> None:
         # Several workers may start on a fresh schema at once: creation is serialised by an
         # advisory lock, and a worker that raced another's migration row simply tries again.
         create_racing(super().create_table)
 
-    def _create_table(self, curs: Any) -> None:
-        curs.execute(q.PG_CREATE_LOCK, {"key": self.lock_key + ":create"})
-        super()._create_table(curs)
-
     def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking | None) -> None:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(q.PG_TRY_INDEX_LOCK if tracking is not None else q.PG_WAIT_INDEX_LOCK, {"key": self.lock_key})
+            curs.execute(pg.TRY_INDEX_LOCK if tracking is not None else pg.WAIT_INDEX_LOCK, {"key": self.lock_key})
             locked = curs.fetchone()
             if not (locked and locked["locked"]):
                 raise IntegrityError("another worker is indexing the log now")
-            upsert = self.sql(q.PG_UPSERT_ROW)
+            upsert = self.sql(pg.UPSERT_ROW)
             curs.executemany(upsert, [
                 {"run_id": r.run_id, "workflow": r.workflow, "workflow_version": r.workflow_version,
                  "workflow_key": r.workflow_key, "status": r.status, "runnable_at": r.runnable_at,
@@ -444,14 +453,14 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
                 for r in sorted(rows, key=lambda r: r.run_id)
             ])
             if gone:
-                curs.execute(self.sql(q.PG_DELETE_ROWS), {"run_ids": list(gone)})
+                curs.execute(self.sql(pg.DELETE_ROWS), {"run_ids": list(gone)})
             if tracking is not None:
-                self._insert_tracking(curs, tracking)
+                _internals.insert_tracking(self, curs, tracking)
 
     def _reset(self) -> None:
         with self.datastore.transaction(commit=True) as curs:
-            for statement in q.PG_RESET:
-                curs.execute(self.sql(statement), {"name": q.TRACKING_NAME})
+            for statement in pg.RESET:
+                curs.execute(self.sql(statement), {"name": TRACKING_NAME})
 
     @staticmethod
     def _row(r: dict[str, Any]) -> IndexRow:
@@ -464,44 +473,37 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
     @guarded("read the run index")
     def rows(self) -> list[IndexRow]:
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.sql(q.PG_SELECT_ROWS))
+            curs.execute(self.sql(pg.SELECT_ROWS))
             return [self._row(r) for r in curs.fetchall()]
 
     @guarded("read the run index row of run {run_id!r}")
     def get(self, run_id: str) -> IndexRow | None:
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.sql(q.PG_SELECT_ROW), {"run_id": run_id})
+            curs.execute(self.sql(pg.SELECT_ROW), {"run_id": run_id})
             found = curs.fetchone()
         return self._row(found) if found else None
 
     @guarded("read the run index")
     def damaged_runs(self) -> list[str]:
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.sql(q.PG_SELECT_DAMAGED), {"status": DAMAGED})
+            curs.execute(self.sql(pg.SELECT_DAMAGED), {"status": DAMAGED})
             return [r["run_id"] for r in curs.fetchall()]
 
     @guarded("read the run index")
     def next_wake(self, keys: Iterable[str]) -> datetime | None:
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.sql(q.PG_NEXT_WAKE), {"keys": list(keys)})
+            curs.execute(self.sql(pg.NEXT_WAKE), {"keys": list(keys)})
             found = curs.fetchone()
         return _aware(found["next_wake"]) if found else None
 
     @guarded("read the run index")
     def runnable(self, now: datetime, keys: Iterable[str], limit: int) -> list[tuple[str, int]]:
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.sql(q.PG_RUNNABLE), {"now": now, "keys": list(keys), "limit": limit})
+            curs.execute(self.sql(pg.RUNNABLE), {"now": now, "keys": list(keys), "limit": limit})
             return [(r["run_id"], r["version"]) for r in curs.fetchall()]
 
 
 def open_run_index(store: Store, *, create: bool = True) -> RunIndex:
     """The run index of a store; its tables are created unless ``create`` is False (the
     caller creates them when it first finds them missing)."""
-    index: RunIndex
-    with store_errors(store.url, "open the run index"):
-        if store.url.backend == "memory":
-            return MemoryRunIndex(store)
-        index = SQLiteRunIndex(store) if store.url.backend == "sqlite" else PostgresRunIndex(store)
-        if create:
-            index.create_table()
-    return index
+    return store.run_index(create=create)

@@ -122,7 +122,7 @@ async def check_replay(
     reference_engine = Engine(store, workflows=[workflow], **options)
     shared = reference_engine.store
     reference = await reference_engine.run(workflow, input, run_id=run_id)
-    events = await reference_engine.drives.call(shared.events, run_id)
+    events = await reference_engine.store.call(shared.events, run_id)
     expected = comparable_events(events)
     report = ReplayReport(run_id=run_id, events=len(events))
     for k in prefixes if prefixes is not None else range(1, len(events)):
@@ -130,7 +130,7 @@ async def check_replay(
             continue
         prefix_id = f"{run_id}~{k}"
         prefix = _copy_events(events[:k], prefix_id)
-        await reference_engine.drives.call(shared.save_events, prefix_id, prefix)
+        await shared.call(shared.append, prefix)
         if calls is not None:
             calls.keys.clear()
         engine = Engine(shared, workflows=[workflow], **options)  # a fresh engine: nothing in memory
@@ -140,7 +140,7 @@ async def check_replay(
             resumed = await engine.resume(prefix_id)
             if resumed.version == before:
                 break
-        got = comparable_events(await engine.drives.call(shared.events, prefix_id))
+        got = comparable_events(await engine.store.call(shared.events, prefix_id))
         if got != expected:
             pairs = enumerate(zip(got, expected, strict=False))
             first = next((i for i, (a, b) in pairs if a != b), min(len(got), len(expected)))

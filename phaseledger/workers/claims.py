@@ -39,11 +39,9 @@ from typing import IO, Any
 
 from phaseledger.domain.errors import WorkerAlreadyRunning
 from phaseledger.domain.status import CANCELLED
-from phaseledger.store import queries as q
 from phaseledger.store.eventstore import Store
-from phaseledger.store.faults import store_errors
-from phaseledger.store.leasebook import DriverId
-from phaseledger.store.runindex import PostgresRunIndex, RunIndex
+from phaseledger.store.leasebook import DriverId, PostgresLeaseBook
+from phaseledger.store.runindex import RunIndex
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,8 @@ class Leases(ABC):
 
 # -- one worker per store: memory:// and SQLite -------------------------------------------
 
-_MEMORY_OWNERS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_MEMORY_OWNERS: weakref.WeakKeyDictionary[Store, str] = weakref.WeakKeyDictionary()
+"""The worker of each ``memory://`` store of this process."""
 _MEMORY_LOCK = threading.Lock()
 
 
@@ -111,10 +110,10 @@ class StoreOwnership:
         """Become the store's worker, or raise :class:`~phaseledger.WorkerAlreadyRunning`."""
         if self.path is None:
             with _MEMORY_LOCK:
-                holder = _MEMORY_OWNERS.get(self.store.app)
+                holder = _MEMORY_OWNERS.get(self.store)
                 if holder is not None:
                     raise WorkerAlreadyRunning(self.store.url.redacted, holder)
-                _MEMORY_OWNERS[self.store.app] = self.owner
+                _MEMORY_OWNERS[self.store] = self.owner
             return
         handle = open(self.path, "a+", encoding="utf-8")  # held open while the worker runs
         if not _try_lock(handle):
@@ -132,8 +131,8 @@ class StoreOwnership:
         """Stop being the store's worker."""
         if self.path is None:
             with _MEMORY_LOCK:
-                if _MEMORY_OWNERS.get(self.store.app) == self.owner:
-                    del _MEMORY_OWNERS[self.store.app]
+                if _MEMORY_OWNERS.get(self.store) == self.owner:
+                    del _MEMORY_OWNERS[self.store]
             return
         if self._file is not None:
             self._file.seek(0)
@@ -229,56 +228,36 @@ class PostgresLeases(Leases):
 
     claims_are_run_leases = True
 
-    def __init__(self, index: PostgresRunIndex, driver: DriverId) -> None:
-        self.index = index
-        self.datastore = index.datastore
+    def __init__(self, book: PostgresLeaseBook, driver: DriverId) -> None:
+        self.book = book
         self.driver = driver
-
-    def _run(self, statement: str, params: dict[str, Any], *, fetch: bool = True,
-             operation: str = "read the leases") -> list[dict[str, Any]]:
-        with store_errors(self.index.store.url, operation):
-            with self.datastore.transaction(commit=True) as curs:
-                curs.execute(self.index.sql(statement), params)
-                return list(curs.fetchall()) if fetch else []
 
     def claim(self, owner: str, limit: int, lease_seconds: float, keys: Iterable[str]) -> list[Claim]:
         keys = list(keys)
         if limit <= 0 or not keys:
             return []
-        rows = self._run(q.PG_CLAIM, {"owner": owner, "limit": limit, "lease": float(lease_seconds), "keys": keys,
-                                      "host": self.driver.host, "pid": self.driver.pid,
-                                      "proc_start": self.driver.proc_start},
-                         operation="claim runs")
-        return [Claim(r["run_id"], r["version"]) for r in rows]
+        claimed = self.book.claim(owner, self.driver, limit, lease_seconds, keys)
+        return [Claim(run_id, version) for run_id, version in claimed]
 
     def renew(self, owner: str, run_ids: Iterable[str], lease_seconds: float) -> Renewal:
         run_ids = list(run_ids)
         if not run_ids:
             return Renewal(frozenset())
-        with store_errors(self.index.store.url, "renew leases"):
-            with self.datastore.transaction(commit=True) as curs:
-                curs.execute(self.index.sql(q.PG_RENEW),
-                             {"owner": owner, "run_ids": run_ids, "lease": float(lease_seconds)})
-                kept = frozenset(r["run_id"] for r in curs.fetchall())
-                cancelled: frozenset[str] = frozenset()
-                if kept:
-                    curs.execute(self.index.sql(q.PG_CANCELLED), {"run_ids": list(kept)})
-                    cancelled = frozenset(r["run_id"] for r in curs.fetchall())
-        return Renewal(kept, cancelled)
+        return Renewal(*self.book.renew_claims(owner, run_ids, lease_seconds))
 
     def release(self, owner: str, run_id: str, fence: int, hold_seconds: float = 0.0) -> None:
-        self._run(q.PG_RELEASE, {"owner": owner, "run_id": run_id, "fence": fence, "hold": float(hold_seconds)},
-                  fetch=False, operation=f"release run {run_id!r}")
+        self.book.release_claim(owner, run_id, fence, hold_seconds)
 
     def leases(self) -> list[dict[str, Any]]:
         """Every lease row (for inspection and tests)."""
-        return self._run(q.PG_SELECT_LEASES, {})
+        return self.book.rows()
 
 
 def open_leases(index: RunIndex, driver: DriverId) -> Leases:
     """The leases of a worker on the index's store; claims the store on memory:// and SQLite."""
-    if isinstance(index, PostgresRunIndex):
-        return PostgresLeases(index, driver)
+    book = index.store.lease_book()
+    if isinstance(book, PostgresLeaseBook):  # leases shared in the store: many workers
+        return PostgresLeases(book, driver)
     ownership = StoreOwnership(index.store, driver.owner)
     ownership.acquire()
     return LocalLeases(index, ownership)

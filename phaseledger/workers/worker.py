@@ -287,11 +287,9 @@ class Worker:
 
     def _listener(self) -> AppendListener | None:
         """A LISTEN connection on the store's notification channel (PostgreSQL only)."""
-        store = self.engine.store
-        if store.url.backend != "postgresql" or not store.url.postgres_conninfo:
+        listener = self.engine.store.listener(self._notified)
+        if listener is None:
             return None
-        listener = AppendListener(store.url.postgres_conninfo, store.app.recorder.channel_name, self._notified,
-                                  store=store.url.redacted)
         listener.outage.who = f"worker {self.id}: LISTEN connection"
         return listener
 
@@ -314,7 +312,7 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------
 
     async def _call(self, fn: Any, *args: Any) -> Any:
-        return await self.engine.drives.call(fn, *args)
+        return await self.engine.store.call(fn, *args)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

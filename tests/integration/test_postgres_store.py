@@ -38,12 +38,12 @@ def thread_free(store: Store) -> list[str]:
     """Make the store's synchronous append fail the test if it is called; returns the calls."""
     calls: list[str] = []
 
-    def forbidden(run_id: str, events: Any, snapshot: Any = None) -> int:
-        calls.append(run_id)
+    def forbidden(*args: Any, **kwargs: Any) -> int:
+        calls.append(repr(args))
         raise AssertionError("the append took the synchronous path")
 
-    store._save_events = forbidden  # type: ignore[method-assign]
-    store.save_events = forbidden  # type: ignore[method-assign]
+    store.backend.write = forbidden  # type: ignore[method-assign,assignment]
+    store.append = forbidden  # type: ignore[method-assign]
     return calls
 
 
@@ -51,12 +51,12 @@ async def test_loop_appends_need_no_thread_and_keep_notification_order(postgres_
     store = Store(postgres_url)
     try:
         run = started("r")
-        first = await store.save_events_async("r", run.collect_events())  # in a thread, while the loop connects
-        assert await store._loop_appender.connected()
+        first = await store.append_async(run.collect_events())  # in a thread, while the loop connects
+        assert await store.backend.loop_appender.connected()
         thread_free(store)
         ids = [first]
         for batch in (1, 3, 1):
-            ids.append(await store.save_events_async("r", signals(run, batch)))
+            ids.append(await store.append_async(signals(run, batch)))
         logged = [n.id for n in store.app.recorder.select_notifications(start=0, limit=100)]
         assert logged == sorted(logged) and len(logged) == 6 and ids == [logged[i] for i in (0, 1, 4, 5)]
         assert store.load("r").inbox == run.inbox
@@ -67,16 +67,16 @@ async def test_loop_appends_need_no_thread_and_keep_notification_order(postgres_
 async def test_loop_append_conflict_writes_nothing_and_the_connection_stays_usable(postgres_url: str) -> None:
     store, other = Store(postgres_url), Store(postgres_url)
     try:
-        await store.save_events_async("r", started("r").collect_events())
+        await store.append_async(started("r").collect_events())
         mine, theirs = store.load("r"), other.load("r")
-        await other.save_events_async("r", signals(theirs, 1))
-        assert await store._loop_appender.connected()
+        await other.append_async(signals(theirs, 1))
+        assert await store.backend.loop_appender.connected()
         with pytest.raises(ConcurrencyConflict):
-            await store.save_events_async("r", signals(mine, 2))
+            await store.append_async(signals(mine, 2))
         assert [e.originator_version for e in store.events("r")] == [1, 2]
         thread_free(store)
         fresh = store.load("r")
-        await store.save_events_async("r", signals(fresh, 1))  # the same loop connection, after the failure
+        await store.append_async(signals(fresh, 1))  # the same loop connection, after the failure
         assert store.load("r").version == 3
     finally:
         store.close()
@@ -87,17 +87,17 @@ async def test_a_broken_loop_connection_falls_back_to_the_retrying_path(postgres
     store = Store(postgres_url)
     try:
         run = started("r")
-        await store.save_events_async("r", run.collect_events())
-        assert await store._loop_appender.connected()
-        conn = store._loop_appender._conn
+        await store.append_async(run.collect_events())
+        assert await store.backend.loop_appender.connected()
+        conn = store.backend.loop_appender._conn
         with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "", autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-        await store.save_events_async("r", signals(run, 1))  # fails on the loop, then appends in a thread
-        assert store._loop_appender._conn is None
-        await store.save_events_async("r", signals(run, 1))  # in a thread again, while the loop reconnects
-        assert await store._loop_appender.connected()
+        await store.append_async(signals(run, 1))  # fails on the loop, then appends in a thread
+        assert store.backend.loop_appender._conn is None
+        await store.append_async(signals(run, 1))  # in a thread again, while the loop reconnects
+        assert await store.backend.loop_appender.connected()
         thread_free(store)
-        await store.save_events_async("r", signals(run, 1))
+        await store.append_async(signals(run, 1))
         assert [e.originator_version for e in store.events("r")] == [1, 2, 3, 4]
     finally:
         store.close()
@@ -105,11 +105,11 @@ async def test_a_broken_loop_connection_falls_back_to_the_retrying_path(postgres
 
 def test_each_event_loop_gets_its_own_connection_and_a_live_other_loop_is_left_alone(postgres_url: str) -> None:
     store = Store(postgres_url)
-    appender = store._loop_appender
+    appender = store.backend.loop_appender
     run = started("r")
 
     async def append_connected(events: list[WorkflowRun.Event]) -> Any:
-        await store.save_events_async("r", events)
+        await store.append_async(events)
         assert await appender.connected()
         return appender._conn
 
@@ -132,7 +132,7 @@ def test_each_event_loop_gets_its_own_connection_and_a_live_other_loop_is_left_a
         try:
             assert owned.wait(10)
             assert second.closed and owner[0] is appender._conn
-            asyncio.run(store.save_events_async("r", signals(run, 1)))  # through the thread path
+            asyncio.run(store.append_async(signals(run, 1)))  # through the thread path
             assert appender._conn is owner[0] and not owner[0].closed
         finally:
             release.set()
@@ -191,7 +191,7 @@ def test_a_store_made_by_an_earlier_release_gets_the_append_function(postgres_ur
     try:
         assert isinstance(reopened.app.recorder, PostgresApplicationRecorder)
         run = reopened.load("old")
-        reopened.save_events("old", signals(run, 2))
+        reopened.append(signals(run, 2))
         assert reopened.load("old").version == 3
     finally:
         reopened.close()
@@ -212,9 +212,9 @@ async def test_concurrent_first_appends_on_one_loop_make_one_connection(
     store = Store(postgres_url)
     try:
         runs = [started(f"r{i}") for i in range(5)]
-        await asyncio.gather(*(store.save_events_async(run.id, run.collect_events()) for run in runs))
-        assert await store._loop_appender.connected()
-        assert made == [store._loop_appender._conn]
+        await asyncio.gather(*(store.append_async(run.collect_events()) for run in runs))
+        assert await store.backend.loop_appender.connected()
+        assert made == [store.backend.loop_appender._conn]
         assert sorted(store.run_ids()) == [f"r{i}" for i in range(5)]
     finally:
         store.close()
@@ -222,15 +222,15 @@ async def test_concurrent_first_appends_on_one_loop_make_one_connection(
 
 def test_an_unreachable_server_leaves_appends_to_the_retrying_path(postgres_url: str) -> None:
     store = Store(postgres_url)
-    appender = store._loop_appender
+    appender = store.backend.loop_appender
     appender.conninfo += " port=1"  # nothing listens there: the loop cannot connect
     run = started("r")
 
     async def main() -> None:
-        await store.save_events_async("r", run.collect_events())
+        await store.append_async(run.collect_events())
         assert not await appender.connected()
         assert appender._retry_at > 0 and appender._connecting is None
-        await store.save_events_async("r", signals(run, 1))  # within the retry delay: no new attempt
+        await store.append_async(signals(run, 1))  # within the retry delay: no new attempt
         assert appender._connecting is None
 
     try:

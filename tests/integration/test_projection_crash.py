@@ -93,7 +93,7 @@ def check_exactly_once(engine: Engine, reports: Reports) -> None:
         assert row["steps"] == history.count("StepRecorded")
         assert row["phase_visits"] == history.count("PhaseEntered") == len(reports.timeline(run_id))
         assert row["status"] == "completed"
-    assert events == count_after(engine.store.app, None)  # every event of the log belongs to one run
+    assert events == count_after(engine.store, None)  # every event of the log belongs to one run
     days = incremental["report_token_usage"]  # one row per model and day: a run may straddle midnight
     calls, requests = sum(d["calls"] for d in days), sum(d["requests"] for d in days)
     assert calls == requests == sum(r["model_requests"] for r in runs.values()) == 3 * len(runs)
@@ -106,7 +106,7 @@ async def test_killed_projection_processes_apply_each_event_once(durable_store_u
     wf = make_workflow()
     engine = Engine(durable_store_url, workflows=[wf])
     await add_runs(engine, wf, 0, 25)
-    head = count_after(engine.store.app, None)
+    head = count_after(engine.store, None)
     positions = []
     with Reports(engine.store) as reports:
         for attempt in range(3):  # a process catching up in pages of random sizes

@@ -260,7 +260,7 @@ async def test_sigterm_releases_the_run_at_the_next_boundary(durable_store_url: 
     assert 1 <= len(left_at) < 5 and engine.get("slow").status == "running"
     assert sum(executions(effects).values()) == len(left_at)  # the step in flight was recorded
     if durable_store_url.startswith("postgresql"):
-        leases = PostgresLeases(open_run_index(engine.store), DriverId.here()).leases()  # type: ignore[arg-type]
+        leases = PostgresLeases(engine.store.lease_book(), DriverId.here()).leases()  # type: ignore[arg-type]
         assert [lease["owner"] for lease in leases] == [None]  # released, not left to expire
     successor = start_worker(durable_store_url, effects, slow_step=0.01)
     try:
@@ -300,7 +300,7 @@ async def test_leases_expire_fence_and_hold(postgres_url: str) -> None:
     await engine.start(wf, run_id="r")
     index = open_run_index(engine.store)
     index.catch_up_fully()
-    leases = PostgresLeases(index, DriverId.here())  # type: ignore[arg-type]
+    leases = PostgresLeases(engine.store.lease_book(), DriverId.here())  # type: ignore[arg-type]
     keys = ["leased@1"]
     (claim,) = leases.claim("A", 5, 0.3, keys)
     assert claim.run_id == "r" and claim.version == 2

@@ -19,8 +19,13 @@ class CountingStore(Store):
         super().__init__("memory://")
         self.appends: list[list[str]] = []
 
-    def save_events(self, run_id: str, events: Sequence[Any]) -> int:
-        result = super().save_events(run_id, events)
+    def append(self, events: Sequence[Any], **kwargs: Any) -> int:
+        return self._noted(events, super().append(events, **kwargs))
+
+    async def append_async(self, events: Sequence[Any], **kwargs: Any) -> int:
+        return self._noted(events, await super().append_async(events, **kwargs))
+
+    def _noted(self, events: Sequence[Any], result: int) -> int:
         if events:
             self.appends.append([type(e).__name__ for e in events])
         return result

@@ -127,14 +127,37 @@ def test_a_new_outage_after_the_settling_time_is_announced_again(caplog: pytest.
     assert outage.outages == 2
 
 
-def test_the_psycopg_pool_internals_the_store_overrides_are_still_there() -> None:
-    """The LIFO and outage-aware pool override private psycopg_pool members: fail loudly if they move."""
+def test_the_private_members_the_store_relies_on_are_still_there() -> None:
+    """phaseledger.store._internals uses private members of psycopg_pool and eventsourcing
+    (there is no public way to do what it does): fail loudly if an upgrade moves one."""
     import inspect
 
     import psycopg_pool
+    from eventsourcing.popo import POPOApplicationRecorder
+    from eventsourcing.postgres import ConnectionPool, PostgresTrackingRecorder
+    from eventsourcing.sqlite import SQLiteTrackingRecorder
     from psycopg_pool.base import AttemptWithBackoff
 
+    from phaseledger.store import _internals
+
+    # the LIFO, outage-aware pool
+    for name in _internals.LIFO_POOL_OVERRIDES:
+        assert callable(getattr(psycopg_pool.ConnectionPool, name, None)), name
     assert list(inspect.signature(psycopg_pool.ConnectionPool._connect).parameters)[:2] == ["self", "timeout"]
     assert list(inspect.signature(psycopg_pool.ConnectionPool._add_connection).parameters)[:3] == [
         "self", "attempt", "growing"]
+    assert list(inspect.signature(psycopg_pool.ConnectionPool._get_ready_connection).parameters)[:2] == [
+        "self", "timeout"]
     assert callable(getattr(AttemptWithBackoff, "update_delay", None))
+    assert hasattr(AttemptWithBackoff, "INITIAL_DELAY")
+    pool = ConnectionPool("", open=False)
+    assert hasattr(pool, "_pool") and hasattr(pool._pool, "rotate")  # the deque of idle connections
+    assert _internals._ReconnectBackoff is not None
+    # tracking rows written and read in the caller's transaction
+    for recorder in (SQLiteTrackingRecorder, PostgresTrackingRecorder):
+        assert list(inspect.signature(recorder._insert_tracking).parameters)[1:] in (["c", "tracking"],
+                                                                                     ["curs", "tracking"])
+        assert len(inspect.signature(recorder._max_tracking_id).parameters) == 3
+    # deleting rows of a memory:// store
+    memory = POPOApplicationRecorder()
+    assert hasattr(memory, "_database_lock") and isinstance(memory._stored_events_index, dict)

@@ -42,19 +42,19 @@ class _Probe:
         from phaseledger.store.eventstore import Store
 
         probe = self
-        save_events = Store.save_events
-        save_events_async = Store.save_events_async
+        append = Store.append
+        append_async = Store.append_async
         journaled = Context._journaled
 
-        def probed_save_events(store: Store, run_id: str, events: Sequence[Any]) -> int:
-            result = save_events(store, run_id, events)
+        def probed_append(store: Store, events: Sequence[Any], **kwargs: Any) -> int:
+            result = append(store, events, **kwargs)
             if events:
                 probe.hit("after_append")
             return result
 
-        async def probed_save_events_async(store: Store, run_id: str, events: Sequence[Any]) -> int:
-            result = await save_events_async(store, run_id, events)
-            if events and store._loop_appender is not None:  # otherwise save_events was probed
+        async def probed_append_async(store: Store, events: Sequence[Any], **kwargs: Any) -> int:
+            result = await append_async(store, events, **kwargs)
+            if events:
                 probe.hit("after_append")
             return result
 
@@ -73,8 +73,8 @@ class _Probe:
 
             return await journaled(ctx, key, kind, name, probed_call, *args, **kwargs)
 
-        Store.save_events = probed_save_events  # type: ignore[method-assign]
-        Store.save_events_async = probed_save_events_async  # type: ignore[method-assign]
+        Store.append = probed_append  # type: ignore[method-assign]
+        Store.append_async = probed_append_async  # type: ignore[method-assign]
         Context._journaled = probed_journaled  # type: ignore[method-assign]
 
 

@@ -1,15 +1,15 @@
-"""Every SQL statement of the run index and of worker leases, in one place.
+"""The SQL of PostgreSQL stores: the append function, run index, leases, worker claims,
+retention and log counts.
 
-Three tables sit next to the event store's own (in the store's schema on PostgreSQL, in
-the same file on SQLite):
+Three tables sit next to the event store's own, in the store's schema:
 
 ``phaseledger_runindex``
     One row per run, derived from the notification log: its status and when it may next
     be driven (``runnable_at``; NULL while only a new event can wake it, and for a run
-    with status ``damaged``, a row of which cannot be read). Rows are written
-    in the same transaction as the index's tracking position, so the table can always be
-    rebuilt from the log and a crash never leaves it behind the position it claims.
-``phaseledger_runindex_tracking`` (PostgreSQL) / ``tracking`` (SQLite)
+    with status ``damaged``, a row of which cannot be read). Rows are written in the same
+    transaction as the index's tracking position, so the table can always be rebuilt from
+    the log and a crash never leaves it behind the position it claims.
+``phaseledger_runindex_tracking``
     The notification id the index has reached: eventsourcing's tracking table, under the
     name ``phaseledger.runindex``.
 ``phaseledger_leases``
@@ -18,23 +18,68 @@ the same file on SQLite):
     ``host`` and ``pid`` name the driver; ``proc_start`` tells a reused pid from the
     process that took the lease. ``fence`` is the run version the lease was left at: a
     worker claims the run again only once the index has caught up with it, so a run is not
-    picked up on an index row older than what its last driver saw (PostgreSQL; SQLite's one
-    worker keeps its fences in memory).
+    picked up on an index row older than what its last driver saw.
 
-Named parameters (``%(name)s`` for psycopg, ``:name`` for sqlite3) keep the statements
-readable. ``{schema}`` is filled in with a quoted identifier.
+Statements are templates rendered by :func:`sql` (see :mod:`phaseledger.store.sql`):
+``{schema}`` is the store's schema, other fields are tables qualified with it.
 """
 
 from __future__ import annotations
 
-INDEX_TABLE = "phaseledger_runindex"
-LEASES_TABLE = "phaseledger_leases"
-TRACKING_TABLE = "phaseledger_runindex_tracking"  # PostgreSQL; SQLite has one shared "tracking" table
-TRACKING_NAME = "phaseledger.runindex"
+from phaseledger.store.sql import Identifier, Literal, render
 
-# -- PostgreSQL ------------------------------------------------------------------------
+TRACKING_TABLE = "phaseledger_runindex_tracking"
 
-PG_CREATE = (
+
+def sql(template: str, schema: str, **names: str) -> str:
+    """A template of this module for the store's ``schema``; ``names`` are tables or functions
+    qualified with it (a :class:`~phaseledger.store.sql.Literal` is quoted as a string)."""
+    identifiers: dict[str, Identifier] = {
+        key: name if isinstance(name, Literal) else (schema, name) for key, name in names.items()
+    }
+    return render(template, schema=schema, **identifiers)
+
+
+# -- the append function of OneTripRecorder -----------------------------------------------
+
+APPEND_ARGS = "text[], bigint[], text[], bytea[], text"
+
+# {channel}: the NOTIFY channel, a Literal.
+CREATE_APPEND = """
+    CREATE OR REPLACE FUNCTION {function}(
+        ids text[], versions bigint[], topics text[], states bytea[], lock_timeout text)
+    RETURNS SETOF bigint LANGUAGE plpgsql AS $body$
+    BEGIN
+    PERFORM set_config('lock_timeout', lock_timeout, true);
+    LOCK TABLE {events} IN EXCLUSIVE MODE;
+    PERFORM pg_notify({channel}, '');
+    RETURN QUERY INSERT INTO {events} (originator_id, originator_version, topic, state)
+    SELECT * FROM unnest(ids, versions, topics, states) RETURNING notification_id;
+    END $body$
+"""
+
+COMMENT_APPEND = "COMMENT ON FUNCTION {function}(" + APPEND_ARGS + ") IS {version}"
+
+# Positional parameters, the cheapest to bind on the hot path. Arrays for a batch; for one
+# event (the common case) scalars, wrapped in arrays by the server: psycopg adapts them
+# several times faster than one-element lists.
+APPEND_BATCH = "SELECT * FROM {function}(%s::text[], %s::bigint[], %s::text[], %s::bytea[], %s::text)"
+APPEND_ONE = "SELECT * FROM {function}(ARRAY[%s::text], ARRAY[%s::bigint], ARRAY[%s::text], ARRAY[%s::bytea], %s::text)"
+
+# Whether the tables and the append function of this release are there.
+IS_SET_UP = """
+    SELECT obj_description(to_regprocedure(%(function)s), 'pg_proc') = %(version)s
+       AND to_regclass(%(events)s) IS NOT NULL AND to_regclass(%(snapshots)s) IS NOT NULL AS ready
+"""
+
+CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
+
+ADVISORY_LOCK = "SELECT pg_advisory_lock(%(key)s)"
+ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(%(key)s)"
+
+# -- run index and leases -----------------------------------------------------------------
+
+CREATE = (
     """
     CREATE TABLE IF NOT EXISTS {schema}.phaseledger_runindex (
         run_id           text PRIMARY KEY,
@@ -71,16 +116,17 @@ PG_CREATE = (
     "ALTER TABLE {schema}.phaseledger_leases ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz",
 )
 
-# Serialises table creation when several workers start on a fresh schema at once.
-PG_CREATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%(key)s))"
+# Serialises table creation when several workers start on a fresh schema at once (the
+# first statement of the creating transaction; %(key)s cannot be a parameter there).
+CREATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext({key}))"
 
 # One indexer at a time; the others skip their pass (the index is shared).
-PG_TRY_INDEX_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext(%(key)s)) AS locked"
+TRY_INDEX_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext(%(key)s)) AS locked"
 
 # Writes of rows without a position (damaged runs, rechecked runs) wait for the pass in progress.
-PG_WAIT_INDEX_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%(key)s)), true AS locked"
+WAIT_INDEX_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%(key)s)), true AS locked"
 
-PG_UPSERT_ROW = """
+UPSERT_ROW = """
     INSERT INTO {schema}.phaseledger_runindex AS i
         (run_id, workflow, workflow_version, workflow_key, status, runnable_at, version, updated_at)
     VALUES
@@ -95,43 +141,45 @@ PG_UPSERT_ROW = """
     WHERE i.version <= excluded.version
 """
 
-PG_DELETE_ROWS = "DELETE FROM {schema}.phaseledger_runindex WHERE run_id = ANY(%(run_ids)s)"
+DELETE_ROWS = "DELETE FROM {schema}.phaseledger_runindex WHERE run_id = ANY(%(run_ids)s)"
 
-PG_SELECT_ROWS = """
+SELECT_ROWS = """
     SELECT run_id, workflow, workflow_version, status, runnable_at, version, updated_at
     FROM {schema}.phaseledger_runindex
     ORDER BY run_id
 """
 
-PG_SELECT_DAMAGED = "SELECT run_id FROM {schema}.phaseledger_runindex WHERE status = %(status)s ORDER BY run_id"
+SELECT_DAMAGED = "SELECT run_id FROM {schema}.phaseledger_runindex WHERE status = %(status)s ORDER BY run_id"
 
-PG_SELECT_ROW = """
+SELECT_ROW = """
     SELECT run_id, workflow, workflow_version, status, runnable_at, version, updated_at
     FROM {schema}.phaseledger_runindex
     WHERE run_id = %(run_id)s
 """
 
-PG_NEXT_WAKE = """
+NEXT_WAKE = """
     SELECT min(runnable_at) AS next_wake FROM {schema}.phaseledger_runindex
     WHERE runnable_at IS NOT NULL AND workflow_key = ANY(%(keys)s)
 """
 
-PG_RUNNABLE = """
+RUNNABLE = """
     SELECT run_id, version FROM {schema}.phaseledger_runindex
     WHERE runnable_at <= %(now)s AND workflow_key = ANY(%(keys)s)
     ORDER BY runnable_at
     LIMIT %(limit)s
 """
 
-PG_RESET = (
+RESET = (
     "DELETE FROM {schema}.phaseledger_runindex",
     "DELETE FROM {schema}.phaseledger_runindex_tracking WHERE application_name = %(name)s",
 )
 
+# -- worker claims: a worker's claim is the run's lease ----------------------------------
+
 # Claim up to %(limit)s runs that are runnable now and not leased (or whose lease expired
 # and whose index row caught up with the fence). SKIP LOCKED lets concurrent workers take
 # different runs; the conditional upsert is the final arbiter when two claims meet.
-PG_CLAIM = """
+CLAIM = """
     WITH candidates AS (
         SELECT i.run_id, i.version
         FROM {schema}.phaseledger_runindex AS i
@@ -156,36 +204,36 @@ PG_CLAIM = """
     RETURNING l.run_id, l.fence AS version
 """
 
-PG_RENEW = """
+RENEW = """
     UPDATE {schema}.phaseledger_leases
     SET expires_at = now() + make_interval(secs => %(lease)s), heartbeat_at = now()
     WHERE owner = %(owner)s AND run_id = ANY(%(run_ids)s)
     RETURNING run_id
 """
 
-PG_CANCELLED = """
+CANCELLED = """
     SELECT run_id FROM {schema}.phaseledger_runindex
     WHERE run_id = ANY(%(run_ids)s) AND status = 'cancelled'
 """
 
 # hold > 0 keeps the run from every worker for that long (after an error).
-PG_RELEASE = """
+RELEASE = """
     UPDATE {schema}.phaseledger_leases
     SET owner = NULL, expires_at = now() + make_interval(secs => %(hold)s),
         fence = GREATEST(fence, %(fence)s)
     WHERE run_id = %(run_id)s AND owner = %(owner)s
 """
 
-PG_SELECT_LEASES = """
+SELECT_LEASES = """
     SELECT run_id, owner, expires_at, fence, claims FROM {schema}.phaseledger_leases ORDER BY run_id
 """
 
 # -- run leases of every driver (engine.run / resume / retry / fork, the CLI, workers) ----
 # A driver takes a run's lease when it is free, released, expired, already its own, or
-# held by ``%(takeover)s``: an owner found dead on this host, or the holder a driver
-# steals from (compare-and-set on the owner, so two stealers cannot both win).
+# held by %(takeover)s: an owner found dead on this host, or the holder a driver steals
+# from (compare-and-set on the owner, so two stealers cannot both win).
 
-PG_ACQUIRE = """
+ACQUIRE = """
     INSERT INTO {schema}.phaseledger_leases AS l
         (run_id, owner, host, pid, proc_start, heartbeat_at, expires_at, fence)
     VALUES (%(run_id)s, %(owner)s, %(host)s, %(pid)s, %(proc_start)s, now(),
@@ -198,125 +246,25 @@ PG_ACQUIRE = """
        OR l.owner = %(takeover)s
 """
 
-PG_LEASE_ROWS = """
+LEASE_ROWS = """
     SELECT run_id, owner, host, pid, proc_start, heartbeat_at, expires_at, now() AS db_now
     FROM {schema}.phaseledger_leases
     WHERE owner IS NOT NULL AND (%(run_ids)s::text[] IS NULL OR run_id = ANY(%(run_ids)s))
 """
 
-PG_RELEASE_RUN = """
+RELEASE_RUN = """
     UPDATE {schema}.phaseledger_leases
     SET owner = NULL, expires_at = now(), fence = GREATEST(fence, %(fence)s)
     WHERE run_id = %(run_id)s AND owner = %(owner)s
 """
 
-# -- SQLite (one worker process per store; the leases table holds every driver's lease) ----
+# -- the log: counts and retention (tables named by eventsourcing's recorders) ------------
 
-SQLITE_CREATE = (
-    """
-    CREATE TABLE IF NOT EXISTS phaseledger_runindex (
-        run_id           TEXT PRIMARY KEY,
-        workflow         TEXT NOT NULL,
-        workflow_version INTEGER NOT NULL,
-        workflow_key     TEXT NOT NULL,
-        status           TEXT NOT NULL,
-        runnable_at      REAL,                 -- POSIX seconds; NULL: waits for an event
-        version          INTEGER NOT NULL,
-        updated_at       REAL NOT NULL
-    )
-    """,
-    """
-    CREATE INDEX IF NOT EXISTS phaseledger_runindex_runnable
-        ON phaseledger_runindex (runnable_at) WHERE runnable_at IS NOT NULL
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS phaseledger_leases (
-        run_id       TEXT PRIMARY KEY,
-        owner        TEXT,                     -- NULL once released
-        host         TEXT,
-        pid          INTEGER,
-        proc_start   REAL,
-        heartbeat_at REAL,                     -- POSIX seconds
-        expires_at   REAL NOT NULL,
-        fence        INTEGER NOT NULL DEFAULT 0,
-        claims       INTEGER NOT NULL DEFAULT 1
-    )
-    """,
-)
+COUNT_AFTER = "SELECT COUNT(*) AS n FROM {events} WHERE notification_id > %(after)s AND topic = ANY(%(topics)s)"
 
-SQLITE_ACQUIRE = """
-    INSERT INTO phaseledger_leases AS l
-        (run_id, owner, host, pid, proc_start, heartbeat_at, expires_at)
-    VALUES (:run_id, :owner, :host, :pid, :proc_start, :now, :now + :lease)
-    ON CONFLICT (run_id) DO UPDATE SET
-        owner = excluded.owner, host = excluded.host, pid = excluded.pid,
-        proc_start = excluded.proc_start, heartbeat_at = excluded.heartbeat_at,
-        expires_at = excluded.expires_at, claims = l.claims + 1
-    WHERE l.owner IS NULL OR l.owner = excluded.owner OR l.expires_at < :now
-       OR l.owner = :takeover
+# Versions from %(first)s on, below %(below)s (NULL: all of them).
+DELETE_EVENTS = """
+    DELETE FROM {events}
+    WHERE originator_id = %(run_id)s AND originator_version >= %(first)s
+      AND (%(below)s::bigint IS NULL OR originator_version < %(below)s)
 """
-
-SQLITE_LEASE_ROWS = """
-    SELECT run_id, owner, host, pid, proc_start, heartbeat_at, expires_at
-    FROM phaseledger_leases WHERE owner IS NOT NULL
-"""
-
-SQLITE_LEASE_ROW = SQLITE_LEASE_ROWS + " AND run_id = :run_id"
-
-# {ids} is a list of "?" placeholders, one per run id.
-SQLITE_RENEW = """
-    UPDATE phaseledger_leases SET heartbeat_at = ?, expires_at = ?
-    WHERE owner = ? AND run_id IN ({ids})
-    RETURNING run_id
-"""
-
-SQLITE_RELEASE_RUN = """
-    UPDATE phaseledger_leases SET owner = NULL, expires_at = :now, fence = max(fence, :fence)
-    WHERE run_id = :run_id AND owner = :owner
-"""
-
-SQLITE_UPSERT_ROW = """
-    INSERT INTO phaseledger_runindex
-        (run_id, workflow, workflow_version, workflow_key, status, runnable_at, version, updated_at)
-    VALUES
-        (:run_id, :workflow, :workflow_version, :workflow_key, :status, :runnable_at, :version, :updated_at)
-    ON CONFLICT (run_id) DO UPDATE SET
-        status = excluded.status, runnable_at = excluded.runnable_at,
-        version = excluded.version, updated_at = excluded.updated_at,
-        -- unknown ("?") in the row of a run found damaged before it was ever indexed
-        workflow = excluded.workflow, workflow_version = excluded.workflow_version,
-        workflow_key = excluded.workflow_key
-    WHERE phaseledger_runindex.version <= excluded.version
-"""
-
-SQLITE_DELETE_ROW = "DELETE FROM phaseledger_runindex WHERE run_id = :run_id"
-
-SQLITE_SELECT_ROWS = """
-    SELECT run_id, workflow, workflow_version, status, runnable_at, version, updated_at
-    FROM phaseledger_runindex ORDER BY run_id
-"""
-
-SQLITE_SELECT_DAMAGED = "SELECT run_id FROM phaseledger_runindex WHERE status = :status ORDER BY run_id"
-
-SQLITE_SELECT_ROW = """
-    SELECT run_id, workflow, workflow_version, status, runnable_at, version, updated_at
-    FROM phaseledger_runindex WHERE run_id = :run_id
-"""
-
-# {keys} is a list of "?" placeholders, one per workflow key.
-SQLITE_RUNNABLE = """
-    SELECT run_id, version FROM phaseledger_runindex
-    WHERE runnable_at <= ? AND workflow_key IN ({keys})
-    ORDER BY runnable_at
-    LIMIT ?
-"""
-
-SQLITE_NEXT_WAKE = """
-    SELECT min(runnable_at) FROM phaseledger_runindex
-    WHERE runnable_at IS NOT NULL AND workflow_key IN ({keys})
-"""
-
-SQLITE_RESET = (
-    "DELETE FROM phaseledger_runindex",
-    "DELETE FROM tracking WHERE application_name = :name",
-)

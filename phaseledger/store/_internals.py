@@ -1,0 +1,153 @@
+"""Every use of a private member of eventsourcing or psycopg_pool, in one module.
+
+The store uses these libraries' public API everywhere else. What follows has no public
+equivalent; each use says why it is needed. ``tests/unit/test_faults.py`` checks that each
+member is still there, so an upgrade that moves one fails loudly there rather than
+quietly changing how the store behaves.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.popo import POPOAggregateRecorder
+from eventsourcing.postgres import ConnectionPool, PostgresDatastore
+from psycopg_pool import PoolTimeout
+
+OUTAGE_WAIT = 0.25
+"""While the server cannot be reached, how long a pool waits for a connection before giving up."""
+RECONNECT_DELAYS = (0.1, 1.0)
+"""A pool's first and longest waits between attempts to reconnect to a server that went away."""
+
+
+# -- eventsourcing: tracking rows written in the caller's transaction ---------------------
+
+def insert_tracking(recorder: TrackingRecorder, cursor: Any, tracking: Tracking) -> None:
+    """Record ``tracking`` in the transaction of ``cursor``.
+
+    ``TrackingRecorder.insert_tracking`` commits a transaction of its own; the run index
+    and the report view write their rows and their position in one transaction, which only
+    the recorders' private ``_insert_tracking(cursor, tracking)`` does (it also raises
+    ``IntegrityError`` when the position has moved past ``tracking``).
+    """
+    recorder._insert_tracking(cursor, tracking)  # type: ignore[attr-defined]
+
+
+def max_tracking_id(recorder: TrackingRecorder, application_name: str, cursor: Any) -> int | None:
+    """The position of ``application_name`` read in the transaction of ``cursor``.
+
+    ``TrackingRecorder.max_tracking_id`` reads in a transaction of its own; the report view
+    reads its position together with its generation.
+    """
+    return recorder._max_tracking_id(application_name, cursor)  # type: ignore[attr-defined,no-any-return]
+
+
+# -- eventsourcing: deleting the rows of a memory:// store --------------------------------
+
+def delete_memory_events(recorder: POPOAggregateRecorder, originator_id: str, doomed: Any) -> int:
+    """Delete the versions of ``originator_id`` for which ``doomed(version)`` is true; return how many.
+
+    eventsourcing's recorders have no delete operation (retention deletes rows with SQL on
+    the other backends); the in-memory recorder keeps each stream in ``_stored_events_index``
+    under ``_database_lock``. Its notification list keeps the deleted rows (positions are
+    ids), so readers of the whole log check that a run still exists.
+    """
+    with recorder._database_lock:
+        index = recorder._stored_events_index.get(originator_id, {})
+        versions = [version for version in index if doomed(version)]
+        for version in versions:
+            del index[version]
+    return len(versions)
+
+
+# -- psycopg_pool: a LIFO pool that is quick through outages ------------------------------
+
+try:  # private to psycopg_pool: without it, reconnections keep psycopg_pool's own schedule
+    from psycopg_pool.base import AttemptWithBackoff
+except ImportError:  # pragma: no cover
+    _ReconnectBackoff: Any = None
+else:
+    class _ReconnectBackoff(AttemptWithBackoff):  # type: ignore[no-redef]
+        """psycopg_pool's reconnection schedule (1, 2, 4... s, for minutes), started and capped lower."""
+
+        INITIAL_DELAY = RECONNECT_DELAYS[0]
+
+        def update_delay(self, now: float) -> None:
+            super().update_delay(now)
+            self.delay = min(self.delay, RECONNECT_DELAYS[1])
+
+
+class LifoConnectionPool(ConnectionPool):  # type: ignore[type-arg]
+    """eventsourcing's connection pool, handing out the most recently returned connection,
+    and quick to give up during an outage and to come back after it.
+
+    psycopg_pool hands connections out round robin, waits up to its timeout (the store's
+    ``connect_timeout``) for a connection, which eventsourcing's recorders then retry ten
+    times, and tries to reconnect after 1, 2, 4... seconds: an operation during an outage
+    held a thread for minutes, and the pool came back long after the server. This pool
+    tries to reconnect at least every ``RECONNECT_DELAYS[1]`` seconds, and while its last
+    connection attempt failed it waits ``OUTAGE_WAIT`` seconds at most, so an operation
+    fails within seconds (callers retry with backoff) and succeeds within about a second of
+    the server's return. psycopg_pool has no public hooks for any of this: the private
+    methods it overrides are named below.
+    """
+
+    unreachable_since: float | None = None
+    """When (``time.monotonic()``) a connection attempt last failed, None once one succeeds."""
+
+    def _get_ready_connection(self, timeout: float | None) -> Any:
+        # Called under the pool's lock; psycopg_pool takes from the left of its private
+        # deque ``_pool`` and returns to the right, so bring the newest connection left first.
+        if len(self._pool) > 1:
+            self._pool.rotate(1)
+        return super()._get_ready_connection(timeout)
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        # Wait in slices, so that a caller already waiting when the server becomes
+        # unreachable gives up then too, not after the whole timeout.
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return super().getconn(min(deadline - time.monotonic(), OUTAGE_WAIT))
+            except PoolTimeout:
+                since = self.unreachable_since
+                if since is not None:
+                    raise PoolTimeout(f"no connection: the server has been unreachable for "
+                                      f"{time.monotonic() - since:.1f}s") from None
+                if time.monotonic() >= deadline:
+                    raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec") from None
+
+    def _connect(self, timeout: float | None = None) -> Any:
+        # The only place that sees each connection attempt succeed or fail.
+        try:
+            conn = super()._connect(timeout)
+        except Exception:
+            self.unreachable_since = self.unreachable_since or time.monotonic()
+            raise
+        self.unreachable_since = None
+        return conn
+
+    def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+        # Where psycopg_pool starts its reconnection schedule.
+        if attempt is None and _ReconnectBackoff is not None:
+            attempt = _ReconnectBackoff(timeout=self.reconnect_timeout)
+        super()._add_connection(attempt, growing)
+
+
+LIFO_POOL_OVERRIDES = ("_get_ready_connection", "_connect", "_add_connection")
+"""The private psycopg_pool methods :class:`LifoConnectionPool` overrides."""
+
+
+def use_lifo_pool(datastore: PostgresDatastore) -> None:
+    """Make the datastore's pool a :class:`LifoConnectionPool`.
+
+    eventsourcing's datastore builds its pool itself, with no way to name another pool
+    class, and the pool's settings (its ``check`` and ``configure`` callbacks among them)
+    are private once built: so the pool, not yet opened, changes class in place. A pool of
+    another kind, or a psycopg_pool without the methods overridden, is left alone.
+    """
+    if type(datastore.pool) is ConnectionPool and all(hasattr(ConnectionPool, name) for name in LIFO_POOL_OVERRIDES):
+        datastore.pool.__class__ = LifoConnectionPool

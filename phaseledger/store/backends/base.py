@@ -1,0 +1,120 @@
+"""The abstract :class:`Backend`: what one kind of store is made of (see :mod:`phaseledger.store.backends`)."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.utils import Environment
+
+if TYPE_CHECKING:
+    from eventsourcing.application import Application
+    from eventsourcing.persistence import StoredEvent
+
+    from phaseledger.store.deleter import Deleter
+    from phaseledger.store.eventstore import Store, StoreURL
+    from phaseledger.store.leasebook import LeaseBook
+    from phaseledger.store.listener import AppendListener
+    from phaseledger.store.runindex import RunIndex
+
+T = TypeVar("T")
+
+
+class Backend(ABC):
+    """What one kind of store is made of (subclasses: memory, SQLite, PostgreSQL).
+
+    Built from the store's URL before the store's application; :meth:`opened` hands it the
+    application once there is one.
+    """
+
+    kind: ClassVar[str]
+    """The :attr:`StoreURL.backend <phaseledger.store.eventstore.StoreURL.backend>` it serves."""
+    report_dialect: ClassVar[str]
+    """The SQL dialect (``sqlite``, ``postgresql``) of the database of :meth:`report_infrastructure`."""
+    blocking: ClassVar[bool] = True
+    """Whether its calls wait on I/O: callers on an event loop then make them in a thread."""
+    in_process: ClassVar[bool] = False
+    """Whether the store exists only in this process's objects (nothing else can open it)."""
+    keeps_deleted_notifications: ClassVar[bool] = False
+    """Whether the notification log still lists the rows of deleted runs (readers check the run exists)."""
+
+    def __init__(self, url: StoreURL) -> None:
+        self.url = url
+        self.app: Application[str] | None = None
+
+    def application_env(self) -> dict[str, str]:
+        """The eventsourcing settings of the store's persistence (from its URL)."""
+        return dict(self.url.env)
+
+    def prepare(self) -> None:
+        """Make what must exist before the application is built (a SQLite file's directory)."""
+
+    def opened(self, app: Application[str]) -> None:
+        """Take the store's application, once built."""
+        self.app = app
+
+    def application(self) -> Application[str]:
+        """The store's application (see :meth:`opened`)."""
+        if self.app is None:
+            raise RuntimeError(f"the {self.kind} backend has no application yet")
+        return self.app
+
+    def datastore(self) -> Any:
+        """The eventsourcing datastore of the store's recorders (SQL backends)."""
+        return self.application().recorder.datastore  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Release what the backend holds besides the application (connections, threads)."""
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` from an event loop that keeps running meanwhile (a thread)."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`call` for appends (SQLite keeps one writer thread for them)."""
+        return await asyncio.to_thread(fn, *args)
+
+    async def append_on_loop(self, stored: Sequence[StoredEvent]) -> list[int] | None:
+        """Append from the event loop itself: the notification ids, or None when this backend
+        cannot now (the caller then appends with :meth:`write`)."""
+        return None
+
+    appends_on_loop: ClassVar[bool] = False
+    """Whether :meth:`append_on_loop` may append (else the store does not encode for it)."""
+
+    def report_infrastructure(self, name: str) -> InfrastructureFactory[Any]:
+        """The eventsourcing infrastructure that holds read models named ``name`` next to the store."""
+        return InfrastructureFactory.construct(Environment(name, self.report_env()))
+
+    def report_env(self) -> dict[str, str]:
+        """The settings of :meth:`report_infrastructure`: the store's own database by default."""
+        return dict(self.url.env)
+
+    def subscriber_env(self) -> dict[str, str] | None:
+        """Settings of an application of its own on the store's log that can subscribe to it (None: no
+        subscriptions; readers poll)."""
+        return None
+
+    def listener(self, on_notify: Callable[[], None]) -> AppendListener | None:
+        """A listener calling ``on_notify`` when events are committed (None: not supported; poll)."""
+        return None
+
+    @abstractmethod
+    def run_index(self, store: Store, *, create: bool = True) -> RunIndex:
+        """The store's run index (its tables created unless ``create`` is False)."""
+
+    @abstractmethod
+    def lease_book(self, store: Store) -> LeaseBook:
+        """The store's run leases."""
+
+    @abstractmethod
+    def deleter(self, store: Store) -> Deleter:
+        """What deletes rows of the log for retention."""
+
+    @abstractmethod
+    def count_notifications(self, after: int | None, topics: Sequence[str]) -> int:
+        """How many rows of the log with these topics follow position ``after``."""
+

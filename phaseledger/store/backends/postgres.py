@@ -1,0 +1,85 @@
+"""PostgreSQL stores: eventsourcing's PostgreSQL persistence with one-trip appends (see
+:mod:`phaseledger.store.postgres`), shared by any number of processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from eventsourcing.utils import get_topic
+
+from phaseledger.store.backends.base import Backend
+from phaseledger.store.deleter import Deleter, PostgresDeleter
+from phaseledger.store.leasebook import LeaseBook, PostgresLeaseBook
+from phaseledger.store.listener import AppendListener
+from phaseledger.store.postgres import LoopAppender, StoreFactory
+from phaseledger.store.runindex import PostgresRunIndex, RunIndex
+from phaseledger.store.sql import postgres as pg
+
+if TYPE_CHECKING:
+    from eventsourcing.application import Application
+    from eventsourcing.persistence import StoredEvent
+
+    from phaseledger.store.eventstore import Store
+
+# Connections of a read model's or a subscriber's own pool: one kept, a few more on demand.
+_SIDE_POOL = {"POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": "4"}
+
+
+class PostgresBackend(Backend):
+    """The parts of a PostgreSQL store: tables in the store's schema, appends sent from the
+    event loop (:class:`~phaseledger.store.postgres.LoopAppender`), subscriptions for the
+    report follower and ``LISTEN`` for workers."""
+
+    kind = "postgresql"
+    report_dialect: ClassVar[str] = "postgresql"
+    appends_on_loop = True
+    loop_appender: LoopAppender | None = None
+
+    def application_env(self) -> dict[str, str]:
+        return {**self.url.env, "PERSISTENCE_MODULE": get_topic(StoreFactory)}
+
+    def opened(self, app: Application[str]) -> None:
+        super().opened(app)
+        self.loop_appender = LoopAppender(app.recorder, self.url.postgres_conninfo or "")  # type: ignore[arg-type]
+
+    async def append_on_loop(self, stored: Sequence[StoredEvent]) -> list[int] | None:
+        if self.loop_appender is None:
+            return None
+        return await self.loop_appender.append(stored)
+
+    def close(self) -> None:
+        if self.loop_appender is not None:
+            self.loop_appender.close()
+
+    def report_env(self) -> dict[str, str]:
+        return {**self.url.env, **_SIDE_POOL}
+
+    def subscriber_env(self) -> dict[str, str] | None:
+        return {**self.url.env, "ORIGINATOR_ID_TYPE": "text", **_SIDE_POOL, "CREATE_TABLE": "y"}
+
+    def listener(self, on_notify: Callable[[], None]) -> AppendListener | None:
+        if not self.url.postgres_conninfo:
+            return None
+        recorder: Any = self.application().recorder
+        return AppendListener(self.url.postgres_conninfo, recorder.channel_name, on_notify, store=self.url.redacted)
+
+    def run_index(self, store: Store, *, create: bool = True) -> RunIndex:
+        index = PostgresRunIndex(store, self.datastore())
+        if create:
+            index.create_table()
+        return index
+
+    def lease_book(self, store: Store) -> LeaseBook:
+        return PostgresLeaseBook(store, self.run_index(store, create=False))
+
+    def deleter(self, store: Store) -> Deleter:
+        return PostgresDeleter(store)
+
+    def count_notifications(self, after: int | None, topics: Sequence[str]) -> int:
+        recorder: Any = self.application().recorder
+        statement = pg.sql(pg.COUNT_AFTER, recorder.datastore.schema, events=recorder.events_table_name)
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(statement, {"after": after or 0, "topics": list(topics)})
+            row = cursor.fetchone()
+        return int(row["n"]) if row is not None else 0

@@ -1,0 +1,62 @@
+"""SQLite stores: eventsourcing's SQLite persistence, one file, one writer at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from phaseledger.store.backends.base import Backend
+from phaseledger.store.deleter import Deleter, SQLiteDeleter
+from phaseledger.store.leasebook import LeaseBook, SQLiteLeaseBook
+from phaseledger.store.runindex import RunIndex, SQLiteRunIndex
+from phaseledger.store.sql import sqlite
+
+if TYPE_CHECKING:
+    from phaseledger.store.eventstore import Store, StoreURL
+
+T = TypeVar("T")
+
+
+class SQLiteBackend(Backend):
+    """The parts of a SQLite store: its tables in the store's file, appends in one warm
+    writer thread (SQLite takes one writer at a time anyway, and one thread hands over
+    faster than a pool of them); no subscriptions (readers poll)."""
+
+    kind = "sqlite"
+    report_dialect: ClassVar[str] = "sqlite"
+
+    def __init__(self, url: StoreURL) -> None:
+        super().__init__(url)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="phaseledger-writer")
+
+    def prepare(self) -> None:
+        Path(self.url.sqlite_path or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+
+    def run_index(self, store: Store, *, create: bool = True) -> RunIndex:
+        index = SQLiteRunIndex(store, self.datastore())
+        if create:
+            index.create_table()
+        return index
+
+    def lease_book(self, store: Store) -> LeaseBook:
+        return SQLiteLeaseBook(store, self.run_index(store, create=False))
+
+    def deleter(self, store: Store) -> Deleter:
+        return SQLiteDeleter(store)
+
+    def count_notifications(self, after: int | None, topics: Sequence[str]) -> int:
+        recorder: Any = self.application().recorder
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(sqlite.sql(sqlite.COUNT_AFTER, events=recorder.events_table_name),
+                           {"after": after or 0, "topics": sqlite.json_list(topics)})
+            row = cursor.fetchone()
+        return int(row[0]) if row is not None else 0
