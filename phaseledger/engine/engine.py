@@ -719,6 +719,6 @@ async def _backoff(attempt: int) -> None:
 def _signal_seen(run: WorkflowRun, signal_id: str) -> bool:
     if signal_id in getattr(run, "signal_ids", ()):
         return True
-    if any(s["signal_id"] == signal_id for s in run.inbox):
+    if any(s.signal_id == signal_id for s in run.inbox):
         return True
-    return any((e.get("detail") or {}).get("signal_id") == signal_id for e in run.journal.values())
+    return any((e.detail or {}).get("signal_id") == signal_id for e in run.journal.values())
