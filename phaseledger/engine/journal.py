@@ -175,7 +175,7 @@ class Journal:
                 )
             self._driver.check_boundary()
             if self.deadline is not None:
-                self.check_deadline()
+                self._check_deadline()
             return None
         if entry.kind != kind or entry.name != name:
             raise NonDeterminismError(self.run_id, entry.seq, f"{entry.kind} {entry.name!r}", f"{kind} {name!r}")
@@ -208,19 +208,20 @@ class Journal:
 
     # -- recording -----------------------------------------------------------------------
 
-    def record(
+    def _record_result(
         self, key: str, kind: str, name: str, result: Any, *, fingerprint: str | None = None,
         error: dict[str, Any] | None = None, detail: dict[str, Any] | None = None,
     ) -> Any:
         """Record a finished call (encoding ``result``) and return the value code should see."""
         data, result_type = encode_value(result, f"the result of {kind} {name!r}")
-        return self._record(key, kind, name, data, result_type, fingerprint=fingerprint, error=error, detail=detail)
+        return self._append(key, kind, name, data, result_type, fingerprint=fingerprint, error=error, detail=detail)
 
-    def _record(
+    def _append(
         self, key: str, kind: str, name: str, data: JSONValue, result_type: str | None, *,
         fingerprint: str | None = None, usage: dict[str, Any] | None = None, duration: float = 0.0,
         error: dict[str, Any] | None = None, detail: dict[str, Any] | None = None,
     ) -> Any:
+        """Record the encoded result of a finished call; return the value code sees (a fresh copy)."""
         self._driver.record(
             WorkflowRun.StepRecorded, seq=self._driver.run.next_seq, key=key, name=name, kind=kind, result=data,
             result_type=result_type, fingerprint=fingerprint, usage=usage, duration=round(duration, 6),
@@ -242,7 +243,7 @@ class Journal:
         if entry is not None:
             return load(entry.result)
         value = take()
-        self.record(key, kind, name, dump(value))
+        self._record_result(key, kind, name, dump(value))
         self._driver.unsaved_steps += 1
         return value
 
@@ -253,14 +254,14 @@ class Journal:
 
     # -- live calls ----------------------------------------------------------------------
 
-    def policy(self, retry: RetryPolicy | None = None) -> RetryPolicy:
+    def _policy(self, retry: RetryPolicy | None = None) -> RetryPolicy:
         """``retry``, else the phase's, the workflow's, then the engine's retry policy."""
         return retry or self._phase.retry or self._driver.workflow.retry or self._driver.engine.retry_policy
 
     async def call(
         self, key: str, kind: str, name: str, fn: Callable[[], Any], *,
         retry: RetryPolicy | None = None, breaker: str | None = None, fingerprint: str | None = None,
-        attempt_timeout: float | None = None, total_timeout: float | None = None,
+        attempt_timeout: float | None = None, total_timeout: float | None = None, outcome: Outcome | None = None,
     ) -> Any:
         """Serve a call from the journal, or run it with retries (see :meth:`run`) and record its result."""
         entry = self.lookup(key, kind, name, fingerprint)
@@ -268,7 +269,7 @@ class Journal:
             return self.replay(entry)
         return await self.run(
             key, kind, name, fn, retry=retry, breaker=breaker, fingerprint=fingerprint,
-            attempt_timeout=attempt_timeout, total_timeout=total_timeout,
+            attempt_timeout=attempt_timeout, total_timeout=total_timeout, outcome=outcome,
         )
 
     async def run(
@@ -298,14 +299,14 @@ class Journal:
         attempt, first_started = 1, None
         if failures:
             last = failures[-1]
-            if not last.retryable or (not last.refused and last.attempt >= self.policy(retry).max_attempts):
+            if not last.retryable or (not last.refused and last.attempt >= self._policy(retry).max_attempts):
                 if handled_by is None:
                     raise StepFailed(name, last.error_type, last.message, last.attempt)
             else:
                 attempt, first_started = last.next_attempt, failures[0].started_at
                 if last.retry_at is not None:
-                    self.check_deadline(by=last.retry_at)  # live, the retry was refused for the deadline
-                await self.wait_until(last.retry_at, "retry")
+                    self._check_deadline(by=last.retry_at)  # live, the retry was refused for the deadline
+                await self._wait_until(last.retry_at, "retry")
         if driver.unclaimed:
             await driver.claim()
         circuit = driver.engine.breaker(breaker) if breaker else None
@@ -335,17 +336,18 @@ class Journal:
                 if circuit is not None and not isinstance(exc, CircuitOpen):
                     circuit.record_failure()
                 first_started = first_started or datetime.fromtimestamp(opened, UTC)
-                retry_at = self._attempt_failed(key, name, exc, attempt, self.policy(retry), first_started,
+                retry_at = self._attempt_failed(key, name, exc, attempt, self._policy(retry), first_started,
                                                 total_timeout)
                 await driver.commit()
                 if retry_at is None:
                     if handled_by is None:
                         raise StepFailed(name, type(exc).__name__, str(exc), attempt) from exc
                     if not isinstance(exc, PhaseledgerError):
-                        self._hold(handled_by, PendingFailure(key, kind, name, fingerprint, describe_error(exc)))
+                        failure = PendingFailure(key, kind, name, fingerprint, describe_error(exc))
+                        self._held.setdefault(handled_by, []).append(failure)
                     raise
-                self.check_deadline(by=retry_at)  # the next attempt would start after the deadline
-                await self.wait_until(retry_at, "retry")
+                self._check_deadline(by=retry_at)  # the next attempt would start after the deadline
+                await self._wait_until(retry_at, "retry")
                 if not isinstance(exc, CircuitOpen):
                     attempt += 1
                 continue
@@ -354,7 +356,7 @@ class Journal:
             if circuit is not None:
                 circuit.record_success()
             usage, detail = outcome(result) if outcome is not None else (None, None)
-            value = self._record(key, kind, name, data, result_type, fingerprint=fingerprint, usage=usage,
+            value = self._append(key, kind, name, data, result_type, fingerprint=fingerprint, usage=usage,
                                  duration=time.perf_counter() - started, detail=detail)
             await driver.step_recorded()
             return value
@@ -400,7 +402,7 @@ class Journal:
 
     # -- deadlines and waits -------------------------------------------------------------
 
-    def check_deadline(self, by: datetime | None = None) -> None:
+    def _check_deadline(self, by: datetime | None = None) -> None:
         """Raise :class:`DeadlineExceeded` if a deadline passed (or will have, at ``by``)."""
         deadline = self.deadline
         if deadline is not None and (by or utcnow()) >= deadline.when:
@@ -426,7 +428,7 @@ class Journal:
             return self.deadline.exceeded(self.run_id)
         return StepTimeout(name, attempt_timeout if bound == "attempt" else total_timeout)  # type: ignore[arg-type]
 
-    async def wait_until(self, when: datetime | None, reason: str, signal: str | None = None) -> None:
+    async def _wait_until(self, when: datetime | None, reason: str, signal: str | None = None) -> None:
         """Wait until ``when`` inline, or suspend the run (``reason``) when that is longer than the engine waits."""
         if when is None:
             return
@@ -459,25 +461,26 @@ class Journal:
             return
         wake_at = self._timer(key, max(0.0, seconds))
         assert wake_at is not None
-        await self.wait_until(wake_at, "sleep")
-        self.record(key, Kind.TIMER, "sleep", wake_at.isoformat())
+        await self._wait_until(wake_at, "sleep")
+        self._record_result(key, Kind.TIMER, "sleep", wake_at.isoformat())
         await self._driver.step_recorded()
 
     async def signal(self, name: str, timeout: float | None) -> JSONValue:
-        """The payload of a ``name`` signal (a copy), suspending the run until one arrives (see ``ctx.wait_for_signal``)."""
+        """The payload of a ``name`` signal (a copy), suspending the run until one arrives (``ctx.wait_for_signal``)."""
         key = self.next_key()
         entry = self.lookup(key, Kind.SIGNAL, name)
         if entry is not None:
             return self.replay(entry)  # a recorded timeout is raised again
         for signal in self._driver.run.inbox:
             if signal.name == name:
-                payload = self.record(key, Kind.SIGNAL, name, signal.payload, detail={"signal_id": signal.signal_id})
+                taken = {"signal_id": signal.signal_id}
+                payload = self._record_result(key, Kind.SIGNAL, name, signal.payload, detail=taken)
                 await self._driver.commit()
                 return payload
         wake_at = self._timer(key, timeout)
         if wake_at is not None and utcnow() >= wake_at:
             error = {"type": "SignalTimeout", "message": name, "timeout": timeout}
-            self.record(key, Kind.SIGNAL, name, None, error=error)
+            self._record_result(key, Kind.SIGNAL, name, None, error=error)
             await self._driver.commit()
             raise SignalTimeout(name, timeout or 0.0)
         self._driver.record(WorkflowRun.RunSuspended, reason="signal", until=wake_at, signal=name)
@@ -497,15 +500,12 @@ class Journal:
 
     # -- failures an agent run may still handle ------------------------------------------
 
-    def _hold(self, group: str, failure: PendingFailure) -> None:
-        self._held.setdefault(group, []).append(failure)
-
     def record_held(self, group: str) -> None:
         """Journal the failures held for agent run ``group``: it handled them (see :class:`PendingFailure`)."""
         for failure in self._held.pop(group, ()):
             if failure.key in self._driver.run.journal:
                 continue
-            self.record(failure.key, failure.kind, failure.name, None, fingerprint=failure.fingerprint,
+            self._record_result(failure.key, failure.kind, failure.name, None, fingerprint=failure.fingerprint,
                         error=failure.error)
             self._driver.unsaved_steps += 1
 
