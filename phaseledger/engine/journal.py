@@ -385,7 +385,7 @@ class Journal:
         retry_at = None
         if not final:
             delay = policy.delay(attempt)
-            if refused:
+            if isinstance(exc, CircuitOpen):
                 delay = max(delay, exc.retry_in)
             retry_after = getattr(exc, "retry_after", None)  # a provider's Retry-After (pydantic-ai)
             if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
