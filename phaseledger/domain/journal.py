@@ -43,6 +43,9 @@ class Kind:
     """``ctx.checkpoint`` (``CheckpointSaved``)."""
 
 
+_new, _setattr = object.__new__, object.__setattr__  # looked up once: folding a long visit builds thousands
+
+
 class PlainFields:
     """A frozen dataclass whose fields convert from and to a plain dict (the shape snapshots store) in one step."""
 
@@ -54,8 +57,8 @@ class PlainFields:
         of its own (an event's ``apply`` builds one; a snapshot's is decoded for the run
         loaded from it, and brought to this shape by the run's upcasters).
         """
-        instance = object.__new__(cls)
-        object.__setattr__(instance, "__dict__", data)  # how eventsourcing rebuilds an aggregate from its snapshot
+        instance = _new(cls)
+        _setattr(instance, "__dict__", data)  # how eventsourcing rebuilds an aggregate from its snapshot
         return instance
 
     def to_dict(self) -> dict[str, Any]:

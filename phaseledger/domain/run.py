@@ -142,7 +142,8 @@ class WorkflowRun(BaseAggregate[str]):
             run.steps += 1
             run.failures.pop(self.key, None)
             run.timers.pop(self.key, None)
-            add_usage(run.usage, self.usage)
+            if self.usage:
+                add_usage(run.usage, self.usage)
             if self.kind == Kind.SIGNAL and self.detail and self.detail.get("signal_id"):
                 run.inbox = [s for s in run.inbox if s.signal_id != self.detail["signal_id"]]
 
