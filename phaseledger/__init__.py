@@ -41,8 +41,9 @@ from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.workflow import Phase, Workflow
 from phaseledger.engine.breaker import CircuitBreaker
-from phaseledger.engine.context import Context, idempotency_key
+from phaseledger.engine.context import Context
 from phaseledger.engine.engine import Engine
+from phaseledger.engine.journal import idempotency_key
 from phaseledger.engine.views import RecordedEvent, Run, Usage
 from phaseledger.history.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
 from phaseledger.history.retention import CompactionReport, RetentionPolicy, RetentionReport

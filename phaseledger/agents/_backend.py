@@ -22,7 +22,7 @@ from pydantic_ai.messages import ModelResponse
 from pydantic_ai.tools import RunContext
 
 from phaseledger.agents._identity import identify
-from phaseledger.agents._scope import AGENT_RUN, ON_UNIT_COMMIT, container_context, phase_agents
+from phaseledger.agents._scope import AGENT_RUN, ON_UNIT_COMMIT, container_journal, phase_agents
 from phaseledger.agents._units import UnitConfig, run_unit
 from phaseledger.agents._usage import model_usage
 from phaseledger.domain.errors import PhaseledgerError
@@ -84,18 +84,18 @@ class PhaseledgerBackend(JournalCallableOperationBackend[UnitConfig]):
         config: UnitConfig,
     ) -> object:
         """Serve the unit from the journal or run and record it (outside a workflow: just run it)."""
-        ctx = container_context()
-        if ctx is None:  # the base only dispatches in the container; be transparent if called elsewhere
+        journal = container_journal()
+        if journal is None:  # the base only dispatches in the container; be transparent if called elsewhere
             return await body()
         run_context = next((item for item in cache_key if isinstance(item, RunContext)), None)
         run_id = run_context.run_id if run_context is not None else AGENT_RUN.get()
-        journal = phase_agents(ctx).run(run_id)
-        identity = identify(operation_id, name, cache_key, journal.digests)
+        agent_run = phase_agents(journal).run(run_id)
+        identity = identify(operation_id, name, cache_key, agent_run.digests)
         model_id = None
         if isinstance(operation_id, ModelRequestId):
             model_id = operation_id.model_id or operation_id.model_name
         return await run_unit(
-            ctx, journal, identity, name, body, config, model_id=model_id,
+            journal, agent_run, identity, name, body, config, model_id=model_id,
             usage_of=_model_usage if identity.is_model_request else None,
             on_commit=ON_UNIT_COMMIT.get(),
         )

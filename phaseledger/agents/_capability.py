@@ -31,11 +31,13 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT, RunContext, ToolDefinition
 
 from phaseledger.agents._backend import TOOL_CONFIG_KEY, PhaseledgerBackend
-from phaseledger.agents._scope import AGENT_RUN, REPLAY_SCOPED, container_context, phase_agents
-from phaseledger.agents._units import UnitConfig, flush_pending
+from phaseledger.agents._scope import AGENT_RUN, REPLAY_SCOPED, container_journal, phase_agents
+from phaseledger.agents._units import UnitConfig
 from phaseledger.agents._usage import UNIT_USAGE
 from phaseledger.domain.errors import SerializationError
+from phaseledger.domain.journal import Kind
 from phaseledger.domain.retry import RetryPolicy
+from phaseledger.engine.journal import utcnow
 
 
 def _serialization_failure(exc: Exception) -> BaseException:
@@ -63,7 +65,7 @@ class AgentRunReplayScope(AbstractCapability[Any]):
 
     async def wrap_run(self, ctx: RunContext[Any], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
         """Open the replay scope for an agent run in a phase handler (once, if runs nest)."""
-        if container_context() is None or REPLAY_SCOPED.get():
+        if container_journal() is None or REPLAY_SCOPED.get():
             return await handler()
         token = REPLAY_SCOPED.set(True)
         try:
@@ -136,7 +138,7 @@ class PhaseledgerDurability(BaseDurabilityCapability[AgentDepsT]):
     @property
     def in_durable_context(self) -> bool:
         """True in phase handler code; False outside workflows and inside a unit's body."""
-        return container_context() is not None
+        return container_journal() is not None
 
     def get_durable_operation_backend(self) -> PhaseledgerBackend:
         """The journal backend of this bound copy (built once per copy: names are final there)."""
@@ -158,8 +160,8 @@ class PhaseledgerDurability(BaseDurabilityCapability[AgentDepsT]):
 
     def get_default_run_id(self) -> str | None:
         """``<run id>:<phase visit>.a<n>`` for the n-th agent run of the phase visit."""
-        ctx = container_context()
-        return phase_agents(ctx).new_run_id() if ctx is not None else None
+        journal = container_journal()
+        return phase_agents(journal).new_run_id() if journal is not None else None
 
     def get_default_conversation_id(self, run_id: str) -> str | None:
         """Derived from the replay-stable run id inside a workflow."""
@@ -167,38 +169,30 @@ class PhaseledgerDurability(BaseDurabilityCapability[AgentDepsT]):
 
     async def get_run_start_time(self, run_id: str) -> datetime | None:
         """The agent run's start time, journaled, so ``timeout=`` counts from the first attempt."""
-        ctx = container_context()
-        if ctx is None:
+        journal = container_journal()
+        if journal is None:
             return None
-        journal = phase_agents(ctx).run(run_id)
-        key = journal.key_for("start", "time")
-        entry = ctx._lookup(key, "clock", f"{self.name}.run_start_time")
-        if entry is not None:
-            return datetime.fromisoformat(entry["result"])
-        from phaseledger.engine.context import utcnow
-
-        now = utcnow()
-        ctx._record_result(key, "clock", f"{self.name}.run_start_time", now.isoformat())
-        ctx._driver.unsaved_steps += 1
-        return now
+        key = phase_agents(journal).run(run_id).key_for("start", "time")
+        return journal.value(Kind.CLOCK, f"{self.name}.run_start_time", utcnow, datetime.isoformat,
+                             datetime.fromisoformat, key=key)
 
     # -- the run ------------------------------------------------------------------------
 
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
         """In a workflow: journal the run's handled failures (``AgentRunReplayScope`` scopes its telemetry)."""
-        context = container_context()
-        if context is None:
+        journal = container_journal()
+        if journal is None:
             return await super().wrap_run(ctx, handler=handler)
-        journal = phase_agents(context).run(ctx.run_id)
+        agent_run = phase_agents(journal).run(ctx.run_id)
         run_token = AGENT_RUN.set(ctx.run_id)
         try:
             result = await super().wrap_run(ctx, handler=handler)
         except BaseException:
-            journal.pending.clear()  # failures that ended the run are not handled: they re-run on resume
+            journal.drop_held(agent_run.run_id)  # failures that ended the run are not handled: they re-run on resume
             raise
         finally:
             AGENT_RUN.reset(run_token)
-        flush_pending(context, journal)
+        journal.record_held(agent_run.run_id)
         return result
 
     # -- usage of delegate agents run inside a unit ---------------------------------------

@@ -8,7 +8,6 @@ from pydantic_ai.agent import AbstractAgent
 
 from phaseledger.agents._capability import PhaseledgerDurability
 from phaseledger.domain.errors import PhaseledgerError
-from phaseledger.engine.context import _CURRENT_CONTEXT
 
 if TYPE_CHECKING:
     from pydantic_ai.run import AgentRunResult
@@ -23,6 +22,9 @@ class AgentNotDurable(PhaseledgerError):
 async def run_agent(ctx: Context[Any], agent: AbstractAgent[Any, Any], user_prompt: Any = None, /,
                     **kwargs: Any) -> AgentRunResult[Any]:
     """Run ``agent`` in the phase handler of ``ctx``, journaling its model requests and tool calls.
+
+    Call it from that handler (or use ``ctx.run_agent``): the units are journaled in the
+    phase visit of the handler running in this task.
 
     Any named agent can be run durably: one built without the ``PhaseledgerDurability``
     capability gets it for this run (pydantic-ai's ``run(capabilities=...)``). Replayed work
@@ -42,8 +44,4 @@ async def run_agent(ctx: Context[Any], agent: AbstractAgent[Any, Any], user_prom
         if not any(isinstance(c, PhaseledgerDurability) for c in extra):
             extra.append(PhaseledgerDurability())
         kwargs["capabilities"] = extra
-    context_token = _CURRENT_CONTEXT.set(ctx)
-    try:
-        return await agent.run(user_prompt, **kwargs)
-    finally:
-        _CURRENT_CONTEXT.reset(context_token)
+    return await agent.run(user_prompt, **kwargs)

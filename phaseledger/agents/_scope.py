@@ -15,14 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from weakref import WeakKeyDictionary
 
 from phaseledger.agents._identity import MessageDigests
-from phaseledger.engine.context import _STEP_KEY, current_context
-
-if TYPE_CHECKING:
-    from phaseledger.engine.context import Context
+from phaseledger.engine.journal import STEP_KEY, Journal, current_journal
 
 IN_UNIT: ContextVar[bool] = ContextVar("phaseledger_agent_in_unit", default=False)
 """True while the body of a journaled unit runs (its code is not container code)."""
@@ -31,28 +28,12 @@ REPLAY_SCOPED: ContextVar[bool] = ContextVar("phaseledger_agent_replay_scoped", 
 """True inside a ``replay_scope()`` phaseledger opened for the current agent run."""
 
 
-def container_context() -> Context[Any] | None:
-    """The phase handler context when the caller is container code, else None."""
-    ctx = current_context()
-    if ctx is None or IN_UNIT.get() or _STEP_KEY.get() is not None:
+def container_journal() -> Journal | None:
+    """The journal of the phase handler when the caller is container code, else None."""
+    journal = current_journal()
+    if journal is None or IN_UNIT.get() or STEP_KEY.get() is not None:
         return None
-    return ctx
-
-
-@dataclass
-class PendingFailure:
-    """A unit failure pydantic-ai may still handle (a fallback model, an error hook).
-
-    It is journaled once the agent run shows it handled it (its next model request, or the
-    run's success) and dropped when the run fails, so that a failure which ended the
-    attempt runs again on resume, like a crash.
-    """
-
-    key: str
-    kind: str
-    name: str
-    fingerprint: str | None
-    error: dict[str, Any]
+    return journal
 
 
 @dataclass
@@ -62,7 +43,6 @@ class AgentRunJournal:
     run_id: str
     prefix: str
     ordinals: dict[str, int] = field(default_factory=dict)
-    pending: list[PendingFailure] = field(default_factory=list)
     digests: MessageDigests = field(default_factory=MessageDigests)
 
     def next_key(self, slot: str) -> str:
@@ -79,8 +59,8 @@ class AgentRunJournal:
 class PhaseAgents:
     """The agent runs started in one phase visit, by run id."""
 
-    def __init__(self, context: Context[Any]) -> None:
-        self.context = context
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
         self.started = 0
         self.runs: dict[str, AgentRunJournal] = {}
 
@@ -92,7 +72,7 @@ class PhaseAgents:
         """
         n = self.started
         self.started += 1
-        run_id = f"{self.context.run_id}:{self.context._visit}.a{n}"
+        run_id = self.journal.step_key(f"a{n}")
         self.runs[run_id] = AgentRunJournal(run_id=run_id, prefix=f"a{n}")
         return run_id
 
@@ -106,15 +86,15 @@ class PhaseAgents:
         return journal
 
 
-_PHASES: WeakKeyDictionary[Context[Any], PhaseAgents] = WeakKeyDictionary()
+_PHASES: WeakKeyDictionary[Journal, PhaseAgents] = WeakKeyDictionary()
 
 
-def phase_agents(context: Context[Any]) -> PhaseAgents:
-    """The agent runs of the phase visit that ``context`` drives."""
-    agents = _PHASES.get(context)
+def phase_agents(journal: Journal) -> PhaseAgents:
+    """The agent runs of the phase visit that ``journal`` records."""
+    agents = _PHASES.get(journal)
     if agents is None:
-        agents = PhaseAgents(context)
-        _PHASES[context] = agents
+        agents = PhaseAgents(journal)
+        _PHASES[journal] = agents
     return agents
 
 AGENT_RUN: ContextVar[str | None] = ContextVar("phaseledger_agent_run", default=None)

@@ -20,6 +20,8 @@ from typing import Any
 from pydantic_ai.messages import ModelResponse
 from pydantic_ai.usage import RequestUsage, RunUsage
 
+from phaseledger.domain.usage import add_usage
+
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
@@ -91,12 +93,8 @@ class UnitUsage:
     def add_request(self, run_usage: RunUsage, response: ModelResponse) -> None:
         """Count a delegate's model request."""
         request: RequestUsage = response.usage
-        self.total["requests"] += 1
-        self.total["input_tokens"] += request.input_tokens
-        self.total["output_tokens"] += request.output_tokens
-        cost = response_cost(response)
-        if cost is not None:
-            self.total["cost"] = round(self.total.get("cost", 0.0) + cost, 10)
+        add_usage(self.total, {"requests": 1, "input_tokens": request.input_tokens,
+                               "output_tokens": request.output_tokens, "cost": response_cost(response)})
         if run_usage is self.caller:
             self.shared.requests += 1
             self.shared.incr(request)

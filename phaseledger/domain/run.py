@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from eventsourcing.domain import (
     BaseAggregate,
@@ -26,9 +26,11 @@ from eventsourcing.domain import (
     CanMutateAggregate,
     CanSnapshotAggregate,
     MetaDomainEvent,
+    MutableOrImmutableAggregate,
 )
 
 from phaseledger.domain.errors import CorruptEvent
+from phaseledger.domain.journal import FailedAttempt, Kind, PendingSignal, RecordedCall, plain_entries, typed_entries
 from phaseledger.domain.status import (
     CANCELLED,
     COMPLETED,
@@ -39,15 +41,7 @@ from phaseledger.domain.status import (
     RunStatus,
     suspended_status,
 )
-
-
-def _add_usage(total: dict[str, Any], usage: dict[str, Any] | None) -> None:
-    if not usage:
-        return
-    for field in ("requests", "input_tokens", "output_tokens"):
-        total[field] = total.get(field, 0) + int(usage.get(field, 0) or 0)
-    if usage.get("cost") is not None:
-        total["cost"] = round(total.get("cost", 0.0) + float(usage["cost"]), 10)
+from phaseledger.domain.usage import add_usage
 
 
 class WorkflowRun(BaseAggregate[str]):
@@ -77,14 +71,14 @@ class WorkflowRun(BaseAggregate[str]):
         """When the current phase was entered; None in a run loaded from a snapshot older than the field."""
         attempts: dict[str, int]
         """How many times each phase was entered."""
-        journal: dict[str, Any]
+        journal: dict[str, RecordedCall]
         """The calls recorded in the current phase visit, by key: replay serves them."""
-        failures: dict[str, list[Any]]
+        failures: dict[str, list[FailedAttempt]]
         """The failed attempts of the current phase visit's calls not recorded yet, by key."""
         timers: dict[str, datetime]
         """When each durable timer of the current phase visit may continue, by key."""
         next_seq: int
-        inbox: list[Any]
+        inbox: list[PendingSignal]
         """The signals received and not taken yet."""
         signal_ids: list[str]
         """The id of every signal received (a signal sent again with one of them is delivered once)."""
@@ -207,7 +201,7 @@ class WorkflowRun(BaseAggregate[str]):
         detail: dict[str, Any] | None
 
         def apply(self, run: WorkflowRun) -> None:
-            run.journal[self.key] = {
+            run.journal[self.key] = RecordedCall.from_dict({  # the fast way: every call of a visit passes here
                 "seq": self.seq,
                 "name": self.name,
                 "kind": self.kind,
@@ -217,14 +211,15 @@ class WorkflowRun(BaseAggregate[str]):
                 "error": self.error,
                 "usage": self.usage,
                 "detail": self.detail,
-            }
+            })
             run.next_seq = max(run.next_seq, self.seq + 1)
             run.steps += 1
             run.failures.pop(self.key, None)
             run.timers.pop(self.key, None)
-            _add_usage(run.usage, self.usage)
-            if self.kind == "signal" and self.detail and self.detail.get("signal_id"):
-                run.inbox = [s for s in run.inbox if s["signal_id"] != self.detail["signal_id"]]
+            if self.usage:
+                add_usage(run.usage, self.usage)
+            if self.kind == Kind.SIGNAL and self.detail and self.detail.get("signal_id"):
+                run.inbox = [s for s in run.inbox if s.signal_id != self.detail["signal_id"]]
 
     class StepAttemptFailed(Event):
         """An attempt of a journaled call failed; ``retry_at`` is when the next may start."""
@@ -249,10 +244,9 @@ class WorkflowRun(BaseAggregate[str]):
             state.setdefault("started_at", None)
 
         def apply(self, run: WorkflowRun) -> None:
-            run.failures.setdefault(self.key, []).append(
-                {"name": self.name, "attempt": self.attempt, "retry_at": self.retry_at, "error_type": self.error_type,
-                 "message": self.message, "retryable": self.retryable, "started_at": self.started_at}
-            )
+            run.failures.setdefault(self.key, []).append(FailedAttempt(
+                self.name, self.attempt, self.retry_at, self.error_type, self.message, self.retryable, self.started_at
+            ))
             run.next_seq = max(run.next_seq, self.seq + 1)
 
     class SignalReceived(Event):
@@ -263,7 +257,7 @@ class WorkflowRun(BaseAggregate[str]):
         payload: Any
 
         def apply(self, run: WorkflowRun) -> None:
-            run.inbox.append({"signal_id": self.signal_id, "name": self.name, "payload": self.payload})
+            run.inbox.append(PendingSignal(self.signal_id, self.name, self.payload))
             run.signal_ids.append(self.signal_id)
             if run.status == WAITING and run.suspended and run.suspended.get("signal") == self.name:
                 run.status = RUNNING
@@ -289,10 +283,8 @@ class WorkflowRun(BaseAggregate[str]):
         state: dict[str, Any]
 
         def apply(self, run: WorkflowRun) -> None:
-            run.journal[self.key] = {
-                "seq": self.seq, "name": self.label, "kind": "checkpoint", "result": self.state,
-                "result_type": None, "fingerprint": None, "error": None, "usage": None, "detail": None,
-            }
+            run.journal[self.key] = RecordedCall(self.seq, self.label, Kind.CHECKPOINT, self.state, None, None, None,
+                                                 None, None)
             run.next_seq = max(run.next_seq, self.seq + 1)
             run.checkpoints += 1
 
@@ -321,7 +313,7 @@ class WorkflowRun(BaseAggregate[str]):
                 run.failures = {}
             for entry in run.journal.values():
                 run.replayed_steps += 1
-                _add_usage(run.saved_usage, entry.get("usage"))
+                add_usage(run.saved_usage, entry.usage)
 
     class RunCompleted(Event):
         """The run reached a final phase; ``output`` is what its handler returned."""
@@ -368,6 +360,20 @@ class WorkflowRun(BaseAggregate[str]):
         timestamp: datetime
         topic: str
         state: dict[str, Any]
+
+        @classmethod
+        def take(cls, aggregate: MutableOrImmutableAggregate[str]) -> Self:
+            """The snapshot of ``aggregate``, its journal entries stored as plain dicts."""
+            snapshot = super().take(aggregate)
+            plain_entries(snapshot.state)
+            return snapshot
+
+        def mutate(self, _: None) -> BaseAggregate[str]:
+            """The run this snapshot holds, its journal entries typed again."""
+            run = super().mutate(_)
+            typed_entries(run.__dict__)
+            return run
+
 
     @classmethod
     def begin(cls, run_id: str, **fields: Any) -> WorkflowRun:

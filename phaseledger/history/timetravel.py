@@ -256,8 +256,8 @@ class TimeTravel:
         model = self._state_model(run)
         view = run_view(run, model)
         journal = sorted(
-            (JournalEntry(key=key, seq=e["seq"], name=e["name"], kind=e["kind"], result=copy_json(e["result"]),
-                          result_type=e["result_type"], error=e["error"], usage=e["usage"])
+            (JournalEntry(key=key, seq=e.seq, name=e.name, kind=e.kind, result=copy_json(e.result),
+                          result_type=e.result_type, error=e.error, usage=e.usage)
              for key, e in run.journal.items()),
             key=lambda entry: entry.seq,
         )
@@ -269,7 +269,7 @@ class TimeTravel:
         return RunAt(
             **{name: getattr(view, name) for name in Run.model_fields},
             event=type(event).__name__, at=event.timestamp, journal=journal,
-            inbox=copy_json(run.inbox), recorded_state=self._as_state(model, recorded),
+            inbox=[copy_json(signal.to_dict()) for signal in run.inbox], recorded_state=self._as_state(model, recorded),
         )
 
     # -- resume tokens -------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.status import CANCELLED, COMPLETED, FAILED, FINISHED, RUNNING, WAITING, suspended_status
+from phaseledger.domain.usage import add_cost, add_usage, count
 from phaseledger.projections._dialect import Dialect
 from phaseledger.projections.schema import FAILURES, PHASES, RUNS, USAGE, Table
 
@@ -27,22 +28,6 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return round((end - start).total_seconds(), 6)
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _add_cost(total: float | None, cost: Any) -> float | None:
-    if cost is None:
-        return total
-    try:
-        return round((total or 0.0) + float(cost), 10)
-    except (TypeError, ValueError):
-        return total
 
 
 def _upsert(table: Table) -> str:
@@ -141,7 +126,7 @@ class Fold:
             "started_at": e.timestamp, "updated_at": e.timestamp, "finished_at": None, "duration_seconds": 0.0,
             "last_error_type": None, "last_error_message": None, "waiting_for": None, "wake_at": None,
             "parent_run_id": parent.get("run_id") if e.parent else None,
-            "parent_version": _int(parent_version) if parent_version is not None else None,
+            "parent_version": count(parent_version) if parent_version is not None else None,
         }
 
     def _close_visit(self, run: dict[str, Any], at: datetime, outcome: str, next_phase: str | None = None) -> None:
@@ -170,23 +155,17 @@ class Fold:
         usage = e.usage
         if not usage:
             return
-        requests, tokens_in, tokens_out = (
-            _int(usage.get("requests")), _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
-        )
-        run["model_requests"] += requests
-        run["input_tokens"] += tokens_in
-        run["output_tokens"] += tokens_out
-        run["cost"] = _add_cost(run["cost"], usage.get("cost"))
+        run["model_requests"] += count(usage.get("requests"))
+        run["input_tokens"] += count(usage.get("input_tokens"))
+        run["output_tokens"] += count(usage.get("output_tokens"))
+        run["cost"] = add_cost(run["cost"], usage.get("cost"))
         inherited = run["parent_version"] is not None and e.originator_version <= run["parent_version"]
         if inherited:  # a fork's copy of its parent's call: paid once, counted in the parent's usage
             return
         model = str(usage.get("model") or "unknown")
         bucket = self._usage(run["workflow"], model, e.timestamp.astimezone(UTC).date())
         bucket["calls"] += 1
-        bucket["requests"] += requests
-        bucket["input_tokens"] += tokens_in
-        bucket["output_tokens"] += tokens_out
-        bucket["cost"] = _add_cost(bucket["cost"], usage.get("cost"))
+        add_usage(bucket, usage)
 
     def _attempt_failed(self, run: dict[str, Any], e: W.StepAttemptFailed) -> None:
         run["step_failures"] += 1

@@ -50,7 +50,7 @@ log = logging.getLogger("phaseledger.worker")
 
 def _awaited_signal_arrived(run: WorkflowRun) -> bool:
     signal = (run.suspended or {}).get("signal")
-    return run.status == WAITING and signal is not None and any(s["name"] == signal for s in run.inbox)
+    return run.status == WAITING and signal is not None and any(s.name == signal for s in run.inbox)
 
 
 def is_due(run: WorkflowRun, now: datetime | None = None) -> bool:

@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.status import RUNNING
 from phaseledger.domain.workflow import Workflow
-from phaseledger.engine.context import _STEP_KEY
 from phaseledger.engine.engine import Engine
+from phaseledger.engine.journal import STEP_KEY
 from phaseledger.store.eventstore import Store
 
 _VOLATILE = frozenset({
@@ -42,7 +42,7 @@ class StepCalls:
 
     def called(self) -> None:
         """Note that the step running now executed (call it from inside a step function)."""
-        key = _STEP_KEY.get()
+        key = STEP_KEY.get()
         if key is not None:
             self.keys.append(key.split(":", 1)[1])
 

@@ -39,7 +39,7 @@ _WAIT = 10.0
 
 def new_run(run_id: str, workflow: str = "contract") -> WorkflowRun:
     """A run that has just started (its ``RunStarted`` event pending)."""
-    return WorkflowRun._create(WorkflowRun.RunStarted, id=run_id, workflow=workflow, workflow_version=1,
+    return WorkflowRun.begin(run_id, workflow=workflow, workflow_version=1,
                                input={}, parent=None)
 
 

@@ -63,8 +63,8 @@ async def _kill_and_resume(store: str, tmp_path: Path, crash_at: int, crash_afte
     assert result["outcome"] == clean.model_dump(mode="json")  # output, usage and message history
 
     after = Counter(log.read_text().split()[len(before):])  # what the resuming process ran
-    recorded_tools = [k.split(":")[-1] for k, e in recorded.items() if e["kind"] == "tool" and not e["error"]]
-    recorded_models = [k for k, e in recorded.items() if e["kind"] == "model" and not e["error"]]
+    recorded_tools = [k.split(":")[-1] for k, e in recorded.items() if e.kind == "tool" and not e.error]
+    recorded_models = [k for k, e in recorded.items() if e.kind == "model" and not e.error]
     assert all(after[f"tool:{call_id}"] == 0 for call_id in recorded_tools), (recorded_tools, after)
     model_calls = sum(n for what, n in after.items() if what.startswith("model:"))
     assert model_calls == clean.usage["requests"] - len(recorded_models)

@@ -18,6 +18,7 @@ import sys
 from pydantic import BaseModel
 
 from phaseledger import Context, Engine, Workflow
+from phaseledger.engine.journal import current_journal
 from phaseledger.projections import Reports
 from phaseledger.projections.projection import count_after
 
@@ -50,9 +51,10 @@ def make_workflow() -> Workflow[Count]:
     async def loop(ctx: Context[Count]) -> str:
         for _ in range(6):
             ctx.state.n = await ctx.step("inc", lambda n: n + 1, ctx.state.n)
-        await ctx._journaled(ctx._next_key(), "model", "m", lambda: "ok",
-                             usage_of=lambda _: {"requests": 1, "input_tokens": 3, "output_tokens": 1,
-                                                 "model": "tiny", "cost": 0.001})
+        journal = current_journal()
+        await journal.call(journal.next_key(), "model", "m", lambda: "ok",
+                           outcome=lambda _: ({"requests": 1, "input_tokens": 3, "output_tokens": 1,
+                                               "model": "tiny", "cost": 0.001}, None))
         return "loop" if ctx.attempt < 3 else "done"
 
     @wf.phase(final=True)

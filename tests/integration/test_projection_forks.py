@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from phaseledger import Context, Engine, Workflow
+from phaseledger.engine.journal import current_journal
 from phaseledger.projections import Reports
 
 
@@ -17,7 +18,9 @@ class Draft(BaseModel):
 async def ask(ctx: Context[Any], name: str, tokens: int) -> Any:
     """A model request journaled the way the pydantic-ai integration records it."""
     usage = {"requests": 1, "input_tokens": tokens, "output_tokens": 1, "model": "m-test", "cost": 0.01}
-    return await ctx._journaled(ctx._next_key(), "model", name, lambda: {"text": name}, usage_of=lambda _: usage)
+    journal = current_journal()
+    return await journal.call(journal.next_key(), "model", name, lambda: {"text": name},
+                              outcome=lambda _: (usage, None))
 
 
 def make_workflow() -> Workflow[Draft]:

@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from phaseledger import Context, Engine, RetryPolicy, Workflow, WorkflowRun
+from phaseledger.engine.journal import current_journal
 from phaseledger.projections import ProjectionOutdated, Reports, ddl
 from phaseledger.projections.schema import SCHEMA_VERSION
 
@@ -27,7 +28,9 @@ class Job(BaseModel):
 
 async def model_call(ctx: Context[Any], name: str, usage: dict[str, Any]) -> Any:
     """A model request journaled the way the pydantic-ai integration records it (kind 'model')."""
-    return await ctx._journaled(ctx._next_key(), "model", name, lambda: {"text": "ok"}, usage_of=lambda _: usage)
+    journal = current_journal()
+    return await journal.call(journal.next_key(), "model", name, lambda: {"text": "ok"},
+                              outcome=lambda _: (usage, None))
 
 
 def make_workflow() -> Workflow[Job]:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from phaseledger import Context, Engine, Workflow
 from phaseledger.cli.reports import projections_app, report_app
+from phaseledger.engine.journal import current_journal
 
 
 class Doc(BaseModel):
@@ -22,8 +23,9 @@ def make_workflow() -> Workflow[Doc]:
 
     @wf.phase(initial=True, to={"done": None})
     async def draft(ctx: Context[Doc]) -> str:
-        await ctx._journaled(ctx._next_key(), "model", "draft", lambda: "text", usage_of=lambda _: {
-            "requests": 1, "input_tokens": 40, "output_tokens": 60, "model": "small", "cost": 0.02})
+        journal = current_journal()
+        await journal.call(journal.next_key(), "model", "draft", lambda: "text", outcome=lambda _: ({
+            "requests": 1, "input_tokens": 40, "output_tokens": 60, "model": "small", "cost": 0.02}, None))
         ctx.state.words = await ctx.step("count", lambda: 60)
         if ctx.run_id == "broken":
             raise RuntimeError("no words")

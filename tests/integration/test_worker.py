@@ -17,6 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 from phaseledger import Context, Engine, PhaseledgerError, RunBusy, WorkerAlreadyRunning, Workflow
+from phaseledger.domain.journal import PendingSignal
 from phaseledger.store.leasebook import DriverId
 from phaseledger.store.runindex import IndexRow, is_due, open_run_index, runnable_at
 from phaseledger.workers.claims import PostgresLeases
@@ -176,7 +177,7 @@ def test_runnable_at_agrees_with_is_due() -> None:
     ]:
         run.status = {"signal": "waiting", "sleep": "sleeping", "retry": "retrying"}[reason]
         run.suspended = {"reason": reason, "until": until, "signal": signal_name}
-        run.inbox = [{"signal_id": n, "name": n, "payload": None} for n in inbox]
+        run.inbox = [PendingSignal(n, n, None) for n in inbox]
         when = runnable_at(run)
         cases.append((is_due(run, now), when is not None and (bool(inbox == ["go"]) or when <= now)))
     run.status, run.suspended = "running", None

@@ -68,6 +68,6 @@ async def test_resume_after_any_crash_equals_the_uninterrupted_run(script: Scrip
     assert outcomes["r"] == expected
     assert run.usage.requests == expected.usage["requests"]
     for key, entry in recorded.items():  # nothing recorded ran again
-        if entry["kind"] == "tool" and not entry["error"]:
+        if entry.kind == "tool" and not entry.error:
             what = f"tool:{key.split(':')[-1]}"
             assert recorder.calls[what] == before[what] == 1

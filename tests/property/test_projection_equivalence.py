@@ -25,6 +25,7 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from phaseledger import Context, Engine, RetryPolicy, Workflow
+from phaseledger.engine.journal import current_journal
 from phaseledger.projections import Reports, _fold
 from phaseledger.store.eventstore import StoreURL
 
@@ -64,7 +65,8 @@ def make_workflow() -> Workflow[Plan]:
                 await ctx.step("s", lambda i=i: i)
             elif op.startswith("model"):
                 usage = _usage(op)
-                await ctx._journaled(ctx._next_key(), "model", "m", lambda: "ok", usage_of=lambda _, u=usage: u)
+                journal = current_journal()
+                await journal.call(journal.next_key(), "model", "m", lambda: "ok", outcome=lambda _, u=usage: (u, None))
             elif op == "flaky":
                 def flaky(once: tuple[str, int, int] = once) -> str:
                     if once not in ONCE:

@@ -55,7 +55,7 @@ class Engines:
 def _live_summary(run: WorkflowRun) -> dict[str, Any]:
     return copy.deepcopy({
         "version": run.version, "status": run.status, "phase": run.phase, "state": run.phase_state,
-        "journal": {k: (e["seq"], e["name"], e["kind"], e["result"]) for k, e in run.journal.items()},
+        "journal": {k: (e.seq, e.name, e.kind, e.result) for k, e in run.journal.items()},
         "attempts": run.attempts, "output": run.output, "steps": run.steps,
     })
 

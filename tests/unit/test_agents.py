@@ -78,7 +78,7 @@ async def test_hard_crash_then_resume_in_a_new_engine_replays_without_calling_an
     run = await second.resume("r")
     assert run.status == "completed" and outcomes["r"] == clean
     for key, entry in recorded.items():  # a call that was recorded before the crash never ran again
-        if entry["kind"] == "tool":
+        if entry.kind == "tool":
             assert recorder.calls[f"tool:{key.split(':')[-1]}"] == 1
 
 
@@ -92,12 +92,12 @@ async def test_many_parallel_tool_calls_replay_by_tool_call_id() -> None:
     with pytest.raises(BaseException):
         await first.run(workflow, {}, run_id="r")
     journal = first.store.load("r").journal
-    tools = {key.split(":")[-1]: entry for key, entry in journal.items() if entry["kind"] == "tool"}
+    tools = {key.split(":")[-1]: entry for key, entry in journal.items() if entry.kind == "tool"}
     assert len(tools) >= 10
-    order = sorted(tools, key=lambda call_id: tools[call_id]["seq"])
+    order = sorted(tools, key=lambda call_id: tools[call_id].seq)
     assert order != sorted(order, key=lambda call_id: int(call_id.split("-")[1]))  # they finished out of order
     for call_id, entry in tools.items():  # each recorded result is its own call's
-        assert entry["result"] == {"result": (3 + int(call_id.split("-")[1])) ** 2, "kind": "tool_return"}
+        assert entry.result == {"result": (3 + int(call_id.split("-")[1])) ** 2, "kind": "tool_return"}
     recorder.crash_at = None
     run = await Engine(first.store, workflows=[workflow]).resume("r")
     assert run.status == "completed"

@@ -79,8 +79,8 @@ async def test_handled_failure_is_journaled_so_the_fallback_path_replays() -> No
         failed = await engine.run(workflow, {}, run_id="r")
         assert failed.status == "failed" and calls == {"primary": 1, "backup": 1}
         entries = engine.store.load("r").journal
-        errors = [e for e in entries.values() if e["error"]]
-        assert [e["error"]["type"] for e in errors] == ["ModelHTTPError"]
+        errors = [e for e in entries.values() if e.error]
+        assert [e.error["type"] for e in errors] == ["ModelHTTPError"]
         crash["on"] = False
         run = await engine.retry("r")
     assert run.status == "completed" and run.output == "from backup"
@@ -250,8 +250,8 @@ async def test_delegate_agent_usage_inside_a_tool_is_kept() -> None:
     async with Engine("memory://", workflows=[workflow]) as engine:
         failed = await engine.run(workflow, {}, run_id="r")
         assert failed.status == "failed"
-        tool_entry = next(e for e in engine.store.load("r").journal.values() if e["kind"] == "tool")
-        assert tool_entry["usage"]["input_tokens"] == 100 and tool_entry["usage"]["requests"] == 1
+        tool_entry = next(e for e in engine.store.load("r").journal.values() if e.kind == "tool")
+        assert tool_entry.usage["input_tokens"] == 100 and tool_entry.usage["requests"] == 1
         crash["on"] = False
         run = await engine.retry("r")
     assert run.status == "completed" and delegate_calls["n"] == 1
@@ -360,8 +360,8 @@ async def test_run_start_time_is_journaled_for_timeouts() -> None:
     workflow = one_phase(scripted_agent(Script([[("square", 2)]]), recorder), timeout=30)
     async with Engine("memory://", workflows=[workflow]) as engine:
         assert (await engine.run(workflow, {}, run_id="t")).status == "failed"
-        started = engine.store.load("t").journal["a0:start:time"]["result"]
+        started = engine.store.load("t").journal["a0:start:time"].result
         recorder.crash_at = None
         run = await engine.retry("t")
         assert run.status == "completed"
-        assert engine.store.load("t").journal["a0:start:time"]["result"] == started  # replayed, not re-read
+        assert engine.store.load("t").journal["a0:start:time"].result == started  # replayed, not re-read

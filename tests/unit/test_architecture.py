@@ -75,7 +75,9 @@ def _imports(module: str) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             source = _resolve(module, node)
-            names = [source] + [f"{source}.{alias.name}" for alias in node.names]
+            names = [f"{source}.{alias.name}" for alias in node.names]
+            if any(name not in MODULES for name in names):  # a name defined by the module, not a submodule
+                names.append(source)
         else:
             continue
         for name in names:

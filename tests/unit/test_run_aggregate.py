@@ -34,7 +34,7 @@ def test_steps_form_the_journal_of_the_current_phase_visit() -> None:
     step(run, "0", usage={"requests": 1, "input_tokens": 10, "output_tokens": 3})
     step(run, "1")
     assert list(run.journal) == ["0", "1"]
-    assert run.journal["0"]["result"] == {"k": "0"} and run.next_seq == 2
+    assert run.journal["0"].result == {"k": "0"} and run.next_seq == 2
     assert run.usage == {"requests": 1, "input_tokens": 10, "output_tokens": 3}
     run.trigger_event(WorkflowRun.PhaseEntered, phase="a", from_phase="a", reason="transition", attempt=2, state={})
     assert run.journal == {} and run.attempts == {"a": 2} and run.steps == 2
@@ -47,7 +47,7 @@ def test_failed_attempts_are_kept_until_the_step_is_recorded() -> None:
         WorkflowRun.StepAttemptFailed, seq=0, key="0", name="s0", error_type="E", message="m",
         retryable=True, attempt=1, retry_at=when, started_at=None,
     )
-    assert run.failures["0"][0]["retry_at"] == when and run.failures["0"][0]["name"] == "s0"
+    assert run.failures["0"][0].retry_at == when and run.failures["0"][0].name == "s0"
     step(run, "0")
     assert "0" not in run.failures
 
@@ -59,9 +59,9 @@ def test_signals_wait_in_the_inbox_and_wake_a_waiting_run() -> None:
     run.trigger_event(WorkflowRun.SignalReceived, signal_id="x", name="other", payload=1)
     assert run.status == "waiting"
     run.trigger_event(WorkflowRun.SignalReceived, signal_id="y", name="go", payload=2)
-    assert run.status == "running" and [s["name"] for s in run.inbox] == ["other", "go"]
+    assert run.status == "running" and [s.name for s in run.inbox] == ["other", "go"]
     step(run, "0", kind="signal", detail={"signal_id": "y"})
-    assert [s["signal_id"] for s in run.inbox] == ["x"]
+    assert [s.signal_id for s in run.inbox] == ["x"]
 
 
 def test_resume_counts_what_is_served_from_the_log() -> None:

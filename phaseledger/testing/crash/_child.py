@@ -38,13 +38,13 @@ class _Probe:
             os.write(self.ledger_fd, f"{os.getpid()}\t{what}\t{key}\t{name}\n".encode())
 
     def install(self) -> None:
-        from phaseledger.engine.context import Context, idempotency_key
+        from phaseledger.engine.journal import Journal, idempotency_key
         from phaseledger.store.eventstore import Store
 
         probe = self
         append = Store.append
         append_async = Store.append_async
-        journaled = Context._journaled
+        journaled = Journal.call
 
         def probed_append(store: Store, events: Sequence[Any], **kwargs: Any) -> int:
             result = append(store, events, **kwargs)
@@ -58,7 +58,7 @@ class _Probe:
                 probe.hit("after_append")
             return result
 
-        async def probed_journaled(ctx: Context[Any], key: str, kind: str, name: str,
+        async def probed_journaled(journal: Journal, key: str, kind: str, name: str,
                                    call: Callable[[], Any], *args: Any, **kwargs: Any) -> Any:
             async def probed_call() -> Any:
                 step_key = idempotency_key()
@@ -71,11 +71,11 @@ class _Probe:
                 probe.hit("in_step")
                 return result
 
-            return await journaled(ctx, key, kind, name, probed_call, *args, **kwargs)
+            return await journaled(journal, key, kind, name, probed_call, *args, **kwargs)
 
         Store.append = probed_append  # type: ignore[method-assign]
         Store.append_async = probed_append_async  # type: ignore[method-assign]
-        Context._journaled = probed_journaled  # type: ignore[method-assign]
+        Journal.call = probed_journaled  # type: ignore[method-assign]
 
 
 def load_workflows(target: str) -> list[Workflow[Any]]:

@@ -1,0 +1,142 @@
+"""What a run keeps of its current phase visit: recorded calls, failed attempts, pending signals.
+
+Each is a frozen dataclass built by an event's ``apply`` (see :mod:`phaseledger.domain.run`)
+and read by attribute. Snapshots store them as the plain dicts they have always been stored
+as (:func:`plain_entries` when a snapshot is taken, :func:`typed_entries` when one is
+loaded), so the stored format does not depend on these classes.
+
+A run holds one entry per call of its current phase visit, and a snapshot of a long visit
+holds thousands: entries are built from, and turned into, plain dicts in one step
+(:class:`PlainFields`), which keeps folding events and loading snapshots as fast as it was
+with plain dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Self
+
+from phaseledger.domain.errors import CircuitOpen
+
+
+class Kind:
+    """The kinds of journaled calls (``StepRecorded.kind``, :attr:`RecordedCall.kind`)."""
+
+    STEP: Final = "step"
+    """``ctx.step``."""
+    MODEL: Final = "model"
+    """An agent's model request."""
+    TOOL: Final = "tool"
+    """An agent's tool call, argument validation or tool discovery."""
+    AGENT: Final = "agent"
+    """An agent's event delivery or capability operation."""
+    SIGNAL: Final = "signal"
+    """``ctx.wait_for_signal``."""
+    TIMER: Final = "timer"
+    """``ctx.sleep``."""
+    CLOCK: Final = "clock"
+    """``ctx.now`` and an agent run's start time."""
+    RANDOM: Final = "random"
+    """``ctx.uuid`` and ``ctx.random``."""
+    CHECKPOINT: Final = "checkpoint"
+    """``ctx.checkpoint`` (``CheckpointSaved``)."""
+
+
+_new, _setattr = object.__new__, object.__setattr__  # looked up once: folding a long visit builds thousands
+
+
+class PlainFields:
+    """A frozen dataclass whose fields convert from and to a plain dict (the shape snapshots store) in one step."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """The instance whose fields are ``data`` (every field, as :meth:`to_dict` gives them).
+
+        ``data`` becomes the instance's fields as it is, not copied or checked: pass a dict
+        of its own (an event's ``apply`` builds one; a snapshot's is decoded for the run
+        loaded from it, and brought to this shape by the run's upcasters).
+        """
+        instance = _new(cls)
+        _setattr(instance, "__dict__", data)  # how eventsourcing rebuilds an aggregate from its snapshot
+        return instance
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (a new one; the values are shared)."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class RecordedCall(PlainFields):
+    """A call recorded in the current phase visit (``StepRecorded``, ``CheckpointSaved``): replay serves it."""
+
+    seq: int
+    """Its position in the phase visit's calls (``NonDeterminismError.seq``)."""
+    name: str
+    kind: str
+    """One of :class:`Kind`."""
+    result: Any
+    """The result as JSON (a model's fields when ``result_type`` names a model; a checkpoint's state)."""
+    result_type: str | None
+    """The topic of the result's pydantic model, or None for plain JSON."""
+    fingerprint: str | None
+    """A digest of the call's inputs, checked on replay (None: not checked)."""
+    error: dict[str, Any] | None
+    """A recorded failure that replay raises again (see :func:`~phaseledger.domain.recorded_errors.rebuild_error`)."""
+    usage: dict[str, Any] | None
+    """Model requests, tokens and cost of the call."""
+    detail: dict[str, Any] | None
+    """What else replay needs (the id of a signal taken, usage shared with a calling agent run)."""
+
+
+@dataclass(frozen=True)
+class FailedAttempt(PlainFields):
+    """A failed attempt of a call not recorded yet (``StepAttemptFailed``)."""
+
+    name: str
+    attempt: int
+    """The attempt's number (1 the first time; a refusal keeps the number of the attempt it delayed)."""
+    retry_at: datetime | None
+    """When the next attempt may start; None when this one was final."""
+    error_type: str
+    message: str
+    retryable: bool
+    started_at: datetime | None
+    """When the call's first attempt started (None in logs older than the field)."""
+
+    @property
+    def refused(self) -> bool:
+        """Refused by an open circuit breaker: the call never ran, so it used up no attempt."""
+        return self.error_type == CircuitOpen.__name__
+
+    @property
+    def next_attempt(self) -> int:
+        """The number of the attempt that follows this one."""
+        return self.attempt if self.refused else self.attempt + 1
+
+
+@dataclass(frozen=True)
+class PendingSignal(PlainFields):
+    """A signal received and not taken yet (``SignalReceived``): it waits in the run's inbox."""
+
+    signal_id: str
+    name: str
+    payload: Any
+
+
+def plain_entries(state: dict[str, Any]) -> None:
+    """Turn the typed ``journal``, ``failures`` and ``inbox`` of a run's state into plain dicts (in place)."""
+    state["journal"] = {key: entry.to_dict() for key, entry in state["journal"].items()}
+    state["failures"] = {key: [a.to_dict() for a in attempts] for key, attempts in state["failures"].items()}
+    state["inbox"] = [signal.to_dict() for signal in state["inbox"]]
+
+
+def typed_entries(state: dict[str, Any]) -> None:
+    """Turn the plain ``journal``, ``failures`` and ``inbox`` of a stored run state into typed entries (in place)."""
+    call = RecordedCall.from_dict  # a snapshot of a long phase visit holds thousands
+    state["journal"] = {key: call(entry) for key, entry in state["journal"].items()}
+    state["failures"] = {
+        key: [FailedAttempt.from_dict({**attempt, "started_at": attempt.get("started_at")}) for attempt in attempts]
+        for key, attempts in state["failures"].items()  # ``started_at``: absent from the first releases' snapshots
+    }
+    state["inbox"] = [PendingSignal.from_dict(signal) for signal in state["inbox"]]
