@@ -67,7 +67,7 @@ def test_a_failed_attempt_of_the_first_release_reads_with_started_at_unknown(sto
     assert type(event) is WorkflowRun.StepAttemptFailed and event.started_at is None
     assert (event.name, event.attempt, event.message) == ("s9", 1, "m")
     run = project_run(None, [*started().collect_events(), event])
-    assert run is not None and run.failures["9"][0]["started_at"] is None
+    assert run is not None and run.failures["9"][0].started_at is None
 
 
 def test_a_failed_attempt_stored_without_class_version_keeps_its_started_at(store: Store) -> None:
@@ -88,7 +88,7 @@ def test_a_snapshot_of_the_first_release_folds_to_this_releases_state(store: Sto
     failed_attempt(run)
     run.collect_events()
     expected = dict(vars(run), phase_entered_on=None)
-    expected["failures"] = {"9": [dict(run.failures["9"][0], started_at=None)]}
+    expected["failures"] = {"9": [dataclasses.replace(run.failures["9"][0], started_at=None)]}
 
     def first_release(state: dict[str, Any]) -> None:
         run_state = state["state"]
