@@ -16,8 +16,8 @@ PYDANTIC_AI_VERSION = check_pydantic_ai_version()
 from phaseledger.agents._backend import TOOL_CONFIG_KEY, PhaseledgerBackend  # noqa: E402
 from phaseledger.agents._capability import PhaseledgerDurability  # noqa: E402
 from phaseledger.agents._durable_agent import AgentRunFailed, DurableAgent, DurableAgentResult  # noqa: E402
-from phaseledger.agents._run import AgentNotDurable, run_agent  # noqa: E402
 from phaseledger.agents._units import UnitConfig  # noqa: E402
+from phaseledger.agents.run import AgentNotDurable, run_agent  # noqa: E402
 
 __all__ = [
     "PYDANTIC_AI_VERSION",

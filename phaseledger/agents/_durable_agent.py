@@ -17,8 +17,8 @@ from pydantic import BaseModel
 from pydantic_ai.agent import AbstractAgent
 
 from phaseledger.agents._capability import PhaseledgerDurability
-from phaseledger.agents._run import AgentNotDurable
 from phaseledger.agents._scope import ON_UNIT_COMMIT
+from phaseledger.agents.run import AgentNotDurable
 from phaseledger.domain.errors import InvalidInput, PhaseledgerError, RunExists
 from phaseledger.domain.retry import RetryPolicy
 from phaseledger.domain.status import COMPLETED, FAILED

@@ -147,8 +147,8 @@ def resume(
 def _due(engine: Engine) -> tuple[list[str], int]:
     """The unfinished runs that are due now, not damaged and that no other live process drives, and how
     many other unfinished runs are not due (still waiting for a signal, a timer or a retry)."""
+    from phaseledger.domain.schedule import is_due
     from phaseledger.domain.status import DAMAGED
-    from phaseledger.store.runindex import is_due
 
     due, not_due = [], 0
     for run in engine.runs():

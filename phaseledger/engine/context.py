@@ -91,18 +91,6 @@ class Context(Generic[StateT]):
 
     # -- the operations handlers use ---------------------------------------------------
 
-    async def _run_handler(self, handler: Callable[[Context[Any]], Any]) -> Any:
-        """Run the phase handler with this context's journal as the task's current journal."""
-        token = CURRENT_JOURNAL.set(self._journal)
-        try:
-            return await handler(self)
-        finally:
-            CURRENT_JOURNAL.reset(token)
-
-    def _check_consumed(self) -> None:
-        """Raise :class:`~phaseledger.NonDeterminismError` if the handler left recorded calls unmade."""
-        self._journal.check_consumed()
-
     async def run_agent(self, agent: Any, user_prompt: Any = None, /, **kwargs: Any) -> Any:
         """Run a pydantic-ai agent durably: each model request and tool call is journaled.
 
@@ -111,7 +99,7 @@ class Context(Generic[StateT]):
         ``kwargs`` are those of ``agent.run`` (``deps``, ``message_history``, ``output_type``, ...);
         returns its ``AgentRunResult``. See ``docs/agents.md``.
         """
-        from phaseledger.agents import run_agent
+        from phaseledger.agents.run import run_agent
 
         token = CURRENT_JOURNAL.set(self._journal)  # its units are journaled in this phase visit
         try:
@@ -176,10 +164,10 @@ class Context(Generic[StateT]):
         (a fork that edited the state at this checkpoint); otherwise ``ctx.state`` is
         left as it is.
         """
-        entry = await self._journal.checkpoint(label, self._dump_state)
+        entry = await self._journal.checkpoint(label, functools.partial(state_data, self))
         if entry is None:
             self.engine.hooks.checkpoint(self._driver.run, label)
-        elif entry.result is not None and entry.result != self._dump_state():
+        elif entry.result is not None and entry.result != state_data(self):
             self.state = self._driver.workflow.state_model.model_validate(copy_json(entry.result))
 
     async def sleep(self, seconds: float) -> None:
@@ -201,12 +189,29 @@ class Context(Generic[StateT]):
         model = self._driver.workflow.signals.get(name)
         return model.model_validate(payload) if model else payload
 
-    def _dump_state(self) -> dict[str, Any]:
-        try:
-            return self.state.model_dump(mode="json")
-        except Exception as exc:
-            raise SerializationError(f"the state of run {self.run_id!r} cannot be serialised: {exc}") from exc
+# -- what the driver does with a phase visit's context ---------------------------------------
 
+
+async def run_handler(ctx: Context[Any], handler: Callable[[Context[Any]], Any]) -> Any:
+    """Run a phase handler with ``ctx``'s journal as the task's current journal."""
+    token = CURRENT_JOURNAL.set(ctx._journal)
+    try:
+        return await handler(ctx)
+    finally:
+        CURRENT_JOURNAL.reset(token)
+
+
+def check_consumed(ctx: Context[Any]) -> None:
+    """Raise :class:`~phaseledger.NonDeterminismError` if the handler left recorded calls unmade."""
+    ctx._journal.check_consumed()
+
+
+def state_data(ctx: Context[Any]) -> dict[str, Any]:
+    """The handler's state as JSON data (:class:`~phaseledger.SerializationError` if it cannot be)."""
+    try:
+        return ctx.state.model_dump(mode="json")
+    except Exception as exc:
+        raise SerializationError(f"the state of run {ctx.run_id!r} cannot be serialised: {exc}") from exc
 
 
 _STEP_OPTIONS = ("retry", "breaker", "attempt_timeout", "total_timeout")

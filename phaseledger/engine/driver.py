@@ -37,6 +37,7 @@ from phaseledger.domain.run import WorkflowRun, event_fields
 from phaseledger.domain.status import CANCELLED, RUNNING
 from phaseledger.domain.values import encode_value
 from phaseledger.domain.workflow import Workflow
+from phaseledger.engine.context import Context, check_consumed, run_handler, state_data
 from phaseledger.engine.stops import Cancelled, Released, Superseded, Suspended
 from phaseledger.store.faults import Backoff
 
@@ -210,8 +211,6 @@ class RunDriver:
             raise LeaseLost(self.run.id) from None
 
     async def _drive_phases(self) -> None:
-        from phaseledger.engine.context import Context
-
         try:
             while not self.run.finished and self.run.status == RUNNING:
                 self.check_boundary()
@@ -229,11 +228,11 @@ class RunDriver:
                     )
                 ctx = Context(self, phase)
                 try:
-                    result = await ctx._run_handler(phase.handler)
-                    ctx._check_consumed()
+                    result = await run_handler(ctx, phase.handler)
+                    check_consumed(ctx)
                     if phase.final:
                         output, output_type = encode_value(result, f"the output of final phase {phase.name!r}")
-                        state = ctx._dump_state()
+                        state = state_data(ctx)
                         self.record(WorkflowRun.RunCompleted, output=output, output_type=output_type, state=state)
                     else:
                         target = self.workflow.next_phase(phase.name, result, ctx.state)
@@ -243,7 +242,7 @@ class RunDriver:
                             from_phase=phase.name,
                             reason="transition",
                             attempt=self.run.attempts.get(target, 0) + 1,
-                            state=ctx._dump_state(),
+                            state=state_data(ctx),
                         )
                 except (Suspended, Cancelled, Superseded, Released):
                     raise

@@ -24,6 +24,7 @@ from phaseledger.domain.errors import (
 from phaseledger.domain.ids import validate_id, validate_run_id
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.schedule import is_due
 from phaseledger.domain.status import FAILED, RETRYING, RUNNING, SLEEPING, WAITING
 from phaseledger.domain.values import validate_payload
 from phaseledger.domain.workflow import Workflow, WorkflowRegistry
@@ -40,7 +41,6 @@ from phaseledger.store.cipher import CipherKeys, parse_cipher_keys
 from phaseledger.store.eventstore import Store
 from phaseledger.store.faults import Outage
 from phaseledger.store.leasebook import DriverId
-from phaseledger.store.runindex import is_due
 
 if TYPE_CHECKING:
     from phaseledger.projections.reports import Reports

@@ -128,7 +128,7 @@ class Journal:
         self._consumed: set[str] = set()
         self._ordinal = 0
         self._held: dict[str, list[PendingFailure]] = {}
-        entered = getattr(run, "phase_entered_on", None) or utcnow()  # None: a snapshot older than the field
+        entered = run.phase_entered_on or utcnow()  # None: a run from a snapshot older than the field
         self.deadline = self._first_deadline(entered)
         """The phase's or the run's deadline, whichever comes first (None: neither has one)."""
 

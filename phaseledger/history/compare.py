@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from phaseledger.domain.errors import InvalidInput
 from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.usage import add_usage
 from phaseledger.domain.values import copy_json, strip_volatile
 from phaseledger.engine.views import Usage, run_view
 
@@ -151,7 +152,7 @@ def _side(engine: Engine, run_id: str) -> tuple[RunSide, list[TrailItem], Workfl
     path: list[str] = []
     trail: list[TrailItem] = []
     phase = ""
-    inherited_tokens, inherited_cost = 0, 0.0
+    inherited: dict[str, Any] = {}
     for event in events:
         if isinstance(event, WorkflowRun.PhaseEntered):
             phase = event.phase
@@ -160,15 +161,14 @@ def _side(engine: Engine, run_id: str) -> tuple[RunSide, list[TrailItem], Workfl
         elif isinstance(event, WorkflowRun.StepRecorded):
             trail.append(TrailItem(version=event.originator_version, phase=phase, kind=event.kind,
                                    name=event.name, result=event.result, error=event.error))
-            if event.originator_version <= parent_version and event.usage:
-                inherited_tokens += int(event.usage.get("input_tokens", 0) or 0)
-                inherited_tokens += int(event.usage.get("output_tokens", 0) or 0)
-                inherited_cost += float(event.usage.get("cost") or 0.0)
+            if event.originator_version <= parent_version:
+                add_usage(inherited, event.usage)
     view = run_view(run, None)
     side = RunSide(
         run_id=run_id, workflow_version=run.workflow_version, status=run.status, phase=run.phase,
         version=run.version, phase_path=path, calls=len(trail), usage=view.usage,
-        inherited_tokens=inherited_tokens, inherited_cost=round(inherited_cost, 10),
+        inherited_tokens=inherited.get("input_tokens", 0) + inherited.get("output_tokens", 0),
+        inherited_cost=inherited.get("cost", 0.0),
         output=copy_json(run.output), state=copy_json(run.phase_state),
     )
     return side, trail, run

@@ -3,7 +3,7 @@
 Every event a run appends lands in the store's notification log. The index follows that
 log with eventsourcing tracking: each pass reads the notifications after its tracking
 position, folds the runs they touch (the same fold that resumes runs, so "runnable" means
-exactly what :func:`is_due` says) and writes the index rows and the new position in one
+exactly what :func:`phaseledger.domain.schedule.is_due` says) and writes the index rows and the new position in one
 transaction. So nothing is lost between "events appended" and "index updated": after any
 crash the next pass starts from the last position written, and the index can be rebuilt
 from position 0 at any time (:meth:`RunIndex.rebuild`).
@@ -31,7 +31,8 @@ from psycopg.sql import SQL
 
 from phaseledger.domain.errors import CorruptEvent, RunNotFound
 from phaseledger.domain.run import WorkflowRun
-from phaseledger.domain.status import DAMAGED, FINISHED, RUNNING, WAITING
+from phaseledger.domain.schedule import EPOCH, runnable_at
+from phaseledger.domain.status import DAMAGED, FINISHED
 from phaseledger.store import _internals
 from phaseledger.store.faults import create_racing, guarded
 from phaseledger.store.sql import Literal, sqlite
@@ -43,41 +44,7 @@ if TYPE_CHECKING:
 TRACKING_NAME = "phaseledger.runindex"
 """The index's name in the tracking table."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 log = logging.getLogger("phaseledger.worker")
-
-
-def _awaited_signal_arrived(run: WorkflowRun) -> bool:
-    signal = (run.suspended or {}).get("signal")
-    return run.status == WAITING and signal is not None and any(s.name == signal for s in run.inbox)
-
-
-def is_due(run: WorkflowRun, now: datetime | None = None) -> bool:
-    """Whether a run should be driven now: running, or suspended and woken (signal or time)."""
-    if run.finished:
-        return False
-    if run.status == RUNNING or _awaited_signal_arrived(run):
-        return True
-    until = (run.suspended or {}).get("until")
-    return until is not None and (now or datetime.now(UTC)) >= until
-
-
-def runnable_at(run: WorkflowRun) -> datetime | None:
-    """When the run may next be driven; None while only a new event can wake it.
-
-    Running runs (new, or interrupted by a crash) and runs whose awaited signal arrived are
-    runnable since their last event; sleeping runs, runs retrying after backoff and waits
-    with a timeout at their wake time. Agrees with :func:`is_due`:
-    ``is_due(run, now)`` exactly when this is not None and (the run is running or woken, or
-    ``now`` reached it).
-    """
-    if run.finished:
-        return None
-    if run.status == RUNNING or _awaited_signal_arrived(run):
-        return run.modified_on or _EPOCH
-    until = (run.suspended or {}).get("until")
-    return until if isinstance(until, datetime) else None
 
 
 @dataclass(frozen=True)
@@ -326,7 +293,7 @@ class MemoryRunIndex(RunIndex):
         with self._lock:
             due = [r for r in self._rows.values()
                    if r.runnable_at is not None and r.runnable_at <= now and r.workflow_key in wanted]
-        due.sort(key=lambda r: r.runnable_at or _EPOCH)
+        due.sort(key=lambda r: r.runnable_at or EPOCH)
         return [(r.run_id, r.version) for r in due[:limit]]
 
 
@@ -363,7 +330,7 @@ class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
     def _row(r: Any) -> IndexRow:
         return IndexRow(
             run_id=r[0], workflow=r[1], workflow_version=r[2], status=r[3], runnable_at=_dt(r[4]),
-            version=r[5], updated_at=_dt(r[6]) or _EPOCH,
+            version=r[5], updated_at=_dt(r[6]) or EPOCH,
         )
 
     def _write(self, rows: Sequence[IndexRow], gone: Sequence[str], tracking: Tracking | None) -> None:
@@ -467,7 +434,7 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
         return IndexRow(
             run_id=r["run_id"], workflow=r["workflow"], workflow_version=r["workflow_version"],
             status=r["status"], runnable_at=_aware(r["runnable_at"]), version=r["version"],
-            updated_at=_aware(r["updated_at"]) or _EPOCH,
+            updated_at=_aware(r["updated_at"]) or EPOCH,
         )
 
     @guarded("read the run index")

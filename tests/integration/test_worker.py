@@ -18,8 +18,9 @@ from pydantic import BaseModel
 
 from phaseledger import Context, Engine, PhaseledgerError, RunBusy, WorkerAlreadyRunning, Workflow
 from phaseledger.domain.journal import PendingSignal
+from phaseledger.domain.schedule import is_due, runnable_at
 from phaseledger.store.leasebook import DriverId
-from phaseledger.store.runindex import IndexRow, is_due, open_run_index, runnable_at
+from phaseledger.store.runindex import IndexRow, open_run_index
 from phaseledger.workers.claims import PostgresLeases
 from tests.integration import worker_fleet
 
