@@ -11,7 +11,8 @@ otherwise, or JSON with ``--json``. Kept as hidden, deprecated aliases: ``--form
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -19,6 +20,9 @@ from phaseledger.cli import _render as render
 from phaseledger.cli import _render_reports as tables
 from phaseledger.cli._base import App, FormatOpt, JsonOpt, session_of, wants_json
 from phaseledger.cli._command import Group
+
+if TYPE_CHECKING:
+    from phaseledger.projections import ProjectionStatus, Reports
 
 StoreOpt = Annotated[Optional[str], typer.Option(
     "--store", metavar="URL", show_default=False, hidden=True,
@@ -53,32 +57,34 @@ def status(ctx: typer.Context, as_json: JsonOpt = False, store: StoreOpt = None,
 def catch_up(ctx: typer.Context, page_size: PageOpt = 500, as_json: JsonOpt = False, store: StoreOpt = None,
              output: FormatOpt = None) -> None:
     """Apply the events the report tables do not include yet."""
-    as_json = wants_json(as_json, output)
-    session = session_of(ctx)
-    with session.reports(store) as reports:
-        applied = tables.with_progress(session.console, "catching up",
-                                       lambda p: reports.catch_up(p, page_size=page_size), show=not as_json)
-        state = reports.status()
-    if as_json:
-        render.print_json({"applied": applied, "position": state.position, "lag": state.lag})
-        return
-    session.console.print(f"applied {applied} event(s); position {state.position}, lag {state.lag}")
+    _apply(ctx, store, wants_json(as_json, output), "catching up",
+           lambda reports, progress: reports.catch_up(progress, page_size=page_size),
+           lambda applied, state: ({"applied": applied, "position": state.position, "lag": state.lag},
+                                   f"applied {applied} event(s); position {state.position}, lag {state.lag}"))
 
 
 @projections_app.command("rebuild")
 def rebuild(ctx: typer.Context, page_size: PageOpt = 500, as_json: JsonOpt = False, store: StoreOpt = None,
             output: FormatOpt = None) -> None:
     """Drop the report tables and fill them again from the whole log."""
-    as_json = wants_json(as_json, output)
+    _apply(ctx, store, wants_json(as_json, output), "rebuilding",
+           lambda reports, progress: reports.rebuild(progress, page_size=page_size),
+           lambda applied, state: (
+               {"applied": applied, "position": state.position, "generation": state.generation},
+               f"rebuilt from {applied} event(s); position {state.position}, generation {state.generation}"))
+
+
+def _apply(ctx: typer.Context, store: str | None, as_json: bool, doing: str,
+           apply: Callable[[Reports, Any], int], outcome: Callable[[int, ProjectionStatus], tuple[Any, str]]) -> None:
+    """Apply events to the report tables with a progress bar, then say where they stand (JSON or a line)."""
     session = session_of(ctx)
     with session.reports(store) as reports:
-        applied = tables.with_progress(session.console, "rebuilding",
-                                       lambda p: reports.rebuild(p, page_size=page_size), show=not as_json)
-        state = reports.status()
+        applied = tables.with_progress(session.console, doing, lambda p: apply(reports, p), show=not as_json)
+        data, line = outcome(applied, reports.status())
     if as_json:
-        render.print_json({"applied": applied, "position": state.position, "generation": state.generation})
-        return
-    session.console.print(f"rebuilt from {applied} event(s); position {state.position}, generation {state.generation}")
+        render.print_json(data)
+    else:
+        session.console.print(line)
 
 
 def report(
