@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the research workflow on the embedded SQLite store, killed and resumed
 	$(VENV)/bin/phaseledger demo
 
-test: $(STAMP)  ## the whole suite (PostgreSQL tests skip outside CI when no server is reachable)
+test: $(STAMP)  ## the typing gate, then the whole suite (PostgreSQL tests skip outside CI when no server is reachable)
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -15,3 +15,9 @@ def test_license_is_an_spdx_expression_and_the_build_needs_a_setuptools_that_rea
     (requirement,) = [r for r in config["build-system"]["requires"] if r.startswith("setuptools")]
     floor = re.fullmatch(r"setuptools>=(\d+)(?:\.\d+)*", requirement.replace(" ", ""))
     assert floor and int(floor[1]) >= 77, requirement  # 77.0 is the first to accept the SPDX string
+
+
+def test_the_package_ships_its_type_information() -> None:
+    config = tomllib.loads(PYPROJECT.read_text())
+    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["phaseledger"]
+    assert (PYPROJECT.parent / "phaseledger" / "py.typed").is_file()

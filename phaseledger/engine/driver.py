@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from phaseledger.domain.errors import (
     ConcurrencyConflict,
@@ -95,7 +95,7 @@ class RunDriver:
         async with self.lock:
             if not self.run.pending_events:
                 return
-            events = self.run.collect_events()
+            events = cast("Sequence[WorkflowRun.Event]", self.run.collect_events())
             try:
                 await self._append(events)
             except ConcurrencyConflict:
@@ -103,7 +103,7 @@ class RunDriver:
             self.unsaved_steps = 0
             self.unclaimed = False
 
-    async def _append(self, events: list[Any]) -> None:
+    async def _append(self, events: Sequence[WorkflowRun.Event]) -> None:
         """Append ``events`` (collected from the run), waiting out an outage of the store."""
         try:
             await self.engine.store.append_async(events, run=self.run)
@@ -112,7 +112,7 @@ class RunDriver:
         else:
             self.engine.outage.ok()
 
-    def _landed(self, events: list[Any], found: list[Any]) -> bool:
+    def _landed(self, events: Sequence[WorkflowRun.Event], found: Sequence[WorkflowRun.Event]) -> bool:
         """Whether the events ``found`` in the log start with ``events``, as they were appended."""
         if len(found) < len(events):
             return False
@@ -153,7 +153,7 @@ class RunDriver:
             outage.ok()
             return result
 
-    async def _rebase(self, events: list[Any]) -> None:
+    async def _rebase(self, events: Sequence[WorkflowRun.Event]) -> None:
         fresh: WorkflowRun = await self._persist(
             lambda: self.engine.store.call(self.engine.store.load, self.run.id), "read the run")
         base_version = events[0].originator_version - 1
@@ -173,7 +173,7 @@ class RunDriver:
             fields = event_fields(event)
             fresh.trigger_event(type(event), timestamp=event.timestamp, **fields)
         self.run = fresh
-        pending = fresh.collect_events()
+        pending = cast("Sequence[WorkflowRun.Event]", fresh.collect_events())
         try:
             await self._append(pending)
         except ConcurrencyConflict:
@@ -226,7 +226,7 @@ class RunDriver:
                         f"run {self.run.id!r} is in phase {self.run.phase!r}, which workflow "
                         f"{self.workflow.name!r} v{self.workflow.version} does not define"
                     )
-                ctx = Context(self, phase)
+                ctx: Context[Any] = Context(self, phase)
                 try:
                     result = await run_handler(ctx, phase.handler)
                     check_consumed(ctx)

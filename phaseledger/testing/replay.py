@@ -18,16 +18,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from phaseledger.domain.run import WorkflowRun
+from phaseledger.domain.run import WorkflowRun, event_fields
 from phaseledger.domain.status import RUNNING
 from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.engine import Engine
 from phaseledger.engine.journal import STEP_KEY
 from phaseledger.store.eventstore import Store
 
-_VOLATILE = frozenset({
-    "timestamp", "duration", "retry_at", "wake_at", "until", "started_at", "originator_id", "originator_topic",
-})
+_VOLATILE = frozenset({"duration", "retry_at", "wake_at", "until", "started_at"})
 
 
 class StepCalls:
@@ -64,8 +62,7 @@ def comparable_events(events: Iterable[WorkflowRun.Event]) -> list[tuple[str, di
     for event in events:
         if isinstance(event, WorkflowRun.RunResumed):
             continue
-        data = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name not in _VOLATILE}
-        data.pop("originator_version", None)
+        data = {name: value for name, value in event_fields(event).items() if name not in _VOLATILE}
         if data.get("kind") in ("clock", "random"):
             data.pop("result")  # a clock read or random draw taken again after a crash differs by design
         result.append((type(event).__name__, data))
