@@ -187,3 +187,47 @@ def _private_uses(module: str) -> list[str]:
 def test_no_module_uses_another_modules_private_members() -> None:
     uses = [use for module in MODULES if module not in DEPENDENCY_INTERNALS for use in _private_uses(module)]
     assert not uses, "private members used across modules:\n" + "\n".join(uses)
+
+
+# The layers of docs/architecture.md, each with the layers its modules may import.
+# engine/engine.py (the Engine facade) and workers/service.py sit above the runtime they compose.
+LAYERS = {
+    "domain": set(),
+    "store": {"domain"},
+    "projections": {"domain", "store"},
+    "engine": {"domain", "store"},
+    "history": {"domain", "store", "engine"},
+    "workers": {"domain", "store", "engine"},
+    "facade": {"domain", "store", "engine", "history", "workers", "projections"},
+    "agents": {"domain", "store", "engine", "facade"},
+    "service": {"domain", "store", "engine", "workers", "facade"},
+    "testing": {"domain", "store", "engine", "facade"},
+    "cli": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade", "service", "agents"},
+    "demo": {"root", "cli"},
+}
+ALLOWED_UPWARD = {
+    # ctx.run_agent() imports the agents' runner when it is called: pydantic-ai loads only
+    # when agents are used, and the runner itself imports no engine module above the journal.
+    ("phaseledger.engine.context", "phaseledger.agents.run"),
+}
+
+
+def _layer(module: str) -> str:
+    if module == PACKAGE:
+        return "root"
+    if module == "phaseledger.engine.engine":
+        return "facade"
+    if module == "phaseledger.workers.service":
+        return "service"
+    return module.split(".")[1]
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    wrong = [
+        f"{module} ({_layer(module)}) imports {target} ({_layer(target)})"
+        for module, targets in _import_graph().items() if _layer(module) != "root"
+        for target in sorted(targets)
+        if _layer(target) != _layer(module) and _layer(target) not in LAYERS[_layer(module)]
+        and (module, target) not in ALLOWED_UPWARD
+    ]
+    assert not wrong, "imports against the layers of docs/architecture.md:\n" + "\n".join(wrong)
