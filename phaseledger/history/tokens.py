@@ -25,6 +25,7 @@ import json
 import os
 import re
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ TOKEN_PREFIX = "pl1"
 STORE_IDENTITY_ID = "$phaseledger:store-identity"
 """The stream that holds the store's identity (never a run: it holds no RunStarted)."""
 MIN_KEY_BYTES = 16
+
+_IDENTITIES: weakref.WeakKeyDictionary[Store, str] = weakref.WeakKeyDictionary()
+"""Each open store's identity, once read: it never changes."""
 
 
 class StoreIdentity(BaseAggregate[str]):
@@ -77,13 +81,13 @@ class StoreIdentity(BaseAggregate[str]):
 
 def store_identity(store: Store) -> str:
     """The store's identity, created (once, race-free) when it has none yet."""
-    cached = getattr(store, "_phaseledger_store_id", None)
+    cached = _IDENTITIES.get(store)
     if cached:
-        return str(cached)
+        return cached
     for _ in range(3):
         events = store.stream(STORE_IDENTITY_ID, lte=1)
         if events:
-            store_id = str(events[0].store_id)  # type: ignore[attr-defined]
+            store_id = str(events[0].store_id)
             break
         try:
             store.record(StoreIdentity.create(uuid.uuid4().hex))
@@ -91,7 +95,7 @@ def store_identity(store: Store) -> str:
             continue
     else:  # pragma: no cover - three lost races in a row
         raise InvalidToken(f"could not establish the identity of store {store.url.redacted}; try again")
-    store._phaseledger_store_id = store_id  # type: ignore[attr-defined]
+    _IDENTITIES[store] = store_id
     return store_id
 
 

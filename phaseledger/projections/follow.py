@@ -198,5 +198,5 @@ def memory_runner(reports: Reports) -> BaseProjectionRunner[Any]:
 
     return BaseProjectionRunner(
         projection=ReportProjection(reports.view), application_class=_EngineApplication,
-        tracking_recorder=reports.view, topics=TOPICS,  # type: ignore[arg-type]
+        tracking_recorder=reports.view, topics=TOPICS,
     )

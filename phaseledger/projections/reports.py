@@ -297,7 +297,7 @@ class Reports:
     def close(self) -> None:
         """Stop following and release the view's connections (and the store, if opened here)."""
         self.stop()
-        self.view.datastore.close()  # type: ignore[attr-defined]
+        self.view.datastore.close()
         if self._owns_store:
             self.store.close()
 

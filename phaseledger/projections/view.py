@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
-from psycopg.sql import SQL
 
 from phaseledger.projections._dialect import Dialect
 from phaseledger.projections._fold import Fold
@@ -44,7 +43,7 @@ from phaseledger.projections.schema import (
 from phaseledger.store import _internals
 from phaseledger.store.eventstore import Store
 from phaseledger.store.faults import create_racing
-from phaseledger.store.postgres import use_lifo_pool
+from phaseledger.store.postgres import create_statement, use_lifo_pool
 from phaseledger.store.sql import reports as sql
 from phaseledger.store.sql import sqlite
 
@@ -59,8 +58,8 @@ class ViewState:
     schema_version: int
 
 
-class ReportView:
-    """What both backends' report views do; mixed into a tracking recorder class."""
+class ReportView(TrackingRecorder):
+    """What both backends' report views do; mixed into a backend's tracking recorder class."""
 
     dialect: Dialect
     datastore: Any
@@ -86,7 +85,7 @@ class ReportView:
         """The position, generation and layout of the view, read together."""
         with self.datastore.transaction(commit=False) as curs:
             generation, schema_version = self._meta(curs)
-            position = _internals.max_tracking_id(self, application_name, curs)  # type: ignore[arg-type]
+            position = _internals.max_tracking_id(self, application_name, curs)
         return ViewState(position, generation, schema_version)
 
     def generation(self) -> int:
@@ -116,7 +115,7 @@ class ReportView:
         first, last = items[0][1], items[-1][1]
         with self.datastore.transaction(commit=True) as curs:
             try:
-                _internals.insert_tracking(self, curs, Tracking(application_name, first))  # type: ignore[arg-type]
+                _internals.insert_tracking(self, curs, Tracking(application_name, first))
             except IntegrityError:
                 raise AlreadyApplied(first) from None
             found, schema_version = self._meta(curs)
@@ -129,7 +128,7 @@ class ReportView:
                 fold.apply(event)
             fold.flush()
             if last != first:
-                _internals.insert_tracking(self, curs, Tracking(application_name, last))  # type: ignore[arg-type]
+                _internals.insert_tracking(self, curs, Tracking(application_name, last))
         return len(items)
 
     def reset(self, application_name: str) -> int:
@@ -181,7 +180,7 @@ class PostgresReportView(ReportView, PostgresTrackingRecorder):
         super().__init__(datastore, **kwargs)
         use_lifo_pool(self.datastore)  # gives up within seconds during an outage, back soon after it
         self.dialect = Dialect("postgresql", self.datastore.schema)
-        self.sql_create_statements.extend(SQL(s) for s in self._report_create_statements())  # type: ignore[arg-type]
+        self.sql_create_statements.extend(create_statement(s) for s in self._report_create_statements())
 
     def create_table(self) -> None:
         create_racing(super().create_table)  # processes opening a new store's reports at once
@@ -195,4 +194,4 @@ REPORT_VIEWS: dict[str, type[ReportView]] = {"sqlite": SQLiteReportView, "postgr
 def open_view(store: Store) -> ReportView:
     """Build the report view of a store, creating its tables when they do not exist."""
     view_class = REPORT_VIEWS[store.report_dialect]
-    return store.report_infrastructure(PROJECTION_NAME).tracking_recorder(view_class)  # type: ignore[arg-type,return-value]
+    return store.report_infrastructure(PROJECTION_NAME).tracking_recorder(view_class)

@@ -14,6 +14,8 @@ from typing import Any
 from eventsourcing.persistence import Tracking, TrackingRecorder
 from eventsourcing.popo import POPOAggregateRecorder
 from eventsourcing.postgres import ConnectionPool, PostgresDatastore
+from psycopg import Connection
+from psycopg.rows import DictRow
 from psycopg_pool import PoolTimeout
 
 OUTAGE_WAIT = 0.25
@@ -41,7 +43,7 @@ def max_tracking_id(recorder: TrackingRecorder, application_name: str, cursor: A
     ``TrackingRecorder.max_tracking_id`` reads in a transaction of its own; the report view
     reads its position together with its generation.
     """
-    return recorder._max_tracking_id(application_name, cursor)  # type: ignore[attr-defined,no-any-return]
+    return recorder._max_tracking_id(application_name, cursor)  # type: ignore[attr-defined]
 
 
 # -- eventsourcing: deleting the rows of a memory:// store --------------------------------
@@ -79,7 +81,7 @@ else:
             self.delay = min(self.delay, RECONNECT_DELAYS[1])
 
 
-class LifoConnectionPool(ConnectionPool):  # type: ignore[type-arg]
+class LifoConnectionPool(ConnectionPool[Connection[DictRow]]):
     """eventsourcing's connection pool, handing out the most recently returned connection,
     and quick to give up during an outage and to come back after it.
 
@@ -97,14 +99,14 @@ class LifoConnectionPool(ConnectionPool):  # type: ignore[type-arg]
     unreachable_since: float | None = None
     """When (``time.monotonic()``) a connection attempt last failed, None once one succeeds."""
 
-    def _get_ready_connection(self, timeout: float | None) -> Any:
+    def _get_ready_connection(self, timeout: float | None) -> Connection[DictRow] | None:
         # Called under the pool's lock; psycopg_pool takes from the left of its private
         # deque ``_pool`` and returns to the right, so bring the newest connection left first.
         if len(self._pool) > 1:
             self._pool.rotate(1)
         return super()._get_ready_connection(timeout)
 
-    def getconn(self, timeout: float | None = None) -> Any:
+    def getconn(self, timeout: float | None = None) -> Connection[DictRow]:
         # Wait in slices, so that a caller already waiting when the server becomes
         # unreachable gives up then too, not after the whole timeout.
         timeout = self.timeout if timeout is None else timeout
@@ -120,7 +122,7 @@ class LifoConnectionPool(ConnectionPool):  # type: ignore[type-arg]
                 if time.monotonic() >= deadline:
                     raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec") from None
 
-    def _connect(self, timeout: float | None = None) -> Any:
+    def _connect(self, timeout: float | None = None) -> Connection[DictRow]:
         # The only place that sees each connection attempt succeed or fail.
         try:
             conn = super()._connect(timeout)

@@ -122,7 +122,7 @@ def resolve_compress(compress: bool | None, environ: Mapping[str, str] | None = 
     return parse_compress(environ.get(COMPRESS_ENV_VAR))
 
 
-def _aes_cipher_class() -> Any:
+def _aes_cipher_class() -> type[Cipher]:
     """eventsourcing's AES-GCM cipher, or a clear error when ``cryptography`` is missing."""
     try:
         from eventsourcing.cryptography import AESCipher
@@ -169,13 +169,13 @@ class RotatingCipher(Cipher):
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """Encrypt with the current (first) key."""
-        return self._current.encrypt(plaintext)  # type: ignore[no-any-return]
+        return self._current.encrypt(plaintext)
 
     def open(self, ciphertext: bytes) -> bytes | None:
         """The plaintext, from the first key that opens ``ciphertext``; None if none does."""
         for cipher in self.ciphers:
             try:
-                return cipher.decrypt(ciphertext)  # type: ignore[no-any-return]
+                return cipher.decrypt(ciphertext)
             except ValueError:  # InvalidTag (another key), or too short to be ciphertext
                 continue
         return None

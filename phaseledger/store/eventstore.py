@@ -7,17 +7,18 @@ sqlite and postgres persistence modules. Tables are created on first use.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import InfrastructureFactory, Mapper, StoredEvent, Transcoder
+from eventsourcing.domain import BaseAggregate, DomainEventProtocol
+from eventsourcing.persistence import InfrastructureFactory, Mapper, Notification, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic
 
 from phaseledger.domain.errors import ConcurrencyConflict, CorruptEvent, RunNotFound, StoreUnavailable
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from phaseledger.store.runindex import RunIndex
 
 T = TypeVar("T")
+E = TypeVar("E", bound=DomainEventProtocol[str])
+
+PendingEvents = Sequence[DomainEventProtocol[str]]
+"""Events of one run to append, as ``run.collect_events()`` returns them."""
 
 log = logging.getLogger("phaseledger.store")
 
@@ -163,8 +168,17 @@ class RunApplication(Application[str]):
         return make_mapper(self.construct_transcoder(), keys, compress, mapper_class=RunMapper)
 
 
-NOT_WANTED = object()
+class _NotWanted(enum.Enum):
+    """The type of :data:`NOT_WANTED`: a sentinel type checkers tell apart from a snapshot."""
+
+    NOT_WANTED = enum.auto()
+
+
+NOT_WANTED: Literal[_NotWanted.NOT_WANTED] = _NotWanted.NOT_WANTED
 """What :meth:`Store.append` decides for a version at which no snapshot is wanted."""
+
+SnapshotDecision = StoredEvent | Literal[_NotWanted.NOT_WANTED] | None
+"""The snapshot due with an append's last event: encoded, :data:`NOT_WANTED`, or None (not decided)."""
 
 
 def snapshot_wanted(version: int, phase_entered_version: int, every: int) -> bool:
@@ -273,7 +287,7 @@ class Store:
     def read_notification(self, notification: StoredEvent) -> WorkflowRun.Event | Unreadable:
         """The event a row of the log holds, or :class:`Unreadable` (and a warning) when it cannot
         be read: for followers of the whole log, which pass a damaged run's row and go on."""
-        return self._skipping_mapper.to_domain_event(notification)  # type: ignore[no-any-return]
+        return self._skipping_mapper.to_domain_event(notification)
 
     @cached_property
     def _skipping_mapper(self) -> SkippingMapper:
@@ -284,8 +298,9 @@ class Store:
         that cannot be read passed on as :class:`Unreadable` (for in-process subscribers)."""
         return SkippingLog(self.app.name, self.app.recorder, self._skipping_mapper)
 
-    def read_back(self, event: WorkflowRun.Event) -> WorkflowRun.Event:
+    def read_back(self, event: E) -> E:
         """``event`` as the store reads it back (a value's Python type may change on the way)."""
+        # The mapper returns an instance of the class the row's topic names: the class of ``event``.
         return self.app.mapper.to_domain_event(self.app.mapper.to_stored_event(event))  # type: ignore[return-value]
 
     @guarded("load run {run_id!r}")
@@ -296,6 +311,7 @@ class Store:
         be read. A snapshot that cannot be read is passed over: the run is folded from its
         events alone (they are all there unless the run was compacted).
         """
+        run: WorkflowRun | None
         try:
             run = self.app.repository.get(run_id, version=version, projector_func=project_run)
         except AggregateNotFoundError:
@@ -308,7 +324,7 @@ class Store:
             raise RunNotFound(run_id)
         return run
 
-    def _fold_events(self, run_id: str, version: int | None, unreadable: CorruptEvent) -> WorkflowRun:
+    def _fold_events(self, run_id: str, version: int | None, unreadable: CorruptEvent) -> WorkflowRun | None:
         """The run folded from its events alone, after ``unreadable`` was met with a snapshot."""
         events = list(self.app.events.get(run_id, lte=version))  # an unreadable event raises here
         if not events or [e.originator_version for e in events] != list(range(1, len(events) + 1)):
@@ -317,7 +333,7 @@ class Store:
         run = project_run(None, events)
         log.warning("run %r: a snapshot cannot be read (%s); folded the run from its events instead",
                     run_id, unreadable.reason)
-        return run  # type: ignore[return-value]
+        return run
 
     # -- appending -----------------------------------------------------------------------
 
@@ -325,7 +341,7 @@ class Store:
         """Append the run's pending events (see :meth:`append`)."""
         return self.append(run.collect_events(), run=run)
 
-    def append(self, events: Sequence[WorkflowRun.Event], *, run: WorkflowRun | None = None) -> int:
+    def append(self, events: PendingEvents, *, run: WorkflowRun | None = None) -> int:
         """Append events of one run in one transaction; return the last notification id.
 
         Raises :class:`ConcurrencyConflict` when another writer appended first: then nothing
@@ -336,7 +352,7 @@ class Store:
         """
         return self._append(events, self._snapshot_of(run, events))
 
-    async def append_async(self, events: Sequence[WorkflowRun.Event], *, run: WorkflowRun | None = None) -> int:
+    async def append_async(self, events: PendingEvents, *, run: WorkflowRun | None = None) -> int:
         """:meth:`append` for callers on an event loop, which keeps running meanwhile.
 
         Call it where ``run`` lives (on the loop): its snapshot is taken before the append
@@ -361,7 +377,7 @@ class Store:
             await backend.call(self._store_snapshots, events[0].originator_id, events, snapshot)
         return ids[-1]
 
-    def _snapshot_of(self, run: WorkflowRun | None, events: Sequence[WorkflowRun.Event]) -> StoredEvent | object | None:
+    def _snapshot_of(self, run: WorkflowRun | None, events: PendingEvents) -> SnapshotDecision:
         """The snapshot due with ``events``, taken from ``run`` in memory: encoded, or
         :data:`NOT_WANTED`; None when there is none to take from it (then, if one is due, the
         append reads the state back from the store)."""
@@ -374,7 +390,7 @@ class Store:
             return NOT_WANTED
         return self.app.mapper.to_stored_event(WorkflowRun.Snapshot.take(run))
 
-    def _append(self, events: Sequence[WorkflowRun.Event], snapshot: StoredEvent | object | None) -> int:
+    def _append(self, events: PendingEvents, snapshot: SnapshotDecision) -> int:
         if not events:
             return 0
         with self._appending(events):
@@ -385,34 +401,34 @@ class Store:
             self._store_snapshots(events[0].originator_id, events, snapshot)
         return recordings[-1].notification.id if recordings else 0
 
-    def _appending(self, events: Sequence[WorkflowRun.Event]) -> store_errors:
+    def _appending(self, events: PendingEvents) -> store_errors:
         """Errors of an append: an integrity error means another writer appended first."""
         run_id, version = events[0].originator_id, events[0].originator_version
         return store_errors(self.url, f"append events of run {run_id!r}",
                             conflict=lambda: ConcurrencyConflict(run_id, version))
 
-    def _snapshot_due(self, events: Sequence[WorkflowRun.Event]) -> bool:
-        return bool(self.snapshot_every) and any(e.originator_version % self.snapshot_every == 0 for e in events)
+    def _snapshot_due(self, events: PendingEvents) -> bool:
+        every = self.snapshot_every
+        return bool(every and any(e.originator_version % every == 0 for e in events))
 
     @guarded("store a snapshot of run {run_id!r}")
-    def _store_snapshots(self, run_id: str, events: Sequence[WorkflowRun.Event],
-                         snapshot: StoredEvent | object | None) -> None:
+    def _store_snapshots(self, run_id: str, events: PendingEvents, snapshot: SnapshotDecision) -> None:
         """Store the snapshots wanted at these (appended) events' versions; ``snapshot`` is
         what :meth:`_snapshot_of` decided for the last one (None: nothing)."""
-        snapshots = self.app.snapshots
-        if snapshots is None:
+        snapshots, every = self.app.snapshots, self.snapshot_every
+        if snapshots is None or not every:
             return
         last = events[-1].originator_version
         for event in events:
             version = event.originator_version
-            if version % self.snapshot_every:  # type: ignore[operator]
+            if version % every:
                 continue
             if version == last and snapshot is not None:  # decided from the run in memory
                 if snapshot is not NOT_WANTED:
-                    snapshots.recorder.insert_events([snapshot])  # type: ignore[list-item]
+                    snapshots.recorder.insert_events([snapshot])
                 continue
             run = self.load(run_id, version)  # no run in memory at this version: read it back
-            if snapshot_wanted(version, run.phase_entered_version, self.snapshot_every):  # type: ignore[arg-type]
+            if snapshot_wanted(version, run.phase_entered_version, every):
                 snapshots.put([WorkflowRun.Snapshot.take(run)])
 
     # -- snapshots -----------------------------------------------------------------------
@@ -446,12 +462,12 @@ class Store:
             events = list(self.app.events.get(run_id, gt=gt, lte=lte, limit=limit))
         if not events and not gt and not self.exists(run_id):
             raise RunNotFound(run_id)
-        return events  # type: ignore[return-value]
+        return events  # type: ignore[return-value]  # the mapper decodes a run's rows to run events
 
     @guarded("read the log")
-    def notifications(self, after: int | None, limit: int, topics: Sequence[str] = ()) -> Sequence[StoredEvent]:
+    def notifications(self, after: int | None, limit: int, topics: Sequence[str] = ()) -> Sequence[Notification]:
         """Up to ``limit`` rows of the log after position ``after`` (of these topics, or all), in order."""
-        return self.app.recorder.select_notifications(  # type: ignore[return-value]
+        return self.app.recorder.select_notifications(
             start=after or 0, limit=limit, topics=topics, inclusive_of_start=False)
 
     @guarded("read the log's position")
@@ -464,12 +480,12 @@ class Store:
         """How many rows of the log with these topics follow position ``after``."""
         return self.backend.count_notifications(after, topics)
 
-    def _started(self, page: int) -> Iterator[StoredEvent]:
+    def _started(self, page: int) -> Iterator[Notification]:
         """The ``RunStarted`` rows of the runs in the store, in the order the runs were started."""
         start = 0
         while True:
             with store_errors(self.url, "list the runs"):  # a generator: no @guarded
-                batch: Sequence[Any] = self.app.recorder.select_notifications(
+                batch = self.app.recorder.select_notifications(
                     start=start, limit=page, topics=(self.started_topic,), inclusive_of_start=False
                 )
             if not batch:
@@ -499,7 +515,7 @@ class Store:
         with store_errors(self.url, f"read stream {originator_id!r}"):
             return list(self.app.events.get(originator_id, lte=lte))
 
-    def record(self, aggregate: Aggregate) -> None:
+    def record(self, aggregate: BaseAggregate[str]) -> None:
         """Append an aggregate of another stream; :class:`ConcurrencyConflict` if it was advanced first."""
         pending = aggregate.collect_events()
         with store_errors(self.url, f"record stream {aggregate.id!r}",

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -47,7 +47,9 @@ from eventsourcing.persistence import (
 
 from phaseledger.domain.errors import PhaseledgerError, StoreUnavailable
 
-F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _CLOSED = (psycopg_pool.PoolClosed, ConnectionPoolClosedError)  # the store was closed: waiting will not help
 DATABASE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error, ConnectionPoolClosedError)
@@ -149,16 +151,16 @@ class store_errors:  # lower case: used like a function, ``with store_errors(...
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+                 tb: TracebackType | None) -> None:
+        # Never swallows: an error is either raised translated or propagates as it is.
         if exc is None:
-            return False
+            return
         error = translate(exc, self.store, self.operation, conflict=self.conflict, any_error=self.any_error)
-        if error is None:
-            return False
-        raise error from exc
+        if error is not None:
+            raise error from exc
 
 
-def guarded(operation: str) -> Callable[[F], F]:
+def guarded(operation: str) -> Callable[[Callable[Concatenate[S, P], R]], Callable[Concatenate[S, P], R]]:
     """Translate the database errors of a method of a :class:`Store` or of an object with a ``store``.
 
     ``operation`` says what the method does, in messages; ``{name}`` fields are filled in
@@ -166,11 +168,11 @@ def guarded(operation: str) -> Callable[[F], F]:
     more). Generator methods must use :class:`store_errors` instead.
     """
 
-    def decorate(fn: F) -> F:
+    def decorate(fn: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        def wrapper(self: Any, *args: P.args, **kwargs: P.kwargs) -> R:
             try:
                 return fn(self, *args, **kwargs)
             except Exception as exc:
@@ -180,7 +182,7 @@ def guarded(operation: str) -> Callable[[F], F]:
                     raise
                 raise error from exc
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     return decorate
 

@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from eventsourcing.persistence import OperationalError, ProgrammingError
 from pydantic import BaseModel
@@ -40,7 +40,7 @@ from phaseledger.store.sql import sqlite
 
 if TYPE_CHECKING:
     from phaseledger.store.eventstore import Store
-    from phaseledger.store.runindex import PostgresRunIndex, RunIndex
+    from phaseledger.store.runindex import PostgresRunIndex, SQLiteRunIndex
 
 T = TypeVar("T")
 
@@ -253,10 +253,10 @@ class _TableLeaseBook(LeaseBook):
     errors are translated like every store operation's.
     """
 
-    def __init__(self, store: Store, index: RunIndex) -> None:
+    def __init__(self, store: Store, index: SQLiteRunIndex | PostgresRunIndex) -> None:
         self.store = store
         self.index = index
-        self.datastore: Any = index.datastore  # type: ignore[attr-defined]
+        self.datastore: Any = index.datastore  # each subclass speaks its own driver's cursors
         self._created = False
 
     def _with_tables(self, operation: str, statement: Callable[[], T]) -> T:
@@ -350,6 +350,14 @@ class SQLiteLeaseBook(_TableLeaseBook):
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------
+
+@overload
+def _aware(value: datetime) -> datetime: ...
+
+
+@overload
+def _aware(value: None) -> None: ...
+
 
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:

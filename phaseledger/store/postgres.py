@@ -34,18 +34,24 @@ import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.utils import Environment, retry
-from psycopg.sql import SQL
+from psycopg.sql import SQL, Composed
 
 from phaseledger.store._internals import use_lifo_pool
 from phaseledger.store.faults import DATABASE_ERRORS, connection_lost
 from phaseledger.store.sql import Literal, quote
 from phaseledger.store.sql import postgres as pg
 
-__all__ = ["LoopAppender", "OneTripRecorder", "StoreFactory", "use_lifo_pool"]
+__all__ = ["LoopAppender", "OneTripRecorder", "StoreFactory", "create_statement", "use_lifo_pool"]
 
 STORE_VERSION = "phaseledger store 1"
 """Set as the append function's comment: a store that has it needs no set-up when opened."""
 _SETUP_LOCK = 0x70686173656C6467  # pg_advisory_lock key held while a store is set up
+
+
+def create_statement(text: str) -> Composed:
+    """A rendered statement in the form eventsourcing's PostgreSQL recorders keep the statements
+    that create their tables in (``sql_create_statements`` is a list of :class:`~psycopg.sql.Composed`)."""
+    return Composed([SQL(text)])
 
 
 class OneTripRecorder(PostgresApplicationRecorder):
@@ -56,8 +62,10 @@ class OneTripRecorder(PostgresApplicationRecorder):
         self._function_name = f"{self.events_table_name}_append"
         names = {"function": self._function_name, "events": self.events_table_name}
         # CREATE OR REPLACE, so a store set up by an older release gets this one.
-        self.sql_create_statements.append(SQL(self._sql(pg.CREATE_APPEND, channel=Literal(self.channel_name), **names)))
-        self.sql_create_statements.append(SQL(self._sql(pg.COMMENT_APPEND, version=Literal(STORE_VERSION), **names)))
+        self.sql_create_statements.append(
+            create_statement(self._sql(pg.CREATE_APPEND, channel=Literal(self.channel_name), **names)))
+        self.sql_create_statements.append(
+            create_statement(self._sql(pg.COMMENT_APPEND, version=Literal(STORE_VERSION), **names)))
         self._calls = {True: self._sql(pg.APPEND_ONE, **names).encode(), False: self._sql(pg.APPEND_BATCH, **names).encode()}
         self._lock_timeout = f"{int(self.datastore.lock_timeout)}s"
 
@@ -138,9 +146,10 @@ class StoreFactory(PostgresFactory):
         return f"{prefix}_events", f"{prefix}_snapshots", f"{prefix}_events_append"
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        kwargs = dict(self.datastore.pool.kwargs or {})
-        if self.datastore.pool.get_password_func:
-            kwargs["password"] = self.datastore.pool.get_password_func()
+        pool = self.datastore.pool
+        kwargs = dict(pool.kwargs() if callable(pool.kwargs) else pool.kwargs or {})  # psycopg_pool takes either
+        if pool.get_password_func:
+            kwargs["password"] = pool.get_password_func()
         timeout = self.env.get(self.POSTGRES_CONNECT_TIMEOUT)
         return {**kwargs, "autocommit": True, "connect_timeout": int(float(timeout)) if timeout else 10}
 

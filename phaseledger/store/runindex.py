@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
-from psycopg.sql import SQL
 
 from phaseledger.domain.errors import CorruptEvent, RunNotFound
 from phaseledger.domain.run import WorkflowRun
@@ -35,6 +34,7 @@ from phaseledger.domain.schedule import EPOCH, runnable_at
 from phaseledger.domain.status import DAMAGED, FINISHED
 from phaseledger.store import _internals
 from phaseledger.store.faults import create_racing, guarded
+from phaseledger.store.postgres import create_statement
 from phaseledger.store.sql import Literal, sqlite
 from phaseledger.store.sql import postgres as pg
 
@@ -394,8 +394,9 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
         self.lock_key = f"{datastore.schema}.phaseledger_runindex"
         # The creating transaction first takes a lock, so workers starting on a fresh schema
         # at once create the tables one after the other.
-        self.sql_create_statements.insert(0, SQL(self.sql(pg.CREATE_LOCK, key=Literal(self.lock_key + ":create"))))
-        self.sql_create_statements.extend(SQL(self.sql(s)) for s in pg.CREATE)  # type: ignore[arg-type]
+        lock = self.sql(pg.CREATE_LOCK, key=Literal(self.lock_key + ":create"))
+        self.sql_create_statements.insert(0, create_statement(lock))
+        self.sql_create_statements.extend(create_statement(self.sql(s)) for s in pg.CREATE)
 
     def sql(self, template: str, **names: str) -> str:
         """A template of :mod:`phaseledger.store.sql.postgres` for the store's schema."""

@@ -28,7 +28,7 @@ from typing import ClassVar
 
 from phaseledger.domain.errors import ConcurrencyConflict, RunBusy, RunNotFound, StoreUnavailable
 from phaseledger.domain.run import WorkflowRun
-from phaseledger.store.eventstore import Store
+from phaseledger.store.eventstore import PendingEvents, Store
 from phaseledger.store.leasebook import DriverId
 
 __all__ = ["StoreContract", "add_signals", "new_run"]
@@ -43,11 +43,11 @@ def new_run(run_id: str, workflow: str = "contract") -> WorkflowRun:
                                input={}, parent=None)
 
 
-def add_signals(run: WorkflowRun, n: int) -> list[WorkflowRun.Event]:
+def add_signals(run: WorkflowRun, n: int) -> PendingEvents:
     """Record ``n`` signals on ``run`` and collect its pending events."""
     for i in range(n):
         run.trigger_event(WorkflowRun.SignalReceived, signal_id=f"{run.version}-{i}", name="go", payload={"i": i})
-    return run.collect_events()  # type: ignore[return-value]
+    return run.collect_events()
 
 
 class StoreContract(unittest.TestCase):
@@ -203,7 +203,9 @@ class StoreContract(unittest.TestCase):
         self.assertEqual(index.catch_up_fully(), store.max_notification_id())
         self.assertTrue(index.caught_up())
         self.assertEqual([row.run_id for row in index.rows()], ["cancelled", "other", "running", "sleeping"])
-        self.assertEqual(index.get("cancelled").status, "cancelled")  # type: ignore[union-attr]
+        cancelled_row = index.get("cancelled")
+        assert cancelled_row is not None
+        self.assertEqual(cancelled_row.status, "cancelled")
         self.assertIsNone(index.get("missing"))
         now, keys = datetime.now(UTC), ["contract@1"]
         self.assertEqual([run_id for run_id, _ in index.runnable(now, keys, 10)], ["running"])
@@ -222,7 +224,9 @@ class StoreContract(unittest.TestCase):
         book = store.lease_book()
         me, other = DriverId.here(), DriverId(owner="elsewhere:1:x", host="elsewhere", pid=1, proc_start=None)
         book.acquire("r1", me, 30)
-        self.assertEqual(book.get("r1").owner, me.owner)  # type: ignore[union-attr]
+        lease = book.get("r1")
+        assert lease is not None
+        self.assertEqual(lease.owner, me.owner)
         with self.assertRaises(RunBusy):
             book.acquire("r1", other, 30)
         self.assertEqual(book.renew(me.owner, ["r1", "r2"], 30), frozenset({"r1"}))
@@ -243,7 +247,9 @@ class StoreContract(unittest.TestCase):
         me, other = DriverId.here(), DriverId(owner="elsewhere:1:x", host="elsewhere", pid=1, proc_start=None)
         book.acquire("r1", other, 30)
         book.acquire("r1", me, 30, steal=True)
-        self.assertEqual(book.get("r1").owner, me.owner)  # type: ignore[union-attr]
+        lease = book.get("r1")
+        assert lease is not None
+        self.assertEqual(lease.owner, me.owner)
         self.assertEqual(book.renew(other.owner, ["r1"], 30), frozenset())
 
     # -- deletion --------------------------------------------------------------------------

@@ -64,7 +64,7 @@ class Backend(ABC):
 
     def datastore(self) -> Any:
         """The eventsourcing datastore of the store's recorders (SQL backends)."""
-        return self.application().recorder.datastore  # type: ignore[attr-defined]
+        return self.application().recorder.datastore  # type: ignore[attr-defined]  # SQL recorders' own attribute
 
     def close(self) -> None:
         """Release what the backend holds besides the application (connections, threads)."""

@@ -12,8 +12,8 @@ from phaseledger.store.backends.base import Backend
 from phaseledger.store.deleter import Deleter, PostgresDeleter
 from phaseledger.store.leasebook import LeaseBook, PostgresLeaseBook
 from phaseledger.store.listener import AppendListener
-from phaseledger.store.postgres import LoopAppender, StoreFactory
-from phaseledger.store.runindex import PostgresRunIndex, RunIndex
+from phaseledger.store.postgres import LoopAppender, OneTripRecorder, StoreFactory
+from phaseledger.store.runindex import PostgresRunIndex
 from phaseledger.store.sql import postgres as pg
 
 if TYPE_CHECKING:
@@ -41,7 +41,8 @@ class PostgresBackend(Backend):
 
     def opened(self, app: Application[str]) -> None:
         super().opened(app)
-        self.loop_appender = LoopAppender(app.recorder, self.url.postgres_conninfo or "")  # type: ignore[arg-type]
+        if isinstance(app.recorder, OneTripRecorder):  # always, as StoreFactory builds it
+            self.loop_appender = LoopAppender(app.recorder, self.url.postgres_conninfo or "")
 
     async def append_on_loop(self, stored: Sequence[StoredEvent]) -> list[int] | None:
         if self.loop_appender is None:
@@ -64,7 +65,7 @@ class PostgresBackend(Backend):
         recorder: Any = self.application().recorder
         return AppendListener(self.url.postgres_conninfo, recorder.channel_name, on_notify, store=self.url.redacted)
 
-    def run_index(self, store: Store, *, create: bool = True) -> RunIndex:
+    def run_index(self, store: Store, *, create: bool = True) -> PostgresRunIndex:
         index = PostgresRunIndex(store, self.datastore())
         if create:
             index.create_table()

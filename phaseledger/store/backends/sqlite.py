@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from phaseledger.store.backends.base import Backend
 from phaseledger.store.deleter import Deleter, SQLiteDeleter
 from phaseledger.store.leasebook import LeaseBook, SQLiteLeaseBook
-from phaseledger.store.runindex import RunIndex, SQLiteRunIndex
+from phaseledger.store.runindex import SQLiteRunIndex
 from phaseledger.store.sql import sqlite
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class SQLiteBackend(Backend):
     def close(self) -> None:
         self._writer.shutdown(wait=True)
 
-    def run_index(self, store: Store, *, create: bool = True) -> RunIndex:
+    def run_index(self, store: Store, *, create: bool = True) -> SQLiteRunIndex:
         index = SQLiteRunIndex(store, self.datastore())
         if create:
             index.create_table()

@@ -45,7 +45,7 @@ def _render(template: str, identifiers: tuple[tuple[str, Identifier], ...], name
     return _PARAM.sub(r":\1", text) if named else text
 
 
-def render(template: str, paramstyle: str = "pyformat", **identifiers: Identifier) -> str:
+def render(template: str, paramstyle: str = "pyformat", /, **identifiers: Identifier) -> str:
     """The statement of ``template`` with its ``{fields}`` quoted and its parameters in ``paramstyle``.
 
     ``pyformat`` (psycopg) keeps ``%(name)s``; ``named`` (sqlite3) spells them ``:name``.

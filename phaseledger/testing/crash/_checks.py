@@ -46,7 +46,7 @@ def check_log(events: Sequence[WorkflowRun.Event], run_id: str) -> list[str]:
         problems.append("the log does not start with RunStarted")
     seen: Counter[tuple[str, ...]] = Counter()
     for key, event in _visit_keys(events, run_id):
-        ident = (type(event).__name__, key)
+        ident: tuple[str, ...] = (type(event).__name__, key)
         if isinstance(event, WorkflowRun.StepAttemptFailed):
             ident += (str(event.attempt),)
         if isinstance(event, (WorkflowRun.StepRecorded, WorkflowRun.CheckpointSaved)):
