@@ -207,10 +207,7 @@ class Reports:
              limit: int | None = None) -> list[RunSummary]:
         """Run summaries in the order the runs started, optionally filtered."""
         where, params = _where(status=status, workflow=workflow, parent_run_id=parent_run_id)
-        sql = f"SELECT * FROM {{runs}}{where} ORDER BY started_at, run_id"
-        if limit is not None:
-            sql += " LIMIT %(limit)s"
-            params["limit"] = int(limit)
+        sql = _limited(f"SELECT * FROM {{runs}}{where} ORDER BY started_at, run_id", params, limit)
         return [RunSummary(**row) for row in self._query(sql, params, RUNS)]
 
     def run(self, run_id: str) -> RunSummary | None:
@@ -242,10 +239,7 @@ class Reports:
                  limit: int | None = None) -> list[Failure]:
         """Failed attempts (``kind='attempt'``) and failed runs (``kind='run'``), oldest first."""
         where, params = _where(run_id=run_id, workflow=workflow, kind=kind)
-        sql = f"SELECT * FROM {{failures}}{where} ORDER BY failed_at, run_id, version"
-        if limit is not None:
-            sql += " LIMIT %(limit)s"
-            params["limit"] = int(limit)
+        sql = _limited(f"SELECT * FROM {{failures}}{where} ORDER BY failed_at, run_id, version", params, limit)
         return [Failure(**row) for row in self._query(sql, params, FAILURES)]
 
     @guarded("query the report tables")
@@ -313,3 +307,11 @@ def _where(**filters: Any) -> tuple[str, dict[str, Any]]:
     if not params:
         return "", {}
     return " WHERE " + " AND ".join(f"{k} = %({k})s" for k in params), params
+
+
+def _limited(sql: str, params: dict[str, Any], limit: int | None) -> str:
+    """``sql`` returning at most ``limit`` rows (all when None); the limit is bound in ``params``."""
+    if limit is None:
+        return sql
+    params["limit"] = int(limit)
+    return sql + " LIMIT %(limit)s"
