@@ -43,6 +43,8 @@ from phaseledger.domain.status import (
 )
 from phaseledger.domain.usage import add_usage
 
+_new_tuple = tuple.__new__
+
 
 class WorkflowRun(BaseAggregate[str]):
     """The log of one workflow run, folded into what resuming and reporting need.
@@ -201,17 +203,11 @@ class WorkflowRun(BaseAggregate[str]):
         detail: dict[str, Any] | None
 
         def apply(self, run: WorkflowRun) -> None:
-            run.journal[self.key] = RecordedCall.from_dict({  # the fast way: every call of a visit passes here
-                "seq": self.seq,
-                "name": self.name,
-                "kind": self.kind,
-                "result": self.result,
-                "result_type": self.result_type,
-                "fingerprint": self.fingerprint,
-                "error": self.error,
-                "usage": self.usage,
-                "detail": self.detail,
-            })
+            # tuple.__new__ skips the named tuple's Python-level __new__: every call of a visit passes here
+            run.journal[self.key] = _new_tuple(RecordedCall, (
+                self.seq, self.name, self.kind, self.result, self.result_type, self.fingerprint, self.error,
+                self.usage, self.detail,
+            ))
             run.next_seq = max(run.next_seq, self.seq + 1)
             run.steps += 1
             run.failures.pop(self.key, None)

@@ -59,10 +59,6 @@ class RunDriver:
         self.batch = workflow.checkpoint_every_n_steps or engine.checkpoint_every_n_steps
         self.unsaved_steps = 0
         self.lock = asyncio.Lock()
-        self.executed = 0
-        """Journaled calls executed live by this driver."""
-        self.replayed = 0
-        """Journaled calls served from the log by this driver."""
         self.unclaimed = bool(run.pending_events)
         """A resume marker is pending: commit it before anything runs live (see :meth:`claim`)."""
 

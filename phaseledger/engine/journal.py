@@ -186,7 +186,6 @@ class Journal:
                 f"{kind} {name!r} with other inputs ({fingerprint})",
             )
         self._consumed.add(key)
-        self._driver.replayed += 1
         return entry
 
     @staticmethod
@@ -228,7 +227,6 @@ class Journal:
             error=error, detail=detail,
         )
         self._consumed.add(key)
-        self._driver.executed += 1
         return decode_value(data, result_type)
 
     def value(self, kind: str, name: str, take: Callable[[], T], dump: Callable[[T], JSONValue],

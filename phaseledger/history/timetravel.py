@@ -269,7 +269,7 @@ class TimeTravel:
         return RunAt(
             **{name: getattr(view, name) for name in Run.model_fields},
             event=type(event).__name__, at=event.timestamp, journal=journal,
-            inbox=[copy_json(signal.to_dict()) for signal in run.inbox], recorded_state=self._as_state(model, recorded),
+            inbox=[copy_json(signal._asdict()) for signal in run.inbox], recorded_state=self._as_state(model, recorded),
         )
 
     # -- resume tokens -------------------------------------------------------------------

@@ -149,7 +149,10 @@ def _defined_privates(tree: ast.AST) -> set[str]:
     return {n for n in names if n.startswith("_")}
 
 
-PUBLIC_DESPITE_UNDERSCORE = {"_exit"}  # os._exit: the documented way for a forked child to end
+PUBLIC_DESPITE_UNDERSCORE = {
+    "_exit",  # os._exit: the documented way for a forked child to end
+    "_asdict", "_replace", "_make", "_fields",  # named tuples' API (underscored not to clash with fields)
+}
 
 
 def _is_private(name: str) -> bool:

@@ -88,7 +88,7 @@ def test_a_snapshot_of_the_first_release_folds_to_this_releases_state(store: Sto
     failed_attempt(run)
     run.collect_events()
     expected = dict(vars(run), phase_entered_on=None)
-    expected["failures"] = {"9": [dataclasses.replace(run.failures["9"][0], started_at=None)]}
+    expected["failures"] = {"9": [run.failures["9"][0]._replace(started_at=None)]}
 
     def first_release(state: dict[str, Any]) -> None:
         run_state = state["state"]
