@@ -199,6 +199,23 @@ def snapshot_wanted(version: int, phase_entered_version: int, every: int) -> boo
     return into - mark < every
 
 
+def _visit_entered(run: WorkflowRun | None, events: PendingEvents) -> int | None:
+    """The version that began ``run``'s phase visit in progress, when ``events`` were just collected from it."""
+    if run is None or not events or run.version != events[-1].originator_version or run.pending_events:
+        return None
+    return run.phase_entered_version
+
+
+def _entered_at(events: PendingEvents, version: int, entered: int | None) -> int | None:
+    """The version that began the phase visit in progress at ``version`` (one of ``events``), as far
+    as the events and ``entered`` (the visit in progress after them) tell; None: unknown."""
+    visits = [e.originator_version for e in events if isinstance(e, WorkflowRun.PhaseEntered)]
+    began = [v for v in visits if v <= version]
+    if began:
+        return began[-1]
+    return entered if not visits else None  # a visit began later in the events: the earlier one is unknown here
+
+
 class Store:
     """Where runs live: loads and appends :class:`WorkflowRun` aggregates and reads their events.
 
@@ -350,7 +367,7 @@ class Store:
         are stored with them: the last one from ``run``, the run the events were just
         collected from, when given and unchanged since, else from the state read back.
         """
-        return self._append(events, self._snapshot_of(run, events))
+        return self._append(events, self._snapshot_of(run, events), _visit_entered(run, events))
 
     async def append_async(self, events: PendingEvents, *, run: WorkflowRun | None = None) -> int:
         """:meth:`append` for callers on an event loop, which keeps running meanwhile.
@@ -362,19 +379,19 @@ class Store:
         """
         if not events:
             return 0
-        snapshot = self._snapshot_of(run, events)
+        snapshot, entered = self._snapshot_of(run, events), _visit_entered(run, events)
         backend = self.backend
         if not backend.blocking:
-            return self._append(events, snapshot)
+            return self._append(events, snapshot, entered)
         if not backend.appends_on_loop:
-            return await backend.write(self._append, events, snapshot)
+            return await backend.write(self._append, events, snapshot, entered)
         stored = [self.app.mapper.to_stored_event(event) for event in events]
         with self._appending(events):
             ids = await backend.append_on_loop(stored)
         if ids is None:  # the loop's connection is unavailable: the recorder's path retries
-            return await backend.write(self._append, events, snapshot)
+            return await backend.write(self._append, events, snapshot, entered)
         if self._snapshot_due(events):
-            await backend.call(self._store_snapshots, events[0].originator_id, events, snapshot)
+            await backend.call(self._store_snapshots, events[0].originator_id, events, snapshot, entered)
         return ids[-1]
 
     def _snapshot_of(self, run: WorkflowRun | None, events: PendingEvents) -> SnapshotDecision:
@@ -390,7 +407,7 @@ class Store:
             return NOT_WANTED
         return self.app.mapper.to_stored_event(WorkflowRun.Snapshot.take(run))
 
-    def _append(self, events: PendingEvents, snapshot: SnapshotDecision) -> int:
+    def _append(self, events: PendingEvents, snapshot: SnapshotDecision, entered: int | None = None) -> int:
         if not events:
             return 0
         with self._appending(events):
@@ -398,7 +415,7 @@ class Store:
             # event and snapshot bookkeeping this application does not use.
             recordings = self.app.events.put(events)
         if self._snapshot_due(events):
-            self._store_snapshots(events[0].originator_id, events, snapshot)
+            self._store_snapshots(events[0].originator_id, events, snapshot, entered)
         return recordings[-1].notification.id if recordings else 0
 
     def _appending(self, events: PendingEvents) -> store_errors:
@@ -412,9 +429,11 @@ class Store:
         return bool(every and any(e.originator_version % every == 0 for e in events))
 
     @guarded("store a snapshot of run {run_id!r}")
-    def _store_snapshots(self, run_id: str, events: PendingEvents, snapshot: SnapshotDecision) -> None:
+    def _store_snapshots(self, run_id: str, events: PendingEvents, snapshot: SnapshotDecision,
+                         entered: int | None) -> None:
         """Store the snapshots wanted at these (appended) events' versions; ``snapshot`` is
-        what :meth:`_snapshot_of` decided for the last one (None: nothing)."""
+        what :meth:`_snapshot_of` decided for the last one (None: nothing), ``entered`` the
+        version that began the phase visit in progress after the events, when known."""
         snapshots, every = self.app.snapshots, self.snapshot_every
         if snapshots is None or not every:
             return
@@ -427,6 +446,9 @@ class Store:
                 if snapshot is not NOT_WANTED:
                     snapshots.recorder.insert_events([snapshot])
                 continue
+            began = _entered_at(events, version, entered)
+            if began is not None and not snapshot_wanted(version, began, every):
+                continue  # not wanted in this long visit: no need to read the run back
             run = self.load(run_id, version)  # no run in memory at this version: read it back
             if snapshot_wanted(version, run.phase_entered_version, every):
                 snapshots.put([WorkflowRun.Snapshot.take(run)])

@@ -145,3 +145,23 @@ async def test_a_long_phase_visit_stores_snapshots_at_doubling_offsets(store_url
     await reopened.signal("r", "go")
     done = await reopened.resume("r")
     assert done.status == "completed" and done.output == steps
+
+
+async def test_batched_commits_read_the_run_back_only_for_the_snapshots_a_long_visit_keeps(store_url: str) -> None:
+    every, steps = 10, 400
+    wf = one_long_visit(steps)  # batches of 3 steps cross the multiples of 10
+    engine = Engine(store_url, workflows=[wf], snapshot_every=every)
+    loads: list[int | None] = []
+    load = engine.store.load
+
+    def counted(run_id: str, version: int | None = None) -> WorkflowRun:
+        loads.append(version)
+        return load(run_id, version)
+
+    engine.store.load = counted  # type: ignore[method-assign]
+    suspended = await engine.run(wf, run_id="r")
+    assert suspended.status == "waiting"
+    versions = [s.originator_version for s in engine.store.app.snapshots.get("r")]  # type: ignore[union-attr]
+    assert versions == [10, 20, 30, 50, 90, 170, 330]
+    # A snapshot due inside a batch is read back from the log only when the visit keeps it.
+    assert set(loads) <= {None, *versions}
