@@ -28,6 +28,7 @@ from phaseledger.domain.schedule import is_due
 from phaseledger.domain.status import FAILED, RETRYING, RUNNING, SLEEPING, WAITING
 from phaseledger.domain.values import validate_payload
 from phaseledger.domain.workflow import Workflow, WorkflowRegistry
+from phaseledger.engine.advance import RunWait
 from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.drives import Drives
 from phaseledger.engine.hooks import RunCallback, RunHooks
@@ -291,6 +292,24 @@ class Engine:
         run.trigger_event(WorkflowRun.RunResumed, reason=why)
         self.hooks.resumed(run, why)
         return await self.drives.drive(run_id, run)
+
+    async def advance(self, run_id: str) -> RunWait:
+        """Drive a run until it completes, fails or must wait, and say what it waits for.
+
+        The unit every dispatcher calls (a worker, or an external engine's activity, step or
+        task): a new, interrupted or woken run is driven as :meth:`resume` drives it; a run
+        that is not due yet is left as it is; a finished one is not touched. The returned
+        :class:`RunWait` names the signal and the time the run waits for, which is what the
+        dispatcher schedules on. Raises :class:`RunBusy` while another live process drives
+        the run, like :meth:`resume`.
+        """
+        view = await self.get_async(run_id)
+        if view.finished:
+            return RunWait.of(view)
+        try:
+            return RunWait.of(await self.resume(run_id))
+        except RunFinished:  # finished meanwhile, by another driver
+            return RunWait.of(await self.get_async(run_id))
 
     async def retry(self, run_id: str, *, steal: bool = False) -> Run:
         """Re-enter the failed phase of a failed run, keeping the steps it recorded.

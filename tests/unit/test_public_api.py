@@ -18,7 +18,7 @@ PUBLIC = {
     "ForkPoint", "HistoryCompacted", "InvalidInput", "InvalidToken", "InvalidTransition", "JournalEntry", "LeaseLost",
     "Lineage", "NO_RETRY", "NonDeterminismError", "Phase", "PhaseledgerDurability", "PhaseledgerError",
     "RecordedError", "RecordedEvent", "RetentionPolicy", "RetentionReport", "RetryPolicy", "Run", "RunAt", "RunBusy",
-    "RunComparison", "RunExists", "RunFinished", "RunNotFinished", "RunNotFound", "RunSide", "SUPPORTED_PYDANTIC_AI",
+    "RunComparison", "RunExists", "RunWait", "RunFinished", "RunNotFinished", "RunNotFound", "RunSide", "SUPPORTED_PYDANTIC_AI",
     "SerializationError", "SignalTimeout", "StepFailed", "StepTimeout", "Store", "StoreUnavailable",
     "TokenKeyMissing", "TrailItem", "UnknownWorkflow", "UnsupportedPydanticAI", "Usage", "Worker",
     "WorkerAlreadyRunning", "WorkerStats", "Workflow", "WorkflowDefinitionError", "WorkflowRun",
