@@ -303,13 +303,13 @@ class Engine:
         dispatcher schedules on. Raises :class:`RunBusy` while another live process drives
         the run, like :meth:`resume`.
         """
-        view = await self.get_async(run_id)
-        if view.finished:
-            return RunWait.of(view)
-        try:
-            return RunWait.of(await self.resume(run_id))
-        except RunFinished:  # finished meanwhile, by another driver
-            return RunWait.of(await self.get_async(run_id))
+        run = await self.store.call(self.store.load, validate_run_id(run_id))
+        if not run.finished:
+            try:
+                return RunWait.of(await self.resume(run_id))
+            except RunFinished:  # finished meanwhile, by another driver
+                run = await self.store.call(self.store.load, run_id)
+        return RunWait.of(self._view(run))
 
     async def retry(self, run_id: str, *, steal: bool = False) -> Run:
         """Re-enter the failed phase of a failed run, keeping the steps it recorded.
