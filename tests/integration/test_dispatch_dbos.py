@@ -170,3 +170,20 @@ async def test_a_queue_with_concurrency_one_runs_two_runs_one_after_the_other(ba
         outputs = [(await asyncio.wait_for(dispatcher.result(r.run_id), TIMEOUT)).output for r in (first, second)]
     assert outputs == ["one", "two"]
     assert log == [("one", "begin"), ("one", "end"), ("two", "begin"), ("two", "end")]
+
+
+async def test_a_plain_dbos_send_reaches_the_run_once(backend: Backend, effects_file: Path) -> None:
+    wf = order_workflow()
+    async with launched(backend, [wf]) as dispatcher:
+        run = await dispatcher.start(wf, run_id="order-2")
+
+        async def waiting() -> None:
+            while (await dispatcher.engine.get_async(run.run_id)).status != "waiting":
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(waiting(), TIMEOUT)
+        await DBOS.send_async(run.run_id, {"ok": False}, topic="approve")  # DBOS's own API, no signal id
+        done = await asyncio.wait_for(dispatcher.result(run.run_id), TIMEOUT)
+        assert (done.status, done.output) == ("completed", 0)
+        received = [e for e in dispatcher.engine.history(run.run_id) if e.type == "SignalReceived"]
+        assert [e.data["signal_id"] for e in received] == ["dbos:order-2:1"]  # derived from the workflow's receipt
