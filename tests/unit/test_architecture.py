@@ -205,6 +205,7 @@ LAYERS = {
     "agents": {"domain", "store", "engine", "facade"},
     "service": {"domain", "store", "engine", "workers", "facade"},
     "testing": {"domain", "store", "engine", "facade"},
+    "dispatch": {"domain", "store", "engine", "facade"},
     "cli": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade", "service", "agents"},
     "demo": {"root", "cli"},
 }

@@ -1,0 +1,1 @@
+"""Dispatchers: drive phaseledger runs from another scheduler (Temporal, DBOS) through ``engine.advance``."""
