@@ -40,8 +40,8 @@ from phaseledger.domain.recorded_errors import RecordedError
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.workflow import Phase, Workflow
-from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.advance import RunWait
+from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.context import Context
 from phaseledger.engine.engine import Engine
 from phaseledger.engine.journal import idempotency_key

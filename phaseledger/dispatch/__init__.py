@@ -1,4 +1,4 @@
-"""Dispatchers: external engines that schedule phaseledger runs through ``engine.advance``.
+"""Dispatchers: external engines (DBOS, Temporal) that schedule phaseledger runs through ``engine.advance``.
 
 Each dispatcher lives in a module of its own that imports its engine's package (an
 optional extra); this package imports none of them, so ``import phaseledger.dispatch``

@@ -205,9 +205,9 @@ LAYERS = {
     "agents": {"domain", "store", "engine", "facade"},
     "service": {"domain", "store", "engine", "workers", "facade"},
     "testing": {"domain", "store", "engine", "facade"},
+    "dispatch": {"domain", "store", "engine", "facade"},
     "cli": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade", "service", "agents"},
     "demo": {"root", "cli"},
-    "dispatch": {"domain", "store", "engine", "facade"},
 }
 ALLOWED_UPWARD = {
     # ctx.run_agent() imports the agents' runner when it is called: pydantic-ai loads only
