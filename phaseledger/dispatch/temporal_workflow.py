@@ -12,7 +12,8 @@ decides what to schedule. The real work happens in the activities of
 - waiting: a Temporal timer until ``until`` (when given), woken early by a signal;
 - a Temporal signal ``phaseledger_signal`` with ``{"name", "payload", "signal_id"?}``
   is appended to the run's log by the ``phaseledger_deliver_signal`` activity, with a
-  signal id fixed in the workflow's history, so retries and replays deliver it once;
+  signal id fixed in the workflow's history, so retries and replays deliver it once; a
+  signal the run refuses (an invalid payload or id: ``InvalidInput``) is logged and dropped;
 - cancelling the Temporal workflow cancels the run (``phaseledger_cancel``).
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 WORKFLOW_NAME = "phaseledger_run"
 """The Temporal workflow type of every phaseledger run."""
@@ -148,9 +149,13 @@ class PhaseledgerRun:
     async def _deliver(self, params: RunInput) -> None:
         while self._pending.deliveries:
             delivery = self._pending.deliveries[0]
-            await workflow.execute_activity(
-                DELIVER_SIGNAL, delivery, start_to_close_timeout=timedelta(seconds=60), retry_policy=_retry(params)
-            )
+            try:
+                await workflow.execute_activity(
+                    DELIVER_SIGNAL, delivery, start_to_close_timeout=timedelta(seconds=60), retry_policy=_retry(params)
+                )
+            except ActivityError as refused:  # retries are unlimited: only a refusal for good gets here
+                workflow.logger.warning("phaseledger signal %r to run %s dropped: %s", delivery.name,
+                                        delivery.run_id, refused.cause or refused)
             self._pending.deliveries.pop(0)
 
 

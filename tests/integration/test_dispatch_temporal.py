@@ -113,6 +113,8 @@ async def test_steps_a_durable_timer_and_a_temporal_signal_complete_the_run(
             assert again.id == run_id  # starting again is idempotent
 
             await _until("the run to wait for its signal", lambda: engine.get(run_id).status == "waiting")
+            refused = {"name": "approve", "payload": {"ok": True}, "signal_id": "bad\nid"}  # InvalidInput: dropped
+            await handle.signal(SIGNAL, refused)
             message = {"name": "approve", "payload": {"ok": True}, "signal_id": "approval-1"}
             await handle.signal(SIGNAL, message)  # Temporal's own client, Temporal's own signal
             await signal_run(client, run_id, "approve", {"ok": True}, signal_id="approval-1")  # sent twice: kept once
