@@ -21,59 +21,42 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from phaseledger import Engine
+from phaseledger.testing.dispatchers import DISPATCHERS, DispatchSetup, available
 from tests.integration.battery import (
     EFFECTS_ENV,
     HANG_ENV,
     STEPS,
     TIMEOUT,
-    Where,
     battery_workflow,
     dispatch,
     effects,
     expected_output,
-    new_queue,
 )
-from tests.integration.conftest import TEMPORAL_CLI
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = 3
 """Runs driven at once by each dispatcher in the invariants test."""
 
 
-def _have(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
-
-
-DISPATCHERS = [
-    "inline",
-    "fleet",
-    pytest.param("dbos", marks=pytest.mark.skipif(not _have("dbos"), reason="needs the dbos extra")),
-    pytest.param("temporal", marks=pytest.mark.skipif(
-        not _have("temporalio") or TEMPORAL_CLI is None, reason="needs the temporal extra and the Temporal CLI")),
-]
-
-
-@pytest.fixture(params=DISPATCHERS)
+@pytest.fixture(params=[pytest.param(kind, marks=pytest.mark.skipif(bool(available(kind)), reason=available(kind) or ""))
+                        for kind in DISPATCHERS])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def where(kind: str, durable_store_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Where]:
+def setup(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> DispatchSetup:
     """Where the dispatcher's outside pieces live: a Temporal server, a DBOS system database."""
     address = request.getfixturevalue("temporal_address") if kind == "temporal" else ""
-    yield Where(durable_store_url, address, new_queue(), f"sqlite:///{tmp_path}/dbos.sqlite")
+    return DispatchSetup(dbos_system_url=f"sqlite:///{tmp_path}/dbos.sqlite", temporal_address=address,
+                         task_queue=f"battery-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
@@ -102,16 +85,16 @@ def _assert_log_is_whole(engine: Engine, run_id: str) -> None:
 
 
 async def test_every_run_completes_each_recorded_step_runs_once_and_signals_arrive_once(
-        kind: str, where: Where, effects_file: Path) -> None:
+        kind: str, durable_store_url: str, setup: DispatchSetup, effects_file: Path) -> None:
     run_ids = [f"{kind}-{i}" for i in range(RUNS)]
-    async with dispatch(kind, where) as dispatcher:
+    async with dispatch(kind, durable_store_url, setup) as dispatcher:
         for run_id in run_ids:
-            await dispatcher.start(run_id, run_id)
+            await dispatcher.start(battery_workflow(), {"label": run_id}, run_id=run_id)
         for run_id in run_ids:
             await _until_waiting(dispatcher.engine, run_id)
-            await dispatcher.approve(run_id, f"approval-{run_id}")
-            await dispatcher.approve(run_id, f"approval-{run_id}")  # the same signal again: kept once
-        done = {run_id: await dispatcher.result(run_id) for run_id in run_ids}
+            for _ in range(2):  # the same signal twice: kept once
+                await dispatcher.signal(run_id, "approve", {"ok": True}, signal_id=f"approval-{run_id}")
+        done = {run_id: await dispatcher.result(run_id, TIMEOUT) for run_id in run_ids}
 
         for run_id, run in done.items():
             assert (run.status, run.output) == ("completed", expected_output(run_id))
@@ -119,18 +102,18 @@ async def test_every_run_completes_each_recorded_step_runs_once_and_signals_arri
     assert effects(effects_file) == {run_id: Counter(STEPS) for run_id in run_ids}
 
 
-def _child(kind: str, where: Where, run_id: str, effects_file: Path) -> subprocess.Popen[bytes]:
+def _child(kind: str, store_url: str, setup: DispatchSetup, run_id: str, effects_file: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO), EFFECTS_ENV: str(effects_file), HANG_ENV: "1"}
     log = effects_file.with_suffix(".log").open("wb")  # the child's output, for a failing test's reader
-    args = [kind, where.store_url, run_id, where.temporal_address, where.task_queue, where.dbos_system_url]
+    args = [kind, store_url, run_id, setup.temporal_address, setup.task_queue, setup.dbos_system_url]
     return subprocess.Popen([sys.executable, "-m", "tests.integration.battery", *args],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 async def test_a_process_killed_mid_phase_resumes_on_the_same_dispatcher_without_rerunning_recorded_steps(
-        kind: str, where: Where, effects_file: Path) -> None:
+        kind: str, durable_store_url: str, setup: DispatchSetup, effects_file: Path) -> None:
     run_id = f"{kind}-killed"
-    child = _child(kind, where, run_id, effects_file)
+    child = _child(kind, durable_store_url, setup, run_id, effects_file)
     try:
         deadline = time.monotonic() + TIMEOUT
         while "hanging" not in effects(effects_file).get(run_id, {}):
@@ -145,11 +128,12 @@ async def test_a_process_killed_mid_phase_resumes_on_the_same_dispatcher_without
             child.wait()
     assert effects(effects_file)[run_id] == Counter({"plan": 1, "work": 1, "slow": 1, "hanging": 1})
 
-    async with dispatch(kind, where) as dispatcher:
-        await dispatcher.start(run_id, "killed")  # idempotent: the run exists and is picked up where it stopped
+    async with dispatch(kind, durable_store_url, setup) as dispatcher:
+        # idempotent: the run exists, and the dispatcher picks it up where it stopped
+        await dispatcher.start(battery_workflow(), {"label": "killed"}, run_id=run_id)
         await _until_waiting(dispatcher.engine, run_id)
-        await dispatcher.approve(run_id, "approval")
-        run = await dispatcher.result(run_id)
+        await dispatcher.signal(run_id, "approve", {"ok": True}, signal_id="approval")
+        run = await dispatcher.result(run_id, TIMEOUT)
         assert (run.status, run.output) == ("completed", expected_output("killed"))
         _assert_log_is_whole(dispatcher.engine, run_id)
         assert battery_workflow().name == run.workflow

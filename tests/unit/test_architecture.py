@@ -204,7 +204,7 @@ LAYERS = {
     "facade": {"domain", "store", "engine", "history", "workers", "projections"},
     "agents": {"domain", "store", "engine", "facade"},
     "service": {"domain", "store", "engine", "workers", "facade"},
-    "testing": {"domain", "store", "engine", "facade"},
+    "testing": {"domain", "store", "engine", "facade", "dispatch"},
     "dispatch": {"domain", "store", "engine", "facade"},
     "cli": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade", "service", "agents"},
     "demo": {"root", "cli"},
