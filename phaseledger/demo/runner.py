@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -26,12 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from phaseledger import Engine, PhaseledgerError
+from phaseledger import Engine, PhaseledgerError, Run
+from phaseledger.testing.dispatchers import DispatchSetup, available, open_dispatch, temporal_dev_server
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from phaseledger import RecordedEvent, Workflow
+
+ENGINES = ("dbos", "temporal")
+"""The engines ``--on`` dispatches the demo run on (the default drives it in-process)."""
 
 TOPIC = "durable execution for AI agents"
 """What the demo run researches."""
@@ -62,17 +67,44 @@ def demo_input() -> dict[str, Any]:
 # -- the child processes ----------------------------------------------------------------
 
 
-async def _child_start(store_url: str, run_id: str, model: str | None) -> None:
+async def _child_start(store_url: str, run_id: str, model: str | None, on: Dispatched | None) -> None:
     workflow = build_workflow(model)
+    if on is not None:
+        await _dispatched(on, store_url, run_id, workflow)
+        return
     async with Engine(store_url, workflows=[workflow]) as engine:
         await engine.run(workflow, demo_input(), run_id=run_id)
 
 
-async def _child_resume(store_url: str, run_id: str, model: str | None) -> None:
+async def _child_resume(store_url: str, run_id: str, model: str | None, on: Dispatched | None) -> None:
     workflow = build_workflow(model)
-    async with Engine(store_url, workflows=[workflow]) as engine:
-        run = await engine.resume(run_id)
+    if on is not None:
+        run = await _dispatched(on, store_url, run_id, workflow)
+    else:
+        async with Engine(store_url, workflows=[workflow]) as engine:
+            run = await engine.resume(run_id)
     print(json.dumps({"pid": os.getpid(), "status": run.status, "phase": run.phase}))
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """The engine the demo dispatches its run on (``--on``), and where that engine's pieces live."""
+
+    kind: str
+    setup: DispatchSetup
+
+
+async def _dispatched(on: Dispatched, store_url: str, run_id: str, workflow: Workflow[Any]) -> Run:
+    """Start (or, in a new process, pick up again) the run on ``on``'s engine and wait for its end.
+
+    Starting is idempotent on every dispatcher: the resuming process starts the same run id,
+    and the engine (DBOS at launch, Temporal by retrying the dead worker's activity) goes on
+    from phaseledger's log.
+    """
+    async with Engine(store_url, workflows=[workflow], max_inline_wait=0) as engine, \
+            open_dispatch(on.kind, engine, on.setup) as dispatcher:
+        await dispatcher.start(workflow, demo_input(), run_id=run_id)
+        return await dispatcher.result(run_id, CHILD_TIMEOUT)
 
 
 # -- following the log from the parent ----------------------------------------------------
@@ -132,11 +164,14 @@ class Child:
     stderr_path: Path
 
     @classmethod
-    def spawn(cls, role: str, store_url: str, run_id: str, model: str | None) -> Child:
+    def spawn(cls, role: str, store_url: str, run_id: str, model: str | None, on: Dispatched | None) -> Child:
         """Start ``python -m phaseledger.demo child-ROLE ...``."""
         args = [sys.executable, "-m", "phaseledger.demo", f"child-{role}", "--store", store_url, "--run-id", run_id]
         if model:
             args += ["--model", model]
+        if on is not None:
+            args += ["--on", on.kind, "--dbos-system-db", on.setup.dbos_system_url,
+                     "--temporal-address", on.setup.temporal_address]
         handle, name = tempfile.mkstemp(prefix=f"phaseledger-demo-{role}-", suffix=".log")
         with os.fdopen(handle, "w") as stderr:
             process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True)
@@ -164,12 +199,14 @@ class Child:
 class Demo:
     """One demo run: the console to explain on, the SQLite file, and the model to use."""
 
-    def __init__(self, console: Console, db: Path, model: str | None) -> None:
+    def __init__(self, console: Console, db: Path, model: str | None, on: str | None = None) -> None:
         self.console = console
         self.db = db
         self.model = model
+        self.on = on
         self.store_url = f"sqlite:///{db}"
         self.run_id = "research-demo"
+        self.dispatched: Dispatched | None = None
 
     def say(self, text: str = "", style: str = "") -> None:
         """Print a line (styled on a terminal)."""
@@ -197,13 +234,34 @@ class Demo:
         self.say(f"agents    {escape(model_name)}")
         self.say(f"store     {self.store_url} (a fresh SQLite file)")
 
-        engine = Engine(self.store_url, workflows=[workflow])
-        try:
+        with contextlib.ExitStack() as stack:
+            if self.on is not None:
+                self.dispatched = self._dispatch_on(self.on, stack)
+            engine = stack.enter_context(contextlib.closing(Engine(self.store_url, workflows=[workflow])))
             killed_at = self._first_attempt(engine)
             self._resume(engine, killed_at)
             self._finish(engine, workflow)
-        finally:
-            engine.close()
+
+    def _dispatch_on(self, kind: str, stack: contextlib.ExitStack) -> Dispatched:
+        """Where the run goes on ``kind``: DBOS keeps its system database next to the demo's,
+        Temporal's development server runs while the demo does."""
+        if kind not in ENGINES:
+            raise DemoFailed(f"unknown engine {kind!r}: use one of {', '.join(ENGINES)}")
+        why = available(kind)
+        if why:
+            raise DemoFailed(why)
+        dbos_db = self.db.with_name(f"{self.db.stem}-dbos.sqlite")
+        dbos_db.unlink(missing_ok=True)
+        address = ""
+        if kind == "temporal":
+            temporal_db = self.db.with_name(f"{self.db.stem}-temporal.db")
+            temporal_db.unlink(missing_ok=True)
+            address = stack.enter_context(temporal_dev_server(temporal_db))
+            self.say(f"temporal  a development server at {address} (temporal server start-dev)")
+        else:
+            self.say(f"dbos      system database sqlite:///{dbos_db}")
+        return Dispatched(kind, DispatchSetup(dbos_system_url=f"sqlite:///{dbos_db}", temporal_address=address,
+                                              task_queue="phaseledger-demo"))
 
     def _check_model(self) -> None:
         if self.model is None:
@@ -248,7 +306,7 @@ class Demo:
 
     def _first_attempt(self, engine: Engine) -> LogFollower:
         self.heading("1. a process starts the run")
-        child = Child.spawn("start", self.store_url, self.run_id, self.model)
+        child = Child.spawn("start", self.store_url, self.run_id, self.model, self.dispatched)
         try:
             follower = LogFollower(engine, self.run_id)
             killed = self._follow(child, follower, kill=True)
@@ -280,7 +338,7 @@ class Demo:
         self.say(f"  recorded so far in {killed.phase!r}: {len(killed.visit_calls)} calls")
 
         self.heading("3. a new process resumes the run from the log")
-        child = Child.spawn("resume", self.store_url, self.run_id, self.model)
+        child = Child.spawn("resume", self.store_url, self.run_id, self.model, self.dispatched)
         follower = LogFollower(engine, self.run_id, version=killed.version, phase=killed.phase,
                                phases_seen=list(killed.phases_seen), visit_calls=list(killed.visit_calls))
         try:
@@ -342,11 +400,13 @@ class Demo:
         self.say(f"  drawn as {target}")
 
 
-def run_demo(*, db: Path = Path("demo.db"), model: str | None = None, console: Console | None = None) -> None:
-    """Run the demo on the SQLite file ``db`` (recreated); ``model`` is a pydantic-ai model name."""
+def run_demo(*, db: Path = Path("demo.db"), model: str | None = None, on: str | None = None,
+             console: Console | None = None) -> None:
+    """Run the demo on the SQLite file ``db`` (recreated); ``model`` is a pydantic-ai model name;
+    ``on`` an engine to dispatch the run on (``dbos`` or ``temporal``; default: in-process)."""
     from phaseledger.cli import make_console
 
-    Demo(console or make_console(), db, model).run()
+    Demo(console or make_console(), db, model, on).run()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -356,24 +416,32 @@ def main(argv: list[str] | None = None) -> None:
                         help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help="a pydantic-ai model name (default: local and offline)")
     parser.add_argument("--db", default="demo.db", help="the SQLite file to use (recreated)")
+    parser.add_argument("--on", choices=ENGINES, default=None,
+                        help="dispatch the run on this engine (default: drive it in-process)")
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", help=argparse.SUPPRESS)
+    parser.add_argument("--dbos-system-db", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--temporal-address", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    on = None
+    if args.on and args.role != "demo":
+        on = Dispatched(args.on, DispatchSetup(dbos_system_url=args.dbos_system_db,
+                                               temporal_address=args.temporal_address, task_queue="phaseledger-demo"))
     if args.role == "child-start":
-        asyncio.run(_child_start(args.store, args.run_id, args.model))
+        asyncio.run(_child_start(args.store, args.run_id, args.model, on))
     elif args.role == "child-resume":
-        asyncio.run(_child_resume(args.store, args.run_id, args.model))
+        asyncio.run(_child_resume(args.store, args.run_id, args.model, on))
     else:
-        _run_as_a_program(db=Path(args.db), model=args.model)
+        _run_as_a_program(db=Path(args.db), model=args.model, on=args.on)
 
 
-def _run_as_a_program(*, db: Path, model: str | None) -> None:
+def _run_as_a_program(*, db: Path, model: str | None, on: str | None) -> None:
     """Run the demo; an error prints one ``error:`` line (its traceback with ``$PHASELEDGER_DEBUG``),
     Ctrl-C one line, each with the exit status the ``phaseledger`` command gives them."""
     from phaseledger.cli import print_error
 
     try:
-        run_demo(db=db, model=model)
+        run_demo(db=db, model=model, on=on)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

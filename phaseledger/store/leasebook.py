@@ -263,13 +263,18 @@ class _TableLeaseBook(LeaseBook):
         """Run ``statement``: once more after making missing tables, and a few times more
         over a short blip (a connection that dropped, a server that is coming back)."""
         with store_errors(self.store.url, operation):
+            made = False
             for attempt in range(_ATTEMPTS):
                 try:
                     return statement()
                 except (ProgrammingError, OperationalError) as exc:
-                    if not self._created and _missing_table(exc):
-                        self.index.create_table()  # missing (or from an earlier release): made, then again
-                        self._created = True
+                    if not made and _missing_table(exc):
+                        # Missing (or from an earlier release): made, then again. A statement that
+                        # raced another thread's creation finds the tables made and simply runs again.
+                        if not self._created:
+                            self.index.create_table()
+                            self._created = True
+                        made = True
                         continue
                     if attempt == _ATTEMPTS - 1 or not is_transient(exc):
                         raise

@@ -453,6 +453,31 @@ def test_demo_kills_resumes_and_explains(tmp_path: Path) -> None:
     assert shown["usage"]["replayed_requests"] >= 1 and shown["usage"]["tokens_saved"] > 0
 
 
+@pytest.mark.parametrize("engine", ["dbos", "temporal"])
+def test_demo_on_another_engine_is_killed_and_resumed_there(engine: str, tmp_path: Path) -> None:
+    from phaseledger.testing.dispatchers import available
+
+    if available(engine):
+        pytest.skip(str(available(engine)))
+    out = cli("demo", "--on", engine, "--db", "demo.db", cwd=tmp_path).stdout
+    assert "killed with SIGKILL" in out and "tokens not paid again" in out
+    assert ("temporal server start-dev" in out) if engine == "temporal" else ("system database" in out)
+    shown = json.loads(cli("--store", "sqlite:///demo.db", "show", "research-demo", "--json", cwd=tmp_path).stdout)
+    assert shown["status"] == "completed"
+    assert shown["usage"]["replayed_requests"] >= 1 and shown["usage"]["tokens_saved"] > 0
+    if engine == "dbos":  # DBOS's own record of the run: a workflow whose id is the run id, ended
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "demo-dbos.sqlite") as db:
+            rows = db.execute("SELECT status FROM workflow_status WHERE workflow_uuid = 'research-demo'").fetchall()
+        assert rows == [("SUCCESS",)]
+
+
+def test_demo_on_an_unknown_engine_is_a_usage_error(tmp_path: Path) -> None:
+    result = cli("demo", "--on", "airflow", "--db", "demo.db", check=None, cwd=tmp_path)
+    assert result.returncode == 2 and "airflow" in result.stderr and "Traceback" not in result.stderr
+
+
 # -- start: runs begin from the shell ---------------------------------------------------------
 
 

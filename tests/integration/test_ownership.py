@@ -243,3 +243,31 @@ async def test_a_driver_whose_run_was_stolen_raises_lease_lost(store_url: str) -
     history = await asyncio.to_thread(second.history, "r1")
     assert [e.data["name"] for e in history if e.type == "StepRecorded"] == ["step-0", "step-1"]
     store.close()
+
+
+def test_leases_taken_at_once_on_a_store_whose_tables_are_missing_all_succeed(durable_store_url: str) -> None:
+    """Threads racing to make the lease tables: the ones that lose the race run their statement again."""
+    import threading
+
+    store = Store(durable_store_url)
+    try:
+        book = open_lease_book(store)
+        barrier, failures = threading.Barrier(8), []
+        me = DriverId.here()
+
+        def take(i: int) -> None:
+            barrier.wait()
+            try:
+                book.acquire(f"race-{i}", me, 30.0)
+            except Exception as exc:  # collected: the assertion below names them
+                failures.append(exc)
+
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        assert set(book.held()) == {f"race-{i}" for i in range(8)}
+    finally:
+        store.close()

@@ -207,7 +207,7 @@ LAYERS = {
     "testing": {"domain", "store", "engine", "facade", "dispatch"},
     "dispatch": {"domain", "store", "engine", "facade"},
     "cli": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade", "service", "agents"},
-    "demo": {"root", "cli"},
+    "demo": {"root", "cli", "testing"},
 }
 ALLOWED_UPWARD = {
     # ctx.run_agent() imports the agents' runner when it is called: pydantic-ai loads only
