@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from phaseledger.deploys.models import CallInfo, CheckReport, RunCompatibility, Verdict, VersionUse
 from phaseledger.domain.errors import CorruptEvent, RunNotFound, StoreUnavailable
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.workflow import Workflow
-from phaseledger.deploys.models import CallInfo, CheckReport, RunCompatibility, Verdict, VersionUse
 from phaseledger.engine.dryrun import CallSeen, DryOutcome, dry_replay
 from phaseledger.engine.engine import Engine
 from phaseledger.store.cipher import CipherKeys

@@ -79,7 +79,7 @@ class DryOutcome:
 class _DryDriver(RunDriver):
     """A driver that holds the run in memory and refuses to write: each write is a :class:`LiveCall`."""
 
-    def __init__(self, engine: Engine, run: WorkflowRun, workflow: Workflow[Any]) -> None:  # noqa: D107
+    def __init__(self, engine: Engine, run: WorkflowRun, workflow: Workflow[Any]) -> None:
         super().__init__(engine, run, workflow)
         self.unclaimed = False
 
@@ -221,7 +221,7 @@ async def dry_replay(engine: Engine, run: WorkflowRun, workflow: Workflow[Any]) 
     """
     try:
         upcast = upcast_data(workflow, run)
-    except Exception as exc:  # the recorded data does not fit the models: a resume fails on it
+    except Exception as exc:  # noqa: BLE001 - the recorded data does not fit the models: a resume fails on it
         return DryOutcome("failed", error=f"the recorded data does not fit workflow {workflow.name!r} "
                           f"v{workflow.version}: {type(exc).__name__}: {exc}")
     if run.phase is None:  # started, its initial phase never entered: a resume enters it live
@@ -247,17 +247,17 @@ async def dry_replay(engine: Engine, run: WorkflowRun, workflow: Workflow[Any]) 
     except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
         raise
     except BaseException as raised:  # noqa: BLE001 - a replay ends on whatever the code raises
-        exc = _unwrap(raised)
-        if isinstance(exc, LiveCall) and journal.stopped_at is None:  # a write outside a journaled call
-            journal.stopped_at = CallSeen("write", str(exc))
+        cause = _unwrap(raised)
+        if isinstance(cause, LiveCall) and journal.stopped_at is None:  # a write outside a journaled call
+            journal.stopped_at = CallSeen("write", str(cause))
         if journal.divergence is not None:
-            return _diverged(journal, exc, upcast)
-        if journal.stopped_at is None or not isinstance(exc, LiveCall):
-            if isinstance(exc, NonDeterminismError):
-                return DryOutcome("diverged", replayed=len(journal.served), sequence=exc.seq,
-                                  error=str(exc), upcast=upcast)
+            return _diverged(journal, cause, upcast)
+        if journal.stopped_at is None or not isinstance(cause, LiveCall):
+            if isinstance(cause, NonDeterminismError):
+                return DryOutcome("diverged", replayed=len(journal.served), sequence=cause.seq,
+                                  error=str(cause), upcast=upcast)
             return DryOutcome("failed", replayed=len(journal.served), upcast=upcast,
-                              error=f"{type(exc).__name__}: {exc}")
+                              error=f"{type(cause).__name__}: {cause}")
         # Gone live while the log holds calls the code did not make: a resume would run the live
         # call and fail when the phase ends. Tool calls may run side by side: a sibling not
         # looked up yet is not a divergence.
