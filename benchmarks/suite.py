@@ -10,6 +10,7 @@ from typing import Any
 from benchmarks import (
     bench_agents,
     bench_dispatch,
+    bench_gate,
     bench_projections,
     bench_resume,
     bench_steps,
@@ -44,6 +45,10 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
+    "gate": Benchmark(
+        "deploy gate over 10,000 waiting runs", bench_gate.run, bench_gate.Sizes(),
+        bench_gate.Sizes(runs=20, steps=2, repeats=1),
+    ),
     "steps": Benchmark(
         "journaled step cost (1,000 trivial steps)", bench_steps.run, bench_steps.Sizes(),
         bench_steps.Sizes(steps=20, floor_ops=10, repeats=1, checkpoints=(1, 10)),

@@ -40,6 +40,7 @@ from phaseledger.domain.recorded_errors import RecordedError
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.workflow import Phase, Workflow
+from phaseledger.deploys import CallInfo, CheckReport, RunCompatibility, VersionUse, check_deploy, check_deploy_sync
 from phaseledger.engine.advance import RunWait
 from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.context import Context
@@ -88,6 +89,8 @@ __all__ = [
     "SUPPORTED_PYDANTIC_AI",
     "AgentNotDurable",
     "AgentRunFailed",
+    "CallInfo",
+    "CheckReport",
     "Checkpoint",
     "CheckpointNotFound",
     "CircuitBreaker",
@@ -127,6 +130,7 @@ __all__ = [
     "RunAt",
     "RunBusy",
     "RunComparison",
+    "RunCompatibility",
     "RunExists",
     "RunFinished",
     "RunNotFinished",
@@ -144,12 +148,15 @@ __all__ = [
     "UnknownWorkflow",
     "UnsupportedPydanticAI",
     "Usage",
+    "VersionUse",
     "Worker",
     "WorkerAlreadyRunning",
     "WorkerStats",
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowRun",
+    "check_deploy",
+    "check_deploy_sync",
     "generate_cipher_key",
     "idempotency_key",
     "run_worker",

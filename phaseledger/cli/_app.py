@@ -17,6 +17,7 @@ from phaseledger.cli import (
     _act,  # noqa: F401
     _read,  # noqa: F401, I001 - commands register on import, in the order of --help
     _tools,  # noqa: F401
+    _check,  # noqa: F401
     reports,
 )
 from phaseledger.cli import _render as render

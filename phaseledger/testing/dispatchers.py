@@ -41,6 +41,18 @@ from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.engine import Engine
 from phaseledger.engine.views import Run
 
+__all__ = [
+    "DISPATCHERS",
+    "Dispatch",
+    "DispatchSetup",
+    "DispatcherKind",
+    "available",
+    "free_port",
+    "open_dispatch",
+    "temporal_cli",
+    "temporal_dev_server",
+]
+
 DispatcherKind = Literal["inline", "fleet", "dbos", "temporal"]
 DISPATCHERS: tuple[DispatcherKind, ...] = ("inline", "fleet", "dbos", "temporal")
 """Every dispatcher :func:`open_dispatch` knows."""

@@ -206,7 +206,9 @@ LAYERS = {
     "service": {"domain", "store", "engine", "workers", "facade"},
     "testing": {"domain", "store", "engine", "facade", "dispatch"},
     "dispatch": {"domain", "store", "engine", "facade"},
-    "cli": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade", "service", "agents"},
+    "deploys": {"domain", "store", "engine", "facade"},
+    "cli": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade", "service", "agents",
+            "deploys"},
     "demo": {"root", "cli", "testing"},
 }
 ALLOWED_UPWARD = {

@@ -8,6 +8,7 @@ import inspect
 import pytest
 
 import phaseledger
+import phaseledger.deploys
 import phaseledger.projections
 import phaseledger.testing
 
@@ -22,7 +23,8 @@ PUBLIC = {
     "SerializationError", "SignalTimeout", "StepFailed", "StepTimeout", "Store", "StoreUnavailable",
     "TokenKeyMissing", "TrailItem", "UnknownWorkflow", "UnsupportedPydanticAI", "Usage", "Worker",
     "WorkerAlreadyRunning", "WorkerStats", "Workflow", "WorkflowDefinitionError", "WorkflowRun",
-    "generate_cipher_key", "idempotency_key", "run_worker"
+    "generate_cipher_key", "idempotency_key", "run_worker",
+    "CallInfo", "CheckReport", "RunCompatibility", "VersionUse", "check_deploy", "check_deploy_sync",
 }
 
 
@@ -45,6 +47,9 @@ SUBPACKAGES = {
         "KILL_ENV", "KILL_KINDS", "LEDGER_ENV", "ChildOutcome", "CrashCheckFailed", "CrashHarness",
         "CrashHarnessError", "CrashReport", "KillPoint", "RunReport", "check_log", "child_main",
         "committed_step_keys", "fork_server_main", "load_workflows",
+    ],
+    "phaseledger.deploys": [
+        "CallInfo", "CheckReport", "RunCompatibility", "Verdict", "VersionUse", "check_deploy", "check_deploy_sync",
     ],
     "phaseledger.testing.store_contract": ["StoreContract", "add_signals", "new_run"],
     "phaseledger.cli": [
@@ -77,7 +82,7 @@ def test_each_public_package_lists_its_names_sorted(package: str) -> None:
 
 
 def test_every_public_name_resolves_and_says_what_it_is_for() -> None:
-    for module in (phaseledger, phaseledger.projections, phaseledger.testing):
+    for module in (phaseledger, phaseledger.deploys, phaseledger.projections, phaseledger.testing):
         for name in module.__all__:
             value = getattr(module, name)
             if inspect.isclass(value) or inspect.isfunction(value):
@@ -87,7 +92,7 @@ def test_every_public_name_resolves_and_says_what_it_is_for() -> None:
 def test_every_exception_a_user_can_hit_derives_from_the_root_error() -> None:
     # The testing kit's verdicts (ReplayMismatch, CrashCheckFailed) are AssertionErrors on
     # purpose: test runners report them as failed checks, not as errors.
-    for module in (phaseledger, phaseledger.projections, phaseledger.testing):
+    for module in (phaseledger, phaseledger.deploys, phaseledger.projections, phaseledger.testing):
         for name in module.__all__:
             value = getattr(module, name)
             if inspect.isclass(value) and issubclass(value, BaseException) and not issubclass(value, AssertionError):
