@@ -11,7 +11,8 @@ live path returns the same decoded copy that replay returns.
 A unit that still fails when its attempts are exhausted raises its original exception to
 pydantic-ai (so a ``ModelFallback`` or an error hook sees the real error). The journal
 holds the failure: it is journaled when the agent run shows it handled it (its next model
-request, or its success) and dropped when the run fails.
+request, or its success), or, when it ended the agent run, once the phase handler shows it
+caught it (its next journaled call, or the end of its phase).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ PUBLIC = {
     "SerializationError", "SignalTimeout", "StepFailed", "StepTimeout", "Store", "StoreUnavailable",
     "TokenKeyMissing", "TrailItem", "UnknownWorkflow", "UnsupportedPydanticAI", "Usage", "Worker",
     "WorkerAlreadyRunning", "WorkerStats", "Workflow", "WorkflowDefinitionError", "WorkflowRun",
-    "generate_cipher_key", "idempotency_key", "run_worker"
+    "generate_cipher_key", "idempotency_key", "run_worker",
+    "Effect", "EffectInDoubt", "InDoubt", "InDoubtPolicy", "NOT_HAPPENED",
 }
 
 
