@@ -141,6 +141,8 @@ class Journal:
         self._held: dict[str, list[PendingFailure]] = {}
         self._ended: list[PendingFailure] = []
         """Failures that ended an agent run, journaled at the handler's next call (it caught them)."""
+        self._ended_unsaved = False
+        """Such failures were journaled and not committed yet: committed before the next live call runs."""
         entered = run.phase_entered_on or utcnow()  # None: a run from a snapshot older than the field
         self.deadline = self._first_deadline(entered)
         """The phase's or the run's deadline, whichever comes first (None: neither has one)."""
@@ -342,6 +344,9 @@ class Journal:
                 await self._wait_until(last.retry_at, "retry")
         if driver.unclaimed:
             await driver.claim()
+        if self._ended_unsaved:  # before anything runs live: a crash must not lose the caught failure
+            self._ended_unsaved = False
+            await driver.commit()
         effect_key = inputs_digest = None
         if effect is not None:
             effect_key = effect.key or self.step_key(key)
@@ -647,3 +652,4 @@ class Journal:
             self._record_result(failure.key, failure.kind, failure.name, None, fingerprint=failure.fingerprint,
                                 error=failure.error)
             self._driver.unsaved_steps += 1
+            self._ended_unsaved = True
