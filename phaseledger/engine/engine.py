@@ -349,24 +349,26 @@ class Engine:
             run = await self.store.call(self.store.load, run_id)
             if run.finished:
                 raise RunFinished(run_id, run.status, f"signal {name!r} to")
-            workflow = self._workflow_of(run)
-            if (workflow.signals and workflow.strict_signals and name not in workflow.signals
-                    and not name.startswith(DECISION_PREFIX)):
-                raise InvalidInput(
-                    f"workflow {workflow.name!r} declares no signal {name!r}; its signals are "
-                    f"{', '.join(repr(n) for n in sorted(workflow.signals))}. Check the name's spelling, or "
-                    f"declare it: Workflow(..., signals={{{name!r}: None}}) takes plain JSON"
-                )
-            data = validate_payload(workflow.signals.get(name), payload, f"the payload of signal {name!r}")
+            if name.startswith(DECISION_PREFIX):  # a decision on an effect in doubt: plain JSON, any workflow
+                workflow, data = None, validate_payload(None, payload, f"the payload of signal {name!r}")
+            else:
+                workflow = self._workflow_of(run)
+                if workflow.signals and workflow.strict_signals and name not in workflow.signals:
+                    raise InvalidInput(
+                        f"workflow {workflow.name!r} declares no signal {name!r}; its signals are "
+                        f"{', '.join(repr(n) for n in sorted(workflow.signals))}. Check the name's spelling, or "
+                        f"declare it: Workflow(..., signals={{{name!r}: None}}) takes plain JSON"
+                    )
+                data = validate_payload(workflow.signals.get(name), payload, f"the payload of signal {name!r}")
             if signal_id is not None and _signal_seen(run, signal_id):
-                return run_view(run, workflow.state_model)
+                return self._view(run)
             try:
                 await self._append(run, WorkflowRun.SignalReceived, signal_id=signal_id or str(uuid.uuid4()),
                                    name=name, payload=data)
             except ConcurrencyConflict:
                 await _backoff(attempt)  # the run's driver committed meanwhile: reload, try again
                 continue
-            return run_view(run, workflow.state_model)
+            return self._view(run)
         raise ConcurrencyConflict(run_id)
 
     async def resolve(self, run_id: str, *, happened: bool, result: Any = None, key: str | None = None) -> Run:

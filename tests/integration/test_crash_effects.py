@@ -8,6 +8,10 @@ the step's policy. The effects file counts what really ran.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,6 +171,32 @@ def test_a_tool_failure_that_ended_the_agent_run_replays_without_running_the_too
     assert ran.count("refund") == 1 and ran.count("after") == 2
     assert output == "RuntimeError: the refund of 7 bounced / noted"
     assert len(errors) == 1 and errors[0].error["type"] == "RuntimeError"
+
+
+def _cli(store: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "phaseledger.cli", "--store", store, *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_the_cli_lists_steps_in_doubt_and_sends_the_decision(durable_store_url: str, tmp_path: Path) -> None:
+    with _harness("effect_ask", durable_store_url, tmp_path) as harness:
+        _killed_in_doubt(harness, durable_store_url, "ask")
+        listed = _cli(durable_store_url, "in-doubt", "--json")
+        assert listed.returncode == 0, listed.stderr
+        [row] = json.loads(listed.stdout)
+        assert (row["run_id"], row["name"], row["effect_key"], row["policy"], row["awaits_decision"]) == (
+            "r", "charge", KEY, "ask", False)
+        assert harness.run_child("r").status == "waiting"
+        shown = _cli(durable_store_url, "show", "r")
+        assert "a decision on an effect in doubt" in shown.stdout and KEY in shown.stdout
+        assert _cli(durable_store_url, "resolve", "r", "--not-happened", "--result", "1").returncode == 1
+        decided = _cli(durable_store_url, "resolve", "r", "--happened", "--result", '"receipt-42 (by hand)"',
+                       "--json")
+        assert decided.returncode == 0, decided.stderr
+        assert harness.run_child("r").status == "completed"
+        assert json.loads(_cli(durable_store_url, "in-doubt", "--json").stdout) == []
+    assert json.loads(_cli(durable_store_url, "show", "r", "--json").stdout)["output"] == "receipt-42 (by hand)"
+    assert _effects(tmp_path / "effects.tsv") == [(KEY, "charge")]
 
 
 def harness_workflows(target: str) -> list:
