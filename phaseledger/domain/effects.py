@@ -101,7 +101,7 @@ class Effect:
         if isinstance(declared, Effect):
             return declared
         if isinstance(declared, str):
-            return cls(on_doubt=declared)  # type: ignore[arg-type]  (checked in __post_init__)
+            return cls(on_doubt=declared)  # checked in __post_init__
         raise InvalidInput(f"effect= takes an Effect, a policy name or True, got {type(declared).__name__}")
 
 
