@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from phaseledger.domain.effects import DECISION_PREFIX, decision_payload, decision_signal
 from phaseledger.domain.errors import (
     ConcurrencyConflict,
     CorruptEvent,
@@ -21,7 +22,6 @@ from phaseledger.domain.errors import (
     RunExists,
     RunFinished,
 )
-from phaseledger.domain.effects import DECISION_PREFIX, decision_payload, decision_signal
 from phaseledger.domain.ids import validate_id, validate_run_id
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import WorkflowRun

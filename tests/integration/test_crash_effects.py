@@ -174,7 +174,8 @@ def test_a_tool_failure_that_ended_the_agent_run_replays_without_running_the_too
 
 
 def _cli(store: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "phaseledger.cli", "--store", store, *args], cwd=ROOT, text=True,
+    return subprocess.run([sys.executable, "-m", "phaseledger.cli", "--store", store, *args], check=False, cwd=ROOT,
+                          text=True,
                           capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
