@@ -10,6 +10,7 @@ from typing import Any
 from benchmarks import (
     bench_agents,
     bench_dispatch,
+    bench_effects,
     bench_gate,
     bench_projections,
     bench_resume,
@@ -52,6 +53,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     "steps": Benchmark(
         "journaled step cost (1,000 trivial steps)", bench_steps.run, bench_steps.Sizes(),
         bench_steps.Sizes(steps=20, floor_ops=10, repeats=1, checkpoints=(1, 10)),
+    ),
+    "effects": Benchmark(
+        "an effect step (intent, then result) against a plain step, same run", bench_effects.run,
+        bench_effects.Sizes(), bench_effects.Sizes(steps=10, repeats=1),
     ),
     "resume": Benchmark(
         "resume to first new step, and full replay", bench_resume.run, bench_resume.Sizes(),

@@ -13,6 +13,7 @@ from phaseledger.domain.errors import (
     CorruptEvent,
     DeadlineExceeded,
     DecryptionFailed,
+    EffectInDoubt,
     EncryptionSetupError,
     HistoryCompacted,
     InvalidInput,
@@ -36,6 +37,7 @@ from phaseledger.domain.errors import (
     WorkerAlreadyRunning,
     WorkflowDefinitionError,
 )
+from phaseledger.domain.effects import NOT_HAPPENED, Effect, InDoubtPolicy
 from phaseledger.domain.recorded_errors import RecordedError
 from phaseledger.domain.retry import NO_RETRY, RetryPolicy
 from phaseledger.domain.run import WorkflowRun
@@ -46,7 +48,7 @@ from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.context import Context
 from phaseledger.engine.engine import Engine
 from phaseledger.engine.journal import idempotency_key
-from phaseledger.engine.views import RecordedEvent, Run, Usage
+from phaseledger.engine.views import InDoubt, RecordedEvent, Run, Usage
 from phaseledger.history.compare import Difference, Divergence, RunComparison, RunSide, TrailItem
 from phaseledger.history.retention import CompactionReport, RetentionPolicy, RetentionReport
 from phaseledger.history.timetravel import Checkpoint, ForkInfo, ForkPoint, JournalEntry, Lineage, RunAt
@@ -85,6 +87,7 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "NOT_HAPPENED",
     "NO_RETRY",
     "SUPPORTED_PYDANTIC_AI",
     "AgentNotDurable",
@@ -106,11 +109,15 @@ __all__ = [
     "Driving",
     "DurableAgent",
     "DurableAgentResult",
+    "Effect",
+    "EffectInDoubt",
     "EncryptionSetupError",
     "Engine",
     "ForkInfo",
     "ForkPoint",
     "HistoryCompacted",
+    "InDoubt",
+    "InDoubtPolicy",
     "InvalidInput",
     "InvalidToken",
     "InvalidTransition",

@@ -25,11 +25,12 @@ from phaseledger.agents._identity import identify
 from phaseledger.agents._scope import AGENT_RUN, ON_UNIT_COMMIT, container_journal, phase_agents
 from phaseledger.agents._units import UnitConfig, run_unit
 from phaseledger.agents._usage import model_usage
+from phaseledger.domain.effects import Effect
 from phaseledger.domain.errors import PhaseledgerError
 
 TOOL_CONFIG_KEY = "phaseledger"
-"""Tool metadata key of per-tool settings: ``{"phaseledger": {"retry": RetryPolicy(...), "breaker": "name"}}``,
-or ``{"phaseledger": False}`` to run a tool inline (not journaled, re-run on replay)."""
+"""Tool metadata key of per-tool settings: ``{"phaseledger": {"retry": RetryPolicy(...), "breaker": "name",
+"effect": Effect(...)}}``, or ``{"phaseledger": False}`` to run a tool inline (not journaled, re-run on replay)."""
 
 
 def _model_usage(payload: Any) -> dict[str, Any]:
@@ -49,11 +50,13 @@ def tool_config_resolver(base: UnitConfig) -> Callable[[DurableOperationId, obje
             return False
         if isinstance(setting, UnitConfig):
             return setting
-        if isinstance(setting, dict) and set(setting) <= {"retry", "breaker"}:
-            return UnitConfig(retry=setting.get("retry", base.retry), breaker=setting.get("breaker", base.breaker))
+        if isinstance(setting, dict) and set(setting) <= {"retry", "breaker", "effect"}:
+            return UnitConfig(retry=setting.get("retry", base.retry), breaker=setting.get("breaker", base.breaker),
+                              effect=Effect.of(setting.get("effect")))
         raise PhaseledgerError(
             f"tool {tool_name!r} has invalid {TOOL_CONFIG_KEY!r} metadata {setting!r}: use False, "
-            "a UnitConfig, or a dict with 'retry' (a RetryPolicy) and/or 'breaker' (a breaker name)"
+            "a UnitConfig, or a dict with 'retry' (a RetryPolicy), 'breaker' (a breaker name) and/or "
+            "'effect' (an Effect, a policy name or True)"
         )
 
     return resolve

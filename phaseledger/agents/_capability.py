@@ -179,7 +179,7 @@ class PhaseledgerDurability(BaseDurabilityCapability[AgentDepsT]):
     # -- the run ------------------------------------------------------------------------
 
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
-        """In a workflow: journal the run's handled failures (``AgentRunReplayScope`` scopes its telemetry)."""
+        """In a workflow: journal the run's handled failures, and those that ended it once its handler carries on."""
         journal = container_journal()
         if journal is None:
             return await super().wrap_run(ctx, handler=handler)
@@ -187,8 +187,13 @@ class PhaseledgerDurability(BaseDurabilityCapability[AgentDepsT]):
         run_token = AGENT_RUN.set(ctx.run_id)
         try:
             result = await super().wrap_run(ctx, handler=handler)
+        except Exception:
+            # The failures that ended the agent run reach the handler: journaled if it carries on
+            # (so a resumed run raises them again at the same point), not if they fail the run.
+            journal.hold_ended(agent_run.run_id)
+            raise
         except BaseException:
-            journal.drop_held(agent_run.run_id)  # failures that ended the run are not handled: they re-run on resume
+            journal.drop_held(agent_run.run_id)  # suspended or stopped: no failure of the agent run
             raise
         finally:
             AGENT_RUN.reset(run_token)

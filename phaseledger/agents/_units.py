@@ -11,7 +11,8 @@ live path returns the same decoded copy that replay returns.
 A unit that still fails when its attempts are exhausted raises its original exception to
 pydantic-ai (so a ``ModelFallback`` or an error hook sees the real error). The journal
 holds the failure: it is journaled when the agent run shows it handled it (its next model
-request, or its success) and dropped when the run fails.
+request, or its success), or, when it ended the agent run, once the phase handler shows it
+caught it (its next journaled call, or the end of its phase).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic_ai.durable_exec import record_durable_unit
+from pydantic_ai.durable_exec import JSON_CODEC, CallToolResult, record_durable_unit
 from pydantic_ai.usage import RunUsage
 
 from phaseledger.agents._scope import IN_UNIT, AgentRunJournal
 from phaseledger.agents._usage import UNIT_USAGE, UnitUsage, run_usage_from_json
-from phaseledger.domain.errors import NonDeterminismError
+from phaseledger.domain.effects import Effect
+from phaseledger.domain.errors import NonDeterminismError, PhaseledgerError
 from phaseledger.domain.journal import RecordedCall
 from phaseledger.domain.retry import RetryPolicy
 from phaseledger.domain.usage import add_usage
@@ -44,11 +46,26 @@ class UnitConfig:
     ``retry`` None uses the phase's, then the workflow's, then the engine's policy.
     ``breaker`` names an engine circuit breaker (``engine.breaker(name)``); for model
     requests it may be a callable taking the model id (``"openai:gpt-4o"``) and returning a
-    breaker name or None.
+    breaker name or None. ``effect`` declares a tool's external effect (see
+    :class:`~phaseledger.Effect`): a reconciled or decided result is the tool's return value.
     """
 
     retry: RetryPolicy | None = None
     breaker: str | Callable[[str], str | None] | None = None
+    effect: Effect | None = None
+
+
+def tool_answer(value: Any) -> Any:
+    """The recorded payload of a tool call that returned ``value`` (an effect settled without running it)."""
+    try:
+        from pydantic_core import to_jsonable_python
+
+        return JSON_CODEC.dump(CallToolResult, JSON_CODEC.load(
+            CallToolResult, {"kind": "tool_return", "result": to_jsonable_python(value)}))
+    except Exception as exc:
+        raise PhaseledgerError(
+            f"cannot record {value!r} as a tool's return value ({type(exc).__name__}: {exc}): give a JSON value"
+        ) from exc
 
 
 def _check(journal: Journal, key: str, identity: UnitIdentity, name: str) -> RecordedCall | None:
@@ -131,7 +148,7 @@ async def run_unit(
     value = await journal.run(
         key, identity.kind, name, attempts, retry=config.retry, breaker=_breaker_name(config, model_id),
         fingerprint=identity.fingerprint, outcome=attempts.outcome, what=f"the result of {name!r}",
-        handled_by=agent_run.run_id,
+        handled_by=agent_run.run_id, effect=config.effect, answer=tool_answer if config.effect is not None else None,
     )
     record_durable_unit(executed=True)
     if on_commit is not None and journal.saved:

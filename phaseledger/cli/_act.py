@@ -1,4 +1,4 @@
-"""Commands that drive runs: ``start``, ``resume``, ``retry``, ``signal``, ``cancel``."""
+"""Commands that drive runs: ``start``, ``resume``, ``retry``, ``signal``, ``resolve``, ``cancel``."""
 
 from __future__ import annotations
 
@@ -272,6 +272,45 @@ async def _send(engine: Engine, run_id: str, name: str, payload: Any, signal_id:
                 drive_now: bool) -> Run:
     """Append the signal, then (``drive_now``) drive the run."""
     run = await engine.signal(run_id, name, payload, signal_id=signal_id)
+    if drive_now and not run.finished:
+        run = await engine.resume(run_id)
+    return run
+
+
+@app.command()
+def resolve(
+    ctx: typer.Context,
+    run_id: RunArg,
+    happened: Annotated[Optional[bool], typer.Option(
+        "--happened/--not-happened", show_default=False,
+        help="The effect happened (its result is --result), or it did not (the step runs again, same key).")] = None,
+    result: Annotated[Optional[str], typer.Option(
+        "--result", metavar="JSON", show_default=False,
+        help="With --happened: the step's result as JSON, or @file.json.")] = None,
+    key: Annotated[Optional[str], typer.Option(
+        "--key", metavar="KEY", show_default=False,
+        help="The step's key (see `in-doubt`); by default the one the run waits for.")] = None,
+    drive_now: Annotated[bool, typer.Option(
+        "--resume", help="Drive the run right away instead of leaving it to a worker (needs --workflows).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Decide a step in doubt whose policy is ``ask``: send the decision the suspended run awaits."""
+    if happened is None:
+        raise CommandError("say what happened: --happened [--result JSON] or --not-happened")
+    if result is not None and not happened:
+        raise CommandError("--result goes with --happened only")
+    value = _parse_json(result, "--result") if result is not None else None
+    session = session_of(ctx)
+    with session.engine() as engine:
+        run = drive(session, _resolve(engine, run_id, happened, value, key, drive_now=drive_now), run_id)
+    what = "decided (it happened) for" if happened else "decided (it did not happen: it runs again) for"
+    _print_run(session, run, f"effect in doubt {what}", as_json=as_json)
+    exit_if_failed(session, [run])
+
+
+async def _resolve(engine: Engine, run_id: str, happened: bool, result: Any, key: str | None, *,
+                   drive_now: bool) -> Run:
+    run = await engine.resolve(run_id, happened=happened, result=result, key=key)
     if drive_now and not run.finished:
         run = await engine.resume(run_id)
     return run

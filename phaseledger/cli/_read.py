@@ -1,4 +1,4 @@
-"""Commands that read the log: ``runs``, ``show``, ``history``."""
+"""Commands that read the log: ``runs``, ``show``, ``history``, ``in-doubt``."""
 
 from __future__ import annotations
 
@@ -124,7 +124,13 @@ def _print_run(session: Session, run: Run, events: list[Any], *, at: int | None)
         rows.append(("finished", render.when(run.finished_on)))
     if run.parent:
         rows.append(("forked from", render.compact(run.parent)))
-    if run.suspended:
+    for doubt in run.in_doubt:
+        rows.append(("in doubt", escape(f"step {doubt.name!r} (key {doubt.key}, idempotency key {doubt.effect_key}, "
+                                        f"policy {doubt.policy}) since {render.when(doubt.since)}")))
+    if run.awaits_effect_decision:
+        rows.append(("waiting for", escape(f"a decision on an effect in doubt: phaseledger resolve {run.run_id} "
+                                           "--happened [--result JSON] | --not-happened")))
+    elif run.suspended:
         waits = [f"signal {run.suspended['signal']!r}" if run.suspended.get("signal") else "",
                  f"until {render.when(run.suspended['until'])}" if run.suspended.get("until") else ""]
         rows.append(("waiting for", " or ".join(w for w in waits if w) or run.suspended.get("reason", "")))
@@ -162,3 +168,38 @@ def history(ctx: typer.Context, run_id: RunArg, as_json: JsonOpt = False) -> Non
         render.print_json([e.model_dump(mode="json") for e in events])
         return
     render.print_history(session.console, events, title=f"history of run {run_id}")
+
+
+@app.command("in-doubt")
+def in_doubt(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List the steps with an external effect that are in doubt: intent recorded, outcome not.
+
+    A step whose run is still driven is in flight; one whose driver is gone (orphaned), or
+    whose run failed or waits for a decision, may or may not have happened. Decide a step
+    of policy ``ask`` with `resolve`.
+    """
+    from phaseledger.domain.status import DAMAGED
+
+    session = session_of(ctx)
+    found: list[tuple[Run, Any]] = []
+    with session.engine() as engine, session.console.status("reading runs…"):
+        for listed in engine.runs():
+            if listed.status == DAMAGED or listed.status in ("completed", "cancelled"):
+                continue
+            run = engine.get(listed.run_id)
+            found.extend((run, doubt) for doubt in run.in_doubt)
+    if as_json:
+        render.print_json([{"run_id": run.run_id, "status": run.status, "driver_status": run.driver_status,
+                            "awaits_decision": run.awaits_effect_decision, **doubt.model_dump(mode="json")}
+                           for run, doubt in found])
+        return
+    if not found:
+        session.console.print(f"no steps in doubt in {session.store_url}")
+        return
+    table = render.table(session.console, ["run", "status", "step", "key", "idempotency key", "policy", "since",
+                                           "driver"])
+    for run, doubt in found:
+        status = "waiting for a decision" if run.awaits_effect_decision else run.status
+        table.add_row(escape(run.run_id), status, escape(doubt.name), escape(doubt.key), escape(doubt.effect_key),
+                      doubt.policy, render.when(doubt.since), escape(run.driver_status or "-"))
+    render.emit(session.console, table)

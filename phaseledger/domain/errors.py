@@ -31,7 +31,8 @@ Every error a user can hit derives from :class:`PhaseledgerError`. Definition er
     ├── StepTimeout                  an attempt of a step ran past its timeout
     ├── DeadlineExceeded             a phase's or a run's deadline passed
     ├── RunBusy                      another live process drives the run now
-    └── LeaseLost                    this driver lost the run to another one and stopped
+    ├── LeaseLost                    this driver lost the run to another one and stopped
+    └── EffectInDoubt                a step with an external effect may or may not have happened
 
 Messages name the ids involved and say what to do.
 """
@@ -353,3 +354,24 @@ class LeaseLost(PhaseledgerError):
             "boundary without writing. engine.get() shows the run as its new owner leaves it"
         )
         self.run_id = run_id
+
+
+class EffectInDoubt(PhaseledgerError):
+    """A step declared with an external effect was found in doubt, and its policy is ``fail``.
+
+    Its intent was recorded but not its outcome: the process died while it ran, so the effect
+    may or may not have happened. Find out with its idempotency key ``key``; then
+    ``engine.retry`` (or ``phaseledger retry``) runs it again with that key.
+    """
+
+    def __init__(self, run_id: str, name: str, key: str, since: datetime | None) -> None:
+        when = f" since {since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if since is not None else ""
+        super().__init__(
+            f"step {name!r} of run {run_id!r} is in doubt{when}: its effect (idempotency key {key!r}) may or may "
+            "not have happened, and its policy is 'fail'. Check the external system for that key; retry the run "
+            "to run the step again with the same key, or declare the step with on_doubt='reconcile' or 'ask'"
+        )
+        self.run_id = run_id
+        self.name = name
+        self.key = key
+        self.since = since

@@ -89,6 +89,23 @@ class FailedAttempt(NamedTuple):
         return self.attempt if self.refused else self.attempt + 1
 
 
+class EffectIntent(NamedTuple):
+    """The recorded intent of a step with an external effect whose attempt has no outcome yet (``EffectIntended``).
+
+    While its driver runs it is a step in flight; found by a resumed run it is *in doubt*.
+    """
+
+    name: str
+    effect_key: str
+    """The idempotency key the effect runs with."""
+    fingerprint: str | None
+    """A digest of the step's arguments (None: not plain data)."""
+    policy: str
+    """What is done when it is in doubt (:data:`~phaseledger.domain.effects.InDoubtPolicy`)."""
+    since: datetime
+    """When the intent was recorded."""
+
+
 class PendingSignal(NamedTuple):
     """A signal received and not taken yet (``SignalReceived``): it waits in the run's inbox."""
 
@@ -98,15 +115,17 @@ class PendingSignal(NamedTuple):
 
 
 def plain_entries(state: dict[str, Any]) -> None:
-    """Turn the typed ``journal``, ``failures`` and ``inbox`` of a run's state into plain dicts (in place)."""
+    """Turn the typed ``journal``, ``failures``, ``intents`` and ``inbox`` of a run's state into plain dicts (in place)."""
     state["journal"] = {key: entry._asdict() for key, entry in state["journal"].items()}
+    state["intents"] = {key: intent._asdict() for key, intent in state["intents"].items()}
     state["failures"] = {key: [a._asdict() for a in attempts] for key, attempts in state["failures"].items()}
     state["inbox"] = [signal._asdict() for signal in state["inbox"]]
 
 
 def typed_entries(state: dict[str, Any]) -> None:
-    """Turn the plain ``journal``, ``failures`` and ``inbox`` of a stored run state into typed entries (in place)."""
+    """Turn the plain ``journal``, ``failures``, ``intents`` and ``inbox`` of a stored run state into typed entries (in place)."""
     state["journal"] = {key: RecordedCall(**entry) for key, entry in state["journal"].items()}
+    state["intents"] = {key: EffectIntent(**intent) for key, intent in state["intents"].items()}
     state["failures"] = {
         key: [FailedAttempt(**{**attempt, "started_at": attempt.get("started_at")}) for attempt in attempts]
         for key, attempts in state["failures"].items()  # ``started_at``: absent from the first releases' snapshots

@@ -30,7 +30,15 @@ from eventsourcing.domain import (
 )
 
 from phaseledger.domain.errors import CorruptEvent
-from phaseledger.domain.journal import FailedAttempt, Kind, PendingSignal, RecordedCall, plain_entries, typed_entries
+from phaseledger.domain.journal import (
+    EffectIntent,
+    FailedAttempt,
+    Kind,
+    PendingSignal,
+    RecordedCall,
+    plain_entries,
+    typed_entries,
+)
 from phaseledger.domain.status import (
     CANCELLED,
     COMPLETED,
@@ -52,9 +60,9 @@ class WorkflowRun(BaseAggregate[str]):
     Its state is set by :class:`RunStarted` and changed by the other events' ``apply``.
     """
 
-    class_version = 2
+    class_version = 3
     """2: the state holds ``signal_ids``, ``phase_entered_on`` and each failed attempt's
-    ``started_at`` (see :meth:`upcast_v1_v2`)."""
+    ``started_at`` (see :meth:`upcast_v1_v2`); 3: ``intents`` (see :meth:`upcast_v2_v3`)."""
 
     if TYPE_CHECKING:  # declared for type checkers only: eventsourcing turns annotations into constructor fields
         workflow: str
@@ -79,6 +87,8 @@ class WorkflowRun(BaseAggregate[str]):
         """The failed attempts of the current phase visit's calls not recorded yet, by key."""
         timers: dict[str, datetime]
         """When each durable timer of the current phase visit may continue, by key."""
+        intents: dict[str, EffectIntent]
+        """The recorded intents of effect steps of the current phase visit whose attempt has no outcome yet, by key."""
         next_seq: int
         inbox: list[PendingSignal]
         """The signals received and not taken yet."""
@@ -116,6 +126,11 @@ class WorkflowRun(BaseAggregate[str]):
             for attempt in attempts:
                 attempt.setdefault("started_at", None)
 
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        """Snapshots of releases before effect steps hold no ``intents``: none."""
+        state.setdefault("intents", {})
+
     class Event(CanMutateAggregate[str], CanCreateTimestamp, metaclass=MetaDomainEvent):
         """Base class of every run event (a frozen dataclass; run ids are strings)."""
 
@@ -149,6 +164,7 @@ class WorkflowRun(BaseAggregate[str]):
             run.journal = {}
             run.failures = {}
             run.timers = {}
+            run.intents = {}
             run.next_seq = 0
             run.inbox = []
             run.signal_ids = []
@@ -181,13 +197,15 @@ class WorkflowRun(BaseAggregate[str]):
             run.journal = {}
             run.failures = {}
             run.timers = {}
+            run.intents = {}
 
     class StepRecorded(Event):
         """A journaled call finished: its ``result`` is served on replay instead of running it.
 
         ``kind`` is step, model, tool, signal, timer, clock, random, checkpoint or agent;
         ``key`` is how replay finds it; ``error`` holds a recorded exception that replay
-        raises again (handled failures of agent units, signal timeouts).
+        raises again (handled failures of agent units, signal timeouts). A ``signal_id`` in
+        ``detail`` is a signal the call took (a signal wait, a decision on an effect in doubt).
         """
 
         seq: int
@@ -212,9 +230,11 @@ class WorkflowRun(BaseAggregate[str]):
             run.steps += 1
             run.failures.pop(self.key, None)
             run.timers.pop(self.key, None)
+            if run.intents:
+                run.intents.pop(self.key, None)
             if self.usage:
                 add_usage(run.usage, self.usage)
-            if self.kind == Kind.SIGNAL and self.detail and self.detail.get("signal_id"):
+            if self.detail and self.detail.get("signal_id"):
                 run.inbox = [s for s in run.inbox if s.signal_id != self.detail["signal_id"]]
 
     class StepAttemptFailed(Event):
@@ -244,6 +264,30 @@ class WorkflowRun(BaseAggregate[str]):
                 self.name, self.attempt, self.retry_at, self.error_type, self.message, self.retryable, self.started_at
             ))
             run.next_seq = max(run.next_seq, self.seq + 1)
+            if run.intents:
+                run.intents.pop(self.key, None)  # the attempt's outcome is known: it failed
+
+    class EffectIntended(Event):
+        """A step with an external effect is about to run an attempt under ``effect_key``.
+
+        Recorded (and committed) before the attempt; its result or failure settles it. A
+        ``signal_id`` is the decision signal taken that let it run again (``effect: ask``).
+        """
+
+        seq: int
+        key: str
+        name: str
+        effect_key: str
+        fingerprint: str | None
+        policy: str
+        signal_id: str | None
+
+        def apply(self, run: WorkflowRun) -> None:
+            run.intents[self.key] = EffectIntent(self.name, self.effect_key, self.fingerprint, self.policy,
+                                                 self.timestamp)
+            run.next_seq = max(run.next_seq, self.seq + 1)
+            if self.signal_id:
+                run.inbox = [s for s in run.inbox if s.signal_id != self.signal_id]
 
     class SignalReceived(Event):
         """A signal arrived; it waits in the run's inbox until ``wait_for_signal`` takes it."""
@@ -307,6 +351,7 @@ class WorkflowRun(BaseAggregate[str]):
             run.finished_on = None
             if self.reason == "retry":
                 run.failures = {}
+                run.intents = {}  # retrying is the decision to run effect steps in doubt again
             for entry in run.journal.values():
                 run.replayed_steps += 1
                 add_usage(run.saved_usage, entry.usage)

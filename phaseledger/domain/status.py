@@ -31,9 +31,12 @@ DAMAGED: Final = "damaged"
 """Not a status a run takes: what listings and the run index show for a run a stored row of
 which cannot be read (see :class:`~phaseledger.CorruptEvent`)."""
 
-_SUSPENDED_FOR: Final[Mapping[str, RunStatus]] = {"signal": WAITING, "sleep": SLEEPING, "retry": RETRYING}
+_SUSPENDED_FOR: Final[Mapping[str, RunStatus]] = {
+    "signal": WAITING, "sleep": SLEEPING, "retry": RETRYING, "effect": WAITING,
+}
 
 
 def suspended_status(reason: str) -> RunStatus:
-    """The status of a run suspended for ``reason`` (``RunSuspended.reason``: signal, sleep or retry)."""
+    """The status of a run suspended for ``reason`` (``RunSuspended.reason``: signal, sleep, retry, or
+    effect: a person's decision on an effect in doubt, a signal)."""
     return _SUSPENDED_FOR.get(reason, WAITING)

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from phaseledger.domain.status import FINISHED
 from phaseledger.engine.views import Run
 
-WaitReason = Literal["signal", "sleep", "retry"]
+WaitReason = Literal["signal", "sleep", "retry", "effect"]
 
 
 class RunWait(BaseModel):
@@ -25,8 +25,9 @@ class RunWait(BaseModel):
     run: Run
     """The run's view as the advance left it."""
     reason: WaitReason | None = None
-    """``signal`` (``wait_for_signal``), ``sleep`` (a durable timer) or ``retry`` (backoff
-    before a step's next attempt); None when the run finished."""
+    """``signal`` (``wait_for_signal``), ``sleep`` (a durable timer), ``retry`` (backoff
+    before a step's next attempt) or ``effect`` (a person's decision on an effect in doubt,
+    sent as the ``signal`` named here by ``engine.resolve``); None when the run finished."""
     signal: str | None = None
     """The name of the signal the run waits for, if any."""
     until: datetime | None = None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from phaseledger.domain.effects import Effect, InDoubtPolicy, fingerprint
 from phaseledger.domain.errors import SerializationError
 from phaseledger.domain.journal import Kind
 from phaseledger.domain.retry import RetryPolicy
@@ -110,7 +111,8 @@ class Context(Generic[StateT]):
     async def step(
         self, name: str, fn: Callable[..., Any], /, *args: Any,
         retry: RetryPolicy | None = None, breaker: str | None = None,
-        attempt_timeout: float | None = None, total_timeout: float | None = None, **kwargs: Any,
+        attempt_timeout: float | None = None, total_timeout: float | None = None,
+        effect: Effect | InDoubtPolicy | bool | None = None, **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` (sync or async) once and record its result.
 
@@ -127,14 +129,22 @@ class Context(Generic[StateT]):
         A bounded synchronous ``fn`` runs in a worker thread, so the loop (and the lease's
         heartbeat) keeps running; when a bound fires, that thread is left to finish alone.
 
-        ``retry``, ``breaker``, ``attempt_timeout`` and ``total_timeout`` are this method's
-        own options, never passed to ``fn``. When ``fn`` itself takes a parameter of one of
+        ``effect`` declares that ``fn`` has an external effect (an :class:`~phaseledger.Effect`,
+        a policy's name, or True for ``Effect()``): its intent is recorded and committed
+        before each attempt, and a step found in doubt after a crash is handled by the
+        effect's policy (run again with the same key, fail, reconcile, or ask a person).
+        ``fn`` reads its idempotency key with :func:`~phaseledger.idempotency_key`.
+
+        ``retry``, ``breaker``, ``attempt_timeout``, ``total_timeout`` and ``effect`` are this
+        method's own options, never passed to ``fn``. When ``fn`` itself takes a parameter of one of
         those names, passing that name here is ambiguous and raises :class:`TypeError`
         (bind ``fn``'s argument with :func:`functools.partial` or a lambda instead).
         """
-        if retry is not None or breaker is not None or attempt_timeout is not None or total_timeout is not None:
+        if (retry is not None or breaker is not None or attempt_timeout is not None or total_timeout is not None
+                or effect is not None):
             _check_step_options(fn, {"retry": retry, "breaker": breaker, "attempt_timeout": attempt_timeout,
-                                     "total_timeout": total_timeout})
+                                     "total_timeout": total_timeout, "effect": effect})
+        declared = Effect.of(effect) if effect is not None else None
         call: Callable[[], Any] = lambda: fn(*args, **kwargs)  # noqa: E731
         journal = self._journal
         bounded = attempt_timeout is not None or total_timeout is not None or journal.deadline is not None
@@ -143,6 +153,7 @@ class Context(Generic[StateT]):
         return await journal.call(
             journal.next_key(), Kind.STEP, name, call, retry=retry, breaker=breaker,
             attempt_timeout=attempt_timeout, total_timeout=total_timeout,
+            effect=declared, inputs=fingerprint(args, kwargs) if declared is not None else None,
         )
 
     def now(self) -> datetime:
@@ -214,7 +225,7 @@ def state_data(ctx: Context[Any]) -> dict[str, Any]:
         raise SerializationError(f"the state of run {ctx.run_id!r} cannot be serialised: {exc}") from exc
 
 
-_STEP_OPTIONS = ("retry", "breaker", "attempt_timeout", "total_timeout")
+_STEP_OPTIONS = ("retry", "breaker", "attempt_timeout", "total_timeout", "effect")
 
 
 def _check_step_options(fn: Callable[..., Any], given: Mapping[str, Any]) -> None:

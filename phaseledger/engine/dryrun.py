@@ -131,6 +131,12 @@ class _DryJournal(Journal):
         self.served.add(key)
         return entry
 
+    async def _settle_doubt(self, key: str, kind: str, name: str, *args: Any) -> bool:
+        # A step in doubt (intent recorded, no result) is settled live (its policy may call the
+        # user's reconcile function): the dry replay stops before it.
+        self.stopped_at = self.stopped_at or CallSeen(kind, name, None, key)
+        raise LiveCall(f"{kind} {name!r} in doubt")
+
     def check_consumed(self) -> None:
         try:
             super().check_consumed()

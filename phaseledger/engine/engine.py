@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from phaseledger.domain.effects import DECISION_PREFIX, decision_payload, decision_signal
 from phaseledger.domain.errors import (
     ConcurrencyConflict,
     CorruptEvent,
@@ -348,24 +349,59 @@ class Engine:
             run = await self.store.call(self.store.load, run_id)
             if run.finished:
                 raise RunFinished(run_id, run.status, f"signal {name!r} to")
-            workflow = self._workflow_of(run)
-            if workflow.signals and workflow.strict_signals and name not in workflow.signals:
-                raise InvalidInput(
-                    f"workflow {workflow.name!r} declares no signal {name!r}; its signals are "
-                    f"{', '.join(repr(n) for n in sorted(workflow.signals))}. Check the name's spelling, or "
-                    f"declare it: Workflow(..., signals={{{name!r}: None}}) takes plain JSON"
-                )
-            data = validate_payload(workflow.signals.get(name), payload, f"the payload of signal {name!r}")
+            if name.startswith(DECISION_PREFIX):  # a decision on an effect in doubt: plain JSON, any workflow
+                workflow, data = None, validate_payload(None, payload, f"the payload of signal {name!r}")
+            else:
+                workflow = self._workflow_of(run)
+                if workflow.signals and workflow.strict_signals and name not in workflow.signals:
+                    raise InvalidInput(
+                        f"workflow {workflow.name!r} declares no signal {name!r}; its signals are "
+                        f"{', '.join(repr(n) for n in sorted(workflow.signals))}. Check the name's spelling, or "
+                        f"declare it: Workflow(..., signals={{{name!r}: None}}) takes plain JSON"
+                    )
+                data = validate_payload(workflow.signals.get(name), payload, f"the payload of signal {name!r}")
             if signal_id is not None and _signal_seen(run, signal_id):
-                return run_view(run, workflow.state_model)
+                return self._view(run)
             try:
                 await self._append(run, WorkflowRun.SignalReceived, signal_id=signal_id or str(uuid.uuid4()),
                                    name=name, payload=data)
             except ConcurrencyConflict:
                 await _backoff(attempt)  # the run's driver committed meanwhile: reload, try again
                 continue
-            return run_view(run, workflow.state_model)
+            return self._view(run)
         raise ConcurrencyConflict(run_id)
+
+    async def resolve(self, run_id: str, *, happened: bool, result: Any = None, key: str | None = None) -> Run:
+        """Decide an effect in doubt whose policy is ``ask``: it ``happened`` (with ``result``) or not.
+
+        Sends the decision signal the run waits for (``effect:<key>``): a run suspended on it
+        becomes runnable and, when driven, records ``result`` as the step's result, or runs
+        the step again with the same idempotency key. ``key`` names the step (see
+        ``Run.in_doubt``); by default the one the run waits for, or its only step in doubt.
+        Deciding the same intent twice delivers the first decision only. Raises
+        :class:`RunFinished`, or :class:`InvalidInput` when no such step is in doubt or its
+        policy is not ``ask``.
+        """
+        run = await self.store.call(self.store.load, validate_run_id(run_id))
+        if run.finished:
+            raise RunFinished(run_id, run.status, "resolve an effect of")
+        waiting = run.suspended or {}
+        if key is None:
+            if waiting.get("reason") == "effect" and waiting.get("signal"):
+                key = str(waiting["signal"])[len(DECISION_PREFIX):]
+            elif len(run.intents) == 1:
+                key = next(iter(run.intents))
+        intent = run.intents.get(key) if key is not None else None
+        if key is None or intent is None:
+            known = ", ".join(f"{k!r} ({i.name})" for k, i in run.intents.items()) or "none"
+            raise InvalidInput(f"run {run_id!r} has no step in doubt under key {key!r}; steps in doubt: {known}. "
+                               "Pass the key of one (engine.get(run_id).in_doubt lists them)")
+        if intent.policy != "ask":
+            raise InvalidInput(f"step {intent.name!r} of run {run_id!r} is in doubt with policy {intent.policy!r}, "
+                               "not 'ask': resuming the run applies that policy; no decision is awaited")
+        signal_id = f"effect-decision:{key}:{intent.since.isoformat()}"
+        return await self.signal(run_id, decision_signal(key), decision_payload(happened, result),
+                                 signal_id=signal_id)
 
     def signal_received(self, run_id: str, signal_id: str) -> bool:
         """Whether the run has received a signal with this id (sending it again appends nothing)."""

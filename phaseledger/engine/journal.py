@@ -7,7 +7,9 @@ replay a call whose key is in the journal is served from it without running; a c
 does not match what was recorded raises :class:`~phaseledger.NonDeterminismError`. Any other
 call runs live, under the retry policy, circuit breaker, timeouts and deadlines that apply;
 each failed attempt is recorded (``StepAttemptFailed``) so backoff survives a crash, and the
-result is recorded (``StepRecorded``).
+result is recorded (``StepRecorded``). A call declared with an external effect
+(:class:`~phaseledger.Effect`) records its intent (``EffectIntended``) before each attempt;
+an intent a resumed run finds unsettled is in doubt, and the effect's policy decides.
 
 :class:`Journal` is that one primitive; :class:`~phaseledger.Context` and the agents
 package use it. This module also holds what runs in the current task: the journal of the
@@ -26,9 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from phaseledger.domain.effects import NOT_HAPPENED, Effect, decision_signal, read_decision
 from phaseledger.domain.errors import (
     CircuitOpen,
     DeadlineExceeded,
+    EffectInDoubt,
     NonDeterminismError,
     PhaseledgerError,
     SerializationError,
@@ -50,7 +54,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 STEP_KEY: ContextVar[str | None] = ContextVar("phaseledger_step_key", default=None)
-"""The idempotency key (``run_id:phase_version.key``) of the journaled call running in this task."""
+"""The idempotency key (``run_id:phase_version.key``, or an effect's own key) of the journaled call running in this task."""
 
 CURRENT_JOURNAL: ContextVar[Journal | None] = ContextVar("phaseledger_journal", default=None)
 """The journal of the phase handler running in this task (None outside handlers)."""
@@ -73,10 +77,11 @@ def current_journal() -> Journal | None:
 
 
 def idempotency_key() -> str:
-    """The idempotency key of the step running now (``run_id:phase_version.n``).
+    """The idempotency key of the step running now (``run_id:phase_version.n``, or its ``Effect(key=...)``).
 
     Stable across re-executions of the same step after a crash, so a step function can
-    pass it to an external API to de-duplicate side effects.
+    pass it to an external API to de-duplicate side effects. A reconcile function of an
+    effect in doubt sees the same key.
     """
     key = STEP_KEY.get()
     if key is None:
@@ -103,8 +108,9 @@ class PendingFailure:
     """The final failure of an agent unit, which the agent run may still handle (a fallback model, a hook).
 
     It is journaled once the agent run shows it handled it (its next model request, or the
-    run's success) and dropped when the run fails, so that a failure which ended the
-    attempt runs again on resume, like a crash.
+    run's success). A failure that ended the agent run is journaled once the phase handler
+    shows it caught it (:meth:`Journal.hold_ended`); one that fails the workflow run is not,
+    so ``engine.retry`` runs the call again.
     """
 
     key: str
@@ -112,6 +118,11 @@ class PendingFailure:
     name: str
     fingerprint: str | None
     error: dict[str, Any]
+
+
+Answer = Callable[[Any], Any]
+"""Turns the result of an effect settled without running (reconciled, or decided by a person)
+into what the call's body would have returned (a tool call's recorded payload)."""
 
 
 class Journal:
@@ -128,6 +139,10 @@ class Journal:
         self._consumed: set[str] = set()
         self._ordinal = 0
         self._held: dict[str, list[PendingFailure]] = {}
+        self._ended: list[PendingFailure] = []
+        """Failures that ended an agent run, journaled at the handler's next call (it caught them)."""
+        self._ended_unsaved = False
+        """Such failures were journaled and not committed yet: committed before the next live call runs."""
         entered = run.phase_entered_on or utcnow()  # None: a run from a snapshot older than the field
         self.deadline = self._first_deadline(entered)
         """The phase's or the run's deadline, whichever comes first (None: neither has one)."""
@@ -165,9 +180,15 @@ class Journal:
         another one. Before a call goes live, stops at this journal boundary if the run was
         cancelled, released or taken over, and raises :class:`DeadlineExceeded` past a deadline.
         """
+        if self._ended:
+            self._record_ended()
         run = self._driver.run
         entry = run.journal.get(key)
         if entry is None:
+            intent = run.intents.get(key) if run.intents else None
+            if intent is not None and intent.name != name:
+                raise NonDeterminismError(self.run_id, key, f"an effect in doubt of {intent.name!r}",
+                                          f"{kind} {name!r}")
             failures = run.failures.get(key)
             if failures and failures[-1].name != name:
                 raise NonDeterminismError(
@@ -196,7 +217,12 @@ class Journal:
         return decode_value(entry.result, entry.result_type)
 
     def check_consumed(self) -> None:
-        """Raise :class:`NonDeterminismError` if the phase finished with recorded calls it did not make."""
+        """Raise :class:`NonDeterminismError` if the phase finished with recorded calls it did not make.
+
+        The handler finished, so the failures that ended its agent runs were handled: they are journaled first.
+        """
+        if self._ended:
+            self._record_ended()
         left = [e for k, e in self._recorded_at_start.items() if k not in self._consumed]
         if left:
             first = min(left, key=lambda e: e.seq)
@@ -260,6 +286,7 @@ class Journal:
         self, key: str, kind: str, name: str, fn: Callable[[], Any], *,
         retry: RetryPolicy | None = None, breaker: str | None = None, fingerprint: str | None = None,
         attempt_timeout: float | None = None, total_timeout: float | None = None, outcome: Outcome | None = None,
+        effect: Effect | None = None, inputs: str | None = None,
     ) -> Any:
         """Serve a call from the journal, or run it with retries (see :meth:`run`) and record its result."""
         entry = self.lookup(key, kind, name, fingerprint)
@@ -268,6 +295,7 @@ class Journal:
         return await self.run(
             key, kind, name, fn, retry=retry, breaker=breaker, fingerprint=fingerprint,
             attempt_timeout=attempt_timeout, total_timeout=total_timeout, outcome=outcome,
+            effect=effect, inputs=inputs,
         )
 
     async def run(
@@ -275,6 +303,7 @@ class Journal:
         retry: RetryPolicy | None = None, breaker: str | None = None, fingerprint: str | None = None,
         attempt_timeout: float | None = None, total_timeout: float | None = None,
         outcome: Outcome | None = None, what: str | None = None, handled_by: str | None = None,
+        effect: Effect | None = None, inputs: str | None = None, answer: Answer | None = None,
     ) -> Any:
         """Run a call that :meth:`lookup` found unrecorded: attempts under the retry policy, then record it.
 
@@ -291,13 +320,21 @@ class Journal:
         failure: the original exception is raised and the failure held for that run (see
         :meth:`record_held`); a call whose last failure was final (its agent run did not
         handle it) runs again from its first attempt, as after a crash.
+
+        With ``effect``, an intent (the effect's key and ``inputs``, a digest of the call's
+        arguments, else ``fingerprint``) is recorded and committed before each attempt, and
+        the result committed at once. An intent found unsettled is in doubt: see
+        :meth:`_settle_doubt`; ``answer`` turns a result settled without running into what
+        ``fn()`` would have returned.
         """
         driver = self._driver
         failures = driver.run.failures.get(key)
         attempt, first_started = 1, None
         if failures:
             last = failures[-1]
-            if not last.retryable or (not last.refused and last.attempt >= self._policy(retry).max_attempts):
+            # retry_at None: the attempt was final when recorded (also when no time was left for another)
+            if (not last.retryable or last.retry_at is None
+                    or (not last.refused and last.attempt >= self._policy(retry).max_attempts)):
                 if handled_by is None:
                     raise StepFailed(name, last.error_type, last.message, last.attempt)
             else:
@@ -307,6 +344,18 @@ class Journal:
                 await self._wait_until(last.retry_at, "retry")
         if driver.unclaimed:
             await driver.claim()
+        if self._ended_unsaved:  # before anything runs live: a crash must not lose the caught failure
+            self._ended_unsaved = False
+            await driver.commit()
+        effect_key = inputs_digest = None
+        if effect is not None:
+            effect_key = effect.key or self.step_key(key)
+            inputs_digest = inputs or fingerprint
+            if key in driver.run.intents:
+                what_ = what or f"the result of {kind} {name!r}"
+                if await self._settle_doubt(key, kind, name, effect, effect_key, inputs_digest, fingerprint, what_,
+                                            answer):
+                    return self.replay(driver.run.journal[key])
         circuit = driver.engine.breaker(breaker) if breaker else None
         if first_started is None and total_timeout is not None:
             first_started = utcnow()
@@ -314,8 +363,12 @@ class Journal:
         what = what or f"the result of {kind} {name!r}"
         bounded = attempt_timeout is not None or total_timeout is not None or self.deadline is not None
         while True:
+            if effect_key is not None and key not in driver.run.intents:
+                assert effect is not None
+                self._intend(key, name, effect, effect_key, inputs_digest)
+                await driver.commit()  # durable before the effect may happen
             started = time.perf_counter()
-            token = STEP_KEY.set(self.step_key(key))
+            token = STEP_KEY.set(effect_key or self.step_key(key))
             try:
                 if circuit is not None:
                     circuit.before_call()
@@ -356,8 +409,79 @@ class Journal:
             usage, detail = outcome(result) if outcome is not None else (None, None)
             value = self._append(key, kind, name, data, result_type, fingerprint=fingerprint, usage=usage,
                                  duration=time.perf_counter() - started, detail=detail)
-            await driver.step_recorded()
+            if effect_key is not None:
+                await driver.commit()  # the outcome settles the intent: committed at once, whatever the batch
+            else:
+                await driver.step_recorded()
             return value
+
+    # -- effects -------------------------------------------------------------------------
+
+    def _intend(self, key: str, name: str, effect: Effect, effect_key: str, inputs: str | None,
+                signal_id: str | None = None) -> None:
+        """Record the intent of an effect step's next attempt (``EffectIntended``), not committed yet."""
+        self._driver.record(
+            WorkflowRun.EffectIntended, seq=self._driver.run.next_seq, key=key, name=name, effect_key=effect_key,
+            fingerprint=inputs, policy=effect.policy, signal_id=signal_id,
+        )
+
+    async def _settle_doubt(self, key: str, kind: str, name: str, effect: Effect, effect_key: str,
+                            inputs: str | None, fingerprint: str | None, what: str, answer: Answer | None) -> bool:
+        """Apply the effect's policy to its intent in doubt; True when that recorded the call's result.
+
+        ``retry`` runs it again (False); ``fail`` raises :class:`EffectInDoubt`; ``reconcile``
+        records what the reconcile function says happened, or intends a new attempt when it
+        returns ``NOT_HAPPENED``; ``ask`` takes the decision signal (``effect:<key>``) if one
+        came, else suspends the run until one does.
+        """
+        driver = self._driver
+        intent = driver.run.intents[key]
+        if intent.fingerprint is not None and inputs is not None and intent.fingerprint != inputs:
+            raise NonDeterminismError(self.run_id, key, f"effect {name!r} in doubt with inputs {intent.fingerprint}",
+                                      f"{kind} {name!r} with other inputs ({inputs})")
+        policy = effect.policy
+        if policy == "retry":
+            return False
+        if policy == "fail":
+            raise EffectInDoubt(self.run_id, name, intent.effect_key, intent.since)
+        if policy == "reconcile":
+            assert effect.reconcile is not None
+            token = STEP_KEY.set(intent.effect_key)
+            try:
+                result = effect.reconcile(intent.effect_key)
+                if inspect.isawaitable(result):
+                    result = await result
+            finally:
+                STEP_KEY.reset(token)
+            if result is NOT_HAPPENED:
+                self._intend(key, name, effect, effect_key, inputs)
+                await driver.commit()
+                return False
+            self._record_settled(key, kind, name, result, fingerprint, what, answer, {"effect": "reconciled"})
+            await driver.commit()
+            return True
+        signal_name = decision_signal(key)
+        for signal in driver.run.inbox:
+            if signal.name == signal_name:
+                happened, result = read_decision(signal.payload)
+                if not happened:
+                    self._intend(key, name, effect, effect_key, inputs, signal_id=signal.signal_id)
+                    await driver.commit()
+                    return False
+                detail = {"effect": "decided", "signal_id": signal.signal_id}
+                self._record_settled(key, kind, name, result, fingerprint, what, answer, detail)
+                await driver.commit()
+                return True
+        driver.record(WorkflowRun.RunSuspended, reason="effect", until=None, signal=signal_name)
+        raise Suspended()
+
+    def _record_settled(self, key: str, kind: str, name: str, result: Any, fingerprint: str | None, what: str,
+                        answer: Answer | None, detail: dict[str, Any]) -> None:
+        """Record the result of an effect settled without running it (reconciled or decided)."""
+        if answer is not None:
+            result = answer(result)
+        data, result_type = encode_value(result, what)
+        self._append(key, kind, name, data, result_type, fingerprint=fingerprint, detail=detail)
 
     async def _bounded(self, result: Awaitable[Any], bound: tuple[float, str], name: str,
                        attempt_timeout: float | None, total_timeout: float | None) -> Any:
@@ -508,5 +632,24 @@ class Journal:
             self._driver.unsaved_steps += 1
 
     def drop_held(self, group: str) -> None:
-        """Forget the failures held for agent run ``group``: they ended it, and run again on resume."""
+        """Forget the failures held for agent run ``group``: they were no failures of it (it was suspended, stopped)."""
         self._held.pop(group, None)
+
+    def hold_ended(self, group: str) -> None:
+        """The failures held for agent run ``group`` ended it: journal them if the handler carries on.
+
+        They are journaled at the handler's next journaled call, or when it finishes its phase
+        (it caught the error); when the error fails the run instead, they are not, and
+        ``engine.retry`` runs those calls again.
+        """
+        self._ended.extend(self._held.pop(group, ()))
+
+    def _record_ended(self) -> None:
+        ended, self._ended = self._ended, []
+        for failure in ended:
+            if failure.key in self._driver.run.journal:
+                continue
+            self._record_result(failure.key, failure.kind, failure.name, None, fingerprint=failure.fingerprint,
+                                error=failure.error)
+            self._driver.unsaved_steps += 1
+            self._ended_unsaved = True

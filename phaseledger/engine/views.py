@@ -38,6 +38,26 @@ class Usage(BaseModel):
         return self.saved_input_tokens + self.saved_output_tokens
 
 
+class InDoubt(BaseModel):
+    """A step with an external effect whose intent is recorded and whose outcome is not.
+
+    While the run's driver is alive it is a step in flight; once the driver is gone (a crash)
+    or the run waits for a decision on it, the effect may or may not have happened.
+    """
+
+    key: str
+    """The step's key in the phase visit (``engine.resolve(..., key=...)``)."""
+    name: str
+    effect_key: str
+    """The idempotency key the effect runs with: look it up in the external system."""
+    policy: str
+    """What is done with it when the run resumes: retry, fail, reconcile or ask."""
+    since: datetime
+    """When its intent was recorded."""
+    fingerprint: str | None = None
+    """A digest of the step's arguments."""
+
+
 class Run(BaseModel):
     """A run as it stands in the log: status, phase, state, output, error and usage."""
 
@@ -70,6 +90,13 @@ class Run(BaseModel):
     driving: Driving | None = None
     """Who holds the run's lease and how fresh its heartbeat is (``engine.get`` and ``runs``
     fill it in for unfinished runs; None when no driver holds it)."""
+    in_doubt: list[InDoubt] = Field(default_factory=list)
+    """The effect steps of the current phase visit with an intent and no outcome (see :class:`InDoubt`)."""
+
+    @property
+    def awaits_effect_decision(self) -> bool:
+        """The run waits for a person's decision on an effect in doubt (``engine.resolve``)."""
+        return (self.suspended or {}).get("reason") == "effect" and not self.finished
 
     @property
     def driver_status(self) -> str | None:
@@ -115,8 +142,15 @@ def run_view(run: WorkflowRun, state_model: type[BaseModel] | None) -> Run:
         phase=run.phase, state=state, output=output, error=run.error, version=run.version, usage=usage,
         attempts=dict(run.attempts), steps=run.steps, replayed_steps=run.replayed_steps,
         suspended=run.suspended, parent=run.parent, created_on=run.created_on, updated_on=run.modified_on,
-        finished_on=run.finished_on,
+        finished_on=run.finished_on, in_doubt=in_doubt(run),
     )
+
+
+def in_doubt(run: WorkflowRun) -> list[InDoubt]:
+    """The effect steps of the run's current phase visit with an intent and no outcome."""
+    intents = getattr(run, "intents", None) or {}
+    return [InDoubt(key=key, name=i.name, effect_key=i.effect_key, policy=i.policy, since=i.since,
+                    fingerprint=i.fingerprint) for key, i in intents.items()]
 
 
 class RecordedEvent(BaseModel):

@@ -119,3 +119,114 @@ backoff_workflow: Workflow[Fetch] = Workflow("backoff", state=Fetch, version=1)
 @backoff_workflow.phase(initial=True, final=True)
 async def fetch(ctx: Context[Fetch]) -> str:
     return await ctx.step("upstream", flaky_upstream, retry=BACKOFF)
+
+
+# -- effect steps: killed between their intent and their result ------------------------------
+
+
+class Payment(BaseModel):
+    receipt: str = ""
+    error: str = ""
+
+
+def effect_ran(key: str) -> bool:
+    """Whether the external system saw an execution under ``key`` (the effects file)."""
+    path = os.environ[EFFECTS_ENV]
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return any(line.split("\t", 1)[0] == key for line in f)
+
+
+def charge_card(amount: int) -> str:
+    effect("charge")
+    return f"receipt-{amount}"
+
+
+def reconcile_charge(key: str) -> str | object:
+    """Asks the external system (the effects file) whether the charge with ``key`` happened."""
+    from phaseledger import NOT_HAPPENED
+
+    return f"receipt-42 (reconciled {key})" if effect_ran(key) else NOT_HAPPENED
+
+
+def make_effect_workflow(policy: str) -> Workflow[Payment]:
+    from phaseledger import Effect
+
+    declared = Effect(reconcile=reconcile_charge) if policy == "reconcile" else Effect(on_doubt=policy)  # type: ignore[arg-type]
+    wf = Workflow(f"effect-{policy}", state=Payment, version=1)
+
+    @wf.phase(initial=True, final=True)
+    async def pay(ctx: Context[Payment]) -> str:
+        ctx.state.receipt = await ctx.step("charge", charge_card, 42, effect=declared)
+        return ctx.state.receipt
+
+    return wf
+
+
+effect_retry = make_effect_workflow("retry")
+effect_fail = make_effect_workflow("fail")
+effect_reconcile = make_effect_workflow("reconcile")
+effect_ask = make_effect_workflow("ask")
+
+
+# -- final failures caught by the handler: replayed, never run again -------------------------
+
+
+def decline(amount: int) -> str:
+    effect("decline")
+    raise ValueError(f"card declined for {amount}")
+
+
+def after_failure() -> str:
+    effect("after")
+    return "noted"
+
+
+caught_step: Workflow[Payment] = Workflow("caught-step", state=Payment, version=1)
+
+
+@caught_step.phase(initial=True, final=True)
+async def pay_or_note(ctx: Context[Payment]) -> str:
+    from phaseledger import NO_RETRY, StepFailed
+
+    try:
+        ctx.state.receipt = await ctx.step("charge", decline, 42, retry=NO_RETRY)
+    except StepFailed as error:
+        ctx.state.error = str(error)
+    note = await ctx.step("after", after_failure)
+    return f"{ctx.state.error} / {note}"
+
+
+def _agent_flow() -> Workflow[Payment]:
+    from pydantic_ai import Agent
+    from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart("refund", {"amount": 7}, tool_call_id="call-1")])
+        return ModelResponse(parts=[TextPart("done")])
+
+    agent = Agent(FunctionModel(script), name="refunder")
+
+    @agent.tool_plain
+    def refund(amount: int) -> str:
+        effect("refund")  # the external effect happens, then the tool fails
+        raise RuntimeError(f"the refund of {amount} bounced")
+
+    wf: Workflow[Payment] = Workflow("caught-agent", state=Payment, version=1)
+
+    @wf.phase(initial=True, final=True)
+    async def refund_or_note(ctx: Context[Payment]) -> str:
+        try:
+            await ctx.run_agent(agent, "refund the customer")
+        except RuntimeError as error:
+            ctx.state.error = f"{type(error).__name__}: {error}"
+        note = await ctx.step("after", after_failure)
+        return f"{ctx.state.error} / {note}"
+
+    return wf
+
+
+caught_agent = _agent_flow()

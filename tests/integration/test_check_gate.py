@@ -9,6 +9,7 @@ every run right, through the Python API and the command, and leave the store as 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -221,3 +222,52 @@ async def test_a_store_object_is_left_open_and_unwritten(postgres_url: str) -> N
     finally:
         store.close()
     assert store_contents(postgres_url) == before
+
+
+async def test_a_step_in_doubt_ends_the_check_before_its_policy_runs(tmp_path: Path) -> None:
+    """The reconcile function of a step in doubt is user code that may call the outside world:
+    the gate stops at the step instead, and the run is compatible up to there."""
+    from pydantic import BaseModel
+
+    from phaseledger import Context, Effect, Workflow
+
+    class Payment(BaseModel):
+        receipt: str = ""
+
+    asked: list[str] = []
+    entered = asyncio.Event()
+
+    def did_it_happen(key: str) -> str:
+        asked.append(key)
+        return "receipt-from-reconcile"
+
+    async def pay() -> str:
+        entered.set()
+        await asyncio.sleep(3600)  # cancelled here: the intent is recorded, the result never is
+        return "receipt"
+
+    def payments() -> Workflow[Payment]:
+        wf = Workflow("payments", state=Payment)
+
+        @wf.phase(initial=True, final=True)
+        async def charge(ctx: Context[Payment]) -> str:
+            ctx.state.receipt = await ctx.step("pay", pay, effect=Effect(on_doubt="reconcile", reconcile=did_it_happen))
+            return ctx.state.receipt
+
+        return wf
+
+    url = f"sqlite:///{tmp_path}/runs.db"
+    engine = Engine(url, workflows=[payments()])
+    driving = asyncio.ensure_future(engine.run(payments(), run_id="pay-1"))
+    await asyncio.wait_for(entered.wait(), 30)
+    driving.cancel()
+    await asyncio.gather(driving, return_exceptions=True)
+    assert engine.get("pay-1").in_doubt  # the intent is in the log, no result
+    engine.close()
+    before = store_contents(url)
+
+    report = await check_deploy(url, [payments()])
+    (run,) = report.runs
+    assert run.verdict == "compatible" and report.ok
+    assert asked == []  # the gate never called the reconcile function
+    assert store_contents(url) == before

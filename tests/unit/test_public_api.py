@@ -25,6 +25,7 @@ PUBLIC = {
     "WorkerAlreadyRunning", "WorkerStats", "Workflow", "WorkflowDefinitionError", "WorkflowRun",
     "generate_cipher_key", "idempotency_key", "run_worker",
     "CallInfo", "CheckReport", "RunCompatibility", "VersionUse", "check_deploy", "check_deploy_sync",
+    "Effect", "EffectInDoubt", "InDoubt", "InDoubtPolicy", "NOT_HAPPENED",
 }
 
 

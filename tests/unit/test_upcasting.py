@@ -1,7 +1,8 @@
 """Rows stored by earlier releases (class version 1: no ``class_version`` in their state) read as this release's.
 
 ``StepAttemptFailed`` gained ``started_at``; the run's snapshots gained ``signal_ids``,
-``phase_entered_on`` and the ``started_at`` of failed attempts. Their upcasters fill in what
+``phase_entered_on`` and the ``started_at`` of failed attempts (version 2), then the
+``intents`` of effect steps (version 3). Their upcasters fill in what
 an old row lacks, on the store's own read path (its mapper, then :func:`project_run`).
 """
 
@@ -59,7 +60,7 @@ def test_this_release_stores_its_class_versions(store: Store) -> None:
     first, *_, last = run.collect_events()
     assert "class_version" not in stored_state(store, first)  # RunStarted: version 1
     assert stored_state(store, last)["class_version"] == 2
-    assert stored_state(store, WorkflowRun.Snapshot.take(run))["state"]["class_version"] == 2
+    assert stored_state(store, WorkflowRun.Snapshot.take(run))["state"]["class_version"] == 3
 
 
 def test_a_failed_attempt_of_the_first_release_reads_with_started_at_unknown(store: Store) -> None:
@@ -109,3 +110,30 @@ def test_a_snapshot_stored_without_class_version_keeps_its_state(store: Store) -
     snapshot = reread(store, WorkflowRun.Snapshot.take(run), lambda state: state["state"].pop("class_version"))
     loaded = project_run(None, [snapshot])
     assert loaded is not None and vars(loaded) == vars(run)
+
+
+def intended(run: WorkflowRun, key: str = "7") -> None:
+    run.trigger_event(WorkflowRun.EffectIntended, seq=run.next_seq, key=key, name="charge", effect_key=f"r:1.{key}",
+                      fingerprint="abc", policy="ask", signal_id=None)
+
+
+def test_a_snapshot_of_version_2_folds_with_no_intents(store: Store) -> None:
+    run = started()
+    failed_attempt(run)
+    run.collect_events()
+
+    def version_2(state: dict[str, Any]) -> None:
+        state["state"]["class_version"] = 2
+        del state["state"]["intents"]
+
+    loaded = project_run(None, [reread(store, WorkflowRun.Snapshot.take(run), version_2)])
+    assert loaded is not None and loaded.intents == {} and vars(loaded) == vars(run)
+
+
+def test_a_snapshot_keeps_the_intents_in_doubt_typed(store: Store) -> None:
+    run = started()
+    intended(run)
+    run.collect_events()
+    loaded = project_run(None, [reread(store, WorkflowRun.Snapshot.take(run), lambda state: None)])
+    assert loaded is not None and vars(loaded) == vars(run)
+    assert loaded.intents["7"].effect_key == "r:1.7" and loaded.intents["7"].policy == "ask"
