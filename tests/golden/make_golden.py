@@ -11,14 +11,19 @@ The files, each written by this script with the release named:
 - ``v1-late-log.json``: the last release before class versions, which had those fields
   but no ``class_version``;
 - ``v2-log.json``: the release that introduced class versions (``StepAttemptFailed`` and
-  the run's snapshots at version 2).
+  the run's snapshots at version 2);
+- ``v3-log.json``: the release that introduced the effect ledger (``EffectIntended``, the
+  run's snapshots at version 3 with their ``intents``), with a fourth run ``in-doubt`` of
+  :mod:`tests.golden.workflow_v3`.
 
 It runs the workflow of :mod:`tests.golden.workflow` on a ``memory://`` store, snapshotting
 every 4 events, into three runs:
 
 - ``finished``: completed;
 - ``waiting``: waiting for its ``approve`` signal, having taken a ``note`` signal;
-- ``retrying``: its ``reserve`` step failed once (``StepAttemptFailed``); it waits to retry.
+- ``retrying``: its ``reserve`` step failed once (``StepAttemptFailed``); it waits to retry;
+- ``in-doubt``: stopped inside its effect step ``charge``, whose intent is recorded and whose
+  result is not.
 
 The file holds their stored rows (events and latest snapshots, see :mod:`tests.golden.records`)
 and, for each run, its
@@ -40,7 +45,10 @@ from typing import Any
 import phaseledger
 from phaseledger import Engine
 from tests.golden import records
-from tests.golden.workflow import FAILING, RETRY, order
+from tests.golden.workflow import CALLS, FAILING, RETRY, order
+from tests.golden.workflow_v3 import HANGING, payment
+
+WORKFLOWS = [order, payment]
 
 RECEIVED: dict[str, list[list[Any]]] = {"waiting": [["note", {"text": "by friday"}, "waiting-note"]]}
 """Signals each run has received, by run."""
@@ -48,6 +56,7 @@ RECEIVED: dict[str, list[list[Any]]] = {"waiting": [["note", {"text": "by friday
 RESUMES: dict[str, list[list[Any]]] = {
     "waiting": [["signal", "approve", {"ok": True}, "waiting-approve"], ["resume"]],
     "retrying": [["resume"]],
+    "in-doubt": [["resume"]],
 }
 """The actions that resume each suspended run."""
 
@@ -71,10 +80,17 @@ async def write_runs(engine: Engine) -> None:
     FAILING.add("reserve")
     await engine.resume("retrying")
 
+    HANGING.add("charge")
+    driving = asyncio.ensure_future(engine.run(payment, {"amount": 5}, run_id="in-doubt"))
+    while not CALLS["charge"]:
+        await asyncio.sleep(0.01)
+    driving.cancel()  # stopped in the middle of the step: its intent recorded, its result not
+    await asyncio.gather(driving, return_exceptions=True)
+
 
 async def make(path: Path) -> None:
-    run_ids = ["finished", "waiting", "retrying"]
-    writer = Engine("memory://", workflows=[order], snapshot_every=4, max_inline_wait=0)  # every wait suspends
+    run_ids = ["finished", "waiting", "retrying", "in-doubt"]
+    writer = Engine("memory://", workflows=WORKFLOWS, snapshot_every=4, max_inline_wait=0)  # every wait suspends
     await write_runs(writer)
     golden: dict[str, Any] = {
         "written_by": f"phaseledger {phaseledger.__version__}",
@@ -83,7 +99,7 @@ async def make(path: Path) -> None:
                           "resume": RESUMES.get(run_id, [])} for run_id in run_ids},
     }
     await asyncio.sleep(RETRY.initial_delay)  # until the retrying run is due
-    reader = Engine("memory://", workflows=[order])
+    reader = Engine("memory://", workflows=WORKFLOWS)
     records.insert(reader.store, golden)
     for run_id, run in golden["runs"].items():
         if run["resume"]:
