@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,34 @@ async def throughput(url: str, processes: int, sizes: Sizes, ready: Path) -> flo
         engine.close()
 
 
+def shard_of(run_id: str, shards: int) -> int:
+    """The shard a run lives in: a stable hash of its id (the same in every process and release)."""
+    return zlib.crc32(run_id.encode()) % shards
+
+
+async def sharded_throughput(urls: list[str], sizes: Sizes, ready: Path) -> float:
+    """Seconds for one worker process per store to drive every run, the runs sharded over the stores by id."""
+    engines = [Engine(url, workflows=[jobs]) for url in urls]
+    workers = [w for i, url in enumerate(urls) for w in _spawn(url, 1, sizes.concurrency, ready / str(i))]
+    try:
+        for i in range(len(urls)):
+            await _until_ready(workers[i:i + 1], ready / str(i), sizes.timeout)
+        start = now()
+        placed: list[list[str]] = [[] for _ in urls]
+        for n in range(sizes.runs):
+            run_id = f"job-{n}-{uuid.uuid4().hex[:6]}"
+            shard = shard_of(run_id, len(urls))
+            await engines[shard].start(jobs, Job(steps=sizes.steps, io_seconds=sizes.io_seconds), run_id=run_id)
+            placed[shard].append(run_id)
+        for engine, run_ids in zip(engines, placed, strict=True):
+            await _wait_for(engine, run_ids, "completed", sizes.timeout)
+        return now() - start
+    finally:
+        _stop(workers)
+        for engine in engines:
+            engine.close()
+
+
 async def wake_delays(url: str, sizes: Sizes, ready: Path) -> list[float]:
     """Seconds from sending a signal to the woken run's first step, for ``signals`` runs."""
     engine = Engine(url, workflows=[jobs])
@@ -187,6 +216,7 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
             steps=sizes.steps, io_seconds=sizes.io_seconds,
             runs_per_second=[v / sizes.steps for v in values],
         ))
+    results.append(_sharded(backends, sizes))
     with backends.store_url("postgres", "wake") as url:
         ready = backends.tmpdir / f"ready-{uuid.uuid4().hex[:8]}"
         delays = sorted(d * 1e3 for d in asyncio.run(wake_delays(url, sizes, ready)))
@@ -198,6 +228,24 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
             "poll interval", [POLL_INTERVAL * 1e3], signals=len(delays),
         ))
     return results
+
+
+def _sharded(backends: Backends, sizes: Sizes) -> Result:
+    """Two worker processes on one store against one worker process on each of two stores
+    (runs sharded by id): what splitting the runs over databases changes, on one server."""
+    values, floors = [], []
+    for _ in range(sizes.repeats):
+        ready = backends.tmpdir / f"ready-{uuid.uuid4().hex[:8]}"
+        with backends.store_url("postgres", "one") as url:
+            one = asyncio.run(throughput(url, 2, sizes, ready / "one"))
+        with backends.store_url("postgres", "shard_a") as a, backends.store_url("postgres", "shard_b") as b:
+            two = asyncio.run(sharded_throughput([a, b], sizes, ready / "two"))
+        values.append(sizes.runs * sizes.steps / two)
+        floors.append(sizes.runs * sizes.steps / one)
+    return Result.paired(
+        "workers", f"postgres 2 stores (runs sharded by id) x 1 worker x {sizes.concurrency}", "steps/s", "steps/s",
+        values, "1 store x 2 workers", floors, higher_is_better=True, runs=sizes.runs, steps=sizes.steps,
+    )
 
 
 async def _worker_main(url: str, concurrency: int, ready: Path) -> None:
