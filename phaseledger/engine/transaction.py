@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from phaseledger.domain.errors import ConcurrencyConflict, LeaseLost, StoreUnavailable
 from phaseledger.domain.journal import Kind
@@ -39,7 +39,7 @@ TRANSACTION_DETAIL = {"transaction": True}
 """The ``detail`` of a transactional step's record: its writes committed with it."""
 
 
-class _Again(Exception):  # noqa: N818  (not an error: the attempt runs again, using up no attempt)
+class _Again(Exception):  # not an error: the attempt runs again, using up no attempt
     """The attempt wrote nothing and may run again at once (a signal came in; the store came back)."""
 
 
@@ -70,7 +70,8 @@ async def _attempt(driver: RunDriver, key: str, name: str, fn: Callable[[Any], A
 
     def events(result: Any) -> list[WorkflowRun.Event]:
         data, result_type = encode_value(result, what)
-        return [WorkflowRun.StepRecorded(
+        recorded: Any = WorkflowRun.StepRecorded  # eventsourcing makes its fields the constructor's
+        return [recorded(
             originator_id=run.id, originator_version=base + 1, timestamp=WorkflowRun.StepRecorded.create_timestamp(),
             seq=seq, key=key, name=name, kind=Kind.STEP, result=data, result_type=result_type, fingerprint=None,
             usage=None, duration=round(time.perf_counter() - started, 6), error=None, detail=dict(TRANSACTION_DETAIL),
@@ -88,7 +89,7 @@ async def _attempt(driver: RunDriver, key: str, name: str, fn: Callable[[Any], A
         if await _read_in(driver, base, key):
             return _value(driver.run.journal[key])
         raise _Again() from None
-    recorded = appended[-1]
+    recorded: Any = appended[-1]
     if driver.run is run and run.version == base and not run.pending_events:
         recorded.mutate(run)  # the common case: nothing else happened to the run meanwhile
         if driver.engine.event_observer is not None:
@@ -119,7 +120,7 @@ async def _read_in(driver: RunDriver, base: int, key: str) -> bool:
         raise Cancelled()
     if not all(isinstance(event, WorkflowRun.SignalReceived) for event in others):
         raise Superseded()
-    for event in driver.run.collect_events():
+    for event in cast("list[WorkflowRun.Event]", driver.run.collect_events()):
         if event.originator_version <= base:
             continue
         fields = event_fields(event)
