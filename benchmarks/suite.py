@@ -7,7 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import bench_agents, bench_projections, bench_resume, bench_steps, bench_storage, bench_workers
+from benchmarks import (
+    bench_agents,
+    bench_projections,
+    bench_resume,
+    bench_steps,
+    bench_storage,
+    bench_transactions,
+    bench_workers,
+)
 from benchmarks._harness import Backends, Result
 from benchmarks.compare import bench_compare
 
@@ -39,6 +47,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     "steps": Benchmark(
         "journaled step cost (1,000 trivial steps)", bench_steps.run, bench_steps.Sizes(),
         bench_steps.Sizes(steps=20, floor_ops=10, repeats=1, checkpoints=(1, 10)),
+    ),
+    "transactions": Benchmark(
+        "a transactional step (one row, exactly once) against a plain step", bench_transactions.run,
+        bench_transactions.Sizes(), bench_transactions.Sizes(steps=10, repeats=1),
     ),
     "resume": Benchmark(
         "resume to first new step, and full replay", bench_resume.run, bench_resume.Sizes(),
