@@ -42,14 +42,22 @@ TRANSACTION_DETAIL = {"transaction": True}
 class _Again(Exception):  # not an error: the attempt runs again, using up no attempt
     """The attempt wrote nothing and may run again at once (a signal came in; the store came back)."""
 
+    def __init__(self, outage: StoreUnavailable | None = None) -> None:
+        super().__init__()
+        self.outage = outage
+        """The store's failure that ended the attempt, if that was it."""
+
 
 async def run_transaction(driver: RunDriver, key: str, name: str, fn: Callable[[Any], Any], what: str) -> Any:
     """Run one attempt of transactional step ``name`` under ``key``; the value code sees.
 
-    ``fn(connection)`` is the user's function (called in the store's thread); ``what`` names the result in a :class:`~phaseledger.SerializationError`. Raises what
-    ``fn`` raised (nothing was written), :class:`~phaseledger.StoreUnavailable` once the
-    store stayed away too long, or stops the handler when another driver owns the run.
+    ``fn(connection)`` is the user's function (called in the store's thread); ``what`` names
+    the result in a :class:`~phaseledger.SerializationError`. Raises what ``fn`` raised
+    (nothing was written), :class:`~phaseledger.StoreUnavailable` once the store failed for
+    longer than ``engine.append_retry_seconds``, or stops the handler when another driver
+    owns the run.
     """
+    outage_since: float | None = None
     while True:
         await driver.commit()  # the events recorded before the step are appended before it
         async with driver.lock:
@@ -57,8 +65,12 @@ async def run_transaction(driver: RunDriver, key: str, name: str, fn: Callable[[
                 continue  # recorded meanwhile: commit them first
             try:
                 return await _attempt(driver, key, name, fn, what)
-            except _Again:
-                continue
+            except _Again as again:
+                if again.outage is None:
+                    continue
+                outage_since = outage_since or time.monotonic()
+                if time.monotonic() - outage_since >= driver.engine.append_retry_seconds:
+                    raise again.outage from None  # the store answers, but not this transaction
 
 
 async def _attempt(driver: RunDriver, key: str, name: str, fn: Callable[[Any], Any], what: str) -> Any:
@@ -81,14 +93,18 @@ async def _attempt(driver: RunDriver, key: str, name: str, fn: Callable[[Any], A
         _, appended, _ = await store.transact_async(run.id, owner, fn, events)
     except LeaseLost:
         raise Superseded() from None
-    except ConcurrencyConflict:
-        await _read_in(driver, base, key)
+    except ConcurrencyConflict as exc:
+        if not await _read_in(driver, base, key):
+            # Nothing was appended in between: the database refused the commit for the
+            # function's own writes (a deferred constraint). That is the attempt's failure.
+            raise RuntimeError(f"the database refused to commit transactional step {name!r}: {exc}") from exc
         raise _Again() from None
     except StoreUnavailable as exc:
         await _wait_for_store(driver, exc)
-        if await _read_in(driver, base, key):
+        later = await _read_in(driver, base, key)
+        if later and _is_record(later[0], key):
             return _value(driver.run.journal[key])
-        raise _Again() from None
+        raise _Again(exc) from None
     recorded: Any = appended[-1]
     if driver.run is run and run.version == base and not run.pending_events:
         recorded.mutate(run)  # the common case: nothing else happened to the run meanwhile
@@ -103,17 +119,20 @@ def _value(entry: Any) -> Any:
     return decode_value(entry.result, entry.result_type)
 
 
-async def _read_in(driver: RunDriver, base: int, key: str) -> bool:
+def _is_record(event: WorkflowRun.Event, key: str) -> bool:
+    return isinstance(event, WorkflowRun.StepRecorded) and event.key == key
+
+
+async def _read_in(driver: RunDriver, base: int, key: str) -> list[WorkflowRun.Event]:
     """Take the run as the log has it after version ``base``, with the events recorded here and not
-    committed yet (other calls of the handler) after them; whether the step's record is in the log.
+    committed yet (other calls of the handler) after them; the events appended after ``base``.
 
     Stops the handler when another driver appended (anything but signals) or the run was cancelled.
     """
     store = driver.engine.store
     fresh = await store.call(store.load, driver.run.id)
     later = await store.call(store.events, driver.run.id, gt=base)
-    landed = bool(later) and isinstance(later[0], WorkflowRun.StepRecorded) and later[0].key == key
-    others = later[1:] if landed else later
+    others = later[1:] if later and _is_record(later[0], key) else later
     if fresh.status == CANCELLED:
         driver.run.collect_events()
         driver.run = fresh
@@ -128,7 +147,7 @@ async def _read_in(driver: RunDriver, base: int, key: str) -> bool:
             fields["seq"] = fresh.next_seq
         fresh.trigger_event(type(event), timestamp=event.timestamp, **fields)
     driver.run = fresh
-    return landed
+    return later
 
 
 async def _wait_for_store(driver: RunDriver, failure: StoreUnavailable) -> None:

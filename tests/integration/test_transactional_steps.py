@@ -301,6 +301,40 @@ def test_a_signal_appended_during_the_step_makes_it_run_again_and_write_once(
     assert len(records(postgres_url, "s1", "save")) == 1
 
 
+deferred = Workflow("tx-deferred", state=Fenced, retry=RetryPolicy(max_attempts=2, initial_delay=0.01))
+
+
+def break_a_deferred_constraint(conn: Any, store: str, run_id: str) -> int:
+    """Two rows with one key, under a unique constraint checked at commit."""
+    txflows.effect("save")
+    schema = store.rsplit("schema=", 1)[1]
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.once (k text UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+    conn.execute(f"INSERT INTO {schema}.once VALUES (%s), (%s)", (run_id, run_id))
+    return 1
+
+
+@deferred.phase(initial=True, final=True)
+async def save_deferred(ctx: Context[Fenced]) -> int:
+    return await ctx.transaction("save", break_a_deferred_constraint, ctx.state.store, ctx.run_id)
+
+
+@pytest.mark.postgres
+def test_a_commit_the_database_refuses_is_a_failed_attempt(postgres_url: str, env: dict[str, str]) -> None:
+    """A deferred constraint fails at COMMIT, after the record was appended: that is the
+    function's failure (retried, then StepFailed), not another writer's append."""
+
+    async def main() -> None:
+        async with Engine(postgres_url, workflows=[deferred]) as engine:
+            run = await engine.run(deferred, {"store": postgres_url}, run_id="d1")
+            assert run.status == "failed" and run.error is not None and run.error["type"] == "StepFailed"
+            failed = [e for e in engine.store.events("d1") if isinstance(e, WorkflowRun.StepAttemptFailed)]
+            assert [e.attempt for e in failed] == [1, 2] and "refused to commit" in failed[0].message
+
+    asyncio.run(main())
+    assert effects(env)["save"] == 2
+    assert records(postgres_url, "d1", "save") == []
+
+
 # -- encryption and snapshots ----------------------------------------------------------------
 
 class Many(BaseModel):
