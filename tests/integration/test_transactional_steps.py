@@ -335,6 +335,44 @@ def test_a_commit_the_database_refuses_is_a_failed_attempt(postgres_url: str, en
     assert records(postgres_url, "d1", "save") == []
 
 
+concurrent = Workflow("tx-concurrent", state=Fenced)
+
+
+def slow_save(conn: Any, store: str, run_id: str) -> int:
+    """Write, then take long enough for the handler's other call to finish first."""
+    txflows.insert(conn, txflows.table(store), run_id, "slow")
+    time.sleep(0.3)
+    return 7
+
+
+async def quick(n: int) -> int:
+    return n
+
+
+@concurrent.phase(initial=True, final=True)
+async def save_and_step_together(ctx: Context[Fenced]) -> Any:
+    saved, stepped = await asyncio.gather(
+        ctx.transaction("save", slow_save, ctx.state.store, ctx.run_id), ctx.step("quick", quick, 5))
+    return [saved, stepped, await ctx.step("after", quick, 6)]
+
+
+def test_a_call_recorded_while_the_transaction_runs_follows_its_record(durable_store_url: str) -> None:
+    """Another call of the handler recorded during the step's transaction is appended after the
+    step's record, and both replay."""
+    txflows.create_table(durable_store_url)
+
+    async def main() -> None:
+        async with Engine(durable_store_url, workflows=[concurrent]) as engine:
+            run = await engine.run(concurrent, {"store": durable_store_url}, run_id="c1")
+            assert run.status == "completed" and run.output == [7, 5, 6]
+            names = [e.name for e in engine.store.events("c1") if isinstance(e, WorkflowRun.StepRecorded)]
+            assert names == ["save", "quick", "after"]
+            assert sorted(entry.seq for entry in engine.store.load("c1").journal.values()) == [0, 1, 2]
+
+    asyncio.run(main())
+    assert txflows.rows(durable_store_url, "c1") == ["slow"]
+
+
 # -- encryption and snapshots ----------------------------------------------------------------
 
 class Many(BaseModel):
