@@ -16,6 +16,7 @@ from benchmarks import (
     bench_resume,
     bench_steps,
     bench_storage,
+    bench_transactions,
     bench_workers,
 )
 from benchmarks._harness import Backends, Result
@@ -57,6 +58,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     "effects": Benchmark(
         "an effect step (intent, then result) against a plain step, same run", bench_effects.run,
         bench_effects.Sizes(), bench_effects.Sizes(steps=10, repeats=1),
+    ),
+    "transactions": Benchmark(
+        "a transactional step (one row, exactly once) against a plain step", bench_transactions.run,
+        bench_transactions.Sizes(), bench_transactions.Sizes(steps=10, repeats=1),
     ),
     "resume": Benchmark(
         "resume to first new step, and full replay", bench_resume.run, bench_resume.Sizes(),

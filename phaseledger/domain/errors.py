@@ -32,7 +32,8 @@ Every error a user can hit derives from :class:`PhaseledgerError`. Definition er
     ├── DeadlineExceeded             a phase's or a run's deadline passed
     ├── RunBusy                      another live process drives the run now
     ├── LeaseLost                    this driver lost the run to another one and stopped
-    └── EffectInDoubt                a step with an external effect may or may not have happened
+    ├── EffectInDoubt                a step with an external effect may or may not have happened
+    └── TransactionsUnsupported      a transactional step on a store without a database
 
 Messages name the ids involved and say what to do.
 """
@@ -375,3 +376,15 @@ class EffectInDoubt(PhaseledgerError):
         self.name = name
         self.key = key
         self.since = since
+class TransactionsUnsupported(PhaseledgerError):
+    """``ctx.transaction`` needs a store in a database (SQLite or PostgreSQL): a ``memory://``
+    store has none to write the step's rows to. Raised before the step runs or records anything."""
+
+    def __init__(self, name: str, store: str) -> None:
+        super().__init__(
+            f"transactional step {name!r} needs a SQLite or PostgreSQL store, but the run is stored in {store}, "
+            "which has no database to write to. Use a sqlite:/// or postgresql:// store, or ctx.step() "
+            "for work that does not write to the store's database"
+        )
+        self.name = name
+        self.store = store

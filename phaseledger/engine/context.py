@@ -156,6 +156,35 @@ class Context(Generic[StateT]):
             effect=declared, inputs=fingerprint(args, kwargs) if declared is not None else None,
         )
 
+    async def transaction(self, name: str, fn: Callable[..., Any], /, *args: Any,
+                          retry: RetryPolicy | None = None, **kwargs: Any) -> Any:
+        """Run ``fn(conn, *args, **kwargs)`` in a transaction of the store's database, exactly once.
+
+        ``conn`` is a connection to the database the store lives in, inside a transaction
+        that also appends this step's record: a :class:`sqlite3.Connection` on a SQLite
+        store, a :class:`psycopg.Connection` (rows as dicts) on PostgreSQL. Its writes and the
+        record commit together, so after any crash both are in the database or neither is,
+        and the writes happened exactly once. ``fn`` is a plain function, run in a thread;
+        it must neither commit nor roll back, and should be quick: SQLite's write lock is
+        held while it runs.
+
+        On replay the recorded result is returned and ``fn`` is not called. Results are
+        recorded as a step's (JSON values or pydantic models). When ``fn`` raises, nothing
+        it wrote is kept; the attempt is recorded and retried under ``retry`` (else the
+        phase's, workflow's or engine's policy), each attempt in a transaction of its own,
+        and :class:`~phaseledger.StepFailed` is raised once attempts are exhausted. When
+        another driver took the run over, nothing commits and this one stops
+        (:class:`~phaseledger.LeaseLost`). A ``memory://`` store has no database:
+        :class:`~phaseledger.TransactionsUnsupported`.
+        """
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(f"ctx.transaction({name!r}, ...) takes a plain function: the database's driver "
+                            f"is synchronous, and {getattr(fn, '__name__', fn)!r} is async")
+        if retry is not None:
+            _check_step_options(fn, {"retry": retry, "breaker": None, "attempt_timeout": None, "total_timeout": None})
+        journal = self._journal
+        return await journal.transaction(journal.next_key(), name, lambda conn: fn(conn, *args, **kwargs), retry=retry)
+
     def now(self) -> datetime:
         """The current UTC time, recorded: replay sees the same value."""
         return self._journal.value(Kind.CLOCK, "now", utcnow, datetime.isoformat, datetime.fromisoformat)

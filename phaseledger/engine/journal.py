@@ -39,6 +39,8 @@ from phaseledger.domain.errors import (
     SignalTimeout,
     StepFailed,
     StepTimeout,
+    StoreUnavailable,
+    TransactionsUnsupported,
 )
 from phaseledger.domain.journal import Kind, RecordedCall
 from phaseledger.domain.recorded_errors import describe_error, rebuild_error
@@ -46,6 +48,7 @@ from phaseledger.domain.retry import RetryPolicy
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.domain.values import JSONValue, decode_value, encode_value
 from phaseledger.engine.stops import Suspended
+from phaseledger.engine.transaction import run_transaction
 
 if TYPE_CHECKING:
     from phaseledger.domain.workflow import Phase
@@ -482,6 +485,58 @@ class Journal:
             result = answer(result)
         data, result_type = encode_value(result, what)
         self._append(key, kind, name, data, result_type, fingerprint=fingerprint, detail=detail)
+    async def transaction(self, key: str, name: str, fn: Callable[[Any], Any], *,
+                          retry: RetryPolicy | None = None) -> Any:
+        """Serve a transactional step from the journal, or run it (``ctx.transaction``).
+
+        Each attempt is one transaction of the store's database holding ``fn(connection)``'s
+        writes and, when it succeeds, the step's record (see :mod:`.transaction`). A failed
+        attempt wrote nothing; it is recorded and retried under the retry policy as a
+        step's would be, and a final failure raises :class:`StepFailed`, again on replay.
+        """
+        entry = self.lookup(key, Kind.STEP, name)
+        if entry is not None:
+            return self.replay(entry)
+        driver = self._driver
+        store = driver.engine.store
+        if not store.transactional:
+            raise TransactionsUnsupported(name, store.url.redacted)
+        policy = self._policy(retry)
+        failures = driver.run.failures.get(key)
+        attempt, first_started = 1, None
+        if failures:
+            last = failures[-1]
+            if not last.retryable or last.attempt >= policy.max_attempts:
+                raise StepFailed(name, last.error_type, last.message, last.attempt)
+            attempt, first_started = last.next_attempt, failures[0].started_at
+            if last.retry_at is not None:
+                self._check_deadline(by=last.retry_at)
+            await self._wait_until(last.retry_at, "retry")
+        step_key = self.step_key(key)
+
+        def keyed(conn: Any) -> Any:  # runs in the store's thread: idempotency_key() works in fn
+            token = STEP_KEY.set(step_key)
+            try:
+                return fn(conn)
+            finally:
+                STEP_KEY.reset(token)
+
+        what = f"the result of transactional step {name!r}"
+        while True:
+            opened = utcnow()
+            try:
+                return await run_transaction(driver, key, name, keyed, what)
+            except (SerializationError, NonDeterminismError, DeadlineExceeded, StoreUnavailable):
+                raise
+            except Exception as exc:
+                first_started = first_started or opened
+                retry_at = self._attempt_failed(key, name, exc, attempt, policy, first_started, None)
+                await driver.commit()
+                if retry_at is None:
+                    raise StepFailed(name, type(exc).__name__, str(exc), attempt) from exc
+                self._check_deadline(by=retry_at)
+                await self._wait_until(retry_at, "retry")
+                attempt += 1
 
     async def _bounded(self, result: Awaitable[Any], bound: tuple[float, str], name: str,
                        attempt_timeout: float | None, total_timeout: float | None) -> Any:

@@ -453,6 +453,46 @@ class Store:
             if snapshot_wanted(version, run.phase_entered_version, every):
                 snapshots.put([WorkflowRun.Snapshot.take(run)])
 
+    # -- transactional steps -------------------------------------------------------------
+
+    @property
+    def transactional(self) -> bool:
+        """Whether the store lives in a database that transactional steps write to (SQLite, PostgreSQL)."""
+        return self.backend.transactional
+
+    def transact(self, run_id: str, owner: str | None, work: Callable[[Any], T],
+                 events: Callable[[T], PendingEvents]) -> tuple[T, PendingEvents, int]:
+        """Run ``work(connection)`` and append the run's events ``events(result)`` in one transaction
+        of the store's database: both commit or neither does (see :mod:`.transactions`).
+
+        ``owner``, when given, must still hold the run's lease when the events are appended
+        (else :class:`~phaseledger.LeaseLost`). Returns the result, the events appended and
+        the last notification id. What ``work`` raises propagates as it is, everything rolled
+        back; a version another writer took first is a :class:`ConcurrencyConflict`. The
+        snapshot due at the events' versions is stored after the commit.
+        """
+        mapper = self.app.mapper
+        appended: list[PendingEvents] = []
+
+        def finish(result: T) -> list[StoredEvent]:
+            pending = events(result)
+            appended.append(pending)
+            return [mapper.to_stored_event(event) for event in pending]
+
+        result, ids = self.backend.transact(run_id, owner, work, finish)
+        pending = appended[-1]
+        if self._snapshot_due(pending):
+            try:
+                self._store_snapshots(run_id, pending, None, None)
+            except StoreUnavailable as exc:  # committed all the same: a later snapshot will do
+                log.warning("run %r: no snapshot stored after a transactional step (%s)", run_id, exc)
+        return result, pending, ids[-1] if ids else 0
+
+    async def transact_async(self, run_id: str, owner: str | None, work: Callable[[Any], T],
+                             events: Callable[[T], PendingEvents]) -> tuple[T, PendingEvents, int]:
+        """:meth:`transact` from an event loop, which keeps running meanwhile (SQLite: in the writer thread)."""
+        return await self.backend.write(self.transact, run_id, owner, work, events)
+
     # -- snapshots -----------------------------------------------------------------------
 
     @property

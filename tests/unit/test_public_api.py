@@ -21,7 +21,7 @@ PUBLIC = {
     "RecordedError", "RecordedEvent", "RetentionPolicy", "RetentionReport", "RetryPolicy", "Run", "RunAt", "RunBusy",
     "RunComparison", "RunExists", "RunWait", "RunFinished", "RunNotFinished", "RunNotFound", "RunSide", "SUPPORTED_PYDANTIC_AI",
     "SerializationError", "SignalTimeout", "StepFailed", "StepTimeout", "Store", "StoreUnavailable",
-    "TokenKeyMissing", "TrailItem", "UnknownWorkflow", "UnsupportedPydanticAI", "Usage", "Worker",
+    "TokenKeyMissing", "TrailItem", "TransactionsUnsupported", "UnknownWorkflow", "UnsupportedPydanticAI", "Usage", "Worker",
     "WorkerAlreadyRunning", "WorkerStats", "Workflow", "WorkflowDefinitionError", "WorkflowRun",
     "generate_cipher_key", "idempotency_key", "run_worker",
     "CallInfo", "CheckReport", "RunCompatibility", "VersionUse", "check_deploy", "check_deploy_sync",

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from phaseledger.store.leasebook import LeaseBook
     from phaseledger.store.listener import AppendListener
     from phaseledger.store.runindex import RunIndex
+    from phaseledger.store.transactions import Finish, Work
 
 T = TypeVar("T")
 
@@ -84,6 +85,14 @@ class Backend(ABC):
 
     appends_on_loop: ClassVar[bool] = False
     """Whether :meth:`append_on_loop` may append (else the store does not encode for it)."""
+
+    transactional: ClassVar[bool] = False
+    """Whether :meth:`transact` can run a transactional step (the store lives in a database)."""
+
+    def transact(self, run_id: str, owner: str | None, work: Work[T], finish: Finish[T]) -> tuple[T, list[int]]:
+        """Run ``work(connection)`` and append the events ``finish(result)`` in one transaction of the
+        store's database (see :mod:`phaseledger.store.transactions`); the notification ids."""
+        raise NotImplementedError(f"a {self.kind} store has no database for transactional steps")
 
     def report_infrastructure(self, name: str) -> InfrastructureFactory[Any]:
         """The eventsourcing infrastructure that holds read models named ``name`` next to the store."""

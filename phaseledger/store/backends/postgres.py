@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from eventsourcing.utils import get_topic
 
@@ -15,12 +15,15 @@ from phaseledger.store.listener import AppendListener
 from phaseledger.store.postgres import LoopAppender, OneTripRecorder, StoreFactory
 from phaseledger.store.runindex import PostgresRunIndex
 from phaseledger.store.sql import postgres as pg
+from phaseledger.store.transactions import Finish, Work, postgres_transact
 
 if TYPE_CHECKING:
     from eventsourcing.application import Application
     from eventsourcing.persistence import StoredEvent
 
     from phaseledger.store.eventstore import Store
+
+T = TypeVar("T")
 
 # Connections of a read model's or a subscriber's own pool: one kept, a few more on demand.
 _SIDE_POOL = {"POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": "4"}
@@ -52,6 +55,12 @@ class PostgresBackend(Backend):
     def close(self) -> None:
         if self.loop_appender is not None:
             self.loop_appender.close()
+
+    transactional = True
+
+    def transact(self, run_id: str, owner: str | None, work: Work[T], finish: Finish[T]) -> tuple[T, list[int]]:
+        recorder: Any = self.application().recorder
+        return postgres_transact(recorder.datastore, recorder, self.url, run_id, owner, work, finish)
 
     def report_env(self) -> dict[str, str]:
         return {**self.url.env, **_SIDE_POOL}

@@ -13,6 +13,7 @@ from phaseledger.store.deleter import Deleter, SQLiteDeleter
 from phaseledger.store.leasebook import LeaseBook, SQLiteLeaseBook
 from phaseledger.store.runindex import SQLiteRunIndex
 from phaseledger.store.sql import sqlite
+from phaseledger.store.transactions import Finish, Work, sqlite_transact
 
 if TYPE_CHECKING:
     from phaseledger.store.eventstore import Store, StoreURL
@@ -40,6 +41,12 @@ class SQLiteBackend(Backend):
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+
+    transactional = True
+
+    def transact(self, run_id: str, owner: str | None, work: Work[T], finish: Finish[T]) -> tuple[T, list[int]]:
+        recorder: Any = self.application().recorder
+        return sqlite_transact(self.datastore(), recorder, self.url, run_id, owner, work, finish)
 
     def run_index(self, store: Store, *, create: bool = True) -> SQLiteRunIndex:
         index = SQLiteRunIndex(store, self.datastore())

@@ -252,6 +252,11 @@ LEASE_ROWS = """
     WHERE owner IS NOT NULL AND (%(run_ids)s::text[] IS NULL OR run_id = ANY(%(run_ids)s))
 """
 
+# Who holds the run's lease, read in a transactional step's transaction before its event is
+# appended (see phaseledger.store.transactions). FOR SHARE: a take-over (an UPDATE of the row)
+# waits until the step's transaction ends, so the lease cannot change hands before it commits.
+LEASE_OWNER = "SELECT owner FROM {schema}.phaseledger_leases WHERE run_id = %(run_id)s FOR SHARE"
+
 RELEASE_RUN = """
     UPDATE {schema}.phaseledger_leases
     SET owner = NULL, expires_at = now(), fence = GREATEST(fence, %(fence)s)

@@ -137,6 +137,10 @@ LEASE_ROWS = sql(_LEASE_ROWS)
 
 LEASE_ROW = sql(_LEASE_ROWS + " AND run_id = %(run_id)s")
 
+# Who holds the run's lease, read in a transactional step's transaction before its event is
+# appended (see phaseledger.store.transactions): no row, or another owner, and nothing commits.
+LEASE_OWNER = sql("SELECT owner FROM phaseledger_leases WHERE run_id = %(run_id)s")
+
 RENEW = sql("""
     UPDATE phaseledger_leases SET heartbeat_at = %(now)s, expires_at = %(expires_at)s
     WHERE owner = %(owner)s AND run_id IN (SELECT value FROM json_each(%(run_ids)s))
