@@ -106,6 +106,17 @@ def crash_workflow() -> Workflow[Job]:
     return wf
 
 
+def failing_workflow() -> Workflow[Job]:
+    """One phase that fails for good."""
+    wf = Workflow("prefect-failing", state=Job)
+
+    @wf.phase(initial=True, final=True)
+    async def only(ctx: Context[Job]) -> None:
+        raise ValueError("no stock")
+
+    return wf
+
+
 def make_engine() -> Engine:
     """The engine of a flow-run process: the crash workflow over ``$PREFECT_FLOW_STORE``."""
     return Engine(os.environ[STORE_ENV], workflows=[crash_workflow()], max_inline_wait=0)
