@@ -50,16 +50,17 @@ from pydantic import BaseModel
 from phaseledger.dispatch.errors import DispatchError, DispatcherUnavailable
 from phaseledger.domain.errors import InvalidInput, RunBusy, RunFinished, StoreUnavailable
 from phaseledger.domain.workflow import Workflow
+from phaseledger.engine.engine import Engine
 from phaseledger.engine.views import Run
 
 try:
     from prefect import flow, get_client, get_run_logger, tags, task
     from prefect.cache_policies import NO_CACHE
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterName
-    from prefect.client.schemas.objects import FlowRun, StateType
+    from prefect.client.schemas.objects import FlowRun, FlowRunInput, StateType
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.context import FlowRunContext
-    from prefect.deployments import run_deployment
+    from prefect.deployments import arun_deployment
     from prefect.input import RunInput
     from prefect.input.actions import afilter_flow_run_input
     from prefect.input.run_input import asend_input
@@ -71,8 +72,6 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import TaskRun
     from prefect.tasks import Task
 
-    from phaseledger.engine.engine import Engine
-
 __all__ = [
     "ADVANCE_TASK",
     "FLOW_NAME",
@@ -83,6 +82,7 @@ __all__ = [
     "SignalInput",
     "Waited",
     "phaseledger_run",
+    "resolve_engine",
     "send_signal_input",
 ]
 
@@ -153,7 +153,12 @@ def resolve_engine(ref: str | None) -> Engine:
         if not module or not attribute:
             raise DispatchError(f"engine={ref!r} is not an import path like 'package.module:engine'")
         found: Any = getattr(importlib.import_module(module), attribute)
-        _imported[ref] = found() if callable(found) and not hasattr(found, "advance") else found
+        if not isinstance(found, Engine) and callable(found):
+            found = found()
+        if not isinstance(found, Engine):
+            raise DispatchError(f"engine={ref!r} names a {type(found).__name__}, not an Engine or a function "
+                                "returning one")
+        _imported[ref] = found
     return _imported[ref]
 
 
@@ -215,7 +220,7 @@ def _inputs(key: str, value: Any) -> tuple[str, Any, str] | None:
 
 async def _deliver_inputs(run_id: str, engine: str | None, flow_run_id: uuid.UUID, seen: set[str]) -> bool:
     """Append the signals sent as flow run inputs since the last look; True if any arrived."""
-    found = await afilter_flow_run_input(key_prefix=INPUT_KEY_PREFIX, limit=100, exclude_keys=set(seen),
+    found: list[FlowRunInput] = await afilter_flow_run_input(key_prefix=INPUT_KEY_PREFIX, limit=100, exclude_keys=set(seen),
                                         flow_run_id=flow_run_id)
     arrived = False
     for flow_run_input in sorted(found, key=lambda i: (i.created or datetime.min.replace(tzinfo=UTC), i.key)):
@@ -329,16 +334,22 @@ class PhaseledgerPrefect:
         return run
 
     async def dispatch(self, run_id: str) -> None:
-        """Start the Prefect flow run of a run already in the store (none if one is under way)."""
+        """Start the Prefect flow run of a run already in the store.
+
+        None is started while one is under way (in this process, or of the deployment), nor
+        for a finished run that has a flow run already.
+        """
         run = await self.engine.get_async(run_id)
+        if run.finished and await self.flow_run(run_id) is not None:
+            return
         run_tags = [TAG, f"workflow:{run.workflow}"]
         parameters: dict[str, Any] = {"run_id": run_id, "engine": self.engine_ref, "poll_seconds": self.poll_seconds}
         if self.deployment is not None:
             current = await self.flow_run(run_id)
             if current is not None and current.state_type not in TERMINAL:
                 return
-            await run_deployment(self.deployment, parameters=parameters, tags=run_tags, timeout=0,
-                                 as_subflow=False, flow_run_name=run_id)
+            await arun_deployment(self.deployment, parameters=parameters, tags=run_tags, timeout=0,
+                                  as_subflow=False, flow_run_name=run_id)
             return
         local = self._local.get(run_id)
         if local is not None and not local.done():
