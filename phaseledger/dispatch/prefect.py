@@ -323,22 +323,26 @@ class PhaseledgerPrefect:
             _bound.remove(self.engine)
 
     async def start(self, workflow: Workflow[Any], input: BaseModel | Mapping[str, Any] | None = None,
-                    *, run_id: str | None = None) -> Run:
+                    *, run_id: str | None = None, scheduled_time: datetime | None = None) -> Run:
         """Record a run in phaseledger and start its Prefect flow run; return the run's view.
 
         Idempotent per ``run_id``: starting the same run again with the same workflow and
-        input returns it, and starts no second flow run while one is under way.
+        input returns it, and starts no second flow run while one is under way. With a
+        deployment, ``scheduled_time`` schedules the flow run for then: the run is recorded
+        now and driven from then on.
         """
         run = await self.engine.start(workflow, input, run_id=run_id, if_exists="return")
-        await self.dispatch(run.run_id)
+        await self.dispatch(run.run_id, scheduled_time=scheduled_time)
         return run
 
-    async def dispatch(self, run_id: str) -> None:
-        """Start the Prefect flow run of a run already in the store.
+    async def dispatch(self, run_id: str, *, scheduled_time: datetime | None = None) -> None:
+        """Start (or schedule, with a deployment) the Prefect flow run of a run already in the store.
 
         None is started while one is under way (in this process, or of the deployment), nor
         for a finished run that has a flow run already.
         """
+        if scheduled_time is not None and self.deployment is None:
+            raise DispatchError("scheduled_time needs a deployment: a flow run in this process starts at once")
         run = await self.engine.get_async(run_id)
         if run.finished and await self.flow_run(run_id) is not None:
             return
@@ -349,7 +353,7 @@ class PhaseledgerPrefect:
             if current is not None and current.state_type not in TERMINAL:
                 return
             await arun_deployment(self.deployment, parameters=parameters, tags=run_tags, timeout=0,
-                                  as_subflow=False, flow_run_name=run_id)
+                                  as_subflow=False, flow_run_name=run_id, scheduled_time=scheduled_time)
             return
         local = self._local.get(run_id)
         if local is not None and not local.done():

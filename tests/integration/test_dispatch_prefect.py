@@ -169,6 +169,26 @@ async def test_a_failed_run_fails_its_prefect_flow_run(prefect_api: str, tmp_pat
         engine.close()
 
 
+async def test_cancelling_a_waiting_run_cancels_its_prefect_flow_run(prefect_api: str, tmp_path: Path,
+                                                                     effects_file: Path) -> None:
+    wf = order_workflow()
+    engine = Engine(f"sqlite:///{tmp_path}/runs.db", workflows=[wf], max_inline_wait=0)
+    dispatcher = PhaseledgerPrefect(engine, poll_seconds=0.05)
+    run_id = f"order-{uuid.uuid4().hex[:8]}"
+    try:
+        await dispatcher.start(wf, run_id=run_id)
+        await _waiting(engine, run_id)
+        await engine.cancel(run_id, reason="customer left")  # the waiting flow run sees the log grow
+        done = await asyncio.wait_for(dispatcher.result(run_id), TIMEOUT)
+        assert done.status == "cancelled"
+        flow_run = await dispatcher.flow_run(run_id)
+        assert flow_run is not None and flow_run.state_type == StateType.CANCELLED
+        assert effects(effects_file) == ["price"]
+    finally:
+        dispatcher.close()
+        engine.close()
+
+
 def _serve(api_url: str, deployment: str, store_url: str, effects_file: Path, hang: bool) -> subprocess.Popen[bytes]:
     """A process serving the flow as a deployment; each flow run it starts runs in a process of its own."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
