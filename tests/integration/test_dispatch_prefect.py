@@ -37,13 +37,13 @@ from prefect.settings import PREFECT_API_URL  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from phaseledger import Engine  # noqa: E402
-from phaseledger.testing.crash import check_log  # noqa: E402
 from phaseledger.dispatch.prefect import (  # noqa: E402
     FLOW_NAME,
     INPUT_KEY_PREFIX,
     PhaseledgerPrefect,
     send_signal_input,
 )
+from phaseledger.testing.crash import check_log  # noqa: E402
 from tests.integration.prefect_flows import (  # noqa: E402
     EFFECTS_ENV,
     ENGINE_REF,
