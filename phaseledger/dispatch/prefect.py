@@ -204,7 +204,7 @@ async def signal_task(run_id: str, name: str, payload: Any, signal_id: str, engi
     return True
 
 
-def _inputs(key: str, value: Any) -> tuple[str, Any, str] | None:
+def _carried(key: str, value: Any) -> tuple[str, Any, str] | None:
     """The (name, payload, signal id) a flow run input carries, or None if it carries no signal."""
     if isinstance(value, str):
         try:
@@ -220,12 +220,13 @@ def _inputs(key: str, value: Any) -> tuple[str, Any, str] | None:
 
 async def _deliver_inputs(run_id: str, engine: str | None, flow_run_id: uuid.UUID, seen: set[str]) -> bool:
     """Append the signals sent as flow run inputs since the last look; True if any arrived."""
-    found: list[FlowRunInput] = await afilter_flow_run_input(key_prefix=INPUT_KEY_PREFIX, limit=100, exclude_keys=set(seen),
-                                        flow_run_id=flow_run_id)
+    found: list[FlowRunInput] = await afilter_flow_run_input(
+        key_prefix=INPUT_KEY_PREFIX, limit=100, exclude_keys=set(seen), flow_run_id=flow_run_id
+    )
     arrived = False
     for flow_run_input in sorted(found, key=lambda i: (i.created or datetime.min.replace(tzinfo=UTC), i.key)):
         seen.add(flow_run_input.key)
-        carried = _inputs(flow_run_input.key, flow_run_input.value)
+        carried = _carried(flow_run_input.key, flow_run_input.value)
         if carried is None:
             get_run_logger().warning("flow run input %r carries no phaseledger signal: ignored", flow_run_input.key)
             continue
