@@ -25,7 +25,7 @@ test-fast: $(STAMP)
 
 test-lowest:  ## unit, property and docs tests on the lowest dependency versions pyproject.toml allows
 	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
-	$(LOWEST)/bin/python -m pip install --quiet -e ".[dev]" -c constraints/lowest.txt
+	$(LOWEST)/bin/python -m pip install --quiet -e ".[test]" -c constraints/lowest.txt
 	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/property tests/test_docs.py
 
 bench: $(STAMP)  ## the benchmark suite, LangGraph and DBOS included (ratios to floors measured in the same run)
