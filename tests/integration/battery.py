@@ -2,7 +2,7 @@
 
 Every dispatcher of :mod:`phaseledger.testing.dispatchers` drives the same workflow through
 :meth:`phaseledger.Engine.advance`. ``python -m tests.integration.battery DISPATCHER STORE
-RUN_ID TEMPORAL_ADDRESS QUEUE DBOS_SYSTEM_URL`` drives one run in a child process that the
+RUN_ID TEMPORAL_ADDRESS QUEUE DBOS_SYSTEM_URL PREFECT_API_URL`` drives one run in a child process that the
 battery SIGKILLs in the middle of a phase.
 
 Each real execution of a step appends ``<run id> <step>`` to the file named by
@@ -130,6 +130,7 @@ async def child(kind: str, store_url: str, setup: DispatchSetup, run_id: str) ->
 
 
 if __name__ == "__main__":
-    kind, store_url, run_id, address, queue, system_url = sys.argv[1:7]
-    setup = DispatchSetup(dbos_system_url=system_url, temporal_address=address, task_queue=queue)
+    kind, store_url, run_id, address, queue, system_url, prefect_api = sys.argv[1:8]
+    setup = DispatchSetup(dbos_system_url=system_url, temporal_address=address, task_queue=queue,
+                          prefect_api_url=prefect_api)
     asyncio.run(child(kind, store_url, setup, run_id))

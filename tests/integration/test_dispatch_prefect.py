@@ -1,7 +1,7 @@
 """Phaseledger runs dispatched on Prefect: steps, a timer, signals, a flow-run process SIGKILLed mid-phase.
 
 Prefect is real: ``prefect_test_harness()`` runs a Prefect API server (its own temporary
-SQLite database, on loopback) once for this module; a flow that runs in a subprocess is
+SQLite database, on loopback) once per test session (``tests/integration/conftest.py``); a flow that runs in a subprocess is
 pointed at it with ``$PREFECT_API_URL``. The phaseledger store is a SQLite file or the
 PostgreSQL server. Step executions are counted in a file outside both stores, so what ran
 again after a crash is plain to see.
@@ -16,14 +16,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-# Offline and quiet, for this process and the server and flow processes it starts.
-for _name, _value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
-                      "PREFECT_SERVER_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_UI_ENABLED": "false"}.items():
+from phaseledger.testing.dispatchers import PREFECT_QUIET
+
+for _name, _value in PREFECT_QUIET.items():  # offline and quiet, here and in the processes started
     os.environ.setdefault(_name, _value)
 
 pytest.importorskip("prefect", reason="the Prefect dispatcher tests need the prefect extra")
@@ -33,8 +33,6 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId  # noq
 from prefect.client.schemas.objects import StateType  # noqa: E402
 from prefect.exceptions import ObjectNotFound  # noqa: E402
 from prefect.input.run_input import asend_input  # noqa: E402
-from prefect.settings import PREFECT_API_URL  # noqa: E402
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from phaseledger import Engine  # noqa: E402
 from phaseledger.dispatch.prefect import (  # noqa: E402
@@ -57,13 +55,6 @@ from tests.integration.prefect_flows import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 90.0  # generous: a loaded machine is slow, a hung test is not
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[str]:
-    """A Prefect API server for this module's tests (about 10 s to start); its URL."""
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
 
 
 @pytest.fixture

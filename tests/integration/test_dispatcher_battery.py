@@ -1,7 +1,7 @@
 """One battery of guarantees, the same on every dispatcher.
 
 Whatever drives a run — a loop over ``engine.advance`` in this process, the native worker,
-DBOS or Temporal — the same invariants hold, on SQLite and PostgreSQL stores:
+DBOS, Temporal or Prefect — the same invariants hold, on SQLite and PostgreSQL stores:
 
 * every run completes, with the output its inputs determine;
 * no step recorded in the log runs again, also across a SIGKILL in the middle of a phase
@@ -10,7 +10,7 @@ DBOS or Temporal — the same invariants hold, on SQLite and PostgreSQL stores:
 * a signal sent twice under one signal id is delivered once.
 
 Each dispatcher runs against its real engine (Temporal's dev server, DBOS with its system
-database); see ``tests/integration/battery.py`` for the dispatchers under one interface.
+database, a Prefect API server from Prefect's test harness); see ``tests/integration/battery.py`` for the dispatchers under one interface.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def kind(request: pytest.FixtureRequest) -> str:
 def setup(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> DispatchSetup:
     """Where the dispatcher's outside pieces live: a Temporal server, a DBOS system database."""
     address = request.getfixturevalue("temporal_address") if kind == "temporal" else ""
+    prefect = request.getfixturevalue("prefect_api") if kind == "prefect" else ""
     return DispatchSetup(dbos_system_url=f"sqlite:///{tmp_path}/dbos.sqlite", temporal_address=address,
-                         task_queue=f"battery-{uuid.uuid4().hex[:8]}")
+                         task_queue=f"battery-{uuid.uuid4().hex[:8]}", prefect_api_url=prefect)
 
 
 @pytest.fixture
@@ -105,7 +106,8 @@ async def test_every_run_completes_each_recorded_step_runs_once_and_signals_arri
 def _child(kind: str, store_url: str, setup: DispatchSetup, run_id: str, effects_file: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO), EFFECTS_ENV: str(effects_file), HANG_ENV: "1"}
     log = effects_file.with_suffix(".log").open("wb")  # the child's output, for a failing test's reader
-    args = [kind, store_url, run_id, setup.temporal_address, setup.task_queue, setup.dbos_system_url]
+    args = [kind, store_url, run_id, setup.temporal_address, setup.task_queue, setup.dbos_system_url,
+            setup.prefect_api_url]
     return subprocess.Popen([sys.executable, "-m", "tests.integration.battery", *args],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
