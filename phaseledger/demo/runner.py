@@ -28,14 +28,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phaseledger import Engine, PhaseledgerError, Run
-from phaseledger.testing.dispatchers import DispatchSetup, available, open_dispatch, temporal_dev_server
+from phaseledger.testing.dispatchers import (
+    DispatchSetup,
+    available,
+    open_dispatch,
+    prefect_test_server,
+    temporal_dev_server,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from phaseledger import RecordedEvent, Workflow
 
-ENGINES = ("dbos", "temporal")
+ENGINES = ("dbos", "temporal", "prefect")
 """The engines ``--on`` dispatches the demo run on (the default drives it in-process)."""
 
 TOPIC = "durable execution for AI agents"
@@ -171,7 +177,7 @@ class Child:
             args += ["--model", model]
         if on is not None:
             args += ["--on", on.kind, "--dbos-system-db", on.setup.dbos_system_url,
-                     "--temporal-address", on.setup.temporal_address]
+                     "--temporal-address", on.setup.temporal_address, "--prefect-api", on.setup.prefect_api_url]
         handle, name = tempfile.mkstemp(prefix=f"phaseledger-demo-{role}-", suffix=".log")
         with os.fdopen(handle, "w") as stderr:
             process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True)
@@ -243,8 +249,8 @@ class Demo:
             self._finish(engine, workflow)
 
     def _dispatch_on(self, kind: str, stack: contextlib.ExitStack) -> Dispatched:
-        """Where the run goes on ``kind``: DBOS keeps its system database next to the demo's,
-        Temporal's development server runs while the demo does."""
+        """Where the run goes on ``kind``: DBOS keeps its system database next to the demo's;
+        Temporal's development server, or a temporary Prefect API server, runs while the demo does."""
         if kind not in ENGINES:
             raise DemoFailed(f"unknown engine {kind!r}: use one of {', '.join(ENGINES)}")
         why = available(kind)
@@ -252,16 +258,20 @@ class Demo:
             raise DemoFailed(why)
         dbos_db = self.db.with_name(f"{self.db.stem}-dbos.sqlite")
         dbos_db.unlink(missing_ok=True)
-        address = ""
+        address = prefect_api = ""
         if kind == "temporal":
             temporal_db = self.db.with_name(f"{self.db.stem}-temporal.db")
             temporal_db.unlink(missing_ok=True)
             address = stack.enter_context(temporal_dev_server(temporal_db))
             self.say(f"temporal  a development server at {address} (temporal server start-dev)")
+        elif kind == "prefect":
+            self.say("prefect   starting a temporary Prefect API server (about ten seconds)...")
+            prefect_api = stack.enter_context(prefect_test_server())
+            self.say(f"prefect   API at {prefect_api}: each run is a flow run named by its run id")
         else:
             self.say(f"dbos      system database sqlite:///{dbos_db}")
         return Dispatched(kind, DispatchSetup(dbos_system_url=f"sqlite:///{dbos_db}", temporal_address=address,
-                                              task_queue="phaseledger-demo"))
+                                              task_queue="phaseledger-demo", prefect_api_url=prefect_api))
 
     def _check_model(self) -> None:
         if self.model is None:
@@ -403,7 +413,7 @@ class Demo:
 def run_demo(*, db: Path = Path("demo.db"), model: str | None = None, on: str | None = None,
              console: Console | None = None) -> None:
     """Run the demo on the SQLite file ``db`` (recreated); ``model`` is a pydantic-ai model name;
-    ``on`` an engine to dispatch the run on (``dbos`` or ``temporal``; default: in-process)."""
+    ``on`` an engine to dispatch the run on (``dbos``, ``temporal`` or ``prefect``; default: in-process)."""
     from phaseledger.cli import make_console
 
     Demo(console or make_console(), db, model, on).run()
@@ -422,11 +432,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-id", help=argparse.SUPPRESS)
     parser.add_argument("--dbos-system-db", default="", help=argparse.SUPPRESS)
     parser.add_argument("--temporal-address", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--prefect-api", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     on = None
     if args.on and args.role != "demo":
-        on = Dispatched(args.on, DispatchSetup(dbos_system_url=args.dbos_system_db,
-                                               temporal_address=args.temporal_address, task_queue="phaseledger-demo"))
+        on = Dispatched(args.on, DispatchSetup(dbos_system_url=args.dbos_system_db, task_queue="phaseledger-demo",
+                                               temporal_address=args.temporal_address,
+                                               prefect_api_url=args.prefect_api))
     if args.role == "child-start":
         asyncio.run(_child_start(args.store, args.run_id, args.model, on))
     elif args.role == "child-resume":

@@ -453,7 +453,7 @@ def test_demo_kills_resumes_and_explains(tmp_path: Path) -> None:
     assert shown["usage"]["replayed_requests"] >= 1 and shown["usage"]["tokens_saved"] > 0
 
 
-@pytest.mark.parametrize("engine", ["dbos", "temporal"])
+@pytest.mark.parametrize("engine", ["dbos", "temporal", "prefect"])
 def test_demo_on_another_engine_is_killed_and_resumed_there(engine: str, tmp_path: Path) -> None:
     from phaseledger.testing.dispatchers import available
 
@@ -461,7 +461,7 @@ def test_demo_on_another_engine_is_killed_and_resumed_there(engine: str, tmp_pat
         pytest.skip(str(available(engine)))
     out = cli("demo", "--on", engine, "--db", "demo.db", cwd=tmp_path).stdout
     assert "killed with SIGKILL" in out and "tokens not paid again" in out
-    assert ("temporal server start-dev" in out) if engine == "temporal" else ("system database" in out)
+    assert {"temporal": "temporal server start-dev", "dbos": "system database", "prefect": "flow run"}[engine] in out
     shown = json.loads(cli("--store", "sqlite:///demo.db", "show", "research-demo", "--json", cwd=tmp_path).stdout)
     assert shown["status"] == "completed"
     assert shown["usage"]["replayed_requests"] >= 1 and shown["usage"]["tokens_saved"] > 0
