@@ -14,7 +14,10 @@ decides what to schedule. The real work happens in the activities of
   is appended to the run's log by the ``phaseledger_deliver_signal`` activity, with a
   signal id fixed in the workflow's history, so retries and replays deliver it once; a
   signal the run refuses (an invalid payload or id: ``InvalidInput``) is logged and dropped;
-- cancelling the Temporal workflow cancels the run (``phaseledger_cancel``).
+- cancelling the Temporal workflow cancels the run (``phaseledger_cancel``);
+- ``phaseledger_wake`` (sent by the workers' wake bridge when phaseledger itself appended a
+  signal or cancelled the run) ends the wait early: the workflow advances the run, which
+  takes the signal, or ends the workflow as the run is cancelled.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ WORKFLOW_NAME = "phaseledger_run"
 """The Temporal workflow type of every phaseledger run."""
 SIGNAL = "phaseledger_signal"
 """The Temporal signal that carries a phaseledger signal: ``{"name", "payload", "signal_id"?}``."""
+WAKE = "phaseledger_wake"
+"""The Temporal signal (no payload) that says the run's log changed outside Temporal (a signal
+appended with ``engine.signal``, a cancellation): the workflow advances the run again."""
 ADVANCE = "phaseledger_advance"
 DELIVER_SIGNAL = "phaseledger_deliver_signal"
 CANCEL = "phaseledger_cancel"
@@ -87,6 +93,7 @@ class SignalDelivery:
 @dataclass
 class _Pending:
     deliveries: list[SignalDelivery] = field(default_factory=list)
+    woken: bool = False
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -109,6 +116,11 @@ class PhaseledgerRun:
             SignalDelivery(self._run_id or workflow.info().workflow_id, name, message.get("payload"), str(signal_id))
         )
 
+    @workflow.signal(name=WAKE)
+    def phaseledger_wake(self) -> None:
+        """The run's log changed outside Temporal: advance it again at once."""
+        self._pending.woken = True
+
     @workflow.run
     async def run(self, params: RunInput) -> Outcome:
         self._run_id = params.run_id
@@ -123,6 +135,7 @@ class PhaseledgerRun:
     async def _loop(self, params: RunInput) -> Outcome:
         while True:
             await self._deliver(params)
+            self._pending.woken = False
             wait: Wait = await workflow.execute_activity(
                 ADVANCE,
                 params.run_id,
@@ -140,7 +153,7 @@ class PhaseledgerRun:
                 timeout = max(0.0, (wait.until - workflow.now()).total_seconds())
             try:
                 await workflow.wait_condition(
-                    lambda: bool(self._pending.deliveries), timeout=timeout,
+                    lambda: bool(self._pending.deliveries) or self._pending.woken, timeout=timeout,
                     timeout_summary=f"phaseledger {wait.reason} until {wait.until}",
                 )
             except asyncio.TimeoutError:

@@ -232,6 +232,14 @@ class RunIndex(TrackingRecorder):
     def runnable(self, now: datetime, keys: Iterable[str], limit: int) -> list[tuple[str, int]]:
         """``(run_id, version)`` of runs of these workflow keys runnable at ``now``, oldest first."""
 
+    def changed_since(self, since: datetime, keys: Iterable[str], limit: int) -> list[IndexRow]:
+        """Rows of runs of these workflow keys whose last event is later than ``since``, oldest first
+        (what an outside scheduler follows to learn of signals and cancellations)."""
+        wanted = set(keys)
+        rows = sorted((r for r in self.rows() if r.updated_at > since and r.workflow_key in wanted),
+                      key=lambda r: r.updated_at)
+        return rows[:limit]
+
 
 class MemoryRunIndex(RunIndex):
     """The run index of a ``memory://`` store (in this process only)."""
@@ -384,6 +392,13 @@ class SQLiteRunIndex(SQLiteTrackingRecorder, RunIndex):
             c.execute(sqlite.RUNNABLE, {"now": now.timestamp(), "keys": sqlite.json_list(keys), "limit": limit})
             return [(r[0], r[1]) for r in c.fetchall()]
 
+    @guarded("read the run index")
+    def changed_since(self, since: datetime, keys: Iterable[str], limit: int) -> list[IndexRow]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sqlite.CHANGED, {"since": since.timestamp(), "keys": sqlite.json_list(list(keys)),
+                                       "limit": limit})
+            return [self._row(r) for r in c.fetchall()]
+
 
 class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
     """The run index of a PostgreSQL store, shared by every worker on it (see :mod:`.leases`)."""
@@ -469,6 +484,12 @@ class PostgresRunIndex(PostgresTrackingRecorder, RunIndex):
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.sql(pg.RUNNABLE), {"now": now, "keys": list(keys), "limit": limit})
             return [(r["run_id"], r["version"]) for r in curs.fetchall()]
+
+    @guarded("read the run index")
+    def changed_since(self, since: datetime, keys: Iterable[str], limit: int) -> list[IndexRow]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.sql(pg.CHANGED), {"since": since, "keys": list(keys), "limit": limit})
+            return [self._row(r) for r in curs.fetchall()]
 
 
 def open_run_index(store: Store, *, create: bool = True) -> RunIndex:

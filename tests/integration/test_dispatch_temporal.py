@@ -108,6 +108,36 @@ async def test_cancelling_the_temporal_workflow_cancels_the_run(
         engine.close()
 
 
+async def test_a_signal_or_a_cancel_sent_through_phaseledger_reaches_the_temporal_workflow(
+    temporal_address: str, durable_store_url: str, calls: Path
+) -> None:
+    """``engine.signal`` and ``engine.cancel`` only write phaseledger's log; the workers' wake
+    bridge tells the waiting Temporal workflow, which would otherwise sleep out its hour."""
+    client = await Client.connect(temporal_address)
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    wf = order_workflow()
+    engine = Engine(durable_store_url, workflows=[wf], max_inline_wait=0)
+    signalled, cancelled = f"order-{uuid.uuid4().hex[:8]}", f"order-{uuid.uuid4().hex[:8]}"
+    try:
+        async with phaseledger_worker(client, engine, queue, wake_every=0.2):
+            first = await start_run(client, engine, wf, run_id=signalled, task_queue=queue)
+            second = await start_run(client, engine, wf, run_id=cancelled, task_queue=queue)
+            for run_id in (signalled, cancelled):
+                await _until("the run to wait for its signal", lambda r=run_id: engine.get(r).status == "waiting")
+            await engine.signal(signalled, "approve", {"ok": True}, signal_id="through-phaseledger")
+            await engine.cancel(cancelled, reason="changed my mind")
+            assert await asyncio.wait_for(first.result(), WAIT) == Outcome(signalled, "completed", 47)
+            with pytest.raises(WorkflowFailureError) as failed:
+                await asyncio.wait_for(second.result(), WAIT)
+        assert "cancelled" in str(failed.value.cause)
+        assert engine.get(cancelled).status == "cancelled"
+        history = [event.event_type async for event in first.fetch_history_events()]
+        assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED in history  # the bridge's wake
+        assert [e.type for e in engine.history(signalled)].count("SignalReceived") == 1
+    finally:
+        engine.close()
+
+
 def _worker_process(address: str, store: str, queue: str, calls: Path, hang: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PL_CALLS": str(calls), "PL_HANG": str(hang)}
     with open(hang.with_suffix(".log"), "wb") as log:  # the child's output, for a failing test's reader

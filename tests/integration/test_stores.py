@@ -68,3 +68,46 @@ async def test_duplicate_and_unknown_ids(store_url: str) -> None:
             assert "nope" in str(exc)
         else:
             raise AssertionError("RunNotFound not raised")
+
+
+async def test_the_run_index_lists_the_runs_changed_since_a_time(store_url: str) -> None:
+    """What an outside scheduler follows (the Temporal wake bridge): rows changed after a time,
+    of the workflows asked for, oldest first, at most ``limit``."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from phaseledger.store.runindex import open_run_index
+
+    class Nothing(BaseModel):
+        pass
+
+    kept, other = Workflow("kept", state=Nothing), Workflow("other", state=Nothing)
+    for wf in (kept, other):
+
+        @wf.phase(initial=True, final=True)
+        async def wait(ctx: Context[Nothing]) -> str:
+            return str((await ctx.wait_for_signal("go"))["n"])
+
+    engine = Engine(store_url, workflows=[kept, other], max_inline_wait=0)
+    try:
+        for run_id in ("k-1", "k-2"):
+            await engine.run(kept, run_id=run_id)
+        await engine.run(other, run_id="o-1")
+        index = open_run_index(engine.store)
+        index.catch_up()
+        await asyncio.sleep(0.01)
+        later = datetime.now(UTC)
+        assert [r.run_id for r in index.changed_since(later - timedelta(minutes=1), ["kept@1"], 10)] == ["k-1", "k-2"]
+        assert [r.run_id for r in index.changed_since(later - timedelta(minutes=1), ["kept@1"], 1)] == ["k-1"]
+        assert index.changed_since(later, ["kept@1", "other@1"], 10) == []
+
+        await asyncio.sleep(0.01)  # the clock moves on: the next events are stamped after ``later``
+        await engine.signal("k-2", "go", {"n": 2})
+        await engine.cancel("o-1")
+        index.catch_up()
+        changed = {r.run_id: r for r in index.changed_since(later, ["kept@1", "other@1"], 10)}
+        assert set(changed) == {"k-2", "o-1"}
+        assert changed["k-2"].runnable_at is not None and not changed["k-2"].finished  # due: a signal came
+        assert changed["o-1"].status == "cancelled"
+    finally:
+        engine.close()

@@ -169,6 +169,14 @@ RUNNABLE = """
     LIMIT %(limit)s
 """
 
+CHANGED = """
+    SELECT run_id, workflow, workflow_version, status, runnable_at, version, updated_at
+    FROM {schema}.phaseledger_runindex
+    WHERE updated_at > %(since)s AND workflow_key = ANY(%(keys)s)
+    ORDER BY updated_at
+    LIMIT %(limit)s
+"""
+
 RESET = (
     "DELETE FROM {schema}.phaseledger_runindex",
     "DELETE FROM {schema}.phaseledger_runindex_tracking WHERE application_name = %(name)s",

@@ -104,6 +104,14 @@ RUNNABLE = sql("""
     LIMIT %(limit)s
 """)
 
+CHANGED = sql("""
+    SELECT run_id, workflow, workflow_version, status, runnable_at, version, updated_at
+    FROM phaseledger_runindex
+    WHERE updated_at > %(since)s AND workflow_key IN (SELECT value FROM json_each(%(keys)s))
+    ORDER BY updated_at
+    LIMIT %(limit)s
+""")
+
 NEXT_WAKE = sql("""
     SELECT min(runnable_at) FROM phaseledger_runindex
     WHERE runnable_at IS NOT NULL AND workflow_key IN (SELECT value FROM json_each(%(keys)s))
