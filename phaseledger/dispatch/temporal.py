@@ -271,7 +271,10 @@ def phaseledger_worker(client: Client, engine: Engine, task_queue: str, *,
     """
     for workflow in workflows:
         engine.register(workflow)
-    restrictions = SandboxRestrictions.default.with_passthrough_modules("phaseledger")
+    # rich and beartype: a console handler on the root logger (Prefect installs one in any process
+    # that imports prefect) renders a workflow's log lines with rich, which would otherwise be
+    # imported again inside the sandbox, slowly enough to trip Temporal's deadlock detector.
+    restrictions = SandboxRestrictions.default.with_passthrough_modules("phaseledger", "rich", "beartype")
     options.setdefault("workflow_runner", SandboxedWorkflowRunner(restrictions=restrictions))
     bridge = WakeBridge(client, engine, wake_every) if wake_every is not None else None
     return PhaseledgerWorker(client, task_queue=task_queue, workflows=[PhaseledgerRun],
