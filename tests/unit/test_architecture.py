@@ -206,7 +206,9 @@ LAYERS = {
     "service": {"domain", "store", "engine", "workers", "facade"},
     "testing": {"domain", "store", "engine", "facade"},
     "dispatch": {"domain", "store", "engine", "facade"},
-    "cli": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade", "service", "agents"},
+    "cli": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade", "service", "agents",
+            "web"},
+    "web": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade"},
     "demo": {"root", "cli"},
 }
 ALLOWED_UPWARD = {

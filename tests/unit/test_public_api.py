@@ -33,8 +33,8 @@ SUBPACKAGES = {
         "UnsupportedPydanticAI", "check_pydantic_ai_version", "run_agent",
     ],
     "phaseledger.projections": [
-        "SCHEMA_VERSION", "Failure", "Follower", "PhaseDurations", "PhaseVisit", "ProjectionError",
-        "ProjectionOutdated", "ProjectionReset", "ProjectionStatus", "ReportProjection", "Reports", "RunSummary",
+        "SCHEMA_VERSION", "Failure", "FailureCount", "Follower", "PhaseDurations", "PhaseVisit", "ProjectionError",
+        "ProjectionOutdated", "ProjectionReset", "ProjectionStatus", "ReportProjection", "Reports", "RunPage", "RunSummary",
         "SummaryReport", "TokenUsage", "WorkflowTotals", "ddl",
     ],
     "phaseledger.testing": [
