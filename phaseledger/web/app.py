@@ -44,7 +44,7 @@ from phaseledger.engine.views import RecordedEvent
 from phaseledger.history.timetravel import Lineage
 from phaseledger.store.eventstore import Store
 from phaseledger.web import markdown, svg
-from phaseledger.web.details import RunDetails, run_details
+from phaseledger.web.details import RunDetails, call_name, run_details
 from phaseledger.web.forms import CSRF_COOKIE, CSRF_FIELD, Csrf, parse_signal, signal_fields
 
 log = logging.getLogger("phaseledger.web")
@@ -149,8 +149,10 @@ def event_summary(event: RecordedEvent) -> str:
     if kind == "StepRecorded":
         extra = [f"{_seconds(event.duration)}" if event.duration else "",
                  f"{event.tokens} tokens" if event.tokens else "", "failed" if data.get("error") else ""]
-        return f"{data.get('kind')} {data.get('name')}" + (f" ({', '.join(e for e in extra if e)})"
-                                                           if any(extra) else "")
+        kind_, name = str(data.get("kind")), str(data.get("name"))
+        short = call_name(kind_, name)
+        return (short if short != name else f"{kind_} {name}") + (
+            f" ({', '.join(e for e in extra if e)})" if any(extra) else "")
     if kind == "StepAttemptFailed":
         return (f"{data.get('name')} attempt {data.get('attempt')}: {data.get('error_type')}: "
                 f"{str(data.get('message'))[:120]}")

@@ -123,6 +123,8 @@ class RunDetails:
     """Tokens on events a fork copied from its parent (paid by the parent, left out of the tables)."""
     artifacts: list[Artifact]
     lineage: Lineage | None
+    resumes: list[tuple[datetime, str, int]] = field(default_factory=list)
+    """``(when, reason, version)`` of each ``RunResumed``: after a crash (recover), a signal, a timer, ..."""
 
     @property
     def visited(self) -> dict[str, int]:
@@ -168,14 +170,31 @@ class RunDetails:
                 detail = ", ".join(filter(None, [
                     f"{call.tokens} tokens" if call.tokens else "", call.model or "",
                     f"${call.cost:.4f}" if call.cost else "", "failed" if call.failed else "", f"v{call.version}"]))
-                bars.append(Bar(f"{call.kind}: {call.name}", call.start, call.end, call.kind, detail=detail,
-                                indent=True))
+                label = call_name(call.kind, call.name)
+                bars.append(Bar(label if label != call.name else f"{call.kind}: {call.name}", call.start, call.end,
+                                call.kind, detail=detail, indent=True))
+            for when, reason, version in self.resumes:
+                if visit.start <= when <= (visit.end or end):
+                    bars.append(Bar(f"resumed ({reason})", when, when, "resume", detail=f"v{version}", indent=True))
         return bars
 
     @property
     def calls_hidden(self) -> int:
         """Calls left off the timeline."""
         return max(sum(len(v.calls) for v in self.visits) - MAX_TIMELINE_CALLS, 0)
+
+
+def call_name(kind: str, name: str) -> str:
+    """A journaled call's name for people: ``planner: model request``, ``researcher: tool search``.
+
+    pydantic-ai names agent units ``<agent>__<operation>``; other names are kept as they are.
+    """
+    agent, sep, operation = name.partition("__")
+    if sep and kind == Kind.MODEL:
+        return f"{agent}: model request"
+    if sep and kind == Kind.TOOL and "call_tool:" in operation:
+        return f"{agent}: tool {operation.rsplit('call_tool:', 1)[1]}"
+    return name
 
 
 def _when(value: Any) -> datetime | None:
@@ -262,7 +281,9 @@ def run_details(engine: Engine, run_id: str) -> RunDetails:
         lineage: Lineage | None = engine.lineage(run_id)
     except PhaseledgerError:
         lineage = None
-    return RunDetails(run, events, workflow, visits, waits, taken, by_phase, by_model, inherited, artifacts, lineage)
+    resumes = [(e.timestamp, str(e.data.get("reason")), e.version) for e in events if e.type == "RunResumed"]
+    return RunDetails(run, events, workflow, visits, waits, taken, by_phase, by_model, inherited, artifacts, lineage,
+                      resumes)
 
 
 def _readable(engine: Engine, run_id: str, bad_version: int) -> list[RecordedEvent]:
