@@ -13,7 +13,7 @@ The view needs the ``web`` extra (``pip install 'phaseledger[web]'``); without i
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -31,14 +31,17 @@ __all__ = ["ACTIONS_SECRET_ENV_VAR", "WebUnavailable", "create_app", "require_we
 ACTIONS_SECRET_ENV_VAR = "PHASELEDGER_WEB_SECRET"
 """The environment variable ``phaseledger serve`` reads the actions secret from."""
 
-_REQUIRED = ("starlette", "jinja2")
+_REQUIRED = {"starlette": "starlette", "jinja2": "jinja2", "python_multipart": "python-multipart"}
+"""The modules the view imports, and the packages of the ``web`` extra that provide them."""
 
 
 def require_web(*, server: bool = False) -> None:
     """Raise :class:`WebUnavailable` when a package of the ``web`` extra is missing (``uvicorn`` too with ``server``)."""
-    for name in (*_REQUIRED, *(("uvicorn",) if server else ())):
-        if importlib.util.find_spec(name) is None:
-            raise WebUnavailable(name)
+    for module, package in (*_REQUIRED.items(), *((("uvicorn", "uvicorn"),) if server else ())):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise WebUnavailable(package) from None
 
 
 def create_app(

@@ -17,8 +17,8 @@ from html import escape
 
 from phaseledger.domain.diagram import StateDiagram
 
-NODE_W, NODE_H = 132, 38
-COL_GAP, ROW_GAP = 112, 34
+NODE_W, NODE_H = 124, 38
+COL_GAP, ROW_GAP = 100, 30
 MARGIN = 24
 
 
