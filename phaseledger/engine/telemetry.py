@@ -34,6 +34,16 @@ _STOPS = (Suspended, Released, Cancelled, Superseded)
 """How a drive stops without anything going wrong: not errors of a span."""
 
 
+def _version() -> str | None:
+    """phaseledger's installed version, which the tracer carries (None when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("phaseledger")
+    except PackageNotFoundError:
+        return None
+
+
 class Tracing:
     """The engine's spans, on a tracer of ``tracer_provider`` (the global one when None); off unless enabled."""
 
@@ -42,9 +52,7 @@ class Tracing:
         if enabled:
             from opentelemetry import trace
 
-            from phaseledger import __version__
-
-            self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider=tracer_provider)
+            self.tracer = trace.get_tracer(TRACER_NAME, _version(), tracer_provider=tracer_provider)
 
     @property
     def enabled(self) -> bool:
