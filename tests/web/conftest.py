@@ -96,9 +96,13 @@ def chromium_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """A headless chromium (skipped, or failed under CI, when it cannot be started)."""
+    """A headless chromium (skipped, or failed under CI, when it cannot be started).
+
+    One per test module: Playwright's sync API runs an event loop in this thread while it
+    is open, and the tests of other modules call ``asyncio.run``.
+    """
     missing = chromium_missing()
     if missing is not None:
         if IN_CI:
