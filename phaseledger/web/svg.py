@@ -17,8 +17,8 @@ from html import escape
 
 from phaseledger.domain.diagram import StateDiagram
 
-NODE_W, NODE_H = 124, 38
-COL_GAP, ROW_GAP = 100, 30
+NODE_W, NODE_H = 128, 38
+COL_GAP, ROW_GAP = 132, 30
 MARGIN = 24
 
 
@@ -162,7 +162,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def timeline(bars: Sequence[Bar], *, width: int = 960) -> str:
+def timeline(bars: Sequence[Bar], *, width: int = 1100) -> str:
     """A Gantt chart of ``bars``, one row each, on one time axis (durations written beside the bars).
 
     The axis spans the closed bars; an open bar (a wait still going, the current phase
@@ -174,7 +174,7 @@ def timeline(bars: Sequence[Bar], *, width: int = 960) -> str:
     end = max((b.end for b in bars if not b.open), default=max(b.start for b in bars))
     end = max(end, max(b.start for b in bars))
     span = max((end - start).total_seconds(), 1e-3)
-    label_w, right = 210, 96
+    label_w, right = 270, 100
     plot = width - label_w - right
     tail = 0.1 * plot if any(b.open for b in bars) else 0.0
     row_h = 22
@@ -196,7 +196,7 @@ def timeline(bars: Sequence[Bar], *, width: int = 960) -> str:
         x1 = x(bar.start)
         x2 = label_w + plot if bar.open else x(bar.end)
         w = max(x2 - x1, 2.0)
-        label = ("   " if bar.indent else "") + _short(bar.label, 30 if bar.indent else 32)
+        label = ("   " if bar.indent else "") + _short(bar.label, 40 if bar.indent else 42)
         text = (_duration(seconds) + " so far") if bar.open else _duration(seconds)
         tip = f"{bar.label}: {text}" + (f" — {bar.detail}" if bar.detail else "")
         parts.append(f'<g class="bar {escape(bar.kind)}{" open" if bar.open else ""}"><title>{escape(tip)}</title>')
