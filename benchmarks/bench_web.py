@@ -85,7 +85,7 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
                                 client.get(path).raise_for_status()
                                 return now() - start
 
-                            value, floor = bracketed(lambda: index_seconds(store), serve)
+                            value, floor = bracketed(lambda store=store: index_seconds(store), serve)
                             samples[case][0].append(value * 1000)
                             samples[case][1].append(floor * 1000)
             finally:

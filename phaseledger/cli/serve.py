@@ -13,6 +13,7 @@ import typer
 
 from phaseledger.cli._base import app, session_of
 from phaseledger.cli._session import CommandError, refuse_missing_store
+from phaseledger.web import ACTIONS_SECRET_ENV_VAR
 
 
 @app.command()
@@ -22,7 +23,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, metavar="PORT",
                                       help="The port to listen on.")] = 8080,
     actions_secret: Annotated[Optional[str], typer.Option(
-        "--actions-secret", envvar="PHASELEDGER_WEB_SECRET", metavar="SECRET", show_default=False,
+        "--actions-secret", envvar=ACTIONS_SECRET_ENV_VAR, metavar="SECRET", show_default=False,
         help="Enable actions (signal, cancel, resume, retry, fork); the secret signs their CSRF tokens. "
              "Without it the view is read-only.")] = None,
     worker: Annotated[bool, typer.Option(

@@ -36,7 +36,7 @@ _REQUIRED = {"starlette": "starlette", "jinja2": "jinja2", "python_multipart": "
 
 
 def require_web(*, server: bool = False) -> None:
-    """Raise :class:`WebUnavailable` when a package of the ``web`` extra is missing (``uvicorn`` too with ``server``)."""
+    """Raise :class:`WebUnavailable` when a package of the ``web`` extra is missing (with ``server``: uvicorn too)."""
     for module, package in (*_REQUIRED.items(), *((("uvicorn", "uvicorn"),) if server else ())):
         try:
             importlib.import_module(module)

@@ -42,6 +42,7 @@ from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.engine import Engine
 from phaseledger.engine.views import RecordedEvent
 from phaseledger.history.timetravel import Lineage
+from phaseledger.projections.models import FailureCount
 from phaseledger.store.eventstore import Store
 from phaseledger.web import markdown, svg
 from phaseledger.web.details import RunDetails, call_name, run_details
@@ -84,7 +85,7 @@ class WebView:
             nonce = fresh = Csrf.new_nonce()
         shared = {
             "base": base, "app_title": self.title, "store": self.engine.store.url.redacted, "actions": self.actions,
-            "refresh": _refresh_text(self.refresh_seconds),
+            "refresh": _refresh_text(self.refresh_seconds), "live": self.refresh_seconds > 0,
             "csrf_field": CSRF_FIELD, "csrf_token": self.csrf.token(nonce) if self.csrf and nonce else "",
             "run_url": lambda run_id: f"{base}/runs/{quote(run_id, safe='')}",
             "notice": request.query_params.get("notice"), "error": request.query_params.get("error"),
@@ -249,7 +250,8 @@ def _forks_tree(lineage: Lineage, base: str) -> str:
             link = f'<a href="{base}/runs/{quote(fork.run_id, safe="")}">{escape(fork.run_id)}</a>'
             query = escape(urlencode({"a": run_id, "b": fork.run_id}))
             compare = f' · <a href="{base}/compare?{query}">compare with its parent</a>'
-            items.append(f"<li>{link} <span class=\"muted\">at v{fork.version}</span>{compare}{branch(fork.run_id)}</li>")
+            at = f'<span class="muted">at v{fork.version}</span>'
+            items.append(f"<li>{link} {at}{compare}{branch(fork.run_id)}</li>")
         return f'<ul class="tree">{"".join(items)}</ul>' if items else ""
 
     return branch(lineage.run_id)
@@ -443,9 +445,7 @@ def reports_page(view: WebView, request: Request) -> Response:
         by_day_model[key] = by_day_model.get(key, 0) + row.input_tokens + row.output_tokens
     tokens_chart = svg.bar_chart([(k, float(v), f"{v:,} tokens") for k, v in by_day_model.items()],
                                  title="Tokens by day and model")
-    failures_chart = svg.bar_chart(
-        [(f"{f.phase or '–'} · {f.error_type}", float(f.count), f"{f.count} {'run' if f.kind == 'run' else 'attempt'}"
-          f"{'' if f.count == 1 else 's'}") for f in failures[:30]], title="Failures by phase and error type")
+    failures_chart = svg.bar_chart([_failure_bar(f) for f in failures[:30]], title="Failures by phase and error type")
     timed = [p for p in summary.phases if p.mean_seconds is not None]
     durations_chart = svg.bar_chart(
         [(f"{p.workflow} · {p.phase}", float(p.mean_seconds or 0.0), f"mean {_seconds(p.mean_seconds)}")
@@ -455,6 +455,12 @@ def reports_page(view: WebView, request: Request) -> Response:
         "tokens_chart": tokens_chart, "failures_chart": failures_chart, "durations_chart": durations_chart,
         "lag": summary.lag,
     })
+
+
+def _failure_bar(failure: FailureCount) -> tuple[str, float, str]:
+    what = "run" if failure.kind == "run" else "attempt"
+    count = failure.count
+    return f"{failure.phase or '–'} · {failure.error_type}", float(count), f"{count} {what}{'' if count == 1 else 's'}"
 
 
 # -- actions -------------------------------------------------------------------------------

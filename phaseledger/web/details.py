@@ -125,6 +125,8 @@ class RunDetails:
     lineage: Lineage | None
     resumes: list[tuple[datetime, str, int]] = field(default_factory=list)
     """``(when, reason, version)`` of each ``RunResumed``: after a crash (recover), a signal, a timer, ..."""
+    timers: list[tuple[datetime, datetime, int]] = field(default_factory=list)
+    """``(started, wake_at, version)`` of each ``TimerStarted`` (a sleep, or a signal wait's timeout)."""
 
     @property
     def visited(self) -> dict[str, int]:
@@ -148,21 +150,30 @@ class RunDetails:
         return until if isinstance(until, datetime) else None
 
     def bars(self) -> list[Bar]:
-        """The timeline's rows: each phase visit, then its calls (the first :data:`MAX_TIMELINE_CALLS`), and waits."""
-        end = datetime.now(UTC)  # open bars (a wait, the current visit) last until now
+        """The timeline's rows: each phase visit, then what happened in it in time order — its
+        calls (the first :data:`MAX_TIMELINE_CALLS` of the run), waits, timers and resumes."""
+        now = datetime.now(UTC)  # open bars (a wait, the current visit) last until now
         bars: list[Bar] = []
         shown = 0
         for visit in self.visits:
-            bars.append(Bar(f"{visit.phase} #{visit.attempt}", visit.start, visit.end or end, "phase",
+            until = visit.end or now
+            bars.append(Bar(f"{visit.phase} #{visit.attempt}", visit.start, until, "phase",
                             detail=f"entered ({visit.reason}) at v{visit.version}"
                                    + (f", {visit.outcome}" if visit.outcome else ", current"),
                             open=visit.end is None))
+            rows: list[Bar] = []
             for wait in self.waits:
-                if visit.start <= wait.start <= (visit.end or end):
+                if visit.start <= wait.start <= until:
                     what = f"signal {wait.signal!r}" if wait.signal else wait.reason
-                    bars.append(Bar(f"waits: {what}", wait.start, wait.end or end, "wait", indent=True,
+                    rows.append(Bar(f"waits: {what}", wait.start, wait.end or now, "wait", indent=True,
                                     detail=f"until {wait.until.isoformat()}" if wait.until else "",
                                     open=wait.end is None))
+            for started, wake_at, version in self.timers:
+                if visit.start <= started <= until:
+                    due = min(wake_at, until)
+                    rows.append(Bar(f"timer (due {wake_at:%H:%M:%S})", started, due, "timer", indent=True,
+                                    detail=f"due {wake_at.isoformat()}, v{version}",
+                                    open=visit.end is None and wake_at > now))
             for call in visit.calls:
                 if shown >= MAX_TIMELINE_CALLS:
                     break
@@ -171,11 +182,12 @@ class RunDetails:
                     f"{call.tokens} tokens" if call.tokens else "", call.model or "",
                     f"${call.cost:.4f}" if call.cost else "", "failed" if call.failed else "", f"v{call.version}"]))
                 label = call_name(call.kind, call.name)
-                bars.append(Bar(label if label != call.name else f"{call.kind}: {call.name}", call.start, call.end,
+                rows.append(Bar(label if label != call.name else f"{call.kind}: {call.name}", call.start, call.end,
                                 call.kind, detail=detail, indent=True))
             for when, reason, version in self.resumes:
-                if visit.start <= when <= (visit.end or end):
-                    bars.append(Bar(f"resumed ({reason})", when, when, "resume", detail=f"v{version}", indent=True))
+                if visit.start <= when <= until:
+                    rows.append(Bar(f"resumed ({reason})", when, when, "resume", detail=f"v{version}", indent=True))
+            bars.extend(sorted(rows, key=lambda bar: bar.start))
         return bars
 
     @property
@@ -282,8 +294,10 @@ def run_details(engine: Engine, run_id: str) -> RunDetails:
     except PhaseledgerError:
         lineage = None
     resumes = [(e.timestamp, str(e.data.get("reason")), e.version) for e in events if e.type == "RunResumed"]
+    timers = [(e.timestamp, wake_at, e.version) for e in events
+              if e.type == "TimerStarted" and (wake_at := _when(e.data.get("wake_at"))) is not None]
     return RunDetails(run, events, workflow, visits, waits, taken, by_phase, by_model, inherited, artifacts, lineage,
-                      resumes)
+                      resumes, timers)
 
 
 def _readable(engine: Engine, run_id: str, bad_version: int) -> list[RecordedEvent]:

@@ -41,11 +41,7 @@ def inline(text: str) -> str:
 
 
 def _cells(line: str) -> list[str]:
-    line = line.strip()
-    if line.startswith("|"):
-        line = line[1:]
-    if line.endswith("|"):
-        line = line[:-1]
+    line = line.strip().removeprefix("|").removesuffix("|")
     return [cell.strip() for cell in line.split("|")]
 
 

@@ -65,14 +65,14 @@ def state_machine(diagram: StateDiagram, *, visited: Mapping[str, int] | None = 
     bottom = MARGIN + 18 + rows * (NODE_H + ROW_GAP) - ROW_GAP
     height = bottom + MARGIN + (28 + 16 * len(back) if back else 0)
     parts = [
-        f'<svg class="diagram" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
-        f'width="{width:.0f}" height="{height:.0f}" role="img" aria-labelledby="diagram-title">',
-        f'<title id="diagram-title">State machine of {escape(diagram.title)}'
-        f'{f", current phase {escape(current)}" if current else ""}</title>',
-        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
-        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" class="arrowhead"/></marker>'
-        '<marker id="arrow-taken" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
-        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" class="arrowhead taken"/></marker></defs>',
+        (f'<svg class="diagram" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
+         f'width="{width:.0f}" height="{height:.0f}" role="img" aria-labelledby="diagram-title">'),
+        (f'<title id="diagram-title">State machine of {escape(diagram.title)}'
+         f'{f", current phase {escape(current)}" if current else ""}</title>'),
+        ('<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+         'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" class="arrowhead"/></marker>'
+         '<marker id="arrow-taken" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+         'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" class="arrowhead taken"/></marker></defs>'),
     ]
     ix, iy = pos[diagram.initial]
     parts.append(f'<circle cx="{MARGIN + 6}" cy="{iy + NODE_H / 2:.1f}" r="6" class="start"/>')
@@ -88,7 +88,8 @@ def state_machine(diagram: StateDiagram, *, visited: Mapping[str, int] | None = 
         label = " ".join(filter(None, [_short(edge.label, 28), f"×{count}" if count else ""]))
         if edge.source == edge.target:
             cx = sx + NODE_W / 2
-            d = f"M{cx - 14:.1f},{sy:.1f} C{cx - 30:.1f},{sy - 34:.1f} {cx + 30:.1f},{sy - 34:.1f} {cx + 14:.1f},{sy:.1f}"
+            d = (f"M{cx - 14:.1f},{sy:.1f} C{cx - 30:.1f},{sy - 34:.1f} "
+                 f"{cx + 30:.1f},{sy - 34:.1f} {cx + 14:.1f},{sy:.1f}")
             lx, ly = cx, sy - 30
         elif rank[edge.target] > rank[edge.source]:
             x1, y1, x2, y2 = sx + NODE_W, sy + NODE_H / 2, tx, ty + NODE_H / 2
@@ -183,8 +184,8 @@ def timeline(bars: Sequence[Bar], *, width: int = 1100) -> str:
     def x(when: datetime) -> float:
         return label_w + (plot - tail) * min((when - start).total_seconds() / span, 1.0)
 
-    parts = [f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-             f'width="{width}" height="{height}" role="img" aria-labelledby="timeline-title">',
+    parts = [(f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+              f'width="{width}" height="{height}" role="img" aria-labelledby="timeline-title">'),
              f'<title id="timeline-title">Timeline: {len(bars)} rows over {_duration(span)}</title>']
     for i in range(5):
         gx = label_w + (plot - tail) * i / 4
@@ -217,8 +218,8 @@ def bar_chart(rows: Sequence[tuple[str, float, str]], *, title: str, width: int 
     label_w, right, row_h = 220, 120, 24
     plot = width - label_w - right
     height = row_h * len(rows) + 8
-    parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-             f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
+    parts = [(f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+              f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}">'),
              f"<title>{escape(title)}</title>"]
     for i, (label, value, text) in enumerate(rows):
         y = 4 + i * row_h

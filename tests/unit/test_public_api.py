@@ -47,6 +47,7 @@ SUBPACKAGES = {
         "committed_step_keys", "fork_server_main", "load_workflows",
     ],
     "phaseledger.testing.store_contract": ["StoreContract", "add_signals", "new_run"],
+    "phaseledger.web": ["ACTIONS_SECRET_ENV_VAR", "WebUnavailable", "create_app", "require_web"],
     "phaseledger.cli": [
         "app", "call_name", "draw_diagram", "event_summary", "graphviz_missing", "main", "make_console",
         "print_error", "print_history", "token_counts",

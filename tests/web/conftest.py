@@ -45,12 +45,13 @@ def filled_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def store_copy(filled_store: Path, tmp_path: Path) -> str:
-    """A copy of the filled store for a test that changes it (its URL)."""
+    """A copy of the filled store for a test that changes it (its URL), made with SQLite's backup
+    API: a consistent copy even while a server of another test reads (and projects) the original."""
+    import sqlite3
+
     target = tmp_path / "runs.db"
-    for suffix in ("", "-wal", "-shm"):
-        source = Path(f"{filled_store}{suffix}")
-        if source.exists():
-            shutil.copy(source, f"{target}{suffix}")
+    with sqlite3.connect(filled_store) as source, sqlite3.connect(target) as copy:
+        source.backup(copy)
     return f"sqlite:///{target}"
 
 

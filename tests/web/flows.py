@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from phaseledger import Context, Engine, Workflow
+from phaseledger import Context, Engine, RunNotFound, Workflow
 from phaseledger.demo.research import build_research
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ def crash_research(url: str, *, after_events: int = 12, timeout: float = 60.0) -
             try:
                 if engine.get(CRASHED).version >= after_events:
                     break
-            except Exception:  # not started yet
+            except RunNotFound:  # not started yet
                 pass
             time.sleep(0.02)
         os.kill(child.pid, signal.SIGKILL)

@@ -22,11 +22,13 @@ from tests.web.flows import CRASHED, DECIDED, FAILED, FORK, WAITING, WORKFLOWS
 
 pytest.importorskip("starlette")
 expect: Any = pytest.importorskip("playwright.sync_api").expect
+expect.set_options(timeout=20_000)  # a bound on waiting for what the page shows, generous for a loaded machine
 
 A11Y_PROBLEMS = """() => {
   const problems = [];
   for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
-    const labelled = (el.labels && el.labels.length) || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+    const labelled = (el.labels && el.labels.length) || el.getAttribute('aria-label')
+      || el.getAttribute('aria-labelledby');
     if (!labelled) problems.push('no label: ' + el.outerHTML.slice(0, 100));
   }
   const levels = [...document.querySelectorAll('h1, h2, h3, h4, h5, h6')].map(h => Number(h.tagName[1]));

@@ -9,18 +9,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.web.flows import CRASHED, DECIDED, FAILED, FORK, WAITING, WORKFLOWS, change
 
 pytest.importorskip("starlette")
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from phaseledger import Engine  # noqa: E402
-from phaseledger.web import create_app  # noqa: E402
-from phaseledger.web.forms import CSRF_COOKIE, CSRF_FIELD  # noqa: E402
+from phaseledger import Engine
+from phaseledger.web import create_app
+from phaseledger.web.forms import CSRF_COOKIE, CSRF_FIELD
 
 SECRET = "http-test-secret"
 
@@ -287,7 +286,17 @@ def test_phaseledger_serve_serves_the_view(filled_store: Path) -> None:
 
 def test_serve_refuses_a_missing_store(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "phaseledger.cli", "--store", f"sqlite:///{tmp_path}/nope.db",
-                             "serve"], capture_output=True, text=True)
+                             "serve"], capture_output=True, text=True, check=False)
     assert result.returncode == 1 and "does not exist" in result.stderr
 
 
+
+
+def test_live_refresh_can_be_switched_off(filled_store: Path) -> None:
+    with TestClient(create_app(f"sqlite:///{filled_store}", workflows=WORKFLOWS, refresh_seconds=0)) as c:
+        for path in ("/runs", f"/runs/{WAITING}"):
+            page = c.get(path).text
+            assert "data-refresh" not in page and "live-toggle" not in page
+    with TestClient(create_app(f"sqlite:///{filled_store}", workflows=WORKFLOWS, refresh_seconds=2.5)) as c:
+        assert 'data-interval="2.5"' in c.get(f"/runs/{WAITING}").text
+        assert "data-refresh" not in c.get(f"/runs/{DECIDED}").text  # a finished run does not change
