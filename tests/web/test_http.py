@@ -300,3 +300,51 @@ def test_live_refresh_can_be_switched_off(filled_store: Path) -> None:
     with TestClient(create_app(f"sqlite:///{filled_store}", workflows=WORKFLOWS, refresh_seconds=2.5)) as c:
         assert 'data-interval="2.5"' in c.get(f"/runs/{WAITING}").text
         assert "data-refresh" not in c.get(f"/runs/{DECIDED}").text  # a finished run does not change
+
+
+def test_a_damaged_run_shows_what_can_be_read(store_copy: str) -> None:
+    from phaseledger import Store
+    from tests.integration.damage import damage
+
+    store = Store(store_copy)
+    try:
+        damage(store, DECIDED, 9)  # a row in the middle of its log cannot be read any more
+    finally:
+        store.close()
+    with TestClient(create_app(store_copy, workflows=WORKFLOWS)) as c:
+        page = c.get(f"/runs/{DECIDED}")
+        assert page.status_code == 200
+        assert 'class="badge s-damaged"' in page.text and "CorruptEvent" in page.text
+        assert 'id="v8"' in page.text and 'id="v9"' not in page.text  # the events before the damaged row
+        assert c.get(f"/fragments/run?id={DECIDED}").status_code == 200
+
+
+def test_a_run_being_driven_shows_its_driver_and_heartbeat(store_copy: str) -> None:
+    import threading
+
+    from phaseledger import Context, Workflow
+    from tests.web.flows import Job
+
+    release = threading.Event()
+    holding = Workflow("holding", state=Job)
+
+    @holding.phase(initial=True, final=True)
+    async def hold(ctx: Context[Job]) -> None:
+        await ctx.step("wait", lambda: release.wait(60))
+
+    engine = Engine(store_copy, workflows=[holding])
+    driving = threading.Thread(target=asyncio.run, args=(engine.run(holding, {}, run_id="held"),))
+    driving.start()
+    try:
+        with TestClient(create_app(store_copy, workflows=[holding])) as c:
+            for _ in range(400):
+                page = c.get("/runs/held")
+                if page.status_code == 200 and "heartbeat" in page.text:
+                    break
+                threading.Event().wait(0.05)
+            assert re.search(r'<td id="run-driver">running on [^<]+:\d+, heartbeat \d+ s ago</td>', page.text)
+            assert 'class="badge s-running"' in page.text
+    finally:
+        release.set()
+        driving.join(timeout=60)
+        engine.close()
