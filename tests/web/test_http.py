@@ -348,3 +348,30 @@ def test_a_run_being_driven_shows_its_driver_and_heartbeat(store_copy: str) -> N
         release.set()
         driving.join(timeout=60)
         engine.close()
+
+
+@pytest.mark.postgres
+def test_the_view_on_postgresql(postgres_url: str) -> None:
+    from tests.web.flows import Decision
+
+    async def make() -> None:
+        engine = Engine(postgres_url, workflows=WORKFLOWS, max_inline_wait=0)
+        try:
+            await engine.run(change, {"request": "on postgres"}, run_id="pg-change")
+            await engine.signal("pg-change", "decide", Decision(approved=True))
+            await engine.resume("pg-change")
+            await engine.run(change, {"request": "still waiting"}, run_id="pg-waiting")
+        finally:
+            engine.close()
+
+    asyncio.run(make())
+    with TestClient(create_app(postgres_url, workflows=WORKFLOWS, actions_secret=SECRET)) as c:
+        assert sorted(_listed(c.get("/runs").text)) == ["pg-change", "pg-waiting"]
+        assert _listed(c.get("/runs?status=waiting&q=PG-").text) == ["pg-waiting"]
+        page = c.get("/runs/pg-change").text
+        assert "<h4>Plan</h4>" in page and page.count('<g class="phase visited') == 4
+        token = csrf_token(c, "/runs/pg-waiting")
+        sent = c.post("/actions/signal", data={CSRF_FIELD: token, "run_id": "pg-waiting", "signal": "decide",
+                                               "approved": "on"})
+        assert "signal &#39;decide&#39; sent" in sent.text and "SignalReceived" in sent.text
+        assert "tokens" in c.get("/reports").text.lower()
