@@ -253,35 +253,72 @@ def test_without_the_web_extra_create_app_names_it() -> None:
     assert out.startswith("PhaseledgerError") and "pip install 'phaseledger[web]'" in out and "'starlette'" in out
 
 
-def test_phaseledger_serve_serves_the_view(filled_store: Path) -> None:
+class Serving:
+    """``phaseledger serve`` in a process of its own, on a free port."""
+
+    def __init__(self, store: str, *args: str, env: dict[str, str] | None = None) -> None:
+        import os
+
+        from tests.web.conftest import ROOT, free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.output = ""
+        """What the command printed (once it has stopped)."""
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "phaseledger.cli", "--store", store, "--workflows", "tests.web.flows", "serve",
+             "--port", str(self.port), *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})})
+
+    def __enter__(self) -> Serving:
+        import time
+
+        import httpx
+
+        for _ in range(300):
+            try:
+                httpx.get(f"{self.url}/runs", timeout=2)
+                return self
+            except httpx.TransportError:
+                if self.process.poll() is not None:
+                    raise AssertionError(self.process.stderr.read() if self.process.stderr else "serve exited")
+                time.sleep(0.1)
+        raise AssertionError("phaseledger serve did not answer")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.output, _ = self.process.communicate(timeout=30)
+
+
+def test_phaseledger_serve_serves_the_view_read_only(filled_store: Path) -> None:
+    import httpx
+
+    with Serving(f"sqlite:///{filled_store}") as served:
+        response = httpx.get(f"{served.url}/runs")
+        assert response.status_code == 200 and CRASHED in response.text and "read-only" in response.text
+        assert httpx.post(f"{served.url}/actions/cancel", data={"run_id": WAITING}).status_code == 403
+    assert f"serving http://127.0.0.1:{served.port}/" in served.output and "read-only" in served.output
+
+
+def test_phaseledger_serve_with_a_secret_and_a_worker_acts(store_copy: str) -> None:
     import time
 
     import httpx
 
-    from tests.web.conftest import ROOT, free_port
-
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "phaseledger.cli", "--store", f"sqlite:///{filled_store}", "--workflows",
-         "tests.web.flows", "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    try:
-        for _ in range(300):
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/runs", timeout=2)
-                break
-            except httpx.TransportError:
-                if server.poll() is not None:
-                    raise AssertionError(server.stderr.read() if server.stderr else "serve exited") from None
+    with Serving(store_copy, "--worker", "--refresh", "0", env={"PHASELEDGER_WEB_SECRET": "from-the-env"}) as served:
+        with httpx.Client(base_url=served.url) as browser:
+            page = browser.get(f"/runs/{WAITING}").text
+            token = re.search(rf'name="{CSRF_FIELD}" value="([0-9a-f]+)"', page)
+            assert token and "data-refresh" not in page
+            sent = browser.post("/actions/signal", data={CSRF_FIELD: token.group(1), "run_id": WAITING,
+                                                         "signal": "decide", "approved": "true"})
+            assert sent.status_code == 303
+            for _ in range(300):  # the server's worker drives the woken run
+                if 'id="run-status">completed' in browser.get(f"/runs/{WAITING}").text:
+                    break
                 time.sleep(0.1)
-        else:
-            raise AssertionError("phaseledger serve did not answer")
-        assert response.status_code == 200 and CRASHED in response.text and "read-only" in response.text
-        assert httpx.post(f"http://127.0.0.1:{port}/actions/cancel", data={"run_id": WAITING}).status_code == 403
-    finally:
-        server.terminate()
-        out, _ = server.communicate(timeout=30)
-    assert f"serving http://127.0.0.1:{port}/" in out and "read-only" in out
+            assert 'id="run-status">completed' in browser.get(f"/runs/{WAITING}").text
+    assert "actions enabled" in served.output
 
 
 def test_serve_refuses_a_missing_store(tmp_path: Path) -> None:
