@@ -12,7 +12,8 @@ many recorded calls the visit had to replay). The phase span is the current span
 handler runs, so the spans pydantic-ai makes for an instrumented agent (``invoke_agent``,
 ``chat``, ``execute_tool``; also only for work that runs live, see docs/agents.md) are its
 children, in the same trace. Where the spans go is the tracer provider's business: give one
-with the exporter you want (console, OTLP, ...) or let the global provider be used.
+with the exporter you want (console, OTLP, ...) or let the global provider be used, which
+``$PHASELEDGER_TRACING`` does for every engine (the ``phaseledger`` command's included).
 """
 
 from __future__ import annotations
@@ -28,10 +29,19 @@ if TYPE_CHECKING:
     from phaseledger.domain.workflow import Workflow
 
 TRACER_NAME = "phaseledger"
+TRACING_ENV_VAR = "PHASELEDGER_TRACING"
+"""Set (and not ``0``): every engine traces with the global tracer provider from the start."""
 _OFF = contextlib.nullcontext()
 """What every span is while tracing is off (reusable, and as cheap as a ``with`` gets)."""
 _STOPS = (Suspended, Released, Cancelled, Superseded)
 """How a drive stops without anything going wrong: not errors of a span."""
+
+
+def tracing_from_env() -> bool:
+    """Whether ``$PHASELEDGER_TRACING`` asks engines to trace (set, and not ``0``)."""
+    import os
+
+    return os.environ.get(TRACING_ENV_VAR, "") not in ("", "0")
 
 
 def _version() -> str | None:

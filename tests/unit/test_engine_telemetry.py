@@ -164,3 +164,44 @@ def test_pydantic_ai_spans_of_an_instrumented_agent_are_children_of_the_phase() 
 
     assert {phase_above(s) for s in chats} >= {"planning", "execution", "validation"}
     assert any(s.name.startswith("phaseledger model ") for s in spans)
+
+
+def test_the_environment_switches_tracing_on_with_the_global_provider() -> None:
+    import subprocess
+    import sys
+
+    code = """
+import asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import BaseModel
+from phaseledger import Context, Engine, Workflow
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+class S(BaseModel):
+    n: int = 0
+
+wf = Workflow("env", state=S)
+
+@wf.phase(initial=True, final=True)
+async def only(ctx: Context[S]) -> int:
+    return await ctx.step("one", lambda: 1)
+
+engine = Engine("memory://", workflows=[wf])
+asyncio.run(engine.run(wf, {}))
+engine.close()
+print(sorted(span.name for span in exporter.get_finished_spans()))
+"""
+    import os
+
+    for value, expected in (("1", "['phaseledger phase only', 'phaseledger run env', 'phaseledger step one']"),
+                            ("0", "[]")):
+        env = {**os.environ, "PHASELEDGER_TRACING": value}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        assert out.stdout.strip() == expected
