@@ -74,8 +74,8 @@ async def review(ctx: Context[Change]) -> str:
 async def execution(ctx: Context[Change]) -> None:
     for step in ctx.state.plan:
         ctx.state.applied.append(await ctx.step("apply", apply_step, step))
-    ctx.artifact("applied", [{"step": step, "result": result} for step, result in zip(ctx.state.plan,
-                                                                                      ctx.state.applied)])
+    rows = zip(ctx.state.plan, ctx.state.applied, strict=True)
+    ctx.artifact("applied", [{"step": step, "result": result} for step, result in rows])
 
 
 @change.phase(final=True)

@@ -281,7 +281,7 @@ class Serving:
                 return self
             except httpx.TransportError:
                 if self.process.poll() is not None:
-                    raise AssertionError(self.process.stderr.read() if self.process.stderr else "serve exited")
+                    raise AssertionError(self.process.stderr.read() if self.process.stderr else "serve exited") from None
                 time.sleep(0.1)
         raise AssertionError("phaseledger serve did not answer")
 
