@@ -18,7 +18,9 @@ demo: $(STAMP)  ## the research workflow on the embedded SQLite store, killed an
 
 test: $(STAMP)  ## the typing gate, then the whole suite (PostgreSQL tests skip outside CI when no server is reachable)
 	$(PY) -m mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q; status=$$?; \
+	echo "screenshots of the web view's pages (browser tests): $(CURDIR)/test-artifacts/screenshots"; \
+	exit $$status
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -33,4 +35,4 @@ bench: $(STAMP)  ## the benchmark suite, LangGraph and DBOS included (ratios to 
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(LOWEST) .pytest_cache .hypothesis phaseledger.db* demo.db* demo-*.svg
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .hypothesis phaseledger.db* demo.db* demo-*.svg test-artifacts

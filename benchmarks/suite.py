@@ -17,6 +17,7 @@ from benchmarks import (
     bench_steps,
     bench_storage,
     bench_transactions,
+    bench_web,
     bench_workers,
 )
 from benchmarks._harness import Backends, Result
@@ -78,6 +79,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     "projections": Benchmark(
         "report projection rebuild: events/s and peak memory", bench_projections.run, bench_projections.Sizes(),
         bench_projections.Sizes(events=400, steps_per_run=20, repeats=1), requires=bench_projections.unavailable,
+    ),
+    "web": Benchmark(
+        "the web view's runs list with 10,000 runs: a page served, against the run index query", bench_web.run,
+        bench_web.Sizes(), bench_web.Sizes(runs=120, repeats=1), requires=bench_web.unavailable,
     ),
     "workers": Benchmark(
         "PostgreSQL workers: throughput with 1, 2, 4 processes; signal-to-wake delay", bench_workers.run,

@@ -5,8 +5,8 @@ thing and closes it. Exit statuses: 0 done; 1 an error, printed as one ``error:`
 stderr (``--debug`` shows the traceback instead); 2 a wrong command line; 3 a run the
 command drove ended failed; 130 interrupted (Ctrl-C), with one line saying how to resume.
 The commands live in ``_read`` (runs, show, history), ``_act`` (start, resume, retry,
-signal, cancel), ``_tools`` (worker, diff, diagram, keygen, demo) and ``reports``
-(projections, report); each reports its own errors (see ``_command``).
+signal, cancel), ``_tools`` (worker, diff, diagram, keygen, demo), ``reports``
+(projections, report) and ``serve`` (the web view); each reports its own errors (see ``_command``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from phaseledger.cli import (
     _tools,  # noqa: F401
     _check,  # noqa: F401
     reports,
+    serve,  # noqa: F401
 )
 from phaseledger.cli import _render as render
 from phaseledger.cli._base import app

@@ -40,6 +40,8 @@ class Kind:
     """``ctx.uuid`` and ``ctx.random``."""
     CHECKPOINT: Final = "checkpoint"
     """``ctx.checkpoint`` (``CheckpointSaved``)."""
+    ARTIFACT: Final = "artifact"
+    """``ctx.artifact``: a markdown or table document a phase publishes."""
 
 
 class RecordedCall(NamedTuple):

@@ -197,6 +197,23 @@ class Context(Generic[StateT]):
         """A random float in [0, 1), recorded: replay sees the same value."""
         return self._journal.value(Kind.RANDOM, "random", _random.random, float, float)
 
+    def artifact(self, name: str, content: str | list[Any]) -> None:
+        """Publish a document of this phase under ``name``: markdown text, or a table.
+
+        A table is a list of rows, each a dict (column to value) or a list of values (the
+        first row then names the columns). The artifact is journaled like any recorded
+        value (replay publishes nothing again) and shown on the run's page of the web
+        view. ``content`` must be JSON (:class:`~phaseledger.SerializationError` otherwise).
+        """
+        if isinstance(content, str):
+            document: dict[str, Any] = {"format": "markdown", "content": content}
+        elif isinstance(content, list):
+            document = {"format": "table", "content": content}
+        else:
+            raise TypeError(f"ctx.artifact({name!r}, ...) takes markdown text or a list of rows, "
+                            f"got {type(content).__name__}")
+        self._journal.value(Kind.ARTIFACT, name, lambda: document, copy_json, copy_json)
+
     async def checkpoint(self, label: str) -> None:
         """Record the state explicitly under ``label`` (``CheckpointSaved``) and commit.
 

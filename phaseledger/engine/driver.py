@@ -193,7 +193,8 @@ class RunDriver:
     async def drive(self) -> None:
         """Run phases until the run completes, fails, suspends or is cancelled."""
         try:
-            await self._drive_phases()
+            with self.engine.tracing.run(self.run, self.workflow):
+                await self._drive_phases()
         except Cancelled:
             # Cancelled by another writer: drop what was not committed and show the run as
             # the log has it.
@@ -224,7 +225,8 @@ class RunDriver:
                     )
                 ctx: Context[Any] = Context(self, phase)
                 try:
-                    result = await run_handler(ctx, phase.handler)
+                    with self.engine.tracing.phase(self.run, len(self.run.journal)):
+                        result = await run_handler(ctx, phase.handler)
                     check_consumed(ctx)
                     if phase.final:
                         output, output_type = encode_value(result, f"the output of final phase {phase.name!r}")

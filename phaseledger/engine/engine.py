@@ -34,6 +34,7 @@ from phaseledger.engine.breaker import CircuitBreaker
 from phaseledger.engine.drives import Drives
 from phaseledger.engine.hooks import RunCallback, RunHooks
 from phaseledger.engine.stops import Cancelled
+from phaseledger.engine.telemetry import Tracing, tracing_from_env
 from phaseledger.engine.views import RecordedEvent, Run, damaged_view, event_view, run_view
 from phaseledger.history.compare import RunComparison, compare_runs
 from phaseledger.history.retention import CompactionReport, Retention, RetentionPolicy, RetentionReport
@@ -124,6 +125,9 @@ class Engine:
         """How long a driver keeps trying to commit while the store is unavailable (see :mod:`.driver`)."""
         self.outage = Outage(logging.getLogger("phaseledger.store"), "engine")
         """Whether this engine's store is out, as its drivers and worker see it; logs outages once."""
+        self.tracing = Tracing(enabled=tracing_from_env())
+        """OpenTelemetry spans of the live work of this engine's drives (off until :meth:`instrument`,
+        or ``$PHASELEDGER_TRACING``)."""
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -137,6 +141,17 @@ class Engine:
     def register(self, workflow: Workflow[Any]) -> None:
         """Register a workflow version (checked now: :class:`WorkflowDefinitionError` if invalid)."""
         self.registry.register(workflow)
+
+    def instrument(self, tracer_provider: Any = None) -> None:
+        """Trace the runs this engine drives with OpenTelemetry: a span per drive, per phase visit
+        and per journaled call that runs live (replayed calls are not traced again).
+
+        ``tracer_provider`` is an OpenTelemetry ``TracerProvider`` (with the exporter of your
+        choice); None uses the global one. ``$PHASELEDGER_TRACING=1`` instruments every engine
+        with the global provider (for the ``phaseledger`` command run under
+        ``opentelemetry-instrument``, say). See :mod:`phaseledger.engine.telemetry`.
+        """
+        self.tracing = Tracing(tracer_provider, enabled=True)
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The engine's circuit breaker of this name (created with defaults on first use)."""

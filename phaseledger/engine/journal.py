@@ -308,6 +308,21 @@ class Journal:
         outcome: Outcome | None = None, what: str | None = None, handled_by: str | None = None,
         effect: Effect | None = None, inputs: str | None = None, answer: Answer | None = None,
     ) -> Any:
+        """:meth:`attempts`, in a span of its own when the engine is instrumented (live calls only)."""
+        with self._driver.engine.tracing.call(self._driver.run, kind, name, key):
+            return await self.attempts(
+                key, kind, name, fn, retry=retry, breaker=breaker, fingerprint=fingerprint,
+                attempt_timeout=attempt_timeout, total_timeout=total_timeout, outcome=outcome, what=what,
+                handled_by=handled_by, effect=effect, inputs=inputs, answer=answer,
+            )
+
+    async def attempts(
+        self, key: str, kind: str, name: str, fn: Callable[[], Any], *,
+        retry: RetryPolicy | None = None, breaker: str | None = None, fingerprint: str | None = None,
+        attempt_timeout: float | None = None, total_timeout: float | None = None,
+        outcome: Outcome | None = None, what: str | None = None, handled_by: str | None = None,
+        effect: Effect | None = None, inputs: str | None = None, answer: Answer | None = None,
+    ) -> Any:
         """Run a call that :meth:`lookup` found unrecorded: attempts under the retry policy, then record it.
 
         ``fn()`` returns the result or an awaitable of it. Each attempt is bounded by

@@ -9,9 +9,11 @@ from phaseledger.projections.errors import ProjectionError, ProjectionOutdated, 
 from phaseledger.projections.follow import Follower
 from phaseledger.projections.models import (
     Failure,
+    FailureCount,
     PhaseDurations,
     PhaseVisit,
     ProjectionStatus,
+    RunPage,
     RunSummary,
     SummaryReport,
     TokenUsage,
@@ -24,6 +26,7 @@ from phaseledger.projections.schema import SCHEMA_VERSION, ddl
 __all__ = [
     "SCHEMA_VERSION",
     "Failure",
+    "FailureCount",
     "Follower",
     "PhaseDurations",
     "PhaseVisit",
@@ -33,6 +36,7 @@ __all__ = [
     "ProjectionStatus",
     "ReportProjection",
     "Reports",
+    "RunPage",
     "RunSummary",
     "SummaryReport",
     "TokenUsage",

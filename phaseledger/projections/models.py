@@ -56,6 +56,28 @@ class RunSummary(BaseModel):
         return self.input_tokens + self.output_tokens
 
 
+class RunPage(BaseModel):
+    """One page of run summaries (:meth:`Reports.runs_page <phaseledger.projections.Reports.runs_page>`),
+    newest first, with how many runs match the filters in all."""
+
+    runs: list[RunSummary] = Field(default_factory=list)
+    total: int = 0
+    """Runs matching the filters, on every page."""
+    offset: int = 0
+    limit: int = 50
+
+
+class FailureCount(BaseModel):
+    """How many failures of one kind and error type a phase of a workflow had."""
+
+    workflow: str
+    phase: str | None
+    kind: str
+    """``attempt`` (a failed attempt of a call) or ``run`` (a failed run)."""
+    error_type: str
+    count: int
+
+
 class PhaseVisit(BaseModel):
     """One row of ``report_phases``: one visit of a phase by a run."""
 

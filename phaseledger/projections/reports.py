@@ -11,16 +11,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, Self
 
 from phaseledger.projections.errors import AlreadyApplied, ProjectionError, ProjectionOutdated, ProjectionReset
 from phaseledger.projections.follow import Follower, PollingFollower, RunnerFollower, memory_runner, subscribed_runner
 from phaseledger.projections.models import (
     Failure,
+    FailureCount,
     PhaseDurations,
     PhaseVisit,
     ProjectionStatus,
+    RunPage,
     RunSummary,
     SummaryReport,
     TokenUsage,
@@ -209,6 +211,51 @@ class Reports:
         where, params = _where(status=status, workflow=workflow, parent_run_id=parent_run_id)
         sql = _limited(f"SELECT * FROM {{runs}}{where} ORDER BY started_at, run_id", params, limit)
         return [RunSummary(**row) for row in self._query(sql, params, RUNS)]
+
+    def runs_page(self, *, status: str | None = None, workflow: str | None = None, phase: str | None = None,
+                  since: datetime | None = None, until: datetime | None = None, run_id_contains: str | None = None,
+                  limit: int = 50, offset: int = 0) -> RunPage:
+        """A page of run summaries, newest first, and how many runs match in all.
+
+        ``since`` and ``until`` bound when the runs started (inclusive; naive times are
+        UTC); ``run_id_contains`` keeps the runs whose id contains that text (any case).
+        Served by the report tables alone, so a page costs the same with millions of runs.
+        """
+        if limit < 1 or offset < 0:
+            raise ProjectionError("limit must be >= 1 and offset >= 0")
+        where, params = _where(status=status, workflow=workflow, phase=phase)
+        clauses = [where[len(" WHERE "):]] if where else []
+        for name, value, op in (("since", since, ">="), ("until", until, "<=")):
+            if value is not None:
+                value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+                clauses.append(f"started_at {op} %({name})s")
+                params[name] = self.view.dialect.to_db(RUNS, {"started_at": value})["started_at"]
+        if run_id_contains:
+            escaped = run_id_contains.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append("LOWER(run_id) LIKE %(run_id_like)s ESCAPE '\\'")
+            params["run_id_like"] = f"%{escaped}%"
+        filtered = " WHERE " + " AND ".join(clauses) if clauses else ""
+        total = int(self._query(f"SELECT COUNT(*) AS n FROM {{runs}}{filtered}", dict(params))[0]["n"])
+        params.update(limit=int(limit), offset=int(offset))
+        rows = self._query(
+            f"SELECT * FROM {{runs}}{filtered} ORDER BY started_at DESC, run_id DESC "
+            "LIMIT %(limit)s OFFSET %(offset)s", params, RUNS,
+        )
+        return RunPage(runs=[RunSummary(**row) for row in rows], total=total, offset=offset, limit=limit)
+
+    def workflows(self) -> list[str]:
+        """The workflows that have runs, by name."""
+        return [row["workflow"] for row in self._query("SELECT DISTINCT workflow FROM {runs} ORDER BY workflow")]
+
+    def failure_counts(self, *, workflow: str | None = None) -> list[FailureCount]:
+        """Failures counted by workflow, phase, kind and error type, the most frequent first."""
+        where, params = _where(workflow=workflow)
+        rows = self._query(
+            "SELECT workflow, phase, kind, error_type, COUNT(*) AS n FROM {failures}" + where
+            + " GROUP BY workflow, phase, kind, error_type ORDER BY n DESC, workflow, phase, error_type", params,
+        )
+        return [FailureCount(workflow=r["workflow"], phase=r["phase"], kind=r["kind"], error_type=r["error_type"],
+                             count=int(r["n"])) for r in rows]
 
     def run(self, run_id: str) -> RunSummary | None:
         """The summary of one run (None when the tables do not include it yet)."""

@@ -208,7 +208,8 @@ LAYERS = {
     "dispatch": {"domain", "store", "engine", "facade"},
     "deploys": {"domain", "store", "engine", "facade"},
     "cli": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade", "service", "agents",
-            "deploys"},
+            "deploys", "web"},
+    "web": {"root", "domain", "store", "engine", "history", "workers", "projections", "facade"},
     "demo": {"root", "cli", "testing"},
 }
 ALLOWED_UPWARD = {

@@ -217,7 +217,7 @@ def test_every_command_that_prints_data_takes_json() -> None:
     assert {"start", "report", "projections status", "projections rebuild"} <= set(commands)
     without = sorted(name for name, command in commands.items()
                      if "--json" not in [opt for p in command.params for opt in getattr(p, "opts", [])])
-    assert without == ["demo", "diagram"]  # they draw or tell; they print no data
+    assert without == ["demo", "diagram", "serve"]  # they draw, tell or serve; they print no data
 
 
 def test_format_is_a_hidden_json_alias_only_where_it_was_one() -> None:

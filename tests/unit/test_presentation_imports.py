@@ -6,6 +6,9 @@
   and its own modules. The command runs the demo as a program and imports nothing of it,
   so ``phaseledger.cli`` and ``phaseledger.demo`` never import each other both ways.
 - Neither package uses another package's ``_private`` modules or names.
+- The web view's dependencies (starlette, jinja2, uvicorn) are imported only under
+  ``phaseledger/web``, and by the ``serve`` command; the web view imports nothing of the
+  command line (nor the command line anything of the web view but its package's names).
 """
 
 from __future__ import annotations
@@ -86,6 +89,38 @@ def test_typer_and_rich_are_used_only_by_the_cli_and_the_demo() -> None:
     assert outside == []
 
 
+WEB_DEPENDENCIES = ("starlette", "jinja2", "uvicorn", "fastapi")
+
+
+def test_the_web_dependencies_are_used_only_by_the_web_view_and_serve() -> None:
+    outside = [
+        str(found)
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not within(module_name(path), "phaseledger.web") and module_name(path) != "phaseledger.cli.serve"
+        for found in imports(path)
+        if any(within(found.module, dependency) for dependency in WEB_DEPENDENCIES)
+    ]
+    assert outside == []
+
+
+def test_the_web_view_and_the_cli_keep_apart() -> None:
+    web_uses_cli = [str(f) for path in modules_of("web") for f in imports(path) if within(f.module, "phaseledger.cli")]
+    assert web_uses_cli == []
+    cli_uses_web = [str(f) for path in modules_of("cli") for f in imports(path)
+                    if within(f.module, "phaseledger.web") and f.module != "phaseledger.web"]
+    assert cli_uses_web == []
+
+
+def test_importing_phaseledger_does_not_import_the_web_view() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, phaseledger, phaseledger.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'jinja2', 'uvicorn')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_the_cli_does_not_import_the_demo() -> None:
     found = [str(f) for path in modules_of("cli") for f in imports(path) if within(f.module, "phaseledger.demo")]
     assert found == []
@@ -112,7 +147,7 @@ def test_the_demo_uses_public_api_only() -> None:
 
 def test_no_private_names_of_other_packages() -> None:
     wrong = []
-    for package in ("cli", "demo"):
+    for package in ("cli", "demo", "web"):
         for path in modules_of(package):
             for found in imports(path):
                 if within(found.module, "phaseledger") and not within(found.module, f"phaseledger.{package}"):

@@ -36,8 +36,8 @@ SUBPACKAGES = {
         "UnsupportedPydanticAI", "check_pydantic_ai_version", "run_agent",
     ],
     "phaseledger.projections": [
-        "SCHEMA_VERSION", "Failure", "Follower", "PhaseDurations", "PhaseVisit", "ProjectionError",
-        "ProjectionOutdated", "ProjectionReset", "ProjectionStatus", "ReportProjection", "Reports", "RunSummary",
+        "SCHEMA_VERSION", "Failure", "FailureCount", "Follower", "PhaseDurations", "PhaseVisit", "ProjectionError",
+        "ProjectionOutdated", "ProjectionReset", "ProjectionStatus", "ReportProjection", "Reports", "RunPage", "RunSummary",
         "SummaryReport", "TokenUsage", "WorkflowTotals", "ddl",
     ],
     "phaseledger.testing": [
@@ -53,6 +53,7 @@ SUBPACKAGES = {
         "CallInfo", "CheckReport", "RunCompatibility", "Verdict", "VersionUse", "check_deploy", "check_deploy_sync",
     ],
     "phaseledger.testing.store_contract": ["StoreContract", "add_signals", "new_run"],
+    "phaseledger.web": ["ACTIONS_SECRET_ENV_VAR", "WebUnavailable", "create_app", "require_web"],
     "phaseledger.cli": [
         "app", "call_name", "draw_diagram", "event_summary", "graphviz_missing", "main", "make_console",
         "print_error", "print_history", "token_counts",
