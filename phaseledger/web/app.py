@@ -36,7 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from phaseledger.domain.diagram import Edge, StateDiagram
-from phaseledger.domain.errors import PhaseledgerError, RunNotFound
+from phaseledger.domain.errors import InvalidInput, PhaseledgerError, RunNotFound
 from phaseledger.domain.status import STATUSES
 from phaseledger.domain.workflow import Workflow
 from phaseledger.engine.engine import Engine
@@ -465,7 +465,7 @@ def _failure_bar(failure: FailureCount) -> tuple[str, float, str]:
 
 # -- actions -------------------------------------------------------------------------------
 
-ACTIONS = ("signal", "cancel", "resume", "retry", "fork")
+ACTIONS = ("signal", "cancel", "resume", "retry", "fork", "resolve")
 
 
 def _same_origin(request: Request) -> bool:
@@ -518,6 +518,14 @@ async def _act(view: WebView, action: str, run_id: str, form: dict[str, str]) ->
     if action == "cancel":
         await engine.cancel(run_id, form.get("reason") or "cancelled from the web view")
         return "run cancelled", run_id
+    if action == "resolve":  # a person's decision on an effect in doubt (policy "ask")
+        happened = form.get("happened") == "yes"
+        result = _json_field(form.get("result") or "", "the result") if happened else None
+        await engine.resolve(run_id, happened=happened, result=result, key=form.get("key") or None)
+        _spawn(view, engine.resume(run_id), f"resume of run {run_id!r} after a decision")
+        await asyncio.sleep(0.05)
+        what = "happened: its result is recorded" if happened else "did not happen: the step runs again, same key"
+        return f"decision sent (the effect {what}); the run is driven by this server", run_id
     if action in ("resume", "retry"):
         run = await engine.get_async(run_id)  # RunNotFound before a task is started
         if action == "retry" and run.status != "failed":
@@ -531,6 +539,17 @@ async def _act(view: WebView, action: str, run_id: str, form: dict[str, str]) ->
     at = form.get("at") or None
     fork = await engine.fork(run_id, at=at, new_run_id=form.get("new_run_id") or None, drive=False)
     return f"forked from {run_id} at {at or 'the head'}: resume it to drive it", fork.run_id
+
+
+def _json_field(text: str, what: str) -> Any:
+    """A form field holding JSON (empty: None); :class:`InvalidInput` naming ``what`` when it is not JSON."""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not JSON ({exc.msg} at position {exc.pos}): write it as JSON, "
+                           'e.g. "ch_123" or {"id": "ch_123"}') from None
 
 
 def _spawn(view: WebView, coro: Any, what: str) -> None:

@@ -412,3 +412,67 @@ def test_the_view_on_postgresql(postgres_url: str) -> None:
                                                "approved": "on"})
         assert "signal &#39;decide&#39; sent" in sent.text and "SignalReceived" in sent.text
         assert "tokens" in c.get("/reports").text.lower()
+
+
+def test_an_effect_in_doubt_is_listed_and_decided_from_the_page(tmp_path: Path) -> None:
+    """A step with an external effect (policy ``ask``) stopped between its intent and its result:
+    the run page lists it with its idempotency key, and a person's decision completes the run."""
+    from pydantic import BaseModel
+
+    from phaseledger import Context, Effect, Workflow
+
+    class Payment(BaseModel):
+        receipt: str = ""
+
+    charged: list[str] = []
+
+    async def charge() -> str:
+        charged.append("charge")
+        if len(charged) == 1:
+            await asyncio.sleep(3600)  # stopped here: intent recorded, result never
+        return "receipt-from-the-step"
+
+    payments = Workflow("payments", state=Payment)
+
+    @payments.phase(initial=True, final=True)
+    async def paying(ctx: Context[Payment]) -> str:
+        ctx.state.receipt = await ctx.step("charge", charge, effect=Effect(on_doubt="ask"))
+        return ctx.state.receipt
+
+    url = f"sqlite:///{tmp_path}/runs.db"
+
+    async def stop_in_doubt() -> None:
+        engine = Engine(url, workflows=[payments])
+        try:
+            driving = asyncio.ensure_future(engine.run(payments, run_id="pay-1"))
+            while not charged:
+                await asyncio.sleep(0.01)
+            driving.cancel()
+            await asyncio.gather(driving, return_exceptions=True)
+            await engine.drives.stop_all()  # the shielded drive too, as when the process dies
+            assert (await engine.resume("pay-1")).awaits_effect_decision  # policy "ask": it waits for a person
+        finally:
+            engine.close()
+
+    asyncio.run(stop_in_doubt())
+    with TestClient(create_app(url, workflows=[payments], actions_secret=SECRET)) as client:
+        page = client.get("/runs/pay-1")
+        assert "Effects in doubt" in page.text and "pay-1:" in page.text and "Decide <code>charge</code>" in page.text
+        token = csrf_token(client, "/runs/pay-1")
+        bad = client.post("/actions/resolve", data={CSRF_FIELD: token, "run_id": "pay-1", "happened": "yes",
+                                                     "result": "{not json"})
+        assert "is not JSON" in bad.text
+        done = client.post("/actions/resolve", data={CSRF_FIELD: token, "run_id": "pay-1", "happened": "yes",
+                                                      "result": '"receipt-decided"'})
+        assert "decision sent" in done.text
+        engine = Engine(url, workflows=[payments])
+        try:
+            for _ in range(200):
+                if engine.get("pay-1").finished:
+                    break
+                client.get("/runs")  # lets the server's loop drive the run meanwhile
+            run = engine.get("pay-1")
+            assert (run.status, run.output, run.in_doubt) == ("completed", "receipt-decided", [])
+        finally:
+            engine.close()
+    assert charged == ["charge"]  # the decision stood in for the effect: it did not run again
