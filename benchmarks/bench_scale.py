@@ -124,7 +124,8 @@ def _result_of(child: subprocess.Popen[bytes], out: Path, timeout: float) -> dic
         raise RuntimeError(f"the worker process did not finish in {timeout} s") from None
     if child.returncode != 0 or not out.exists():
         raise RuntimeError(f"the worker process failed ({child.returncode}): {err.decode()[-2000:]}")
-    return json.loads(out.read_text())  # type: ignore[no-any-return]
+    document: dict[str, Any] = json.loads(out.read_text())
+    return document
 
 
 def _memory_now() -> tuple[int, int]:
@@ -192,14 +193,14 @@ async def _drive_main(url: str, concurrency: int, poll_interval: float, out: Pat
         worker = engine.worker(concurrency=concurrency, poll_interval=poll_interval)
         task = asyncio.ensure_future(worker.run(until_idle=True, handle_signals=False))
         await worker.wait_until_started()
-        start, cpu, busy = now(), _cpu_seconds(), _machine_busy()
+        start, cpu, busy, rows = now(), _cpu_seconds(), _machine_busy(), engine.store.max_notification_id()
         stats = await task
         wall, cpu = now() - start, _cpu_seconds() - cpu
-        busy_end = _machine_busy()
+        busy_end, rows = _machine_busy(), engine.store.max_notification_id() - rows
     finally:
         engine.close()
     out.write_text(json.dumps({
-        "wall": wall, "cpu": cpu, "completed": stats.completed, "claimed": stats.claimed,
+        "wall": wall, "cpu": cpu, "completed": stats.completed, "claimed": stats.claimed, "rows": rows,
         "machine_busy": (busy_end[0] - busy[0]) / max(1, busy_end[1] - busy[1]),
     }))
 
@@ -231,7 +232,7 @@ def seed_waiting(url: str, runs: int) -> int:
     engine = Engine(url, workflows=[waiting])
     try:
         store = engine.store
-        templates = []
+        templates: list[list[Any]] = []
         for n, timer in enumerate((False, True)):
             run_id = f"s{n}-0"
             view = asyncio.run(engine.run(waiting, Waiting(timer=timer), run_id=run_id))
@@ -301,7 +302,7 @@ def concurrency(backends: Backends, sizes: Sizes) -> list[Result]:
     results = []
     for backend in backends.durable:
         for level in sizes.concurrent:
-            values, floors, loads, busy = [], [], [], []
+            values, floors, loads, busy, rows = [], [], [], [], []
             for _ in range(sizes.repeats):
                 with backends.store_url(backend, "conc") as url:
                     asyncio.run(_start_jobs(url, level, sizes))
@@ -314,10 +315,12 @@ def concurrency(backends: Backends, sizes: Sizes) -> list[Result]:
                 floors.append(level / sizes.io_seconds)
                 loads.append(got["cpu"] / got["wall"])
                 busy.append(got["machine_busy"])
+                rows.append(got["rows"] / got["wall"])
             case = f"{backend} 1 worker x {level:,} concurrent runs"
             results.append(Result.paired(
                 "scale", case, "steps/s", "steps/s", values, "ideal (no durability cost)", floors,
                 higher_is_better=True, runs=level, steps=sizes.steps, io_seconds=sizes.io_seconds,
+                log_rows_per_second=rows,
             ))
             results.append(Result.paired(
                 "scale", case, "worker CPU s / wall s", "", loads, None, None, machine_busy=busy,
@@ -410,6 +413,23 @@ class Sampler(threading.Thread):
         self.reports.close()
 
 
+def _window(s: Samples) -> range:
+    """The samples taken while the log grew (all of them if it never grew between two)."""
+    grew = [i for i in range(1, len(s.head)) if s.head[i] > s.head[i - 1]]
+    return range(grew[0], grew[-1] + 1) if grew else range(len(s.head))
+
+
+def rates(s: Samples) -> tuple[float, float]:
+    """``(log, tables)``: rows per second appended to the log and applied to the report
+    tables while the log grew."""
+    window = _window(s)
+    first, last = window[0], window[-1]
+    elapsed = s.times[last] - s.times[first]
+    if elapsed <= 0:
+        return 0.0, 0.0
+    return (s.head[last] - s.head[first]) / elapsed, (s.position[last] - s.position[first]) / elapsed
+
+
 def lags(s: Samples) -> tuple[list[float], list[float]]:
     """``(rows, seconds)`` of lag for each sample taken while the log grew.
 
@@ -417,8 +437,7 @@ def lags(s: Samples) -> tuple[list[float], list[float]]:
     head seen at the first: a bound, to within one sample interval, on how long a committed
     row waited for the report tables.
     """
-    grew = [i for i in range(1, len(s.head)) if s.head[i] > s.head[i - 1]]
-    window = range(grew[0], grew[-1] + 1) if grew else range(len(s.head))
+    window = _window(s)
     rows = [float(max(0, s.head[i] - s.position[i])) for i in window]
     seconds = []
     j = 0
@@ -490,14 +509,16 @@ def table_lock(backends: Backends, sizes: Sizes) -> list[Result]:
                 other_lock_waits_per_sample=sum(s.other_lock) / taken, sample_interval=sizes.sample_interval,
             ))
         rows, seconds = lags(s)
+        written, applied = rates(s)
         results.append(Result.paired(
             "scale", f"{case}, report follower", "lag (rows of the log)", "rows", rows,
             p99=_percentile(rows, 0.99), follow_interval=sizes.follow_interval,
+            log_rows_per_second=written, applied_rows_per_second=applied,
         ))
         results.append(Result.paired(
             "scale", f"{case}, report follower", "lag (s)", "s", seconds, p99=_percentile(seconds, 0.99),
             sample_interval=sizes.sample_interval, log_rows=s.head[-1] if s.head else 0,
-            rows_per_second=(s.head[-1] if s.head else 0) / elapsed,
+            log_rows_per_second=written, applied_rows_per_second=applied,
         ))
     return results
 
