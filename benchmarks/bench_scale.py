@@ -464,9 +464,9 @@ def table_lock(backends: Backends, sizes: Sizes) -> list[Result]:
     for processes in sizes.processes:
         with backends.postgres_schema("lock") as (url, schema):
             Engine(url, workflows=[jobs]).close()  # set the store up before anyone reads it
+            sampler = Sampler(url, schema, sizes.sample_interval)  # and the report tables
             ready = backends.tmpdir / f"follow-{uuid.uuid4().hex[:8]}"
             follower = _child("follow", url, str(sizes.follow_interval), str(ready))
-            sampler = Sampler(url, schema, sizes.sample_interval)
             try:
                 deadline = now() + 60
                 while not ready.exists():
