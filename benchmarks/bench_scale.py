@@ -18,9 +18,10 @@ Four measurements, each in worker processes of its own (``python -m benchmarks.b
 3. **1, 2 and 4 worker processes on one PostgreSQL, and the table lock.** The throughput
    run of ``bench_workers`` (runs started while the workers run), with
    ``pg_stat_activity`` sampled every ``sample_interval``: of the store's backends inside
-   the append function, how many wait for a lock (the append takes ``LOCK TABLE ... IN
-   EXCLUSIVE MODE``, so appends to one store run one at a time). The share of append time
-   spent waiting says whether that lock is the ceiling.
+   the append function, what each waits for (the append takes ``LOCK TABLE ... IN
+   EXCLUSIVE MODE``, so appends to one store run one at a time; see :data:`WAITS`). The
+   share of append time spent waiting for that lock, and how often an append is in flight
+   at all, say whether the lock is the ceiling.
 4. **A report follower alongside.** During (3) a follower process (``Reports.follow()``)
    keeps the report tables up to date; the log's head and the tables' position are
    sampled, giving the lag in rows of the log and in seconds (from a row's being

@@ -86,7 +86,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         requires=lambda: None,
     ),
     "scale": Benchmark(
-        "scale: worker memory per waiting run, 1 to 1,000 concurrent runs, the table lock, a follower's lag",
+        "worker memory per waiting run; 1 to 1,000 concurrent runs; the table lock; a follower's lag",
         bench_scale.run, bench_scale.Sizes(),
         bench_scale.Sizes(
             waiting=(0, 4), idle_polls=2, poll_interval=0.1, concurrent=(1, 4), steps=2, io_seconds=0.005,
