@@ -120,13 +120,18 @@ def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
 
 
 async def _wait_for(engine: Engine, run_ids: list[str], status: str, timeout: float) -> None:
+    """Return once every run has ``status``.
+
+    The runs are looked at one at a time, in the order given (about the order they finish
+    in), so waiting costs one read per 10 ms rather than one per pending run: on a small
+    machine, reading a hundred runs every 10 ms took CPU from the workers measured.
+    """
     deadline = now() + timeout
-    pending = set(run_ids)
-    while pending:
-        pending = {r for r in pending if engine.get(r).status != status}
-        if pending and now() > deadline:
-            raise RuntimeError(f"{len(pending)} runs not {status} after {timeout} s")
-        if pending:
+    for run_id in run_ids:
+        while engine.get(run_id).status != status:
+            if now() > deadline:
+                pending = sum(engine.get(r).status != status for r in run_ids)
+                raise RuntimeError(f"{pending} runs not {status} after {timeout} s")
             await asyncio.sleep(0.01)
 
 

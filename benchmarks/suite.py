@@ -14,6 +14,7 @@ from benchmarks import (
     bench_gate,
     bench_projections,
     bench_resume,
+    bench_scale,
     bench_steps,
     bench_storage,
     bench_transactions,
@@ -88,6 +89,15 @@ BENCHMARKS: dict[str, Benchmark] = {
         "PostgreSQL workers: throughput with 1, 2, 4 processes; signal-to-wake delay", bench_workers.run,
         bench_workers.Sizes(), bench_workers.Sizes(runs=4, steps=2, io_seconds=0.005, processes=(1,), signals=2),
         requires=lambda: None,
+    ),
+    "scale": Benchmark(
+        "worker memory per waiting run; 1 to 1,000 concurrent runs; the table lock; a follower's lag",
+        bench_scale.run, bench_scale.Sizes(),
+        bench_scale.Sizes(
+            waiting=(0, 4), idle_polls=2, poll_interval=0.1, concurrent=(1, 4), steps=2, io_seconds=0.005,
+            processes=(1,), workers=bench_workers.Sizes(runs=4, steps=2, io_seconds=0.005, concurrency=2),
+            sample_interval=0.01, follow_interval=0.05, timeout=60.0,
+        ),
     ),
     "dispatch": Benchmark(
         "DBOS, Temporal, Prefect and in-process dispatch against the native worker: runs/s, signal to next step",
