@@ -163,13 +163,16 @@ class Fleet:
 
 
 @dataclass
-class OnDBOS:
-    """DBOS: a DBOS workflow per run (id = run id); signals are DBOS messages."""
+class Through:
+    """DBOS or Prefect: the dispatcher object (``PhaseledgerDBOS``, ``PhaseledgerPrefect``) starts,
+    signals and awaits runs itself (a DBOS workflow, or a Prefect flow run, per run)."""
 
     engine: Engine
     dispatcher: Any
 
     async def start(self, workflow: Workflow[Any], input: Input = None, *, run_id: str) -> None:
+        # Idempotent per run id; on Prefect, a run whose flow run died with its process gets a new
+        # flow run here (a flow run under way in this process is not started twice).
         await self.dispatcher.start(workflow, input, run_id=run_id)
 
     async def signal(self, run_id: str, name: str, payload: Any = None, *, signal_id: str | None = None) -> None:
@@ -205,26 +208,6 @@ class OnTemporal:
         with contextlib.suppress(WorkflowFailureError):  # a failed run: its view says why
             await asyncio.wait_for(self.client.get_workflow_handle(run_id).result(), timeout)
         return await self.engine.get_async(run_id)
-
-
-@dataclass
-class OnPrefect:
-    """Prefect: a flow run per run (named by the run id), ``engine.advance`` its task; signals go to the log."""
-
-    engine: Engine
-    dispatcher: Any
-
-    async def start(self, workflow: Workflow[Any], input: Input = None, *, run_id: str) -> None:
-        # A run whose flow run died with its process gets a new flow run here (dispatch is idempotent
-        # only while one is under way in this process).
-        await self.dispatcher.start(workflow, input, run_id=run_id)
-
-    async def signal(self, run_id: str, name: str, payload: Any = None, *, signal_id: str | None = None) -> None:
-        await self.dispatcher.send_signal(run_id, name, payload, signal_id=signal_id)
-
-    async def result(self, run_id: str, timeout: float = 60.0) -> Run:
-        run: Run = await asyncio.wait_for(self.dispatcher.result(run_id), timeout)
-        return run
 
 
 @contextlib.asynccontextmanager
@@ -266,7 +249,7 @@ async def open_dispatch(kind: str, engine: Engine, setup: DispatchSetup | None =
 
 
 @contextlib.asynccontextmanager
-async def _dbos(engine: Engine, setup: DispatchSetup) -> AsyncIterator[OnDBOS]:
+async def _dbos(engine: Engine, setup: DispatchSetup) -> AsyncIterator[Through]:
     from dbos import DBOS
 
     from phaseledger.dispatch.dbos import PhaseledgerDBOS
@@ -278,7 +261,7 @@ async def _dbos(engine: Engine, setup: DispatchSetup) -> AsyncIterator[OnDBOS]:
     dispatcher = PhaseledgerDBOS(engine)
     DBOS.launch()  # recovers the workflows a killed process left pending
     try:
-        yield OnDBOS(engine, dispatcher)
+        yield Through(engine, dispatcher)
     finally:
         DBOS.destroy()
         dispatcher.close()
@@ -300,7 +283,7 @@ async def _temporal(engine: Engine, setup: DispatchSetup) -> AsyncIterator[OnTem
 
 
 @contextlib.asynccontextmanager
-async def _prefect(engine: Engine, setup: DispatchSetup) -> AsyncIterator[OnPrefect]:
+async def _prefect(engine: Engine, setup: DispatchSetup) -> AsyncIterator[Through]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from phaseledger.dispatch.prefect import PhaseledgerPrefect
@@ -309,7 +292,7 @@ async def _prefect(engine: Engine, setup: DispatchSetup) -> AsyncIterator[OnPref
     with api if api is not None else contextlib.nullcontext():
         dispatcher = PhaseledgerPrefect(engine, poll_seconds=setup.poll_interval)
         try:
-            yield OnPrefect(engine, dispatcher)
+            yield Through(engine, dispatcher)
         finally:
             dispatcher.close()
 
