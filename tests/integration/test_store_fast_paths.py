@@ -1,6 +1,11 @@
-"""The journal's fast paths on real stores: snapshots taken from memory, one-trip PostgreSQL appends."""
+"""The journal's fast paths on real stores: snapshots taken from memory, one-trip PostgreSQL appends,
+SQLite appends made on the event loop."""
 
 from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
 
 import psycopg
 import pytest
@@ -91,3 +96,99 @@ def test_postgres_appends_still_notify_listeners(postgres_url: str) -> None:
         assert received and {n.channel for n in received} == {channel}
     finally:
         store.close()
+
+
+def _started(run_id: str) -> WorkflowRun:
+    return WorkflowRun._create(WorkflowRun.RunStarted, id=run_id, workflow="w", workflow_version=1, input={},
+                               parent=None)
+
+
+async def test_sqlite_appends_on_the_loop_and_waits_in_the_writer_thread_while_the_file_is_locked(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/runs.db"
+    store = Store(url)
+    try:
+        run = _started("r")
+        await store.append_async(run.collect_events(), run=run)
+        appender = store.backend.inline_appender  # type: ignore[attr-defined]
+        assert appender is not None and appender._conn is not None  # the first append took the inline path
+        # Another connection holds the file's write lock: the append waits for it in the
+        # writer thread, and the event loop keeps running meanwhile.
+        holder = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        run.trigger_event(WorkflowRun.SignalReceived, signal_id="s1", name="go", payload=1)
+        append = asyncio.create_task(store.append_async(run.collect_events(), run=run))
+        ticks = 0
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not append.done() and ticks == 20
+        holder.rollback()
+        holder.close()
+        await asyncio.wait_for(append, 30)
+        run.trigger_event(WorkflowRun.SignalReceived, signal_id="s2", name="go", payload=2)
+        await store.append_async(run.collect_events(), run=run)  # inline again, once the lock is free
+        reread = Store(url)
+        try:
+            assert [e.originator_version for e in reread.events("r")] == [1, 2, 3]
+            ids = [n.id for n in reread.app.recorder.select_notifications(start=0, limit=10)]  # type: ignore[attr-defined]
+            assert ids == sorted(ids) and len(ids) == 3
+        finally:
+            reread.close()
+    finally:
+        store.close()
+
+
+async def test_sqlite_inline_append_conflict_writes_nothing_and_keeps_the_connection(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/runs.db"
+    first, second = Store(url), Store(url)
+    try:
+        run = _started("r")
+        await first.append_async(run.collect_events(), run=run)
+        mine, theirs = first.load("r"), second.load("r")
+        for copy in (mine, theirs):
+            copy.trigger_event(WorkflowRun.SignalReceived, signal_id=f"s-{id(copy)}", name="go", payload={"v": "'"})
+        await first.append_async(mine.collect_events(), run=mine)
+        with pytest.raises(ConcurrencyConflict):
+            await second.append_async(theirs.collect_events(), run=theirs)
+        assert [e.originator_version for e in second.events("r")] == [1, 2]
+        assert second.load("r").inbox == mine.inbox
+        other = _started("s")
+        for i in range(3):
+            other.trigger_event(WorkflowRun.SignalReceived, signal_id=str(i), name="n", payload=i)
+        last = await second.append_async(other.collect_events(), run=other)  # the same connection, after the conflict
+        ids = [n.id for n in second.app.recorder.select_notifications(start=0, limit=10)]  # type: ignore[attr-defined]
+        assert ids == sorted(ids) and ids[-1] == last and len(ids) == 6
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_a_run_appending_on_the_loop_lets_the_loops_other_tasks_run_between_commits(tmp_path) -> None:
+    ticks, seen = 0, []
+    wf = Workflow("ticks", state=Tally)
+
+    @wf.phase(initial=True, to="done")
+    async def work(ctx: Context[Tally]) -> str:
+        for _ in range(30):
+            await ctx.step("look", lambda: seen.append(ticks))  # each step committed before the next
+        return "done"
+
+    @wf.phase(final=True)
+    async def done(ctx: Context[Tally]) -> None:
+        return None
+
+    async def other_task() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    engine = Engine(f"sqlite:///{tmp_path}/runs.db", workflows=[wf])
+    try:
+        ticker = asyncio.create_task(other_task())
+        run = await engine.run(wf, run_id="r")
+        ticker.cancel()
+        assert run.status == "completed" and len(seen) == 30
+        assert all(later > earlier for earlier, later in itertools.pairwise(seen))
+    finally:
+        engine.close()

@@ -8,26 +8,36 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from eventsourcing.sqlite import SQLiteConnectionPool
+
 from phaseledger.store.backends.base import Backend
 from phaseledger.store.deleter import Deleter, SQLiteDeleter
 from phaseledger.store.leasebook import LeaseBook, SQLiteLeaseBook
 from phaseledger.store.runindex import SQLiteRunIndex
 from phaseledger.store.sql import sqlite
+from phaseledger.store.sqlite_appender import InlineAppender
 from phaseledger.store.transactions import Finish, Work, sqlite_transact
 
 if TYPE_CHECKING:
+    from eventsourcing.application import Application
+    from eventsourcing.persistence import StoredEvent
+
     from phaseledger.store.eventstore import Store, StoreURL
 
 T = TypeVar("T")
 
 
 class SQLiteBackend(Backend):
-    """The parts of a SQLite store: its tables in the store's file, appends in one warm
-    writer thread (SQLite takes one writer at a time anyway, and one thread hands over
-    faster than a pool of them); no subscriptions (readers poll)."""
+    """The parts of a SQLite store: its tables in the store's file; appends made on the
+    event loop's own thread while the file's write lock is free
+    (:class:`~phaseledger.store.sqlite_appender.InlineAppender`), else in one warm writer
+    thread (SQLite takes one writer at a time anyway, and one thread hands over faster
+    than a pool of them); no subscriptions (readers poll)."""
 
     kind = "sqlite"
     report_dialect: ClassVar[str] = "sqlite"
+    appends_on_loop = True
+    inline_appender: InlineAppender | None = None
 
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
@@ -36,10 +46,29 @@ class SQLiteBackend(Backend):
     def prepare(self) -> None:
         Path(self.url.sqlite_path or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
 
+    def opened(self, app: Application[str]) -> None:
+        super().opened(app)
+        path = self.url.sqlite_path or ""
+        if not SQLiteConnectionPool.detect_memory_mode(path):  # another connection would see another database
+            recorder: Any = app.recorder
+            self.inline_appender = InlineAppender(path, recorder.insert_events_statement)
+
+    async def append_on_loop(self, stored: Sequence[StoredEvent]) -> list[int] | None:
+        if self.inline_appender is None:
+            return None
+        ids = self.inline_appender.append(stored)
+        if ids is not None:
+            # Let the loop's other tasks (other runs, lease renewals) run between two commits,
+            # as an append handed to the writer thread would have.
+            await asyncio.sleep(0)
+        return ids
+
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
 
     def close(self) -> None:
+        if self.inline_appender is not None:
+            self.inline_appender.close()
         self._writer.shutdown(wait=True)
 
     transactional = True
