@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: run the suite, print ratios to the floors, write JSON.
+"""``python -m benchmarks``: run the suite, print ratios to the floors and the targets, write JSON.
 
     python -m benchmarks                      # everything, full sizes
     python -m benchmarks --only steps resume  # some benchmarks
@@ -30,6 +30,7 @@ from benchmarks._harness import (
     write_json,
 )
 from benchmarks.suite import BENCHMARKS, Benchmark
+from benchmarks.targets import TITLE, evaluate, table
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -75,8 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.only or list(BENCHMARKS)
     with scratch_dir() as tmp:
         results = run(names, Backends(tmp, pg), quick=args.quick, repeats=args.repeats)
+    verdicts = evaluate(results)
+    print_header(TITLE + (" (quick sizes: figures mean little)" if args.quick else ""))
+    print("\n".join(table(verdicts)), flush=True)
     if not args.no_json:
-        path = write_json(results, facts, {"quick": args.quick, "repeats": args.repeats, "only": names}, args.out)
+        path = write_json(results, facts, {"quick": args.quick, "repeats": args.repeats, "only": names}, args.out,
+                          [v.as_dict() for v in verdicts])
         print(f"\nwrote {path}")
     return 0
 

@@ -273,8 +273,9 @@ def machine_facts(postgres: str | None) -> dict[str, Any]:
 
 
 def write_json(results: Sequence[Result], facts: dict[str, Any], settings: dict[str, Any],
-               out_dir: Path = RESULTS_DIR) -> Path:
-    """Write the results as JSON (``<timestamp>.json`` and ``latest.json``); return the path."""
+               out_dir: Path = RESULTS_DIR, targets: Sequence[dict[str, Any]] = ()) -> Path:
+    """Write the results (and the targets judged on them) as JSON (``<timestamp>.json`` and
+    ``latest.json``); return the path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     document = {
@@ -282,6 +283,7 @@ def write_json(results: Sequence[Result], facts: dict[str, Any], settings: dict[
         "machine": facts,
         "settings": settings,
         "results": [asdict(r) for r in results],
+        "targets": list(targets),
     }
     text = json.dumps(document, indent=2, default=str)
     path = out_dir / f"bench-{stamp}.json"

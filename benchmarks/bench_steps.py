@@ -3,6 +3,11 @@
 A run of ``steps`` trivial steps in one phase, on each store, committing after every step
 (``checkpoint_every_n_steps=1``, the default) and after every 10. Each repeat measures the
 floor first, then the run, back to back; the ratio is taken within the repeat.
+
+On memory and SQLite the process's CPU time per step is reported too (``time.process_time``
+over the same steps, the store's writer thread included), and on SQLite the CPU of the
+floor's own commits: the difference is what phaseledger spends between the engine and
+SQLite's commit. (On PostgreSQL the server's CPU is in another process, so it is not.)
 """
 
 from __future__ import annotations
@@ -11,12 +16,21 @@ import asyncio
 from dataclasses import dataclass
 
 from benchmarks._harness import Backends, Result, bracketed
-from benchmarks.floors import call_floor, postgres_commit_floor, sqlite_commit_floor, store_sqlite_synchronous
+from benchmarks.floors import (
+    call_floor,
+    postgres_commit_floor,
+    sqlite_commit_floor_times,
+    store_sqlite_synchronous,
+)
 from benchmarks.workloads import StepsState, Timings, steps_workflow
 from phaseledger import Engine
 
 TARGETS = {"sqlite": "≤ 2x", "postgres": "≤ 2.5x"}
 FLOOR_NAMES = {"memory": "call", "sqlite": "sqlite commit", "postgres": "postgres commit"}
+CPU_BACKENDS = ("memory", "sqlite")
+"""Where the CPU per step is reported: the whole step runs in this process."""
+CPU_METRIC = "CPU per step"
+CPU_FLOOR_NAME = "sqlite commit CPU"
 
 
 @dataclass(frozen=True)
@@ -30,8 +44,8 @@ class Sizes:
     checkpoints: tuple[int, ...] = (1, 10)
 
 
-async def run_steps(store_url: str, steps: int, checkpoint: int, **engine_options: object) -> float:
-    """Seconds per step of one run of ``steps`` trivial steps on a fresh engine."""
+async def run_steps_times(store_url: str, steps: int, checkpoint: int, **engine_options: object) -> tuple[float, float]:
+    """``(wall, CPU)`` seconds per step of one run of ``steps`` trivial steps on a fresh engine."""
     timings = Timings()
     wf = steps_workflow(timings, checkpoint_every_n_steps=checkpoint)
     engine = Engine(store_url, workflows=[wf], **engine_options)  # type: ignore[arg-type]
@@ -40,19 +54,31 @@ async def run_steps(store_url: str, steps: int, checkpoint: int, **engine_option
         if run.status != "completed":
             raise RuntimeError(f"benchmark run ended {run.status}: {run.error}")
         first, last = timings.marks[run.run_id]
-        return (last - first) / steps
+        cpu_first, cpu_last = timings.cpu_marks[run.run_id]
+        return (last - first) / steps, (cpu_last - cpu_first) / steps
     finally:
         engine.close()
 
 
+async def run_steps(store_url: str, steps: int, checkpoint: int, **engine_options: object) -> float:
+    """Seconds per step of one run of ``steps`` trivial steps on a fresh engine."""
+    return (await run_steps_times(store_url, steps, checkpoint, **engine_options))[0]
+
+
+def floor_times(backends: Backends, backend: str, store_url: str, ops: int,
+                synchronous: int | None) -> tuple[float, float | None]:
+    """One measurement of the floor of ``backend``: ``(wall, CPU or None)`` seconds per operation."""
+    if backend == "memory":
+        return call_floor(ops * 100), None
+    if backend == "sqlite":
+        return sqlite_commit_floor_times(backends.sqlite_path("floor"), ops, synchronous or 2)
+    schema = store_url.rsplit("schema=", 1)[1]
+    return postgres_commit_floor(store_url, schema, ops), None
+
+
 def floor_seconds(backends: Backends, backend: str, store_url: str, ops: int, synchronous: int | None) -> float:
     """One measurement of the floor of ``backend`` (seconds per operation)."""
-    if backend == "memory":
-        return call_floor(ops * 100)
-    if backend == "sqlite":
-        return sqlite_commit_floor(backends.sqlite_path("floor"), ops, synchronous or 2)
-    schema = store_url.rsplit("schema=", 1)[1]
-    return postgres_commit_floor(store_url, schema, ops)
+    return floor_times(backends, backend, store_url, ops, synchronous)[0]
 
 
 def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
@@ -61,20 +87,40 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
     synchronous = None
     for backend in ["memory", *backends.durable]:
         for checkpoint in sizes.checkpoints:
-            values, floors = [], []
+            values, floors, cpus, floor_cpus = [], [], [], []
             for _ in range(sizes.repeats):
                 with backends.store_url(backend, "steps") as url:
                     if backend == "sqlite" and synchronous is None:
                         synchronous = store_sqlite_synchronous(url)
-                    value, floor = bracketed(
-                        lambda url=url: floor_seconds(backends, backend, url, sizes.floor_ops, synchronous),
-                        lambda url=url: asyncio.run(run_steps(url, sizes.steps, checkpoint)),
-                    )
+                    pair_cpu: list[float] = []
+                    run_cpu: list[float] = []
+
+                    def floor(url: str = url) -> float:
+                        wall, cpu = floor_times(backends, backend, url, sizes.floor_ops, synchronous)
+                        if cpu is not None:
+                            pair_cpu.append(cpu)
+                        return wall
+
+                    def subject(url: str = url) -> float:
+                        wall, cpu = asyncio.run(run_steps_times(url, sizes.steps, checkpoint))
+                        run_cpu.append(cpu)
+                        return wall
+
+                    value, floor_value = bracketed(floor, subject)
                     values.append(value * 1e6)
-                    floors.append(floor * 1e6)
+                    floors.append(floor_value * 1e6)
+                    cpus.append(run_cpu[0] * 1e6)
+                    if pair_cpu:
+                        floor_cpus.append(sum(pair_cpu) / len(pair_cpu) * 1e6)
+            case = f"{backend} checkpoint_every_n_steps={checkpoint}"
             results.append(Result.paired(
-                "steps", f"{backend} checkpoint_every_n_steps={checkpoint}", "per step", "µs", values,
+                "steps", case, "per step", "µs", values,
                 FLOOR_NAMES[backend], floors, target=TARGETS.get(backend) if checkpoint == 1 else None,
                 steps=sizes.steps, sqlite_synchronous=synchronous if backend == "sqlite" else None,
             ))
+            if backend in CPU_BACKENDS:
+                results.append(Result.paired(
+                    "steps", case, CPU_METRIC, "µs", cpus, CPU_FLOOR_NAME if floor_cpus else None,
+                    floor_cpus or None, steps=sizes.steps,
+                ))
     return results

@@ -105,7 +105,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         bench_dispatch.Sizes(runs=2, steps=2, signals=2, repeats=1), requires=bench_dispatch.unavailable,
     ),
     "compare": Benchmark(
-        "phaseledger, LangGraph and DBOS Transact: steps, recovery after a kill, state rebuild",
+        "phaseledger, naive eventsourcing, LangGraph and DBOS Transact: steps, recovery after a kill, state rebuild",
         bench_compare.run, bench_compare.Sizes(),
         bench_compare.Sizes(steps=12, kill_at=6, floor_ops=5, repeats=1, timeout=300.0, backends=("sqlite",)),
         requires=bench_compare.unavailable,

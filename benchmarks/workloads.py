@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -31,13 +32,16 @@ class StepsState(BaseModel):
 
 @dataclass
 class Timings:
-    """Perf-counter marks a workflow handler leaves for the benchmark (by run id)."""
+    """Perf-counter marks a workflow handler leaves for the benchmark (by run id), each with
+    the process's CPU time at the same moment (``time.process_time``, all threads)."""
 
     marks: dict[str, list[float]] = field(default_factory=dict)
+    cpu_marks: dict[str, list[float]] = field(default_factory=dict)
 
     def mark(self, run_id: str) -> None:
-        """Note the time now for ``run_id``."""
+        """Note the time and the CPU time now for ``run_id``."""
         self.marks.setdefault(run_id, []).append(now())
+        self.cpu_marks.setdefault(run_id, []).append(time.process_time())
 
 
 def steps_workflow(timings: Timings, *, checkpoint_every_n_steps: int = 1) -> Workflow[StepsState]:

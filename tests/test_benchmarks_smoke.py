@@ -49,3 +49,5 @@ def test_main_writes_json(tmp_path: Path) -> None:
     assert "sqlite checkpoint_every_n_steps=1" in cases
     sqlite = next(r for r in document["results"] if r["case"] == "sqlite checkpoint_every_n_steps=1")
     assert sqlite["floor_name"] == "sqlite commit" and sqlite["ratio"]["median"] > 0
+    targets = {t["target"]: t for t in document["targets"]}
+    assert targets["journaled step on SQLite ≤ 1.5x the commit floor"]["status"] in ("met", "NOT met")

@@ -1,4 +1,6 @@
-"""phaseledger against LangGraph (SqliteSaver / PostgresSaver) and DBOS Transact (SQLite / PostgreSQL).
+"""phaseledger against LangGraph (SqliteSaver / PostgresSaver), DBOS Transact (SQLite /
+PostgreSQL) and eventsourcing used naively (one event and one ``save()`` per step, see
+:mod:`benchmarks.compare.naive`).
 
 The same workload on each: a run of ``steps`` trivial steps, each made durable before the
 next starts (phaseledger ``checkpoint_every_n_steps=1``; LangGraph ``durability="sync"``,
@@ -9,7 +11,8 @@ one node execution per step; DBOS one ``@DBOS.step`` per step). Three figures:
 - recovery: the run is killed (SIGKILL) when step ``kill_at`` starts; a new process opens
   the store and recovers the run; the clock stops when that step starts again;
 - state rebuild: a new process opens the store and rebuilds the finished run's state
-  (phaseledger ``Store.load``, LangGraph ``get_state``, DBOS ``list_workflow_steps``).
+  (phaseledger ``Store.load``, LangGraph ``get_state``, DBOS ``list_workflow_steps``,
+  eventsourcing ``repository.get``).
 
 Each measurement runs in a process of its own (:mod:`benchmarks.compare.peer`); the
 systems take turns within each repeat, on fresh databases.
@@ -30,6 +33,14 @@ from benchmarks._harness import Backends, Result
 
 PEERS = {"langgraph": ("langgraph", "langgraph.checkpoint.sqlite", "langgraph.checkpoint.postgres"), "dbos": ("dbos",)}
 ROOT = Path(__file__).resolve().parents[2]
+BASELINES = ["eventsourcing"]
+"""Systems compared whenever the comparison runs (eventsourcing is phaseledger's own dependency)."""
+TARGETS = {
+    "eventsourcing": "phaseledger faster",
+    "langgraph": "phaseledger ≥ 4x cheaper",
+    "dbos": "phaseledger ≥ 5x cheaper",
+}
+"""The per-step target against each system (phaseledger's figure beside theirs, same repeat)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,7 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
     """Measure phaseledger and each installed peer on SQLite and (when reachable) PostgreSQL."""
     import contextlib
 
-    systems = ["phaseledger", *installed_peers()]
+    systems = ["phaseledger", *BASELINES, *installed_peers()]
     results = []
     for backend in [b for b in backends.durable if b in sizes.backends]:
         per_step: dict[str, list[float]] = {s: [] for s in systems}
@@ -109,7 +120,7 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
                 extra["x_phaseledger"] = _ratios(per_step[system], per_step["phaseledger"])
             results.append(Result.paired(
                 "compare", f"{system} on {backend}", "per step", "µs", per_step[system], floor_name, floors[system],
-                target="phaseledger ≥ 5x cheaper" if system != "phaseledger" else None, **extra,
+                target=TARGETS.get(system), **extra,
             ))
         for system in systems:
             extra = {"system": system, "backend": backend, "kill_at": sizes.kill_at}

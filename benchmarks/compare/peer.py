@@ -2,7 +2,8 @@
 
     python -m benchmarks.compare.peer SYSTEM BACKEND TASK STORE [--steps N] [--kill-at K] [--floor-ops F]
 
-SYSTEM is ``phaseledger``, ``langgraph`` or ``dbos``; BACKEND ``sqlite`` or ``postgres``;
+SYSTEM is ``phaseledger``, ``eventsourcing`` (used naively, see
+:mod:`benchmarks.compare.naive`), ``langgraph`` or ``dbos``; BACKEND ``sqlite`` or ``postgres``;
 STORE a SQLite file path or a PostgreSQL store URL with ``?schema=``. Tasks:
 
 - ``steps``: the commit floor (before and after) and a run of N trivial steps, committing
@@ -186,6 +187,47 @@ def langgraph_rebuild(backend: str, store: str, steps: int) -> float:
     return elapsed
 
 
+# -- naive eventsourcing ---------------------------------------------------------------------
+
+
+def eventsourcing_steps(backend: str, store: str, steps: int, hook: StepHook) -> float:
+    from benchmarks.compare.naive import NaiveRun, application
+
+    app = application(backend, store)
+    try:
+        start = now()
+        if hook.watch is None:
+            run = NaiveRun(RUN_ID, steps)
+            app.save(run)
+        else:
+            run = app.repository.get(NaiveRun.create_id(RUN_ID))
+        for i in range(run.done, run.n):
+            hook(i)
+            run.record(i, trivial(i))
+            app.save(run)
+        elapsed = now() - start
+    finally:
+        app.close()
+    if run.done != steps or run.last != steps:
+        raise RuntimeError(f"the naive run ended at step {run.done}")
+    return elapsed
+
+
+def eventsourcing_rebuild(backend: str, store: str, steps: int) -> float:
+    from benchmarks.compare.naive import NaiveRun, application
+
+    start = now()
+    app = application(backend, store)
+    try:
+        run = app.repository.get(NaiveRun.create_id(RUN_ID))
+        elapsed = now() - start
+    finally:
+        app.close()
+    if run.done != steps:
+        raise RuntimeError(f"the rebuilt naive run is at step {run.done}")
+    return elapsed
+
+
 # -- DBOS Transact ----------------------------------------------------------------------------
 
 
@@ -253,6 +295,7 @@ IMPORTS = {
     "phaseledger": ("phaseledger", "phaseledger.store.eventstore", "pydantic"),
     "langgraph": ("langgraph.graph", "langgraph.checkpoint.sqlite", "langgraph.checkpoint.postgres"),
     "dbos": ("dbos",),
+    "eventsourcing": ("eventsourcing.application", "benchmarks.compare.naive"),
 }
 """Imported before any clock starts: a restarted service has its code loaded already."""
 
@@ -260,6 +303,7 @@ SYSTEMS: dict[str, tuple[Callable[..., float], Callable[..., float]]] = {
     "phaseledger": (phaseledger_steps, phaseledger_rebuild),
     "langgraph": (langgraph_steps, langgraph_rebuild),
     "dbos": (dbos_steps, dbos_rebuild),
+    "eventsourcing": (eventsourcing_steps, eventsourcing_rebuild),
 }
 
 
