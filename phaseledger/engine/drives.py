@@ -121,18 +121,43 @@ class Drives:
         """Take the run's lease for this engine (:class:`RunBusy` if another live driver has it)."""
         if self.control.holder(run_id) is not None:
             return  # held here already: a worker's claim, or this engine's own
-        book = await self.lease_book()
         asked = time.monotonic()
-        await self.engine.store.call(book.acquire, run_id, self.engine.driver_id, self.engine.lease_seconds, steal=steal)
+        await self.engine.store.call(self._acquire_now, run_id, steal)
+        self._held(run_id, asked)
+
+    def _acquire_now(self, run_id: str, steal: bool) -> None:
+        """Take the run's lease in the store (blocking; the lease book is opened on first use)."""
+        self.lease_book_now().acquire(run_id, self.engine.driver_id, self.engine.lease_seconds, steal=steal)
+
+    def _held(self, run_id: str, asked: float) -> None:
+        """Note the lease taken (asked for at ``asked``, monotonic) and keep it alive."""
         self.control.hold(run_id, self.engine.driver_id.owner, self.engine.lease_seconds, asked)
         if self._heartbeat is None or self._heartbeat.done() or self._heartbeat.get_loop() is not asyncio.get_running_loop():
             self._heartbeat = asyncio.ensure_future(self._beat())
 
     async def take_and_load(self, run_id: str, steal: bool, check: Callable[[WorkflowRun], None]) -> WorkflowRun:
-        """Take the run's lease, then load the run and ``check`` it (the lease is let go if that raises)."""
-        await self.take(run_id, steal=steal)
+        """Take the run's lease, then load the run and ``check`` it (the lease is let go if that raises).
+
+        Lease and load are one trip off the loop: a resume waits for the store once, not twice.
+        """
+        held = self.control.holder(run_id) is not None  # a worker's claim, or this engine's own
+        taken = False
+        asked = time.monotonic()
+
+        def take_then_load() -> WorkflowRun:
+            nonlocal taken
+            if not held:
+                self._acquire_now(run_id, steal)
+                taken = True
+            return self.engine.store.load(run_id)
+
+        self.engine.store.ready_appends()  # a resume appends next: its connection is made meanwhile
         try:
-            run = await self.engine.store.call(self.engine.store.load, run_id)
+            try:
+                run = await self.engine.store.call(take_then_load)
+            finally:
+                if taken:
+                    self._held(run_id, asked)
             check(run)
             self.engine.registry.get(run.workflow, run.workflow_version)
         except BaseException:

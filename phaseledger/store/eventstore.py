@@ -394,6 +394,11 @@ class Store:
             await backend.call(self._store_snapshots, events[0].originator_id, events, snapshot, entered)
         return ids[-1]
 
+    def ready_appends(self) -> None:
+        """On an event loop about to append: start what :meth:`append_async` needs there (PostgreSQL:
+        the loop's connection) without waiting for it."""
+        self.backend.ready_appends_on_loop()
+
     def _snapshot_of(self, run: WorkflowRun | None, events: PendingEvents) -> SnapshotDecision:
         """The snapshot due with ``events``, taken from ``run`` in memory: encoded, or
         :data:`NOT_WANTED`; None when there is none to take from it (then, if one is due, the

@@ -141,6 +141,11 @@ def busy(run_id: str, lease: Driving) -> RunBusy:
     return RunBusy(run_id, lease.owner, lease.host, lease.pid, lease.expires_at, heartbeat)
 
 
+Attempt = bool | Driving | None
+"""What an attempt to take a lease found: True, taken; else who holds the lease as the attempt
+read it (None: nobody, it was released meanwhile), or False when the attempt did not read it."""
+
+
 class LeaseBook(ABC):
     """The run leases of one store (memory, SQLite or PostgreSQL)."""
 
@@ -152,9 +157,10 @@ class LeaseBook(ABC):
         """
         takeover = ""
         for _ in range(3):
-            if self._try_acquire(run_id, driver, seconds, takeover):
+            attempt = self._try_acquire(run_id, driver, seconds, takeover)
+            if attempt is True:
                 return
-            holder = self.get(run_id)
+            holder = self.get(run_id) if attempt is False else attempt
             if holder is None:
                 continue  # released meanwhile: try again
             if not (steal or holder.process_gone):
@@ -164,7 +170,7 @@ class LeaseBook(ABC):
         raise busy(run_id, holder) if holder else RuntimeError(f"could not take the lease of run {run_id!r}")
 
     @abstractmethod
-    def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
+    def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt:
         """Take the lease if it is free, released, expired, ``driver``'s own or ``takeover``'s."""
 
     @abstractmethod
@@ -281,7 +287,7 @@ class _TableLeaseBook(LeaseBook):
                     time.sleep(0.1 * 2**attempt)
             return statement()
 
-    def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
+    def _try_acquire(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt:
         return self._with_tables(f"take the lease of run {run_id!r}",
                                  lambda: self._try_acquire_now(run_id, driver, seconds, takeover))
 
@@ -297,7 +303,7 @@ class _TableLeaseBook(LeaseBook):
         return self._with_tables("read run leases", lambda: self._held_now(ids))
 
     @abstractmethod
-    def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool: ...
+    def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt: ...
 
     @abstractmethod
     def _renew_now(self, owner: str, run_ids: list[str], seconds: float) -> frozenset[str]: ...
@@ -312,7 +318,7 @@ class _TableLeaseBook(LeaseBook):
 class SQLiteLeaseBook(_TableLeaseBook):
     """Leases in the ``phaseledger_leases`` table of a SQLite store (clock: this host's)."""
 
-    def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
+    def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt:
         now = datetime.now(UTC).timestamp()
         with self.datastore.transaction(commit=True) as c:
             c.execute(sqlite.ACQUIRE, {
@@ -321,7 +327,9 @@ class SQLiteLeaseBook(_TableLeaseBook):
             })
             c.execute(sqlite.LEASE_ROW, {"run_id": run_id})
             row = c.fetchone()
-        return row is not None and row[1] == driver.owner
+        if row is not None and row[1] == driver.owner:
+            return True
+        return None if row is None else _sqlite_lease(row, datetime.now(UTC))
 
     def _renew_now(self, owner: str, run_ids: list[str], seconds: float) -> frozenset[str]:
         run_ids = list(run_ids)
@@ -347,11 +355,13 @@ class SQLiteLeaseBook(_TableLeaseBook):
                 c.execute(sqlite.LEASE_ROWS)
             rows = c.fetchall()
         now = datetime.now(UTC)
-        return {
-            r[0]: Driving(owner=r[1], host=r[2], pid=r[3], proc_start=r[4], heartbeat_at=_ts(r[5]),
-                          expires_at=_ts(r[6]) or now, checked_at=now)
-            for r in rows if wanted is None or r[0] in wanted
-        }
+        return {r[0]: _sqlite_lease(r, now) for r in rows if wanted is None or r[0] in wanted}
+
+
+def _sqlite_lease(row: Any, now: datetime) -> Driving:
+    """A row of ``sqlite.LEASE_ROWS`` read at ``now``."""
+    return Driving(owner=row[1], host=row[2], pid=row[3], proc_start=row[4], heartbeat_at=_ts(row[5]),
+                   expires_at=_ts(row[6]) or now, checked_at=now)
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------
@@ -414,13 +424,20 @@ class PostgresLeaseBook(_TableLeaseBook):
 
     # -- every driver's run leases ----------------------------------------------------------
 
-    def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> bool:
+    def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(self.index.sql(pg.ACQUIRE), {
+            curs.execute(self.index.sql(pg.ACQUIRE_OR_HOLDER), {
                 "run_id": run_id, "owner": driver.owner, "host": driver.host, "pid": driver.pid,
                 "proc_start": driver.proc_start, "lease": float(seconds), "takeover": takeover,
             })
-            return bool(curs.rowcount)
+            r = curs.fetchone()
+        if r is None or r["taken"]:
+            return r is not None
+        if r["owner"] is None:
+            return None
+        return Driving(owner=r["owner"], host=r["host"], pid=r["pid"], proc_start=r["proc_start"],
+                       heartbeat_at=_aware(r["heartbeat_at"]), expires_at=_aware(r["expires_at"]),
+                       checked_at=_aware(r["db_now"]))
 
     def _renew_now(self, owner: str, run_ids: list[str], seconds: float) -> frozenset[str]:
         run_ids = list(run_ids)

@@ -32,7 +32,12 @@ from typing import Any
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresFactory,
+)
 from eventsourcing.utils import Environment, retry
 from psycopg.sql import SQL, Composed
 
@@ -41,7 +46,10 @@ from phaseledger.store.faults import DATABASE_ERRORS, connection_lost
 from phaseledger.store.sql import Literal, quote
 from phaseledger.store.sql import postgres as pg
 
-__all__ = ["LoopAppender", "OneTripRecorder", "StoreFactory", "create_statement", "use_lifo_pool"]
+__all__ = [
+    "LoopAppender", "OneTripRecorder", "SnapshotRecorder", "StoreDatastore", "StoreFactory", "create_statement",
+    "use_lifo_pool",
+]
 
 STORE_VERSION = "phaseledger store 1"
 """Set as the append function's comment: a store that has it needs no set-up when opened."""
@@ -103,6 +111,42 @@ class OneTripRecorder(PostgresApplicationRecorder):
         )
 
 
+class StoreDatastore(PostgresDatastore):
+    """eventsourcing's PostgreSQL datastore, reading the composite types of its recorders when
+    a recorder first needs them rather than when recorders are built.
+
+    eventsourcing reads the ``stored_event`` type from the catalog as each recorder is built,
+    so opening a store waited for a pooled connection and a catalog query (the slowest
+    query of a new server backend: most of what opening a store cost). Only
+    :class:`SnapshotRecorder` sends that type (the store's appends pass arrays), and it
+    calls :meth:`load_type_adapters` before it does.
+    """
+
+    types_deferred = True
+
+    def register_type_adapters(self) -> None:
+        """Nothing until :meth:`load_type_adapters` was called (then: read the types not read yet)."""
+        if not self.types_deferred:
+            super().register_type_adapters()
+
+    def load_type_adapters(self) -> None:
+        """Read the recorders' composite types from the catalog (once; later calls do nothing)."""
+        self.types_deferred = False
+        super().register_type_adapters()
+
+
+class SnapshotRecorder(PostgresAggregateRecorder):
+    """eventsourcing's PostgreSQL aggregate recorder (the store's snapshots), reading its
+    composite type before its first insert (see :class:`StoreDatastore`)."""
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """Insert as eventsourcing does, once the type it sends the rows as is known."""
+        datastore = self.datastore
+        if isinstance(datastore, StoreDatastore) and datastore.types_deferred:
+            datastore.load_type_adapters()
+        return super().insert_events(stored_events, **kwargs)
+
+
 class StoreFactory(PostgresFactory):
     """eventsourcing's PostgreSQL factory for phaseledger stores.
 
@@ -115,10 +159,13 @@ class StoreFactory(PostgresFactory):
     """
 
     application_recorder_class = OneTripRecorder
+    aggregate_recorder_class = SnapshotRecorder
 
     def __init__(self, env: Environment) -> None:
         super().__init__(env)
         use_lifo_pool(self.datastore)
+        if type(self.datastore) is PostgresDatastore:  # built by eventsourcing, which names no other class
+            self.datastore.__class__ = StoreDatastore
         pool_kwargs = self.datastore.pool.kwargs
         if isinstance(pool_kwargs, dict):  # libpq itself would wait for an unreachable host forever
             timeout = self.env.get(self.POSTGRES_CONNECT_TIMEOUT)
@@ -223,6 +270,10 @@ class LoopAppender:
         if len(ids) != len(stored_events):
             raise PersistenceError(f"appended {len(stored_events)} events but got {len(ids)} ids")
         return ids
+
+    def start(self) -> None:
+        """Start making the running loop's connection in the background (if it is not made yet)."""
+        self._connection()
 
     async def connected(self) -> bool:
         """Wait for this loop's connection (starting it if needed); whether there is one."""

@@ -83,6 +83,10 @@ class Backend(ABC):
         cannot now (the caller then appends with :meth:`write`)."""
         return None
 
+    def ready_appends_on_loop(self) -> None:
+        """Start making what :meth:`append_on_loop` needs on the running loop (a connection),
+        without waiting for it, so that a drive about to append finds it ready."""
+
     appends_on_loop: ClassVar[bool] = False
     """Whether :meth:`append_on_loop` may append (else the store does not encode for it)."""
 

@@ -52,6 +52,10 @@ class PostgresBackend(Backend):
             return None
         return await self.loop_appender.append(stored)
 
+    def ready_appends_on_loop(self) -> None:
+        if self.loop_appender is not None:
+            self.loop_appender.start()
+
     def close(self) -> None:
         if self.loop_appender is not None:
             self.loop_appender.close()

@@ -254,6 +254,14 @@ ACQUIRE = """
        OR l.owner = %(takeover)s
 """
 
+# ACQUIRE, and when it does not take the lease, who holds it (one round trip; the holder as
+# the statement's snapshot shows it, owner NULL when released or when there is no row).
+ACQUIRE_OR_HOLDER = "WITH taken AS (" + ACQUIRE + """ RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM taken) AS taken, l.owner, l.host, l.pid, l.proc_start,
+           l.heartbeat_at, l.expires_at, now() AS db_now
+    FROM (SELECT 1) AS one LEFT JOIN {schema}.phaseledger_leases AS l ON l.run_id = %(run_id)s
+"""
+
 LEASE_ROWS = """
     SELECT run_id, owner, host, pid, proc_start, heartbeat_at, expires_at, now() AS db_now
     FROM {schema}.phaseledger_leases
