@@ -15,11 +15,11 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
+from eventsourcing.application import Application
 from eventsourcing.persistence import ListenNotifySubscription, Tracking, TrackingRecorder
 from eventsourcing.popo import POPOAggregateRecorder
-from eventsourcing.application import Application
-from eventsourcing.projection import ApplicationSubscription, EventSourcedProjection, Projection, ProjectionRunner
 from eventsourcing.postgres import ConnectionPool, PostgresDatastore
+from eventsourcing.projection import ApplicationSubscription, EventSourcedProjection, Projection, ProjectionRunner
 from psycopg import Connection
 from psycopg.rows import DictRow
 from psycopg_pool import PoolTimeout
@@ -106,7 +106,7 @@ class BatchingLoop:
                         break
                     batch.append(following)
                 batching.process_events(batch)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - kept for the runner to raise, as eventsourcing does
             owner = runner()
             if owner is not None:
                 owner._thread_error = exc  # raised by the runner's run_forever(), as eventsourcing does
