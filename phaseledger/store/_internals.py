@@ -109,7 +109,7 @@ class BatchingLoop:
         except BaseException as exc:  # noqa: BLE001 - kept for the runner to raise, as eventsourcing does
             owner = runner()
             if owner is not None:
-                owner._thread_error = exc  # raised by the runner's run_forever(), as eventsourcing does
+                owner._thread_error = exc  # run_forever() raises it
             else:  # pragma: no cover - eventsourcing warns the same way
                 warnings.warn(f"projection runner deleted before its error could be kept: {exc!r}",
                               RuntimeWarning, stacklevel=2)
