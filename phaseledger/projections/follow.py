@@ -4,8 +4,11 @@ Stores with subscriptions have eventsourcing's projection runners drive the
 :class:`~phaseledger.projections.projection.ReportProjection`: a
 :class:`~eventsourcing.projection.ProjectionRunner` with its own application and view
 (PostgreSQL), or, for a store that exists only in this process (memory), a runner over the
-store's own log and the reports' view. Stores without subscriptions (SQLite) are followed
-by catching up in a loop, polling the log.
+store's own log and the reports' view. Either hands the projection every event its
+subscription has already pulled from the log, up to ``batch_size``, applied in one
+transaction with the position of the last: a follower behind the log catches up in
+batches (one commit for many events) and one that keeps up applies each event as it comes.
+Stores without subscriptions (SQLite) are followed by catching up in a loop, polling the log.
 
 A follower survives errors: it keeps the last one in :attr:`Follower.error`, waits (with
 exponential backoff, capped and jittered) and starts again from the position recorded in
@@ -32,6 +35,7 @@ from phaseledger.domain.errors import StoreUnavailable
 from phaseledger.projections.errors import ProjectionReset
 from phaseledger.projections.projection import TOPICS, ReportProjection
 from phaseledger.projections.view import REPORT_VIEWS
+from phaseledger.store import _internals
 from phaseledger.store.eventstore import RunApplication
 from phaseledger.store.faults import Backoff, Outage, store_errors
 from phaseledger.store.mapper import SkippingMapper
@@ -174,10 +178,20 @@ class _SkippingRunApplication(RunApplication):
         return SkippingMapper(super().construct_mapper())
 
 
+class BatchingProjectionRunner(_internals.BatchingLoop, ProjectionRunner[Any, Any]):
+    """eventsourcing's ProjectionRunner (its own application and view, built from an
+    environment), handing the projection its events in batches."""
+
+
+class BatchingBaseRunner(_internals.BatchingLoop, BaseProjectionRunner[Any]):
+    """eventsourcing's BaseProjectionRunner (a given projection and view), handing the
+    projection its events in batches."""
+
+
 def subscribed_runner(reports: Reports, env: dict[str, str]) -> ProjectionRunner[Any, Any]:
-    """eventsourcing's ProjectionRunner with its own application and view on the store's database
+    """A projection runner with its own application and view on the store's database
     (``env``: the store's :meth:`~phaseledger.Store.subscriber_env`)."""
-    return ProjectionRunner(
+    return BatchingProjectionRunner(
         application_class=_SkippingRunApplication, projection_class=ReportProjection,
         view_class=REPORT_VIEWS[reports.store.report_dialect], env=env,
     )
@@ -196,7 +210,7 @@ def memory_runner(reports: Reports) -> BaseProjectionRunner[Any]:
         def __new__(cls, env: Any = None) -> Any:  # the runner "constructs" the existing app
             return source
 
-    return BaseProjectionRunner(
+    return BatchingBaseRunner(
         projection=ReportProjection(reports.view), application_class=_EngineApplication,
         tracking_recorder=reports.view, topics=TOPICS,
     )

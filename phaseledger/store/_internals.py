@@ -8,12 +8,18 @@ quietly changing how the store behaves.
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Any
+import warnings
+import weakref
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
-from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.application import Application
+from eventsourcing.persistence import ListenNotifySubscription, Tracking, TrackingRecorder
 from eventsourcing.popo import POPOAggregateRecorder
 from eventsourcing.postgres import ConnectionPool, PostgresDatastore
+from eventsourcing.projection import ApplicationSubscription, EventSourcedProjection, Projection, ProjectionRunner
 from psycopg import Connection
 from psycopg.rows import DictRow
 from psycopg_pool import PoolTimeout
@@ -44,6 +50,75 @@ def max_tracking_id(recorder: TrackingRecorder, application_name: str, cursor: A
     reads its position together with its generation.
     """
     return recorder._max_tracking_id(application_name, cursor)  # type: ignore[attr-defined]
+
+
+# -- eventsourcing: a projection runner's events, handed over in batches --------------------
+
+def pulled_ahead(subscription: ApplicationSubscription[Any]) -> bool:
+    """Whether ``next(subscription)`` returns without waiting: the subscription has pulled
+    notifications from the database that it has not yielded yet.
+
+    eventsourcing's subscriptions (PostgreSQL, memory) pull the log in sections, lists of
+    up to 500 notifications queued by a thread of their own, but yield one notification at
+    a time, with no public way to ask whether the next one is already there: this reads the
+    index in the current section and the queue of sections. Another kind of subscription
+    says no (its events are then handed over one at a time).
+    """
+    inner = subscription.subscription
+    if not isinstance(inner, ListenNotifySubscription):
+        return False
+    return inner._notifications_index < len(inner._notifications) or not inner._notifications_queue.empty()
+
+
+class BatchProjection(Protocol):
+    """A projection that applies several events, with the position of the last, in one transaction."""
+
+    batch_size: int
+    """The most events handed over at once."""
+
+    def process_events(self, items: Sequence[tuple[Any, Tracking]]) -> None:
+        """Apply ``(event, tracking)`` pairs, in log order, with their position, atomically."""
+
+
+class BatchingLoop:
+    """Mixed into an eventsourcing projection runner (before it): its processing thread hands
+    the projection every event already pulled from the log, up to ``batch_size``, in one call
+    of ``process_events`` instead of one ``process_event`` call per event.
+
+    Batches grow only when events arrive faster than they are applied: an event that finds
+    nothing pulled behind it is applied alone, at once. eventsourcing has no public hook
+    for this; its runner's thread runs the static method ``_process_events_loop``, which
+    this overrides (keeping what it does on errors and on stopping).
+    """
+
+    @staticmethod
+    def _process_events_loop(subscription: ApplicationSubscription[Any],
+                             projection: EventSourcedProjection[Any] | Projection[Any], is_stopping: threading.Event,
+                             runner: weakref.ReferenceType[ProjectionRunner[Application[Any], TrackingRecorder]],
+                             ) -> None:
+        batching = cast(BatchProjection, projection)
+        try:
+            for item in subscription:
+                batch = [item]
+                while len(batch) < batching.batch_size and pulled_ahead(subscription):
+                    following = next(subscription, None)  # None: stopped meanwhile
+                    if following is None:
+                        break
+                    batch.append(following)
+                batching.process_events(batch)
+        except BaseException as exc:  # noqa: BLE001 - kept for the runner to raise, as eventsourcing does
+            owner = runner()
+            if owner is not None:
+                owner._thread_error = exc  # run_forever() raises it
+            else:  # pragma: no cover - eventsourcing warns the same way
+                warnings.warn(f"projection runner deleted before its error could be kept: {exc!r}",
+                              RuntimeWarning, stacklevel=2)
+        finally:
+            is_stopping.set()
+
+
+PROCESS_LOOP = "_process_events_loop"
+"""The private static method of eventsourcing's ``BaseProjectionRunner`` that :class:`BatchingLoop` overrides."""
 
 
 # -- eventsourcing: deleting the rows of a memory:// store --------------------------------

@@ -3,7 +3,8 @@
 Afterwards no event has been applied twice or skipped: the tables equal a rebuild from
 scratch and every count agrees with the log. On SQLite the killed process catches up in
 pages; on PostgreSQL it also follows the log with eventsourcing's ProjectionRunner while
-runs are being written.
+runs are being written. A follower is also killed in the middle of a batch: after it has
+written a batch's rows, before its commit.
 """
 
 from __future__ import annotations
@@ -39,6 +40,26 @@ while reports.lag():
 print("done", flush=True)
 """
 
+BATCH_KILLER = r"""
+import os, signal, sys, time
+from phaseledger.projections import Reports, _fold
+
+flush = _fold.Fold.flush
+
+def flush_then_die(fold):
+    flush(fold)  # the batch's rows are written, in its open transaction
+    if fold.applied > 1:
+        print("killed", fold.applied, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+_fold.Fold.flush = flush_then_die
+reports = Reports(sys.argv[1])
+print("ready", flush=True)
+reports.follow(interval=0.02)
+while True:
+    time.sleep(1)
+"""
+
 
 class Count(BaseModel):
     n: int = 0
@@ -69,8 +90,8 @@ async def add_runs(engine: Engine, wf: Workflow[Count], first: int, count: int) 
         await engine.run(wf, {}, run_id=f"r{i:03d}")
 
 
-def start_child(url: str, mode: str, seed: int) -> subprocess.Popen[str]:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, url, mode, str(seed)], stdout=subprocess.PIPE, text=True,
+def start_child(url: str, mode: str, seed: int, code: str = CHILD) -> subprocess.Popen[str]:
+    child = subprocess.Popen([sys.executable, "-c", code, url, mode, str(seed)], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
@@ -122,5 +143,30 @@ async def test_killed_projection_processes_apply_each_event_once(durable_store_u
             await add_runs(engine, wf, 25 + 4 * attempt, 4)
             await asyncio.sleep(rng.uniform(0.0, 0.1))
             kill(child)
+        check_exactly_once(engine, reports)
+    engine.close()
+
+
+async def test_a_follower_killed_in_the_middle_of_a_batch_writes_none_of_it(durable_store_url: str) -> None:
+    wf = make_workflow()
+    engine = Engine(durable_store_url, workflows=[wf])
+    await add_runs(engine, wf, 0, 6)
+    with Reports(engine.store) as reports:
+        done = reports.catch_up(max_events=37)
+        position = reports.position()
+        before = reports.dump()
+        child = start_child(durable_store_url, "follow", 0, BATCH_KILLER)  # behind: applies in batches
+        assert child.stdout is not None
+        words = child.stdout.readline().split()
+        assert child.wait(30) == -signal.SIGKILL
+        assert words[0] == "killed" and int(words[1]) > 1, words
+        assert reports.position() == position and reports.dump() == before  # the batch left no trace
+        reports.view.reset(reports.application_name)
+        assert reports.catch_up(max_events=done) == done
+        assert reports.dump() == before  # what stands equals a rebuild up to that position
+        await add_runs(engine, wf, 6, 2)
+        child = start_child(durable_store_url, "follow", 1)  # a follower without the fault takes over
+        reports.wait(timeout=30)
+        kill(child)
         check_exactly_once(engine, reports)
     engine.close()

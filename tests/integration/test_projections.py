@@ -250,6 +250,47 @@ async def test_follow_keeps_up_and_rebuild_equals_incremental(engine: Engine) ->
     assert not reports.following
 
 
+async def test_a_batch_overlapping_another_processors_work_applies_the_rest_once(engine: Engine) -> None:
+    from eventsourcing.persistence import Tracking
+
+    from phaseledger.projections.projection import ReportProjection, read_log
+
+    reports = engine.reports
+    page = read_log(engine.store, None, 1_000)
+    items = [(engine.store.read_notification(n), Tracking(reports.application_name, n.id)) for n in page]
+    projection = ReportProjection(reports.view)
+    reports.catch_up(max_events=len(items) // 3)  # another processor got a third of the way
+    projection.process_events(items)  # a batch from the start: its first two thirds are left out
+    projection.process_events(items[-5:])  # wholly applied already: nothing happens
+    assert reports.lag() == 0 and reports.position() == page[-1].id
+    incremental = reports.dump()
+    reports.rebuild()
+    assert reports.dump() == incremental
+
+
+async def test_a_follower_behind_the_log_applies_it_in_batches(engine: Engine,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from phaseledger.projections.view import ReportView
+
+    batches: list[int] = []
+    apply = ReportView.apply
+
+    def counting(self: ReportView, items: Any, **kwargs: Any) -> int:
+        batches.append(len(items))
+        return apply(self, items, **kwargs)
+
+    monkeypatch.setattr(ReportView, "apply", counting)
+    reports = engine.reports
+    behind = reports.lag()
+    reports.follow(interval=0.05)
+    reports.wait(timeout=20)
+    reports.stop()
+    assert sum(batches) == behind and max(batches) > 1  # not one transaction per event
+    incremental = reports.dump()
+    reports.rebuild()
+    assert reports.dump() == incremental
+
+
 async def test_a_second_reports_object_shares_the_tables(durable_store_url: str) -> None:
     # Only stores outside the process: a memory store's tables live in its Reports object.
     FLAKY.clear()

@@ -161,3 +161,15 @@ def test_the_private_members_the_store_relies_on_are_still_there() -> None:
     # deleting rows of a memory:// store
     memory = POPOApplicationRecorder()
     assert hasattr(memory, "_database_lock") and isinstance(memory._stored_events_index, dict)
+    # a projection runner's events handed over in batches
+    from queue import Queue
+
+    from eventsourcing.projection import BaseProjectionRunner
+
+    loop = inspect.getattr_static(BaseProjectionRunner, _internals.PROCESS_LOOP)
+    assert isinstance(loop, staticmethod)
+    assert list(inspect.signature(loop).parameters) == ["subscription", "projection", "is_stopping", "runner"]
+    assert "_thread_error" in inspect.getsource(BaseProjectionRunner.run_forever)
+    with memory.subscribe(gt=None) as subscription:
+        assert isinstance(subscription._notifications_index, int) and isinstance(subscription._notifications, list)
+        assert isinstance(subscription._notifications_queue, Queue)
