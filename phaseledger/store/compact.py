@@ -34,6 +34,7 @@ from phaseledger.domain.run import WorkflowRun
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_ZERO = timedelta(0)
 _BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp"})
 _MISSING = object()
 
@@ -63,12 +64,12 @@ def _keyed(cls: type) -> bool:
     return "key" in hints and "seq" in hints
 
 
-COMPACT: dict[type, tuple[dict[str, Any], bool]] = {
-    cls: (defaults(cls), _keyed(cls)) for cls in vars(WorkflowRun).values()
+COMPACT: dict[type, tuple[tuple[tuple[str, Any], ...], bool]] = {
+    cls: (tuple(defaults(cls).items()), _keyed(cls)) for cls in vars(WorkflowRun).values()
     if isinstance(cls, type) and issubclass(cls, WorkflowRun.Event) and cls is not WorkflowRun.Event
 }
-"""The run event classes written compact: the fields left out at their default, and whether
-a ``key`` that is the ``seq`` as text is left out."""
+"""The run event classes written compact: the fields left out at their default (with it), and
+whether a ``key`` that is the ``seq`` as text is left out."""
 
 
 def compact_state(event: Any) -> dict[str, Any] | None:
@@ -81,12 +82,15 @@ def compact_state(event: Any) -> dict[str, Any] | None:
         return None
     fields = event.__dict__
     timestamp = fields["timestamp"]
-    if timestamp.utcoffset() != timedelta(0):  # naive, or another offset: the ISO form keeps it
+    if timestamp.utcoffset() != _ZERO:  # naive, or another offset: the ISO form keeps it
         return None
-    left_out, keyed = compact
-    state = {name: value for name, value in fields.items()
-             if (default := left_out.get(name, _MISSING)) is _MISSING or (value is not default and value != default)}
+    state = fields.copy()
     del state["originator_id"], state["originator_version"]
+    left_out, keyed = compact
+    for name, default in left_out:
+        value = state.get(name, _MISSING)
+        if value is default or (default is not None and value == default):
+            del state[name]
     state["timestamp"] = (timestamp - _EPOCH) // _MICROSECOND
     if keyed and type(state.get("key")) is str and type(state.get("seq")) is int and state["key"] == str(state["seq"]):
         del state["key"]
@@ -104,7 +108,7 @@ def expand(event: Any) -> None:
     if compact is None:
         return
     left_out, keyed = compact
-    for name, default in left_out.items():
+    for name, default in left_out:
         if name not in fields:
             fields[name] = default
     if keyed and "key" not in fields and type(fields.get("seq")) is int:
