@@ -12,12 +12,17 @@ Reported, per step:
   is that column of the events table), plus every snapshot row, divided by the steps; the
   trivial step is held to the target of :data:`TARGET_BYTES`.
 
-Column bytes only: what each database adds per row (headers, indexes, pages) is left out.
+Those are column bytes: what each database adds per row (headers, indexes, pages) is left
+out of them. Beside them, for the trivial step, the growth of the database on disk per step
+(:func:`disk_bytes`: the SQLite file after a checkpoint and ``VACUUM``; on PostgreSQL every
+table of the store's schema with its indexes and TOAST), against a run of no steps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -147,6 +152,41 @@ class Stored:
     """Of all its rows, events (with their notification ids) and snapshots."""
 
 
+def disk_bytes(store: Store) -> int:
+    """What the store's database takes on disk: the SQLite file, or the schema's tables with their indexes."""
+    if store.url.backend == "sqlite":
+        path = store.url.sqlite_path or ""
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+        finally:
+            conn.close()
+        return os.path.getsize(path)
+    datastore = store.app.recorder.datastore  # type: ignore[attr-defined]
+    with datastore.get_connection() as conn:
+        record = conn.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) AS size FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+            (store.url.postgres_schema or "public",),
+        ).fetchone()
+    return int(record["size"])
+
+
+def disk_per_step(backends: Backends, backend: str, sizes: Sizes) -> float:
+    """The growth on disk per trivial step: a run of ``sizes.steps`` steps against a run of none."""
+    sizes_on_disk = []
+    for steps in (0, sizes.steps):
+        with backends.store_url(backend, "storage") as url:
+            asyncio.run(_record(url, Sizes(steps=steps), 0))
+            store = Store(url)
+            try:
+                sizes_on_disk.append(disk_bytes(store))
+            finally:
+                store.close()
+    return (sizes_on_disk[1] - sizes_on_disk[0]) / sizes.steps
+
+
 def measure(backends: Backends, backend: str, sizes: Sizes, payload_bytes: int) -> Stored:
     """Record one run of ``sizes.steps`` steps on a fresh store and count what it stored."""
     with backends.store_url(backend, "storage") as url:
@@ -189,5 +229,9 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
             "storage", f"{backend} trivial steps (int result), all rows", "bytes per step", "B", [per_step],
             target=f"≤ {TARGET_BYTES} B: {'met' if met else 'NOT met'}", met=met, steps=trivial.steps,
             step_rows=trivial.step_bytes / trivial.steps, snapshots=trivial.snapshot_bytes / trivial.steps,
+        ))
+        results.append(Result.paired(
+            "storage", f"{backend} trivial steps (int result), on disk", "bytes per step", "B",
+            [disk_per_step(backends, backend, sizes)], steps=sizes.steps,
         ))
     return results
