@@ -101,13 +101,10 @@ def compact_state(event: Any) -> dict[str, Any] | None:
 
 
 def expand(event: Any) -> None:
-    """Give an event read from a compact state (its timestamp an integer) its timestamp and left-out fields back."""
+    """Give a run event read from a compact state (its timestamp an integer) its timestamp and left-out fields back."""
     fields = event.__dict__
     fields["timestamp"] = _EPOCH + timedelta(microseconds=fields["timestamp"])
-    compact = COMPACT.get(type(event))
-    if compact is None:
-        return
-    left_out, keyed = compact
+    left_out, keyed = COMPACT[type(event)]
     for name, default in left_out:
         if name not in fields:
             fields[name] = default

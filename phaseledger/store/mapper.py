@@ -24,7 +24,7 @@ from eventsourcing.utils import TopicError, get_topic
 
 from phaseledger.domain.errors import CorruptEvent, DecryptionFailed
 from phaseledger.store.cipher import CipherMapper
-from phaseledger.store.compact import compact_state, expand
+from phaseledger.store.compact import COMPACT, compact_state, expand
 
 _decode = Mapper.to_domain_event  # called directly: cheaper than super() on every read
 _encode = Mapper.to_stored_event
@@ -85,7 +85,7 @@ class RunMapper(CipherMapper):
             raise CorruptEvent(str(stored_event.originator_id), stored_event.originator_version,
                                _reason(stored_event, exc)) from exc
         timestamp = event.__dict__.get("timestamp")
-        if type(timestamp) is int:  # a compact state (see phaseledger.store.compact)
+        if type(timestamp) is int and type(event) in COMPACT:  # a compact state (see phaseledger.store.compact)
             try:
                 expand(event)
             except (TypeError, ValueError, OverflowError) as exc:
