@@ -4,7 +4,8 @@ Each is an immutable named tuple built by an event's ``apply`` (see
 :mod:`phaseledger.domain.run`) and read by attribute. Snapshots store them as the plain
 dicts they have always been stored as (:func:`plain_entries` when a snapshot is taken,
 :func:`typed_entries` when one is loaded), so the stored format does not depend on these
-classes.
+classes; a recorded call's fields at their default (a kind of ``step``, None) are left out of
+its dict, which earlier releases wrote in full, and read back at it.
 
 A run holds one entry per call of its current phase visit, and folding a long visit builds
 thousands: a named tuple is the cheapest typed record to build (cheaper than the plain dict
@@ -50,19 +51,19 @@ class RecordedCall(NamedTuple):
     seq: int
     """Its position in the phase visit's calls (``NonDeterminismError.seq``)."""
     name: str
-    kind: str
+    kind: str = Kind.STEP
     """One of :class:`Kind`."""
-    result: Any
+    result: Any = None
     """The result as JSON (a model's fields when ``result_type`` names a model; a checkpoint's state)."""
-    result_type: str | None
+    result_type: str | None = None
     """The topic of the result's pydantic model, or None for plain JSON."""
-    fingerprint: str | None
+    fingerprint: str | None = None
     """A digest of the call's inputs, checked on replay (None: not checked)."""
-    error: dict[str, Any] | None
+    error: dict[str, Any] | None = None
     """A recorded failure that replay raises again (see :func:`~phaseledger.domain.recorded_errors.rebuild_error`)."""
-    usage: dict[str, Any] | None
+    usage: dict[str, Any] | None = None
     """Model requests, tokens and cost of the call."""
-    detail: dict[str, Any] | None
+    detail: dict[str, Any] | None = None
     """What else replay needs (the id of a signal taken, usage shared with a calling agent run)."""
 
 
@@ -116,9 +117,23 @@ class PendingSignal(NamedTuple):
     payload: Any
 
 
+_CALL_FIELDS = RecordedCall._fields
+_MISSING = object()
+_CALL_DEFAULTS = [RecordedCall._field_defaults.get(name, _MISSING) for name in _CALL_FIELDS]
+"""The default of each field of a recorded call (left out of its plain dict at it), in order."""
+
+
+def _plain_call(entry: RecordedCall) -> dict[str, Any]:
+    return {name: value for name, value, default in zip(_CALL_FIELDS, entry, _CALL_DEFAULTS, strict=True)
+            if default is _MISSING or (value is not default and value != default)}
+
+
 def plain_entries(state: dict[str, Any]) -> None:
-    """Turn the typed ``journal``, ``failures``, ``intents`` and ``inbox`` of a run's state into plain dicts (in place)."""
-    state["journal"] = {key: entry._asdict() for key, entry in state["journal"].items()}
+    """Turn the typed ``journal``, ``failures``, ``intents`` and ``inbox`` of a run's state into plain dicts (in place).
+
+    A recorded call's fields at their default are left out (:func:`typed_entries` restores them).
+    """
+    state["journal"] = {key: _plain_call(entry) for key, entry in state["journal"].items()}
     state["intents"] = {key: intent._asdict() for key, intent in state["intents"].items()}
     state["failures"] = {key: [a._asdict() for a in attempts] for key, attempts in state["failures"].items()}
     state["inbox"] = [signal._asdict() for signal in state["inbox"]]

@@ -9,7 +9,9 @@ The log is a contract: every event and snapshot a release wrote must load in eve
 one. When an event's fields or the run's state change, the class's ``class_version`` goes
 up and an ``upcast_vN_vN+1`` static method turns what older releases stored into the new
 shape; eventsourcing's mapper applies it to every row read (events and snapshots alike).
-Rows stored without a ``class_version`` are version 1. ``tests/golden/`` holds logs written
+Rows stored without a ``class_version`` are version 1; the store writes events compact
+(:mod:`phaseledger.store.compact`), so an upcaster may find a field at its default absent
+from a row. ``tests/golden/`` holds logs written
 by past releases (this one included) that the tests load and resume on every store.
 """
 

@@ -1,7 +1,8 @@
-"""How stored rows become events, and what a row that cannot be read becomes.
+"""How events become stored rows and stored rows events, and what a row that cannot be read becomes.
 
-Every event and snapshot read from the store passes through :class:`RunMapper`,
-eventsourcing's mapper with one addition: a row whose data does not decode, whose type
+Every event and snapshot written to or read from the store passes through :class:`RunMapper`,
+eventsourcing's mapper with two additions. Run events are written in the compact form of
+:mod:`phaseledger.store.compact` (and read back from it), and a row whose data does not decode, whose type
 this release does not know, or that lacks a field its type needs raises
 :class:`~phaseledger.CorruptEvent` naming the stream and the version. Loading a run thus
 fails for that run alone, with an error that says what to do.
@@ -17,13 +18,16 @@ import dataclasses
 import logging
 from typing import Any
 
+from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
-from eventsourcing.utils import TopicError
+from eventsourcing.utils import TopicError, get_topic
 
 from phaseledger.domain.errors import CorruptEvent, DecryptionFailed
 from phaseledger.store.cipher import CipherMapper
+from phaseledger.store.compact import COMPACT, compact_state, expand
 
 _decode = Mapper.to_domain_event  # called directly: cheaper than super() on every read
+_encode = Mapper.to_stored_event
 
 log = logging.getLogger("phaseledger.store")
 
@@ -49,11 +53,24 @@ def _reason(stored: StoredEvent, exc: Exception) -> str:
 
 
 class RunMapper(CipherMapper):
-    """The store's mapper, raising :class:`~phaseledger.CorruptEvent` for a row it cannot read.
+    """The store's mapper: run events written compact, :class:`~phaseledger.CorruptEvent` for a row it cannot read.
 
     A row that no configured key opens is not corrupt: :class:`~phaseledger.DecryptionFailed`
     (a store-wide matter of configuration) passes through.
     """
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[str]) -> StoredEvent:
+        """The row of an event: a run event's state compact, then compressed and encrypted as configured."""
+        state = compact_state(domain_event)
+        if state is None:
+            return _encode(self, domain_event)
+        data = self.transcoder.encode(state)
+        if self.compressor:
+            data = self.compressor.compress(data)
+        if self.cipher:
+            data = self.cipher.encrypt(data)
+        return StoredEvent(originator_id=domain_event.originator_id, originator_version=domain_event.originator_version,
+                           topic=get_topic(type(domain_event)), state=data)
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         """The event (or snapshot) a stored row holds."""
@@ -67,6 +84,13 @@ class RunMapper(CipherMapper):
         except Exception as exc:  # eventsourcing raises several types; any of them means this row
             raise CorruptEvent(str(stored_event.originator_id), stored_event.originator_version,
                                _reason(stored_event, exc)) from exc
+        timestamp = event.__dict__.get("timestamp")
+        if type(timestamp) is int and type(event) in COMPACT:  # a compact state (see phaseledger.store.compact)
+            try:
+                expand(event)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise CorruptEvent(str(stored_event.originator_id), stored_event.originator_version,
+                                   f"its timestamp {timestamp} is not a time ({type(exc).__name__}: {exc})") from exc
         required = _REQUIRED.get(type(event))
         if required is None:
             required = _REQUIRED[type(event)] = _required_fields(type(event))
@@ -94,6 +118,10 @@ class SkippingMapper(Mapper[str]):
     def __init__(self, mapper: Mapper[str]) -> None:
         super().__init__(mapper.transcoder, mapper.compressor, mapper.cipher)
         self.mapper = mapper
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[str]) -> StoredEvent:
+        """The row of an event, as the wrapped mapper writes it."""
+        return self.mapper.to_stored_event(domain_event)
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         """The event a row holds, or an :class:`Unreadable` placeholder when it cannot be read."""

@@ -1,7 +1,7 @@
 """Write a golden log: ``python -m tests.golden.make_golden tests/golden/vN-log.json`` (from the repository root).
 
 Not run by the tests. Run it when the log's format changes (an event's or the run's
-``class_version`` goes up): the new file joins the older ones, which stay as they are, and
+``class_version`` goes up, or the way rows are written changes): the new file joins the older ones, which stay as they are, and
 ``tests/integration/test_golden_logs.py`` loads and resumes every one of them on every store.
 The files, each written by this script with the release named:
 
@@ -14,7 +14,10 @@ The files, each written by this script with the release named:
   the run's snapshots at version 2);
 - ``v3-log.json``: the release that introduced the effect ledger (``EffectIntended``, the
   run's snapshots at version 3 with their ``intents``), with a fourth run ``in-doubt`` of
-  :mod:`tests.golden.workflow_v3`.
+  :mod:`tests.golden.workflow_v3`;
+- ``v4-log.json``: the release that stores run events compact (fields at their default left
+  out, the timestamp as an integer; see ``phaseledger.store.compact``) and snapshots'
+  journal entries without their defaults.
 
 It runs the workflow of :mod:`tests.golden.workflow` on a ``memory://`` store, snapshotting
 every 4 events, into three runs:

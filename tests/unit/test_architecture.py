@@ -151,7 +151,7 @@ def _defined_privates(tree: ast.AST) -> set[str]:
 
 PUBLIC_DESPITE_UNDERSCORE = {
     "_exit",  # os._exit: the documented way for a forked child to end
-    "_asdict", "_replace", "_make", "_fields",  # named tuples' API (underscored not to clash with fields)
+    "_asdict", "_replace", "_make", "_fields", "_field_defaults",  # named tuples' API (underscored not to clash with fields)
 }
 
 

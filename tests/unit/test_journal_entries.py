@@ -1,4 +1,4 @@
-"""Typed journal entries: read by attribute in memory, stored in snapshots as the plain dicts they always were."""
+"""Typed journal entries: read by attribute in memory, stored in snapshots as plain dicts (fields at their default left out)."""
 
 from __future__ import annotations
 
@@ -44,24 +44,29 @@ def test_the_apply_methods_build_typed_entries() -> None:
         run.journal["0"].result = None  # type: ignore[misc]
 
 
-def test_snapshots_store_the_entries_as_the_plain_dicts_of_earlier_releases() -> None:
+def test_snapshots_store_the_entries_as_plain_dicts_without_their_defaults() -> None:
     store = Store("memory://")
     stored = store.app.mapper.to_stored_event(WorkflowRun.Snapshot.take(busy_run()))
     state = json.loads(stored.state)["state"]
     assert state["journal"]["0"] == {
-        "seq": 0, "name": "s0", "kind": "step", "result": {"k": "0"}, "result_type": None, "fingerprint": None,
-        "error": None, "usage": {"requests": 1, "input_tokens": 10, "output_tokens": 3, "cost": 0.25},
-        "detail": None,
+        "seq": 0, "name": "s0", "result": {"k": "0"},
+        "usage": {"requests": 1, "input_tokens": 10, "output_tokens": 3, "cost": 0.25},
     }
-    assert list(state["journal"]["0"]) == ["seq", "name", "kind", "result", "result_type", "fingerprint", "error",
-                                           "usage", "detail"]
-    assert state["journal"]["1"] == {
-        "seq": 1, "name": "halfway", "kind": "checkpoint", "result": {"n": 2}, "result_type": None,
-        "fingerprint": None, "error": None, "usage": None, "detail": None,
-    }
+    assert state["journal"]["1"] == {"seq": 1, "name": "halfway", "kind": "checkpoint", "result": {"n": 2}}
     [attempt] = state["failures"]["2"]
     assert list(attempt) == ["name", "attempt", "retry_at", "error_type", "message", "retryable", "started_at"]
     assert state["inbox"] == [{"signal_id": "sig-1", "name": "go", "payload": {"ok": True}}]
+
+
+def test_entries_stored_in_full_by_earlier_releases_load_the_same() -> None:
+    run = busy_run()
+    snapshot = WorkflowRun.Snapshot.take(run)
+    snapshot.state["journal"] = {key: RecordedCall(**entry)._asdict() for key, entry in snapshot.state["journal"].items()}
+    assert snapshot.state["journal"]["1"] == {
+        "seq": 1, "name": "halfway", "kind": "checkpoint", "result": {"n": 2}, "result_type": None,
+        "fingerprint": None, "error": None, "usage": None, "detail": None,
+    }
+    assert snapshot.mutate(None).journal == run.journal
 
 
 def test_a_snapshot_loads_back_into_the_same_typed_entries() -> None:
