@@ -18,6 +18,7 @@ by past releases (this one included) that the tests load and resume on every sto
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self, cast
 
@@ -62,9 +63,10 @@ class WorkflowRun(BaseAggregate[str]):
     Its state is set by :class:`RunStarted` and changed by the other events' ``apply``.
     """
 
-    class_version = 3
+    class_version = 4
     """2: the state holds ``signal_ids``, ``phase_entered_on`` and each failed attempt's
-    ``started_at`` (see :meth:`upcast_v1_v2`); 3: ``intents`` (see :meth:`upcast_v2_v3`)."""
+    ``started_at`` (see :meth:`upcast_v1_v2`); 3: ``intents`` (see :meth:`upcast_v2_v3`);
+    4: ``visit_calls``, ``visit_usage`` and ``journal_elided`` (see :meth:`upcast_v3_v4`)."""
 
     if TYPE_CHECKING:  # declared for type checkers only: eventsourcing turns annotations into constructor fields
         workflow: str
@@ -84,7 +86,16 @@ class WorkflowRun(BaseAggregate[str]):
         attempts: dict[str, int]
         """How many times each phase was entered."""
         journal: dict[str, RecordedCall]
-        """The calls recorded in the current phase visit, by key: replay serves them."""
+        """The calls recorded in the current phase visit, by key: replay serves them. Those
+        recorded up to :attr:`journal_elided` are missing when that is set."""
+        journal_elided: int | None
+        """Set in a run loaded from a snapshot without its journal (see :class:`Snapshot`): the
+        entries recorded up to this version are in the log, not in :attr:`journal`, and the
+        store reads them back when the whole run is loaded. None: the journal is complete."""
+        visit_calls: int
+        """How many calls the current phase visit has recorded (the size of the whole journal)."""
+        visit_usage: dict[str, Any]
+        """The usage of the calls the current phase visit has recorded (of the whole journal)."""
         failures: dict[str, list[FailedAttempt]]
         """The failed attempts of the current phase visit's calls not recorded yet, by key."""
         timers: dict[str, datetime]
@@ -133,6 +144,18 @@ class WorkflowRun(BaseAggregate[str]):
         """Snapshots of releases before effect steps hold no ``intents``: none."""
         state.setdefault("intents", {})
 
+    @staticmethod
+    def upcast_v3_v4(state: dict[str, Any]) -> None:
+        """Snapshots of releases before journal-less snapshots hold the whole journal: count it."""
+        if "visit_calls" not in state:
+            journal = state["journal"].values()
+            state["visit_calls"] = len(journal)
+            usage: dict[str, Any] = {}
+            for entry in journal:
+                add_usage(usage, entry.get("usage"))
+            state["visit_usage"] = usage
+        state.setdefault("journal_elided", None)
+
     class Event(CanMutateAggregate[str], CanCreateTimestamp, metaclass=MetaDomainEvent):
         """Base class of every run event (a frozen dataclass; run ids are strings)."""
 
@@ -164,6 +187,9 @@ class WorkflowRun(BaseAggregate[str]):
             run.phase_entered_on = self.timestamp
             run.attempts = {}
             run.journal = {}
+            run.journal_elided = None
+            run.visit_calls = 0
+            run.visit_usage = {}
             run.failures = {}
             run.timers = {}
             run.intents = {}
@@ -197,6 +223,9 @@ class WorkflowRun(BaseAggregate[str]):
             run.phase_entered_on = self.timestamp
             run.attempts[self.phase] = self.attempt
             run.journal = {}
+            run.journal_elided = None
+            run.visit_calls = 0
+            run.visit_usage = {}
             run.failures = {}
             run.timers = {}
             run.intents = {}
@@ -222,12 +251,17 @@ class WorkflowRun(BaseAggregate[str]):
         error: dict[str, Any] | None
         detail: dict[str, Any] | None
 
-        def apply(self, run: WorkflowRun) -> None:
+        def entry(self) -> RecordedCall:
+            """The journal entry this event records."""
             # tuple.__new__ skips the named tuple's Python-level __new__: every call of a visit passes here
-            run.journal[self.key] = _new_tuple(RecordedCall, (
+            return _new_tuple(RecordedCall, (
                 self.seq, self.name, self.kind, self.result, self.result_type, self.fingerprint, self.error,
                 self.usage, self.detail,
             ))
+
+        def apply(self, run: WorkflowRun) -> None:
+            run.journal[self.key] = self.entry()
+            run.visit_calls += 1
             run.next_seq = max(run.next_seq, self.seq + 1)
             run.steps += 1
             run.failures.pop(self.key, None)
@@ -236,6 +270,7 @@ class WorkflowRun(BaseAggregate[str]):
                 run.intents.pop(self.key, None)
             if self.usage:
                 add_usage(run.usage, self.usage)
+                add_usage(run.visit_usage, self.usage)
             if self.detail and self.detail.get("signal_id"):
                 run.inbox = [s for s in run.inbox if s.signal_id != self.detail["signal_id"]]
 
@@ -324,9 +359,13 @@ class WorkflowRun(BaseAggregate[str]):
         label: str
         state: dict[str, Any]
 
+        def entry(self) -> RecordedCall:
+            """The journal entry this event records."""
+            return RecordedCall(self.seq, self.label, Kind.CHECKPOINT, self.state, None, None, None, None, None)
+
         def apply(self, run: WorkflowRun) -> None:
-            run.journal[self.key] = RecordedCall(self.seq, self.label, Kind.CHECKPOINT, self.state, None, None, None,
-                                                 None, None)
+            run.journal[self.key] = self.entry()
+            run.visit_calls += 1
             run.next_seq = max(run.next_seq, self.seq + 1)
             run.checkpoints += 1
 
@@ -354,9 +393,8 @@ class WorkflowRun(BaseAggregate[str]):
             if self.reason == "retry":
                 run.failures = {}
                 run.intents = {}  # retrying is the decision to run effect steps in doubt again
-            for entry in run.journal.values():
-                run.replayed_steps += 1
-                add_usage(run.saved_usage, entry.usage)
+            run.replayed_steps += run.visit_calls
+            add_usage(run.saved_usage, run.visit_usage)
 
     class RunCompleted(Event):
         """The run reached a final phase; ``output`` is what its handler returned."""
@@ -396,7 +434,15 @@ class WorkflowRun(BaseAggregate[str]):
             run.finished_on = self.timestamp
 
     class Snapshot(CanSnapshotAggregate[str], CanCreateTimestamp, metaclass=MetaDomainEvent):
-        """The run's folded state at a version, so resuming reads only the events after it."""
+        """The run's folded state at a version, so loading it reads only the events after it.
+
+        A snapshot leaves out the journal of the phase visit in progress unless asked for it:
+        the entries are events of the log already, so a snapshot stays as small as the rest
+        of the run's state however long the visit, and one can be taken every N events. A
+        run loaded from it has :attr:`WorkflowRun.journal_elided` set, which is all a view of
+        the run needs; the store reads the entries back from the log before a driver replays
+        the visit (see :meth:`phaseledger.Store.load`).
+        """
 
         originator_id: str
         originator_version: int
@@ -405,10 +451,19 @@ class WorkflowRun(BaseAggregate[str]):
         state: dict[str, Any]
 
         @classmethod
-        def take(cls, aggregate: MutableOrImmutableAggregate[str]) -> Self:
-            """The snapshot of ``aggregate``, its journal entries stored as plain dicts."""
+        def take(cls, aggregate: MutableOrImmutableAggregate[str], *, journal: bool = False) -> Self:
+            """The snapshot of ``aggregate``, with its journal entries as plain dicts when ``journal``
+            (the run's journal must then be complete), else without them."""
             snapshot = super().take(aggregate)
-            plain_entries(snapshot.state)
+            state = snapshot.state
+            if journal:
+                if state["journal_elided"] is not None:
+                    raise ValueError(f"run {snapshot.originator_id!r} was loaded without its journal: "
+                                     "load it whole to take a snapshot with the journal")
+            elif state["journal"] or state["journal_elided"] is not None:
+                state["journal"] = {}
+                state["journal_elided"] = snapshot.originator_version
+            plain_entries(state)
             return snapshot
 
         def mutate(self, _: None) -> BaseAggregate[str]:
@@ -435,6 +490,23 @@ _BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp", "o
 def event_fields(event: WorkflowRun.Event) -> dict[str, Any]:
     """What an event records, without the fields every event has (id, version, timestamp, topic)."""
     return {f.name: getattr(event, f.name) for f in dataclasses.fields(cast(Any, event)) if f.name not in _BASE_FIELDS}
+
+
+def restore_journal(run: WorkflowRun, events: Iterable[Any], base: Mapping[str, RecordedCall] | None = None) -> None:
+    """Put back the journal entries of a run loaded from a snapshot without them (in place).
+
+    ``events`` are the run's events from its phase visit's start up to
+    :attr:`~WorkflowRun.journal_elided` (other events pass); ``base``, the entries recorded
+    before the first of them when the log no longer holds those (a compacted run's full
+    snapshot). The entries recorded after the snapshot, already in the run, come last.
+    """
+    restored = dict(base or {})
+    for event in events:
+        if isinstance(event, (WorkflowRun.StepRecorded, WorkflowRun.CheckpointSaved)):
+            restored[event.key] = event.entry()
+    restored.update(run.journal)
+    run.journal = restored
+    run.journal_elided = None
 
 
 def project_run(run: WorkflowRun | None, events: Any) -> WorkflowRun | None:

@@ -420,7 +420,7 @@ class Engine:
 
     def signal_received(self, run_id: str, signal_id: str) -> bool:
         """Whether the run has received a signal with this id (sending it again appends nothing)."""
-        return _signal_seen(self.store.load(validate_run_id(run_id)), signal_id)
+        return _signal_seen(self.store.load(validate_run_id(run_id), journal=False), signal_id)
 
     async def cancel(self, run_id: str, reason: str = "cancelled") -> Run:
         """Cancel a run: record ``RunCancelled``; the run never resumes.
@@ -482,7 +482,7 @@ class Engine:
         if allow_damaged and version is None:
             view = self._view_or_damaged(run_id)
         else:
-            view = self._view(self.store.load(run_id, version=version))
+            view = self._view(self.store.load(run_id, version=version, journal=False))
         if version is None and not view.finished:
             view.driving = self.drives.lease_book_now().get(run_id)
         return view
@@ -533,13 +533,13 @@ class Engine:
     def _view_or_damaged(self, run_id: str) -> Run:
         """The run's view; for a damaged run, the ``damaged`` view (see :func:`damaged_view`)."""
         try:
-            return self._view(self.store.load(run_id))
+            return self._view(self.store.load(run_id, journal=False))
         except CorruptEvent as exc:
             error = exc
         before = None
         if error.version > 1:
             try:
-                before = self.store.load(run_id, version=error.version - 1)
+                before = self.store.load(run_id, version=error.version - 1, journal=False)
             except PhaseledgerError:
                 pass
         workflow = self.registry.workflows.get((before.workflow, before.workflow_version)) if before else None

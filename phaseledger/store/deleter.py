@@ -31,6 +31,19 @@ class Deleter(ABC):
         with store_errors(self.store.url, f"delete events of run {run_id!r}"):
             return self._delete(run_id, below)
 
+    def delete_snapshot(self, run_id: str, version: int) -> int:
+        """Delete the run's snapshot at ``version`` (compaction replaces one taken without the
+        journal by one with it); how many were removed (0 or 1)."""
+        snapshots: Any = self.store.app.snapshots
+        if snapshots is None:
+            return 0
+        with store_errors(self.store.url, f"delete a snapshot of run {run_id!r}"):
+            return self._delete_rows(snapshots.recorder, run_id, version, version + 1)
+
+    def _delete_rows(self, recorder: Any, run_id: str, first: int, below: int) -> int:
+        """Delete the rows of ``recorder`` for the run's versions from ``first`` up to ``below``."""
+        raise NotImplementedError
+
     def holds_newest_row(self, run_id: str) -> bool:
         """Whether deleting the run would let the store give its newest notification id to
         the next event (read models that tracked that id would skip the event)."""
@@ -64,6 +77,9 @@ class MemoryDeleter(Deleter):
                 recorder, run_id, lambda v, start=start: v >= start and (below is None or v < below)))
         return self._counts(counts)
 
+    def _delete_rows(self, recorder: Any, run_id: str, first: int, below: int) -> int:
+        return _internals.delete_memory_events(recorder, run_id, lambda v: first <= v < below)
+
 
 class SQLiteDeleter(Deleter):
     """Deletes with SQL from the tables of a SQLite store, in one transaction."""
@@ -78,6 +94,13 @@ class SQLiteDeleter(Deleter):
                 cursor.execute(sqlite.CHANGES)
                 counts.append(int(cursor.fetchone()[0]))
         return self._counts(counts)
+
+    def _delete_rows(self, recorder: Any, run_id: str, first: int, below: int) -> int:
+        with recorder.datastore.transaction(commit=True) as cursor:
+            cursor.execute(sqlite.sql(sqlite.DELETE_EVENTS, events=recorder.events_table_name),
+                           {"run_id": run_id, "first": first, "below": below})
+            cursor.execute(sqlite.CHANGES)
+            return int(cursor.fetchone()[0])
 
     def holds_newest_row(self, run_id: str) -> bool:
         """SQLite gives a new row the highest rowid + 1: deleting the newest row hands its id on."""
@@ -104,3 +127,10 @@ class PostgresDeleter(Deleter):
                                {"run_id": run_id, "first": first if below is not None else 0, "below": below})
                 counts.append(cursor.rowcount)
         return self._counts(counts)
+
+    def _delete_rows(self, recorder: Any, run_id: str, first: int, below: int) -> int:
+        datastore = recorder.datastore
+        with datastore.transaction(commit=True) as cursor:
+            cursor.execute(pg.sql(pg.DELETE_EVENTS, datastore.schema, events=recorder.events_table_name),
+                           {"run_id": run_id, "first": first, "below": below})
+            return int(cursor.rowcount)

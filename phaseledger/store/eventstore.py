@@ -7,13 +7,13 @@ sqlite and postgres persistence modules. Tables are created on first use.
 
 from __future__ import annotations
 
-import enum
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -22,7 +22,7 @@ from eventsourcing.persistence import InfrastructureFactory, Mapper, Notificatio
 from eventsourcing.utils import get_topic
 
 from phaseledger.domain.errors import ConcurrencyConflict, CorruptEvent, RunNotFound, StoreUnavailable
-from phaseledger.domain.run import WorkflowRun, project_run
+from phaseledger.domain.run import WorkflowRun, project_run, restore_journal
 from phaseledger.store.backends import Backend, open_backend
 from phaseledger.store.cipher import (
     CIPHER_KEY_ENV_VAR,
@@ -85,7 +85,7 @@ class StoreURL:
             return cls(url, "memory", {"PERSISTENCE_MODULE": "eventsourcing.popo"})
         if scheme == "sqlite":
             path = unquote(url.split("://", 1)[1])
-            path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db, sqlite:////abs.db
+            path = path.removeprefix("/")  # sqlite:///rel.db, sqlite:////abs.db
             path = path.split("?", 1)[0]
             if not path:
                 raise StoreUnavailable(f"store URL {url!r} names no file: use sqlite:///phaseledger.db")
@@ -168,52 +168,9 @@ class RunApplication(Application[str]):
         return make_mapper(self.construct_transcoder(), keys, compress, mapper_class=RunMapper)
 
 
-class _NotWanted(enum.Enum):
-    """The type of :data:`NOT_WANTED`: a sentinel type checkers tell apart from a snapshot."""
-
-    NOT_WANTED = enum.auto()
-
-
-NOT_WANTED: Literal[_NotWanted.NOT_WANTED] = _NotWanted.NOT_WANTED
-"""What :meth:`Store.append` decides for a version at which no snapshot is wanted."""
-
-SnapshotDecision = StoredEvent | Literal[_NotWanted.NOT_WANTED] | None
-"""The snapshot due with an append's last event: encoded, :data:`NOT_WANTED`, or None (not decided)."""
-
-
-def snapshot_wanted(version: int, phase_entered_version: int, every: int) -> bool:
-    """Whether the run's snapshot at ``version`` (a multiple of ``every``) is worth storing.
-
-    A snapshot holds the journal of the current phase visit, so in a long visit each one
-    is as large as the visit so far, and one every ``every`` events would store a quadratic
-    amount. Within a visit, snapshots are therefore kept at the first multiple of ``every``
-    past ``every``, 2, 4, 8... times ``every`` events into it: what they store grows
-    linearly with the visit, and a resume still reads at most about half the visit's
-    events after its latest snapshot (resuming replays the whole visit anyway). Visits
-    shorter than ``2 * every`` events are snapshotted every ``every`` events.
-    """
-    into = version - phase_entered_version
-    if into < 2 * every:
-        return True
-    mark = every << ((into // every).bit_length() - 1)  # the largest every * 2**k <= into
-    return into - mark < every
-
-
-def _visit_entered(run: WorkflowRun | None, events: PendingEvents) -> int | None:
-    """The version that began ``run``'s phase visit in progress, when ``events`` were just collected from it."""
-    if run is None or not events or run.version != events[-1].originator_version or run.pending_events:
-        return None
-    return run.phase_entered_version
-
-
-def _entered_at(events: PendingEvents, version: int, entered: int | None) -> int | None:
-    """The version that began the phase visit in progress at ``version`` (one of ``events``), as far
-    as the events and ``entered`` (the visit in progress after them) tell; None: unknown."""
-    visits = [e.originator_version for e in events if isinstance(e, WorkflowRun.PhaseEntered)]
-    began = [v for v in visits if v <= version]
-    if began:
-        return began[-1]
-    return entered if not visits else None  # a visit began later in the events: the earlier one is unknown here
+SnapshotDecision = StoredEvent | None
+"""The snapshot due with an append's last event, encoded from the run in memory; None when there is
+none to take from it (then, if one is due, the append reads the state back from the store)."""
 
 
 class Store:
@@ -321,8 +278,14 @@ class Store:
         return self.app.mapper.to_domain_event(self.app.mapper.to_stored_event(event))  # type: ignore[return-value]
 
     @guarded("load run {run_id!r}")
-    def load(self, run_id: str, version: int | None = None) -> WorkflowRun:
+    def load(self, run_id: str, version: int | None = None, *, journal: bool = True) -> WorkflowRun:
         """The run folded from its latest snapshot and the events after it (or at ``version``).
+
+        Snapshots leave out the journal of the phase visit in progress (see
+        :class:`WorkflowRun.Snapshot`): with ``journal`` (what a driver replaying the visit
+        needs) its entries are read back from the visit's events; without it the run has
+        :attr:`~WorkflowRun.journal_elided` set, and loading it reads a snapshot and at most
+        ``snapshot_every`` events however long the run (what a view of it needs).
 
         Raises :class:`RunNotFound`, or :class:`CorruptEvent` when a row the run needs cannot
         be read. A snapshot that cannot be read is passed over: the run is folded from its
@@ -339,7 +302,35 @@ class Store:
             run = self._fold_events(run_id, version, exc)
         if not isinstance(run, WorkflowRun):  # another stream of the store, not a run
             raise RunNotFound(run_id)
+        if journal and run.journal_elided is not None:
+            self._restore_journal(run)
         return run
+
+    def _restore_journal(self, run: WorkflowRun) -> None:
+        """Read back the journal entries a snapshot left out: the visit's events up to it."""
+        elided, entered = run.journal_elided or 0, run.phase_entered_version
+        events = iter(self.app.events.get(run.id, gt=entered, lte=elided))
+        first = next(events, None)
+        if first is not None and first.originator_version == entered + 1:
+            restore_journal(run, itertools.chain([first], events))
+            return
+        # Compacted: the visit's first events are gone, and the snapshot compaction left holds their entries.
+        full = self._whole_snapshot(run.id, entered, elided)
+        if full is None:
+            raise CorruptEvent(run.id, entered + 1, "the events of its phase visit in progress were removed, "
+                                                    "and no snapshot holds their journal")
+        later = self.app.events.get(run.id, gt=full.version, lte=elided)
+        restore_journal(run, later, base=full.journal)
+
+    def _whole_snapshot(self, run_id: str, after: int, upto: int) -> WorkflowRun | None:
+        """The run from its latest snapshot within ``(after, upto]`` taken with its journal, if any."""
+        if self.app.snapshots is None:
+            return None
+        for snapshot in self.app.snapshots.get(run_id, gt=after, lte=upto, desc=True):
+            run = snapshot.mutate(None)  # type: ignore[attr-defined]  # the store's snapshots are run snapshots
+            if isinstance(run, WorkflowRun) and run.journal_elided is None:
+                return run
+        return None
 
     def _fold_events(self, run_id: str, version: int | None, unreadable: CorruptEvent) -> WorkflowRun | None:
         """The run folded from its events alone, after ``unreadable`` was met with a snapshot."""
@@ -363,11 +354,12 @@ class Store:
 
         Raises :class:`ConcurrencyConflict` when another writer appended first: then nothing
         was written and the caller's copy of the run is stale (reload it). The snapshots due
-        at these events' versions (multiples of ``snapshot_every``, see :func:`snapshot_wanted`)
-        are stored with them: the last one from ``run``, the run the events were just
-        collected from, when given and unchanged since, else from the state read back.
+        at these events' versions (multiples of ``snapshot_every``; without the journal of the
+        phase visit in progress, see :class:`WorkflowRun.Snapshot`) are stored with them: the
+        last one from ``run``, the run the events were just collected from, when given and
+        unchanged since, else from the state read back.
         """
-        return self._append(events, self._snapshot_of(run, events), _visit_entered(run, events))
+        return self._append(events, self._snapshot_of(run, events))
 
     async def append_async(self, events: PendingEvents, *, run: WorkflowRun | None = None) -> int:
         """:meth:`append` for callers on an event loop, which keeps running meanwhile.
@@ -379,19 +371,19 @@ class Store:
         """
         if not events:
             return 0
-        snapshot, entered = self._snapshot_of(run, events), _visit_entered(run, events)
+        snapshot = self._snapshot_of(run, events)
         backend = self.backend
         if not backend.blocking:
-            return self._append(events, snapshot, entered)
+            return self._append(events, snapshot)
         if not backend.appends_on_loop:
-            return await backend.write(self._append, events, snapshot, entered)
+            return await backend.write(self._append, events, snapshot)
         stored = [self.app.mapper.to_stored_event(event) for event in events]
         with self._appending(events):
             ids = await backend.append_on_loop(stored)
         if ids is None:  # the loop's connection is unavailable: the recorder's path retries
-            return await backend.write(self._append, events, snapshot, entered)
+            return await backend.write(self._append, events, snapshot)
         if self._snapshot_due(events):
-            await backend.call(self._store_snapshots, events[0].originator_id, events, snapshot, entered)
+            await backend.call(self._store_snapshots, events[0].originator_id, events, snapshot)
         return ids[-1]
 
     def ready_appends(self) -> None:
@@ -400,19 +392,16 @@ class Store:
         self.backend.ready_appends_on_loop()
 
     def _snapshot_of(self, run: WorkflowRun | None, events: PendingEvents) -> SnapshotDecision:
-        """The snapshot due with ``events``, taken from ``run`` in memory: encoded, or
-        :data:`NOT_WANTED`; None when there is none to take from it (then, if one is due, the
-        append reads the state back from the store)."""
+        """The snapshot due with ``events``, taken from ``run`` in memory and encoded (None: see
+        :data:`SnapshotDecision`)."""
         if run is None or not (self.snapshot_every and events and self.app.snapshots is not None):
             return None
         last = events[-1].originator_version
         if last % self.snapshot_every or run.version != last or run.pending_events:
             return None  # none due, or not the run these events came from
-        if not snapshot_wanted(last, run.phase_entered_version, self.snapshot_every):
-            return NOT_WANTED
         return self.app.mapper.to_stored_event(WorkflowRun.Snapshot.take(run))
 
-    def _append(self, events: PendingEvents, snapshot: SnapshotDecision, entered: int | None = None) -> int:
+    def _append(self, events: PendingEvents, snapshot: SnapshotDecision) -> int:
         if not events:
             return 0
         with self._appending(events):
@@ -420,7 +409,7 @@ class Store:
             # event and snapshot bookkeeping this application does not use.
             recordings = self.app.events.put(events)
         if self._snapshot_due(events):
-            self._store_snapshots(events[0].originator_id, events, snapshot, entered)
+            self._store_snapshots(events[0].originator_id, events, snapshot)
         return recordings[-1].notification.id if recordings else 0
 
     def _appending(self, events: PendingEvents) -> store_errors:
@@ -434,11 +423,9 @@ class Store:
         return bool(every and any(e.originator_version % every == 0 for e in events))
 
     @guarded("store a snapshot of run {run_id!r}")
-    def _store_snapshots(self, run_id: str, events: PendingEvents, snapshot: SnapshotDecision,
-                         entered: int | None) -> None:
-        """Store the snapshots wanted at these (appended) events' versions; ``snapshot`` is
-        what :meth:`_snapshot_of` decided for the last one (None: nothing), ``entered`` the
-        version that began the phase visit in progress after the events, when known."""
+    def _store_snapshots(self, run_id: str, events: PendingEvents, snapshot: SnapshotDecision) -> None:
+        """Store the snapshots due at these (appended) events' versions; ``snapshot`` is the last
+        one's, taken from the run in memory (None: none was)."""
         snapshots, every = self.app.snapshots, self.snapshot_every
         if snapshots is None or not every:
             return
@@ -447,16 +434,11 @@ class Store:
             version = event.originator_version
             if version % every:
                 continue
-            if version == last and snapshot is not None:  # decided from the run in memory
-                if snapshot is not NOT_WANTED:
-                    snapshots.recorder.insert_events([snapshot])
+            if version == last and snapshot is not None:
+                snapshots.recorder.insert_events([snapshot])
                 continue
-            began = _entered_at(events, version, entered)
-            if began is not None and not snapshot_wanted(version, began, every):
-                continue  # not wanted in this long visit: no need to read the run back
-            run = self.load(run_id, version)  # no run in memory at this version: read it back
-            if snapshot_wanted(version, run.phase_entered_version, every):
-                snapshots.put([WorkflowRun.Snapshot.take(run)])
+            # No run in memory at this version: read it back (its journal is not needed).
+            snapshots.put([WorkflowRun.Snapshot.take(self.load(run_id, version, journal=False))])
 
     # -- transactional steps -------------------------------------------------------------
 
@@ -488,7 +470,7 @@ class Store:
         pending = appended[-1]
         if self._snapshot_due(pending):
             try:
-                self._store_snapshots(run_id, pending, None, None)
+                self._store_snapshots(run_id, pending, None)
             except StoreUnavailable as exc:  # committed all the same: a later snapshot will do
                 log.warning("run %r: no snapshot stored after a transactional step (%s)", run_id, exc)
         return result, pending, ids[-1] if ids else 0
@@ -507,8 +489,14 @@ class Store:
 
     @guarded("store a snapshot of run {run_id!r}")
     def take_snapshot(self, run_id: str, version: int | None = None) -> None:
-        """Store the run's folded state at ``version`` (latest when None)."""
-        self.app.take_snapshot(run_id, version=version, projector_func=project_run)
+        """Store the run's folded state at ``version`` (latest when None), with its whole journal:
+        compaction keeps it in place of the events it removes."""
+        if self.app.snapshots is None:
+            raise RuntimeError("snapshots are off in this store")
+        run = self.load(run_id, version)
+        if self.has_snapshot(run_id, run.version):  # one taken when it was due, without the journal
+            self.backend.deleter(self).delete_snapshot(run_id, run.version)
+        self.app.snapshots.put([WorkflowRun.Snapshot.take(run, journal=True)])
 
     @guarded("read the snapshots of run {run_id!r}")
     def has_snapshot(self, run_id: str, version: int) -> bool:

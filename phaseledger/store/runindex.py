@@ -131,7 +131,7 @@ class RunIndex(TrackingRecorder):
         rows, gone = [], []
         for run_id, version in self.store.runs_in(notifications).items():
             try:
-                rows.append(IndexRow.of(self.store.load(run_id)))
+                rows.append(IndexRow.of(self.store.load(run_id, journal=False)))
             except RunNotFound:  # deleted since (retention): its row goes too
                 gone.append(run_id)
             except CorruptEvent as exc:
@@ -164,7 +164,7 @@ class RunIndex(TrackingRecorder):
         rows, gone = [], []
         for run_id in self.damaged_runs():
             try:
-                rows.append(IndexRow.of(self.store.load(run_id)))
+                rows.append(IndexRow.of(self.store.load(run_id, journal=False)))
             except RunNotFound:
                 gone.append(run_id)
             except CorruptEvent:

@@ -46,7 +46,7 @@ def test_the_apply_methods_build_typed_entries() -> None:
 
 def test_snapshots_store_the_entries_as_plain_dicts_without_their_defaults() -> None:
     store = Store("memory://")
-    stored = store.app.mapper.to_stored_event(WorkflowRun.Snapshot.take(busy_run()))
+    stored = store.app.mapper.to_stored_event(WorkflowRun.Snapshot.take(busy_run(), journal=True))
     state = json.loads(stored.state)["state"]
     assert state["journal"]["0"] == {
         "seq": 0, "name": "s0", "result": {"k": "0"},
@@ -60,7 +60,7 @@ def test_snapshots_store_the_entries_as_plain_dicts_without_their_defaults() -> 
 
 def test_entries_stored_in_full_by_earlier_releases_load_the_same() -> None:
     run = busy_run()
-    snapshot = WorkflowRun.Snapshot.take(run)
+    snapshot = WorkflowRun.Snapshot.take(run, journal=True)
     snapshot.state["journal"] = {key: RecordedCall(**entry)._asdict() for key, entry in snapshot.state["journal"].items()}
     assert snapshot.state["journal"]["1"] == {
         "seq": 1, "name": "halfway", "kind": "checkpoint", "result": {"n": 2}, "result_type": None,
@@ -73,14 +73,14 @@ def test_a_snapshot_loads_back_into_the_same_typed_entries() -> None:
     run = busy_run()
     store = Store("memory://")
     mapper = store.app.mapper
-    loaded = mapper.to_domain_event(mapper.to_stored_event(WorkflowRun.Snapshot.take(run))).mutate(None)
+    loaded = mapper.to_domain_event(mapper.to_stored_event(WorkflowRun.Snapshot.take(run, journal=True))).mutate(None)
     assert (loaded.journal, loaded.failures, loaded.inbox) == (run.journal, run.failures, run.inbox)
     assert isinstance(loaded.journal["0"], RecordedCall) and loaded.journal["0"].usage["cost"] == 0.25
-    assert WorkflowRun.Snapshot.take(loaded).state == WorkflowRun.Snapshot.take(run).state
+    assert WorkflowRun.Snapshot.take(loaded, journal=True).state == WorkflowRun.Snapshot.take(run, journal=True).state
 
 
 def test_a_failed_attempt_of_a_snapshot_older_than_started_at_loads() -> None:
-    snapshot = WorkflowRun.Snapshot.take(busy_run())
+    snapshot = WorkflowRun.Snapshot.take(busy_run(), journal=True)
     del snapshot.state["failures"]["2"][0]["started_at"]
     [attempt] = snapshot.mutate(None).failures["2"]
     assert attempt.started_at is None and attempt.next_attempt == 2

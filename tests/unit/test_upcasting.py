@@ -61,7 +61,7 @@ def test_this_release_stores_its_class_versions(store: Store) -> None:
     first, *_, last = run.collect_events()
     assert "class_version" not in stored_state(store, first)  # RunStarted: version 1
     assert stored_state(store, last)["class_version"] == 2
-    assert stored_state(store, WorkflowRun.Snapshot.take(run))["state"]["class_version"] == 3
+    assert stored_state(store, WorkflowRun.Snapshot.take(run))["state"]["class_version"] == 4
 
 
 def test_a_failed_attempt_of_the_first_release_reads_with_started_at_unknown(store: Store) -> None:
@@ -107,8 +107,9 @@ def test_a_snapshot_of_the_first_release_folds_to_this_releases_state(store: Sto
         run_state = state["state"]
         del run_state["class_version"], run_state["signal_ids"], run_state["phase_entered_on"]
         del run_state["failures"]["9"][0]["started_at"]
+        del run_state["visit_calls"], run_state["visit_usage"], run_state["journal_elided"]
 
-    snapshot = reread(store, WorkflowRun.Snapshot.take(run), first_release)
+    snapshot = reread(store, WorkflowRun.Snapshot.take(run, journal=True), first_release)
     loaded = project_run(None, [snapshot])
     assert loaded is not None and vars(loaded) == expected
     assert loaded.signal_ids == ["taken", "waiting"]  # what the snapshot still shows of them
@@ -137,9 +138,26 @@ def test_a_snapshot_of_version_2_folds_with_no_intents(store: Store) -> None:
     def version_2(state: dict[str, Any]) -> None:
         state["state"]["class_version"] = 2
         del state["state"]["intents"]
+        del state["state"]["visit_calls"], state["state"]["visit_usage"], state["state"]["journal_elided"]
 
-    loaded = project_run(None, [reread(store, WorkflowRun.Snapshot.take(run), version_2)])
+    loaded = project_run(None, [reread(store, WorkflowRun.Snapshot.take(run, journal=True), version_2)])
     assert loaded is not None and loaded.intents == {} and vars(loaded) == vars(run)
+
+
+def test_a_snapshot_of_version_3_holds_the_whole_journal_and_counts_it(store: Store) -> None:
+    run = started()
+    step(run, "0", kind="model", usage={"requests": 1, "input_tokens": 5, "output_tokens": 2})
+    step(run, "1")
+    failed_attempt(run)
+    run.collect_events()
+
+    def version_3(state: dict[str, Any]) -> None:
+        state["state"]["class_version"] = 3
+        del state["state"]["visit_calls"], state["state"]["visit_usage"], state["state"]["journal_elided"]
+
+    loaded = project_run(None, [reread(store, WorkflowRun.Snapshot.take(run, journal=True), version_3)])
+    assert loaded is not None and vars(loaded) == vars(run)
+    assert loaded.visit_calls == 2 and loaded.visit_usage["input_tokens"] == 5 and loaded.journal_elided is None
 
 
 def test_a_snapshot_keeps_the_intents_in_doubt_typed(store: Store) -> None:
