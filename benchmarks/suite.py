@@ -107,7 +107,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "compare": Benchmark(
         "phaseledger, naive eventsourcing, LangGraph and DBOS Transact: steps, recovery after a kill, state rebuild",
         bench_compare.run, bench_compare.Sizes(),
-        bench_compare.Sizes(steps=12, kill_at=6, floor_ops=5, repeats=1, timeout=300.0, backends=("sqlite",)),
+        bench_compare.Sizes(steps=12, view_steps=30, kill_at=6, floor_ops=5, repeats=1, timeout=300.0,
+                            backends=("sqlite",)),
         requires=bench_compare.unavailable,
     ),
 }

@@ -158,9 +158,11 @@ def recovery_against_langgraph(results: Sequence[Result], backend: str) -> Verdi
 
 def rebuild_against_langgraph(results: Sequence[Result], backend: str) -> Verdict:
     """A finished run's state rebuilt in a new process, against LangGraph's ``get_state``."""
-    r, ratio = _versus(results, "state rebuild",
-                       lambda c: c.startswith(f"langgraph on {backend},"))
-    ours = _find(results, "compare", "state rebuild", lambda c: c.startswith(f"phaseledger on {backend},"))
+    metric = "state of a long run"  # a one-phase run of many steps; else the comparison's run
+    if _find(results, "compare", metric, lambda c: c.startswith(f"langgraph on {backend},")) is None:
+        metric = "state rebuild"
+    r, ratio = _versus(results, metric, lambda c: c.startswith(f"langgraph on {backend},"))
+    ours = _find(results, "compare", metric, lambda c: c.startswith(f"phaseledger on {backend},"))
     steps = int(r.extra.get("steps", 0)) if r is not None else 0
     target = (f"state of a {steps:,}-step run ≤ LangGraph's get_state on {NAMES[backend]}" if steps
               else f"state of a long run ≤ LangGraph's get_state on {NAMES[backend]}")

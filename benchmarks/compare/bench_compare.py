@@ -48,6 +48,9 @@ class Sizes:
     """How big and how often."""
 
     steps: int = 1000
+    view_steps: int = 10_000
+    """Steps of the one-phase run whose state phaseledger (``engine.get``) and LangGraph
+    (``get_state``) read back in a new process."""
     kill_at: int = 500
     floor_ops: int = 200
     repeats: int = 3
@@ -69,8 +72,9 @@ def unavailable() -> str | None:
 
 
 def _peer(system: str, backend: str, task: str, store: str, sizes: Sizes) -> dict[str, Any]:
+    steps = sizes.view_steps if task == "view" else sizes.steps
     command = [sys.executable, "-m", "benchmarks.compare.peer", system, backend, task, store,
-               "--steps", str(sizes.steps), "--kill-at", str(sizes.kill_at), "--floor-ops", str(sizes.floor_ops)]
+               "--steps", str(steps), "--kill-at", str(sizes.kill_at), "--floor-ops", str(sizes.floor_ops)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=sizes.timeout, check=False)
     if task == "crash":
         if done.returncode != -9:
@@ -100,7 +104,13 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
         recover: dict[str, list[float]] = {s: [] for s in systems}
         recover_floors: dict[str, list[float]] = {s: [] for s in systems}
         rebuild: dict[str, list[float]] = {s: [] for s in systems}
+        viewers = [s for s in systems if s in ("phaseledger", "langgraph")]
+        view: dict[str, list[float]] = {s: [] for s in viewers}
         for _ in range(sizes.repeats):
+            for system in viewers:
+                with contextlib.ExitStack() as stack:
+                    measured = _peer(system, backend, "view", _store(backends, backend, stack, f"{system}-view"), sizes)
+                view[system].append(measured["rebuild"] * 1e3)
             for system in systems:
                 with contextlib.ExitStack() as stack:
                     measured = _peer(system, backend, "steps", _store(backends, backend, stack, system), sizes)
@@ -137,6 +147,14 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
             results.append(Result.paired(
                 "compare", f"{system} on {backend}, {sizes.steps:,}-step run", "state rebuild", "ms",
                 rebuild[system], floor_name, recover_floors[system], **extra,
+            ))
+        for system in viewers:
+            extra = {"system": system, "backend": backend, "steps": sizes.view_steps}
+            if system != "phaseledger":
+                extra["x_phaseledger"] = _ratios(view[system], view["phaseledger"])
+            results.append(Result.paired(
+                "compare", f"{system} on {backend}, {sizes.view_steps:,} steps in one phase", "state of a long run",
+                "ms", view[system], **extra,
             ))
     return results
 

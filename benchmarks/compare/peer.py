@@ -11,7 +11,9 @@ STORE a SQLite file path or a PostgreSQL store URL with ``?schema=``. Tasks:
 - ``crash``: the same run, killed with SIGKILL when step K starts (prints nothing).
 - ``recover``: after a ``crash``: opens the store, recovers the run and notes when step
   K starts again (the first new step); lets the run finish, checks its result, then
-  rebuilds the run's state from a freshly opened store.
+  rebuilds the run's state from a freshly opened store (phaseledger: ``engine.get`` on a
+  new engine; LangGraph: ``get_state`` on a new saver).
+- ``view``: a run of N steps, then the same rebuild of its state.
 
 Each system runs in its own process because DBOS keeps process-wide state, and because a
 kill must kill a real process. Output is one JSON object on stdout.
@@ -111,15 +113,15 @@ def _hooked(hook: StepHook) -> Callable[[int], int]:
 
 
 def phaseledger_rebuild(backend: str, store: str, steps: int) -> float:
-    from phaseledger.store.eventstore import Store
+    from phaseledger import Engine
 
     start = now()
-    opened = Store(_phaseledger_url(backend, store))
-    run = opened.load(RUN_ID)
+    engine = Engine(_phaseledger_url(backend, store))
+    view = engine.get(RUN_ID)
     elapsed = now() - start
-    opened.close()
-    if run.output != steps:
-        raise RuntimeError(f"rebuilt phaseledger run has output {run.output!r}")
+    engine.close()
+    if view.output != steps:
+        raise RuntimeError(f"rebuilt phaseledger run has output {view.output!r}")
     return elapsed
 
 
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare.peer")
     parser.add_argument("system", choices=sorted(SYSTEMS))
     parser.add_argument("backend", choices=["sqlite", "postgres"])
-    parser.add_argument("task", choices=["steps", "crash", "recover"])
+    parser.add_argument("task", choices=["steps", "crash", "recover", "view"])
     parser.add_argument("store")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--kill-at", type=int, default=500)
@@ -331,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         before = _floor(args.backend, args.store, args.floor_ops)
         out["per_step"] = run_steps(args.backend, args.store, args.steps, StepHook()) / args.steps
         out["floor"] = (before + _floor(args.backend, args.store, args.floor_ops)) / 2
+    elif args.task == "view":
+        run_steps(args.backend, args.store, args.steps, StepHook())
+        out["rebuild"] = rebuild(args.backend, args.store, args.steps)
     elif args.task == "crash":
         run_steps(args.backend, args.store, args.steps, StepHook(kill_at=args.kill_at))
         raise RuntimeError("the run was not killed")
