@@ -309,6 +309,9 @@ class Store:
     def _restore_journal(self, run: WorkflowRun) -> None:
         """Read back the journal entries a snapshot left out: the visit's events up to it."""
         elided, entered = run.journal_elided or 0, run.phase_entered_version
+        if elided <= entered:  # nothing recorded in the visit before the snapshot
+            restore_journal(run, ())
+            return
         events = iter(self.app.events.get(run.id, gt=entered, lte=elided))
         first = next(events, None)
         if first is not None and first.originator_version == entered + 1:
