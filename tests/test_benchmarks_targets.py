@@ -58,15 +58,15 @@ def test_against_the_peers_reads_their_paired_ratio_to_phaseledger() -> None:
     assert _by_target(verdicts, "faster per step than naive eventsourcing on PostgreSQL").status == NOT_MEASURED
 
 
-def test_bytes_per_step_only_from_a_trivial_step_case() -> None:
+def test_bytes_per_step_is_judged_on_the_trivial_steps_rows_with_the_disk_figure_beside() -> None:
     other = _result("storage", "sqlite 200-byte results", "bytes per step", [500])
     assert _by_target(evaluate([other]), "bytes per trivial step on SQLite").status == NOT_MEASURED
-    rows = _result("storage", "sqlite trivial steps", "bytes per step", [200])
-    snapshots = _result("storage", "sqlite trivial steps, snapshots", "snapshot bytes per step", [150])
-    summed = _by_target(evaluate([other, rows, snapshots]), "bytes per trivial step on SQLite")
-    assert (summed.status, summed.value) == (NOT_MET, 350)
-    total = _result("storage", "sqlite trivial steps, total", "bytes per step", [280])
-    assert _by_target(evaluate([rows, snapshots, total]), "bytes per trivial step on SQLite").value == 280
+    rows = _result("storage", "sqlite trivial steps (int result), all rows", "bytes per step", [280])
+    disk = _result("storage", "sqlite trivial steps (int result), on disk", "bytes per step", [350])
+    verdict = _by_target(evaluate([other, rows, disk]), "bytes per trivial step on SQLite")
+    assert (verdict.status, verdict.value) == (MET, 280) and "350 B on disk" in verdict.measured
+    heavy = _result("storage", "sqlite trivial steps (int result), all rows", "bytes per step", [320])
+    assert _by_target(evaluate([heavy]), "bytes per trivial step on SQLite").status == NOT_MET
 
 
 def test_resume_flat_compares_the_longest_history_with_the_shortest() -> None:
