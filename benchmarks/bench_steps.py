@@ -25,7 +25,7 @@ from benchmarks.floors import (
 from benchmarks.workloads import StepsState, Timings, steps_workflow
 from phaseledger import Engine
 
-TARGETS = {"sqlite": "≤ 2x", "postgres": "≤ 2.5x"}
+TARGETS = {"sqlite": "≤ 1.5x", "postgres": "≤ 1.4x"}
 FLOOR_NAMES = {"memory": "call", "sqlite": "sqlite commit", "postgres": "postgres commit"}
 CPU_BACKENDS = ("memory", "sqlite")
 """Where the CPU per step is reported: the whole step runs in this process."""

@@ -109,7 +109,7 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
         for _ in range(sizes.repeats):
             for system in viewers:
                 with contextlib.ExitStack() as stack:
-                    measured = _peer(system, backend, "view", _store(backends, backend, stack, f"{system}-view"), sizes)
+                    measured = _peer(system, backend, "view", _store(backends, backend, stack, f"{system}_view"), sizes)
                 view[system].append(measured["rebuild"] * 1e3)
             for system in systems:
                 with contextlib.ExitStack() as stack:

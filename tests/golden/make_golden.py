@@ -17,7 +17,10 @@ The files, each written by this script with the release named:
   :mod:`tests.golden.workflow_v3`;
 - ``v4-log.json``: the release that stores run events compact (fields at their default left
   out, the timestamp as an integer; see ``phaseledger.store.compact``) and snapshots'
-  journal entries without their defaults.
+  journal entries without their defaults;
+- ``v5-log.json``: the release whose snapshots leave out the journal of the phase visit in
+  progress (the run's snapshots at version 4, with ``journal_elided``, ``visit_calls`` and
+  ``visit_usage``; the ``finished`` run's snapshot is one of them).
 
 It runs the workflow of :mod:`tests.golden.workflow` on a ``memory://`` store, snapshotting
 every 4 events, into three runs:

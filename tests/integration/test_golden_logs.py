@@ -36,7 +36,7 @@ def engine(store_url: str, golden: dict[str, Any]) -> Iterator[Engine]:
 
 def test_the_golden_files_cover_every_format() -> None:
     assert [path.name for path in records.golden_files()] == ["v1-late-log.json", "v1-log.json", "v2-log.json",
-                                                                   "v3-log.json", "v4-log.json"]
+                                                                   "v3-log.json", "v4-log.json", "v5-log.json"]
 
 
 async def test_every_run_loads_as_it_was(engine: Engine, golden: dict[str, Any]) -> None:
