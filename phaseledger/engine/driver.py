@@ -193,7 +193,7 @@ class RunDriver:
     async def drive(self) -> None:
         """Run phases until the run completes, fails, suspends or is cancelled."""
         try:
-            with self.engine.tracing.run(self.run, self.workflow):
+            with self.engine.store.driving(), self.engine.tracing.run(self.run, self.workflow):
                 await self._drive_phases()
         except Cancelled:
             # Cancelled by another writer: drop what was not committed and show the run as

@@ -10,7 +10,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -213,6 +215,9 @@ class Store:
             """The eventsourcing application (for tests and tools; the store's methods are the API)."""
         self.backend.opened(self.app)
         self.snapshot_every = snapshot_every
+        self._driving = 0
+        """Runs being driven in this process now (:meth:`driving`)."""
+        self._driving_lock = threading.Lock()
         self.started_topic = get_topic(WorkflowRun.RunStarted)
 
     @property
@@ -369,8 +374,10 @@ class Store:
 
         Call it where ``run`` lives (on the loop): its snapshot is taken before the append
         leaves the loop. PostgreSQL appends from the loop itself (see
-        :class:`~phaseledger.store.postgres.LoopAppender`); other stores append as their
-        backend writes (SQLite in its writer thread, memory at once).
+        :class:`~phaseledger.store.postgres.LoopAppender`); SQLite too, on the loop's thread,
+        for a run driven alone in this process (see :meth:`driving` and
+        :class:`~phaseledger.store.sqlite_appender.InlineAppender`), else in its writer
+        thread; memory at once.
         """
         if not events:
             return 0
@@ -378,7 +385,7 @@ class Store:
         backend = self.backend
         if not backend.blocking:
             return self._append(events, snapshot)
-        if not backend.appends_on_loop:
+        if not backend.appends_on_loop or (backend.loop_appends_block and self._driving > 1):
             return await backend.write(self._append, events, snapshot)
         stored = [self.app.mapper.to_stored_event(event) for event in events]
         with self._appending(events):
@@ -388,6 +395,17 @@ class Store:
         if self._snapshot_due(events):
             await backend.call(self._store_snapshots, events[0].originator_id, events, snapshot)
         return ids[-1]
+
+    @contextmanager
+    def driving(self) -> Iterator[None]:
+        """Count a run being driven in this process for as long as the block lasts (see :meth:`append_async`)."""
+        with self._driving_lock:
+            self._driving += 1
+        try:
+            yield
+        finally:
+            with self._driving_lock:
+                self._driving -= 1
 
     def ready_appends(self) -> None:
         """On an event loop about to append: start what :meth:`append_async` needs there (PostgreSQL:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+from typing import Any
 
 import psycopg
 import pytest
@@ -190,5 +191,53 @@ async def test_a_run_appending_on_the_loop_lets_the_loops_other_tasks_run_betwee
         ticker.cancel()
         assert run.status == "completed" and len(seen) == 30
         assert all(later > earlier for earlier, later in itertools.pairwise(seen))
+    finally:
+        engine.close()
+
+
+async def test_sqlite_appends_of_runs_driven_together_go_to_the_writer_thread(tmp_path) -> None:
+    wf = Workflow("pair", state=Tally)
+    both_started = asyncio.Event()
+    started: set[str] = set()
+
+    @wf.phase(initial=True, to="done")
+    async def work(ctx: Context[Tally]) -> str:
+        started.add(ctx.run_id)
+        if len(started) == 2:
+            both_started.set()
+        await both_started.wait()
+        for _ in range(10):
+            await ctx.step("add", lambda: 1)
+        return "done"
+
+    @wf.phase(final=True)
+    async def done(ctx: Context[Tally]) -> None:
+        return None
+
+    engine = Engine(f"sqlite:///{tmp_path}/runs.db", workflows=[wf])
+    backend = engine.store.backend
+    counts = {"inline": 0, "thread": 0}
+    inline, write = backend.inline_appender.append, backend.write  # type: ignore[attr-defined]
+
+    def counted_inline(stored: Any) -> Any:
+        counts["inline"] += 1
+        return inline(stored)
+
+    async def counted_write(fn: Any, *args: Any) -> Any:
+        counts["thread"] += 1
+        return await write(fn, *args)
+
+    backend.inline_appender.append = counted_inline  # type: ignore[attr-defined]
+    backend.write = counted_write  # type: ignore[method-assign]
+    try:
+        runs = await asyncio.gather(engine.run(wf, run_id="a"), engine.run(wf, run_id="b"))
+        assert [r.status for r in runs] == ["completed", "completed"]
+        # The steps of each, committed while the other was driven too (its last ones may find it alone).
+        assert counts["thread"] >= 10
+        counts.update(inline=0, thread=0)
+        started.clear()
+        both_started.set()
+        assert (await engine.run(wf, run_id="c")).status == "completed"
+        assert counts["thread"] == 0 and counts["inline"] >= 10  # driven alone: on the loop's thread
     finally:
         engine.close()

@@ -90,6 +90,11 @@ class Backend(ABC):
     appends_on_loop: ClassVar[bool] = False
     """Whether :meth:`append_on_loop` may append (else the store does not encode for it)."""
 
+    loop_appends_block: ClassVar[bool] = False
+    """Whether an append made on the loop blocks it until committed (SQLite): then only a run
+    driven alone in its process appends there; while others are driven too, the append goes
+    to :meth:`write`, so that their work goes on during the commit."""
+
     transactional: ClassVar[bool] = False
     """Whether :meth:`transact` can run a transactional step (the store lives in a database)."""
 

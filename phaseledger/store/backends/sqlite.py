@@ -37,6 +37,7 @@ class SQLiteBackend(Backend):
     kind = "sqlite"
     report_dialect: ClassVar[str] = "sqlite"
     appends_on_loop = True
+    loop_appends_block = True
     inline_appender: InlineAppender | None = None
 
     def __init__(self, url: StoreURL) -> None:
