@@ -9,7 +9,10 @@ timeout is zero: ``BEGIN IMMEDIATE`` either takes the write lock at once or fail
 once. When the lock is held (another process or thread is writing, a transactional step
 is open), or another thread is using this appender, it writes nothing and says so; the
 caller then hands the append to the writer thread, which waits for the lock as before.
-The event loop therefore waits for a commit's sync, never for another writer.
+The event loop therefore waits for a commit's sync, never for another writer. The store
+uses it only for a run driven alone in its process (see
+:meth:`phaseledger.Store.append_async`): while several are, the writer thread lets the
+others go on during a commit.
 
 The guarantee is the writer thread's: the events are committed (synced as the store's
 connections sync) before :meth:`InlineAppender.append` returns, in one transaction, with

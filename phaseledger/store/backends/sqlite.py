@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 class SQLiteBackend(Backend):
     """The parts of a SQLite store: its tables in the store's file; appends made on the
-    event loop's own thread while the file's write lock is free
+    event loop's own thread by a run driven alone while the file's write lock is free
     (:class:`~phaseledger.store.sqlite_appender.InlineAppender`), else in one warm writer
     thread (SQLite takes one writer at a time anyway, and one thread hands over faster
     than a pool of them); no subscriptions (readers poll)."""
