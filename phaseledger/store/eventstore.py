@@ -377,7 +377,8 @@ class Store:
         :class:`~phaseledger.store.postgres.LoopAppender`); SQLite too, on the loop's thread,
         for a run driven alone in this process (see :meth:`driving` and
         :class:`~phaseledger.store.sqlite_appender.InlineAppender`), else in its writer
-        thread; memory at once.
+        thread, sharing commits with the appends of the runs driven with it
+        (:class:`~phaseledger.store.group_commit.GroupCommitter`); memory at once.
         """
         if not events:
             return 0
@@ -385,11 +386,11 @@ class Store:
         backend = self.backend
         if not backend.blocking:
             return self._append(events, snapshot)
-        if not backend.appends_on_loop or (backend.loop_appends_block and self._driving > 1):
+        if not backend.appends_on_loop:
             return await backend.write(self._append, events, snapshot)
         stored = [self.app.mapper.to_stored_event(event) for event in events]
         with self._appending(events):
-            ids = await backend.append_on_loop(stored)
+            ids = await backend.append_on_loop(stored, shared=self._driving > 1)
         if ids is None:  # the loop's connection is unavailable: the recorder's path retries
             return await backend.write(self._append, events, snapshot)
         if self._snapshot_due(events):

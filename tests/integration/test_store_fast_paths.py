@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+import threading
 from typing import Any
 
 import psycopg
@@ -195,7 +196,7 @@ async def test_a_run_appending_on_the_loop_lets_the_loops_other_tasks_run_betwee
         engine.close()
 
 
-async def test_sqlite_appends_of_runs_driven_together_go_to_the_writer_thread(tmp_path) -> None:
+async def test_sqlite_appends_of_runs_driven_together_share_commits_in_the_writer_thread(tmp_path) -> None:
     wf = Workflow("pair", state=Tally)
     both_started = asyncio.Event()
     started: set[str] = set()
@@ -203,7 +204,7 @@ async def test_sqlite_appends_of_runs_driven_together_go_to_the_writer_thread(tm
     @wf.phase(initial=True, to="done")
     async def work(ctx: Context[Tally]) -> str:
         started.add(ctx.run_id)
-        if len(started) == 2:
+        if len(started) == 4:
             both_started.set()
         await both_started.wait()
         for _ in range(10):
@@ -215,29 +216,63 @@ async def test_sqlite_appends_of_runs_driven_together_go_to_the_writer_thread(tm
         return None
 
     engine = Engine(f"sqlite:///{tmp_path}/runs.db", workflows=[wf])
-    backend = engine.store.backend
-    counts = {"inline": 0, "thread": 0}
-    inline, write = backend.inline_appender.append, backend.write  # type: ignore[attr-defined]
+    backend: Any = engine.store.backend
+    counts = {"inline": 0, "grouped": 0}
+    inline, grouped = backend.inline_appender.append, backend.committer.append
 
     def counted_inline(stored: Any) -> Any:
         counts["inline"] += 1
         return inline(stored)
 
-    async def counted_write(fn: Any, *args: Any) -> Any:
-        counts["thread"] += 1
-        return await write(fn, *args)
+    async def counted_grouped(stored: Any) -> Any:
+        counts["grouped"] += 1
+        return await grouped(stored)
 
-    backend.inline_appender.append = counted_inline  # type: ignore[attr-defined]
-    backend.write = counted_write  # type: ignore[method-assign]
+    backend.inline_appender.append = counted_inline
+    backend.committer.append = counted_grouped
     try:
-        runs = await asyncio.gather(engine.run(wf, run_id="a"), engine.run(wf, run_id="b"))
-        assert [r.status for r in runs] == ["completed", "completed"]
-        # The steps of each, committed while the other was driven too (its last ones may find it alone).
-        assert counts["thread"] >= 10
-        counts.update(inline=0, thread=0)
+        runs = await asyncio.gather(*(engine.run(wf, run_id=r) for r in "abcd"))
+        assert [r.status for r in runs] == ["completed"] * 4
+        # The steps of each, committed while the others were driven too (the last may find it alone),
+        # in fewer transactions than appends: runs share commits.
+        assert counts["grouped"] >= 30 and backend.committer.batches < counts["grouped"]
+        for run_id in "abcd":
+            events = engine.store.events(run_id)
+            assert [e.originator_version for e in events] == list(range(1, len(events) + 1))
+        counts.update(inline=0, grouped=0)
         started.clear()
         both_started.set()
-        assert (await engine.run(wf, run_id="c")).status == "completed"
-        assert counts["thread"] == 0 and counts["inline"] >= 10  # driven alone: on the loop's thread
+        assert (await engine.run(wf, run_id="e")).status == "completed"
+        assert counts["grouped"] == 0 and counts["inline"] >= 10  # driven alone: on the loop's thread
     finally:
         engine.close()
+
+
+async def test_a_conflict_in_a_shared_commit_fails_that_append_alone(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/runs.db"
+    store, other = Store(url), Store(url)
+    try:
+        runs = [_started(run_id) for run_id in ("a", "b", "c")]
+        for run in runs:
+            store.save(run)
+        stale = other.load("b")
+        for run in (*runs, stale):
+            run.trigger_event(WorkflowRun.SignalReceived, signal_id=f"s-{id(run)}", name="go", payload=1)
+        other.save(stale)  # b's version 2 is taken: the shared commit's append of b conflicts
+        committer: Any = store.backend.committer  # type: ignore[attr-defined]
+        busy = threading.Event()
+        store.backend._writer.submit(busy.wait, 10)  # type: ignore[attr-defined]  # hold the writer thread
+        appends = [asyncio.ensure_future(committer.append([store.app.mapper.to_stored_event(e)
+                                                           for e in run.collect_events()])) for run in runs]
+        await asyncio.sleep(0.05)  # all three queued while the thread is busy: one transaction takes them
+        busy.set()
+        outcomes = await asyncio.gather(*appends, return_exceptions=True)
+        assert isinstance(outcomes[1], sqlite3.IntegrityError)
+        assert all(isinstance(o, list) and len(o) == 1 for o in (outcomes[0], outcomes[2]))
+        assert committer.batches == 1
+        assert [e.originator_version for e in store.events("a")] == [1, 2]
+        assert [e.originator_version for e in store.events("c")] == [1, 2]
+        assert store.load("b").inbox == stale.inbox  # the other writer's event, not ours
+    finally:
+        store.close()
+        other.close()

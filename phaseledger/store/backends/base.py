@@ -78,9 +78,10 @@ class Backend(ABC):
         """:meth:`call` for appends (SQLite keeps one writer thread for them)."""
         return await asyncio.to_thread(fn, *args)
 
-    async def append_on_loop(self, stored: Sequence[StoredEvent]) -> list[int] | None:
+    async def append_on_loop(self, stored: Sequence[StoredEvent], *, shared: bool = False) -> list[int] | None:
         """Append from the event loop itself: the notification ids, or None when this backend
-        cannot now (the caller then appends with :meth:`write`)."""
+        cannot now (the caller then appends with :meth:`write`). ``shared``: other runs are
+        being driven in this process now."""
         return None
 
     def ready_appends_on_loop(self) -> None:
@@ -89,11 +90,6 @@ class Backend(ABC):
 
     appends_on_loop: ClassVar[bool] = False
     """Whether :meth:`append_on_loop` may append (else the store does not encode for it)."""
-
-    loop_appends_block: ClassVar[bool] = False
-    """Whether an append made on the loop blocks it until committed (SQLite): then only a run
-    driven alone in its process appends there; while others are driven too, the append goes
-    to :meth:`write`, so that their work goes on during the commit."""
 
     transactional: ClassVar[bool] = False
     """Whether :meth:`transact` can run a transactional step (the store lives in a database)."""

@@ -47,7 +47,7 @@ class PostgresBackend(Backend):
         if isinstance(app.recorder, OneTripRecorder):  # always, as StoreFactory builds it
             self.loop_appender = LoopAppender(app.recorder, self.url.postgres_conninfo or "")
 
-    async def append_on_loop(self, stored: Sequence[StoredEvent]) -> list[int] | None:
+    async def append_on_loop(self, stored: Sequence[StoredEvent], *, shared: bool = False) -> list[int] | None:
         if self.loop_appender is None:
             return None
         return await self.loop_appender.append(stored)

@@ -12,6 +12,7 @@ from eventsourcing.sqlite import SQLiteConnectionPool
 
 from phaseledger.store.backends.base import Backend
 from phaseledger.store.deleter import Deleter, SQLiteDeleter
+from phaseledger.store.group_commit import GroupCommitter
 from phaseledger.store.leasebook import LeaseBook, SQLiteLeaseBook
 from phaseledger.store.runindex import SQLiteRunIndex
 from phaseledger.store.sql import sqlite
@@ -31,14 +32,15 @@ class SQLiteBackend(Backend):
     """The parts of a SQLite store: its tables in the store's file; appends made on the
     event loop's own thread by a run driven alone while the file's write lock is free
     (:class:`~phaseledger.store.sqlite_appender.InlineAppender`), else in one warm writer
-    thread (SQLite takes one writer at a time anyway, and one thread hands over faster
-    than a pool of them); no subscriptions (readers poll)."""
+    thread, where the appends of runs driven together share commits
+    (:class:`~phaseledger.store.group_commit.GroupCommitter`; SQLite takes one writer at a
+    time anyway); no subscriptions (readers poll)."""
 
     kind = "sqlite"
     report_dialect: ClassVar[str] = "sqlite"
     appends_on_loop = True
-    loop_appends_block = True
     inline_appender: InlineAppender | None = None
+    committer: GroupCommitter | None = None
 
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
@@ -53,16 +55,20 @@ class SQLiteBackend(Backend):
         if not SQLiteConnectionPool.detect_memory_mode(path):  # another connection would see another database
             recorder: Any = app.recorder
             self.inline_appender = InlineAppender(path, recorder.insert_events_statement)
+            lock_timeout = float(self.url.env.get("SQLITE_LOCK_TIMEOUT") or 30)
+            self.committer = GroupCommitter(path, recorder.insert_events_statement, lock_timeout, self._writer)
 
-    async def append_on_loop(self, stored: Sequence[StoredEvent]) -> list[int] | None:
-        if self.inline_appender is None:
+    async def append_on_loop(self, stored: Sequence[StoredEvent], *, shared: bool = False) -> list[int] | None:
+        if self.inline_appender is None or self.committer is None:
             return None
-        ids = self.inline_appender.append(stored)
-        if ids is not None:
-            # Let the loop's other tasks (other runs, lease renewals) run between two commits,
-            # as an append handed to the writer thread would have.
-            await asyncio.sleep(0)
-        return ids
+        if not shared:  # driven alone: on the loop's thread, unless another writer holds the lock
+            ids = self.inline_appender.append(stored)
+            if ids is not None:
+                # Let the loop's other tasks (lease renewals, a web server) run between two
+                # commits, as an append handed to the writer thread would have.
+                await asyncio.sleep(0)
+                return ids
+        return await self.committer.append(stored)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
@@ -71,6 +77,8 @@ class SQLiteBackend(Backend):
         if self.inline_appender is not None:
             self.inline_appender.close()
         self._writer.shutdown(wait=True)
+        if self.committer is not None:
+            self.committer.close()
 
     transactional = True
 
