@@ -59,14 +59,22 @@ class GroupCommitter:
 
     def _turn(self) -> None:
         """One turn of the writer thread: commit what is queued, and come back if more came meanwhile."""
-        with self._lock:
-            batch, self._queue = self._queue, []
-        if batch:
-            self._commit(batch)
-        with self._lock:
-            again = self._scheduled = bool(self._queue)
-        if again:
-            self._writer.submit(self._turn)
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue, []
+            try:
+                if batch:
+                    self._commit(batch)
+            finally:
+                with self._lock:
+                    again = self._scheduled = bool(self._queue)
+            if not again:
+                return
+            try:
+                self._writer.submit(self._turn)  # after the other work handed to the thread meanwhile
+                return
+            except RuntimeError:  # the store is closing: commit what is queued now
+                continue
 
     def _commit(self, batch: list[Pending]) -> None:
         outcomes: list[list[int] | BaseException] = []
@@ -93,7 +101,10 @@ class GroupCommitter:
             self._abandon()
             outcomes = [exc] * len(batch)
         for (_, future, loop), outcome in zip(batch, outcomes, strict=True):
-            loop.call_soon_threadsafe(_settle, future, outcome)
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome)
+            except RuntimeError:  # its loop is closed: nobody waits for this append any more
+                pass
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
