@@ -352,19 +352,16 @@ class Engine:
 
         The payload is validated against the workflow's declared model for ``name`` (an
         :class:`InvalidInput` appends nothing). ``signal_id`` makes sending idempotent: a
-        signal id the run has already received is not appended again, even once the run has
-        finished (a delivery retried after the run went on). Raises :class:`RunFinished` for
-        a new signal to a completed, failed or cancelled run. The run id, ``name`` and
-        ``signal_id`` must pass :func:`~phaseledger.domain.ids.validate_id`.
+        signal id the run has already received is not appended again. Raises
+        :class:`RunFinished` for a completed, failed or cancelled run. The run id, ``name``
+        and ``signal_id`` must pass :func:`~phaseledger.domain.ids.validate_id`.
         """
         validate_run_id(run_id)
         validate_id("signal name", name)
         if signal_id is not None:
             validate_id("signal id", signal_id)
         for attempt in range(_APPEND_ATTEMPTS):
-            run = await self.store.call(self.store.load, run_id, journal=False)
-            if signal_id is not None and _signal_seen(run, signal_id):
-                return self._view(run)
+            run = await self.store.call(self.store.load, run_id)
             if run.finished:
                 raise RunFinished(run_id, run.status, f"signal {name!r} to")
             if name.startswith(DECISION_PREFIX):  # a decision on an effect in doubt: plain JSON, any workflow
@@ -378,6 +375,8 @@ class Engine:
                         f"declare it: Workflow(..., signals={{{name!r}: None}}) takes plain JSON"
                     )
                 data = validate_payload(workflow.signals.get(name), payload, f"the payload of signal {name!r}")
+            if signal_id is not None and _signal_seen(run, signal_id):
+                return self._view(run)
             try:
                 await self._append(run, WorkflowRun.SignalReceived, signal_id=signal_id or str(uuid.uuid4()),
                                    name=name, payload=data)
