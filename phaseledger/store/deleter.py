@@ -40,9 +40,9 @@ class Deleter(ABC):
         with store_errors(self.store.url, f"delete a snapshot of run {run_id!r}"):
             return self._delete_rows(snapshots.recorder, run_id, version, version + 1)
 
+    @abstractmethod
     def _delete_rows(self, recorder: Any, run_id: str, first: int, below: int) -> int:
         """Delete the rows of ``recorder`` for the run's versions from ``first`` up to ``below``."""
-        raise NotImplementedError
 
     def holds_newest_row(self, run_id: str) -> bool:
         """Whether deleting the run would let the store give its newest notification id to

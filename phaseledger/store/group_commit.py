@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
+from phaseledger.store.sql import sqlite
+
 if TYPE_CHECKING:
     from eventsourcing.persistence import StoredEvent
 
@@ -85,11 +87,7 @@ class GroupCommitter:
             for stored_events, _, _ in batch:
                 conn.execute("SAVEPOINT append")
                 try:
-                    ids = []
-                    for event in stored_events:
-                        cursor = conn.execute(self.insert_statement, (
-                            str(event.originator_id), event.originator_version, event.topic, event.state))
-                        ids.append(int(cursor.lastrowid or 0))
+                    ids = sqlite.insert_events(conn, self.insert_statement, stored_events)
                 except sqlite3.IntegrityError as exc:
                     conn.execute("ROLLBACK TO append")
                     outcomes.append(exc)

@@ -26,6 +26,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from phaseledger.store.sql import sqlite
+
 if TYPE_CHECKING:
     from eventsourcing.persistence import StoredEvent
 
@@ -61,11 +63,7 @@ class InlineAppender:
                 self._drop()
                 raise
             try:
-                ids = []
-                for event in stored_events:
-                    cursor = conn.execute(self.insert_statement, (
-                        str(event.originator_id), event.originator_version, event.topic, event.state))
-                    ids.append(int(cursor.lastrowid or 0))
+                ids = sqlite.insert_events(conn, self.insert_statement, stored_events)
                 conn.commit()
             except BaseException:
                 self._abandon(conn)

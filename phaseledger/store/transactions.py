@@ -81,11 +81,7 @@ def sqlite_transact(datastore: Any, recorder: Any, url: StoreURL, run_id: str, o
                     row = cursor.fetchone()
                     if row is None or row[0] != owner:
                         raise LeaseLost(run_id)
-                ids = []
-                for event in stored:  # the statement of eventsourcing's recorder: its rowid is the notification id
-                    cursor.execute(recorder.insert_events_statement,
-                                   (str(event.originator_id), event.originator_version, event.topic, event.state))
-                    ids.append(int(cursor.lastrowid or 0))
+                ids = sqlite.insert_events(cursor, recorder.insert_events_statement, stored)
                 conn.commit()
         except BaseException:
             if conn.in_transaction:

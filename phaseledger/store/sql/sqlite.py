@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 from phaseledger.store.sql import Identifier, render
 
@@ -197,3 +198,13 @@ INSERT_TRACKING = """
 
 # eventsourcing passes the application name as the only positional parameter.
 SELECT_MAX_TRACKING_ID = "SELECT MAX(notification_id) FROM {tracking} WHERE application_name = ?"
+
+
+def insert_events(cursor: Any, statement: str, stored_events: Iterable[Any]) -> list[int]:
+    """Insert stored events with eventsourcing's recorder ``statement`` on a SQLite connection or
+    cursor (in its transaction); their row ids, which are their notification ids."""
+    ids = []
+    for event in stored_events:
+        row = cursor.execute(statement, (str(event.originator_id), event.originator_version, event.topic, event.state))
+        ids.append(int(row.lastrowid or 0))
+    return ids
