@@ -492,18 +492,17 @@ def event_fields(event: WorkflowRun.Event) -> dict[str, Any]:
     return {f.name: getattr(event, f.name) for f in dataclasses.fields(cast(Any, event)) if f.name not in _BASE_FIELDS}
 
 
-def restore_journal(run: WorkflowRun, events: Iterable[Any], base: Mapping[str, RecordedCall] | None = None) -> None:
+def restore_journal(run: WorkflowRun, entries: Iterable[tuple[str, RecordedCall]],
+                    base: Mapping[str, RecordedCall] | None = None) -> None:
     """Put back the journal entries of a run loaded from a snapshot without them (in place).
 
-    ``events`` are the run's events from its phase visit's start up to
-    :attr:`~WorkflowRun.journal_elided` (other events pass); ``base``, the entries recorded
-    before the first of them when the log no longer holds those (a compacted run's full
-    snapshot). The entries recorded after the snapshot, already in the run, come last.
+    ``entries`` are the keys and entries of the calls recorded in the run's phase visit up to
+    :attr:`~WorkflowRun.journal_elided`, in order; ``base``, the entries recorded before the
+    first of them when the log no longer holds those (a compacted run's full snapshot). The
+    entries recorded after the snapshot, already in the run, come last.
     """
     restored = dict(base or {})
-    for event in events:
-        if isinstance(event, (WorkflowRun.StepRecorded, WorkflowRun.CheckpointSaved)):
-            restored[event.key] = event.entry()
+    restored.update(entries)
     restored.update(run.journal)
     run.journal = restored
     run.journal_elided = None

@@ -7,7 +7,6 @@ sqlite and postgres persistence modules. Tables are created on first use.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
@@ -15,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -24,6 +23,7 @@ from eventsourcing.persistence import InfrastructureFactory, Mapper, Notificatio
 from eventsourcing.utils import get_topic
 
 from phaseledger.domain.errors import ConcurrencyConflict, CorruptEvent, RunNotFound, StoreUnavailable
+from phaseledger.domain.journal import RecordedCall
 from phaseledger.domain.run import WorkflowRun, project_run, restore_journal
 from phaseledger.store.backends import Backend, open_backend
 from phaseledger.store.cipher import (
@@ -317,18 +317,25 @@ class Store:
         if elided <= entered:  # nothing recorded in the visit before the snapshot
             restore_journal(run, ())
             return
-        events = iter(self.app.events.get(run.id, gt=entered, lte=elided))
-        first = next(events, None)
-        if first is not None and first.originator_version == entered + 1:
-            restore_journal(run, itertools.chain([first], events))
+        rows = self.backend.event_rows(run.id, entered, elided)
+        if rows and rows[0][0] == entered + 1:
+            restore_journal(run, self._entries(run.id, rows))
             return
         # Compacted: the visit's first events are gone, and the snapshot compaction left holds their entries.
         full = self._whole_snapshot(run.id, entered, elided)
         if full is None:
             raise CorruptEvent(run.id, entered + 1, "the events of its phase visit in progress were removed, "
                                                     "and no snapshot holds their journal")
-        later = self.app.events.get(run.id, gt=full.version, lte=elided)
-        restore_journal(run, later, base=full.journal)
+        later = self.backend.event_rows(run.id, full.version, elided)
+        restore_journal(run, self._entries(run.id, later), base=full.journal)
+
+    def _entries(self, run_id: str, rows: Sequence[tuple[int, str, bytes]]) -> Iterator[tuple[str, RecordedCall]]:
+        """The keys and journal entries the run's event ``rows`` record (rows of other events pass)."""
+        read = cast(RunMapper, self.app.mapper).journal_entry
+        for version, topic, state in rows:
+            found = read(run_id, version, topic, state)
+            if found is not None:
+                yield found
 
     def _whole_snapshot(self, run_id: str, after: int, upto: int) -> WorkflowRun | None:
         """The run from its latest snapshot within ``(after, upto]`` taken with its journal, if any."""

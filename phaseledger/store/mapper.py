@@ -23,6 +23,8 @@ from eventsourcing.persistence import Mapper, MapperDeserialisationError, Stored
 from eventsourcing.utils import TopicError, get_topic
 
 from phaseledger.domain.errors import CorruptEvent, DecryptionFailed
+from phaseledger.domain.journal import Kind, RecordedCall
+from phaseledger.domain.run import WorkflowRun
 from phaseledger.store.cipher import CipherMapper
 from phaseledger.store.compact import COMPACT, compact_state, expand
 
@@ -50,6 +52,38 @@ def _reason(stored: StoredEvent, exc: Exception) -> str:
     if isinstance(exc, MapperDeserialisationError) and exc.__cause__ is not None:
         return f"its stored data does not decode ({type(exc.__cause__).__name__}: {exc.__cause__})"
     return f"{type(exc).__name__}: {exc}"
+
+
+_STEP = get_topic(WorkflowRun.StepRecorded)
+_CHECKPOINT = get_topic(WorkflowRun.CheckpointSaved)
+_JOURNALED = frozenset({_STEP, _CHECKPOINT})
+# Read straight from a compact state only while no upcaster applies to either class.
+_DIRECT = all(getattr(cls, "class_version", 1) == 1 for cls in (WorkflowRun.StepRecorded, WorkflowRun.CheckpointSaved))
+_new_tuple = tuple.__new__
+
+
+def _direct_entry(topic: str, state: Any) -> tuple[str, RecordedCall] | None:
+    """The key and entry of a compact ``StepRecorded`` or ``CheckpointSaved`` state, or None
+    when the state is not one this reads without building the event (then the event is built)."""
+    if type(state) is not dict or type(state.get("timestamp")) is not int or "class_version" in state:
+        return None
+    seq = state.get("seq")
+    if type(seq) is not int:
+        return None
+    key = state.get("key")
+    if key is None:
+        key = str(seq)
+    get = state.get
+    if topic == _STEP:
+        name = get("name")
+        if name is None or "duration" not in state:  # fields without a default: the event reports them missing
+            return None
+        return key, _new_tuple(RecordedCall, (seq, name, get("kind", Kind.STEP), get("result"), get("result_type"),
+                                              get("fingerprint"), get("error"), get("usage"), get("detail")))
+    label, saved = get("label"), get("state")
+    if label is None or saved is None:
+        return None
+    return key, _new_tuple(RecordedCall, (seq, label, Kind.CHECKPOINT, saved, None, None, None, None, None))
 
 
 class RunMapper(CipherMapper):
@@ -101,6 +135,29 @@ class RunMapper(CipherMapper):
                 f"it lacks the field(s) {', '.join(sorted(missing))} of {type(event).__name__}",
             )
         return event
+
+    def journal_entry(self, run_id: str, version: int, topic: str, state: bytes) -> tuple[str, RecordedCall] | None:
+        """The key and journal entry of the run's event row (``version``, ``topic``, stored
+        ``state``) when it is a ``StepRecorded`` or ``CheckpointSaved``, else None. Raises
+        :class:`~phaseledger.CorruptEvent` as :meth:`to_domain_event` does.
+
+        A compact, unencrypted, uncompressed row is read straight into its entry: a resume
+        reads back every call of the phase visit in progress, and building each event first
+        costs several times more.
+        """
+        if topic not in _JOURNALED:
+            return None
+        if _DIRECT and self.cipher is None and self.compressor is None:
+            try:
+                decoded = self.transcoder.decode(state)
+            except Exception:  # not JSON: the event path below says why
+                decoded = None
+            found = _direct_entry(topic, decoded)
+            if found is not None:
+                return found
+        event = self.to_domain_event(StoredEvent(originator_id=run_id, originator_version=version, topic=topic,
+                                                 state=state))
+        return event.key, event.entry()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,21 +45,35 @@ def _refuse() -> None:
 
 @contextmanager
 def counting_reads(store: Store) -> Iterator[list[tuple[int | None, int]]]:
-    """Note ``(gt, events returned)`` for every read of a run's events from the store's recorder."""
-    recorder = store.app.recorder
-    original = recorder.select_events
+    """Note ``(gt, events returned)`` for every read of a run's events from the store (its
+    recorder's, and the backend's reads of journal rows)."""
+    recorder, backend = store.app.recorder, store.backend
+    original, original_rows = recorder.select_events, backend.event_rows
     reads: list[tuple[int | None, int]] = []
+    in_rows = False
 
     def select_events(originator_id: Any, **kwargs: Any) -> Any:
         events = original(originator_id, **kwargs)
-        reads.append((kwargs.get("gt"), len(events)))
+        if not in_rows:
+            reads.append((kwargs.get("gt"), len(events)))
         return events
 
+    def event_rows(run_id: str, gt: int, lte: int) -> Any:
+        nonlocal in_rows
+        in_rows = True  # the backend may read them with select_events: one read
+        try:
+            rows = original_rows(run_id, gt, lte)
+        finally:
+            in_rows = False
+        reads.append((gt, len(rows)))
+        return rows
+
     recorder.select_events = select_events  # type: ignore[method-assign]
+    backend.event_rows = event_rows  # type: ignore[method-assign]
     try:
         yield reads
     finally:
-        del recorder.select_events
+        del recorder.select_events, backend.event_rows
 
 
 def comparable_state(run: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import Mapper
 
-from phaseledger import Store, generate_cipher_key
+from phaseledger import CorruptEvent, DecryptionFailed, Store, generate_cipher_key
 from phaseledger.domain.run import WorkflowRun, event_fields
 from phaseledger.store.compact import COMPACT
 from tests.unit.test_run_aggregate import started, step
@@ -95,3 +95,36 @@ def test_rows_stored_in_full_by_earlier_releases_read_as_before(store: Store) ->
     for event in every_event():
         full = Mapper.to_stored_event(store.app.mapper, event)  # eventsourcing's own form, every field written
         assert store.app.mapper.to_domain_event(full) == event
+
+
+def _journal_entry(store: Store, stored: Any) -> Any:
+    return store.app.mapper.journal_entry(stored.originator_id, stored.originator_version, stored.topic,  # type: ignore[attr-defined]
+                                          stored.state)
+
+
+def test_journal_rows_read_straight_into_the_entries_their_events_record(store: Store) -> None:
+    events = every_event()
+    first_step = next(e for e in events if isinstance(e, WorkflowRun.StepRecorded))
+    events.append(dataclasses.replace(first_step, key="other", result={"_type_": "x", "n": [1, None]},
+                                      result_type="a.Model", fingerprint="f", error={"type": "E"}))
+    for event in events:
+        stored = store.app.mapper.to_stored_event(event)
+        journaled = isinstance(event, (WorkflowRun.StepRecorded, WorkflowRun.CheckpointSaved))
+        expected = (event.key, event.entry()) if journaled else None
+        assert _journal_entry(store, stored) == expected, type(event).__name__
+        full = Mapper.to_stored_event(store.app.mapper, event)  # a row of an earlier release
+        assert _journal_entry(store, full) == expected, type(event).__name__
+
+
+def test_a_damaged_journal_row_is_reported_as_the_event_path_reports_it() -> None:
+    store = Store("memory://", cipher_key="", compress=False)
+    step_event = next(e for e in every_event() if isinstance(e, WorkflowRun.StepRecorded))
+    stored = store.app.mapper.to_stored_event(step_event)
+    without_name = {k: v for k, v in json.loads(stored.state).items() if k != "name"}
+    for state in (b"not json", json.dumps(without_name).encode()):
+        damaged = dataclasses.replace(stored, state=state)
+        with pytest.raises((CorruptEvent, DecryptionFailed)) as raised:  # not JSON: perhaps encrypted
+            _journal_entry(store, damaged)
+        with pytest.raises((CorruptEvent, DecryptionFailed)) as by_event:
+            store.app.mapper.to_domain_event(damaged)
+        assert (type(raised.value), str(raised.value)) == (type(by_event.value), str(by_event.value))

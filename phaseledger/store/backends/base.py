@@ -128,6 +128,11 @@ class Backend(ABC):
     def deleter(self, store: Store) -> Deleter:
         """What deletes rows of the log for retention."""
 
+    def event_rows(self, run_id: str, gt: int, lte: int) -> Sequence[tuple[int, str, bytes]]:
+        """The version, topic and stored state of each of the run's events in ``(gt, lte]``, in order."""
+        recorder: Any = self.application().recorder
+        return [(row.originator_version, row.topic, row.state) for row in recorder.select_events(run_id, gt=gt, lte=lte)]
+
     @abstractmethod
     def count_notifications(self, after: int | None, topics: Sequence[str]) -> int:
         """How many rows of the log with these topics follow position ``after``."""

@@ -98,6 +98,14 @@ class SQLiteBackend(Backend):
     def deleter(self, store: Store) -> Deleter:
         return SQLiteDeleter(store)
 
+    def event_rows(self, run_id: str, gt: int, lte: int) -> Sequence[tuple[int, str, bytes]]:
+        # eventsourcing's select_events builds a StoredEvent per row: a resume reads hundreds
+        recorder: Any = self.application().recorder
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(sqlite.sql(sqlite.SELECT_ROWS_BETWEEN, events=recorder.events_table_name),
+                           {"run_id": run_id, "gt": gt, "lte": lte})
+            return [tuple(row) for row in cursor.fetchall()]
+
     def count_notifications(self, after: int | None, topics: Sequence[str]) -> int:
         recorder: Any = self.application().recorder
         with recorder.datastore.transaction(commit=False) as cursor:
