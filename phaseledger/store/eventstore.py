@@ -26,6 +26,7 @@ from phaseledger.domain.errors import ConcurrencyConflict, CorruptEvent, RunNotF
 from phaseledger.domain.journal import RecordedCall
 from phaseledger.domain.run import WorkflowRun, project_run, restore_journal
 from phaseledger.store.backends import Backend, open_backend
+from phaseledger.store.backends.base import POPO_FACTORY, POSTGRES_FACTORY, SQLITE_FACTORY
 from phaseledger.store.cipher import (
     CIPHER_KEY_ENV_VAR,
     COMPRESS_ENV_VAR,
@@ -54,6 +55,7 @@ PendingEvents = Sequence[DomainEventProtocol[str]]
 log = logging.getLogger("phaseledger.store")
 
 DEFAULT_STORE = "sqlite:///phaseledger.db"
+
 STORE_ENV_VAR = "PHASELEDGER_STORE"
 
 RUN_TOPICS: frozenset[str] = frozenset(
@@ -84,7 +86,7 @@ class StoreURL:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme == "memory":
-            return cls(url, "memory", {"PERSISTENCE_MODULE": "eventsourcing.popo"})
+            return cls(url, "memory", {"PERSISTENCE_MODULE": POPO_FACTORY})
         if scheme == "sqlite":
             path = unquote(url.split("://", 1)[1])
             path = path.removeprefix("/")  # sqlite:///rel.db, sqlite:////abs.db
@@ -92,7 +94,7 @@ class StoreURL:
             if not path:
                 raise StoreUnavailable(f"store URL {url!r} names no file: use sqlite:///phaseledger.db")
             env = {
-                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "PERSISTENCE_MODULE": SQLITE_FACTORY,
                 "SQLITE_DBNAME": path,
                 # Seconds a write waits for another connection's lock before "database is locked".
                 "SQLITE_LOCK_TIMEOUT": parse_qs(parts.query).get("lock_timeout", ["30"])[0],
@@ -102,7 +104,7 @@ class StoreURL:
             query = parse_qs(parts.query)
             schema = query.get("schema", ["public"])[0]
             env = {
-                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "PERSISTENCE_MODULE": POSTGRES_FACTORY,
                 "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
                 "POSTGRES_HOST": parts.hostname or "127.0.0.1",
                 "POSTGRES_PORT": str(parts.port or 5432),

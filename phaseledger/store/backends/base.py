@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# eventsourcing's factory classes by topic: given a module, it scans the module's members
+# for the factory class (issubclass on each), about half a millisecond of every store's opening.
+POPO_FACTORY = "eventsourcing.popo:POPOFactory"
+SQLITE_FACTORY = "eventsourcing.sqlite:SQLiteFactory"
+POSTGRES_FACTORY = "eventsourcing.postgres:PostgresFactory"
+
 
 class Backend(ABC):
     """What one kind of store is made of (subclasses: memory, SQLite, PostgreSQL).

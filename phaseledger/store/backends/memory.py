@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from phaseledger.store.backends.base import Backend
+from phaseledger.store.backends.base import SQLITE_FACTORY, Backend
 from phaseledger.store.deleter import Deleter, MemoryDeleter
 from phaseledger.store.leasebook import LeaseBook, MemoryLeaseBook
 from phaseledger.store.runindex import MemoryRunIndex, RunIndex
@@ -42,7 +42,7 @@ class MemoryBackend(Backend):
 
     def report_env(self) -> dict[str, str]:
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "PERSISTENCE_MODULE": SQLITE_FACTORY,
             "SQLITE_DBNAME": f"file:phaseledger-report-{uuid.uuid4().hex}?mode=memory&cache=shared",
         }
 
