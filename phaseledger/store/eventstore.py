@@ -55,7 +55,6 @@ PendingEvents = Sequence[DomainEventProtocol[str]]
 log = logging.getLogger("phaseledger.store")
 
 DEFAULT_STORE = "sqlite:///phaseledger.db"
-
 STORE_ENV_VAR = "PHASELEDGER_STORE"
 
 RUN_TOPICS: frozenset[str] = frozenset(

@@ -60,6 +60,7 @@ _JOURNALED = frozenset({_STEP, _CHECKPOINT})
 # Read straight from a compact state only while no upcaster applies to either class.
 _DIRECT = all(getattr(cls, "class_version", 1) == 1 for cls in (WorkflowRun.StepRecorded, WorkflowRun.CheckpointSaved))
 _new_tuple = tuple.__new__
+_NO_KEY = object()
 
 
 def _direct_entry(topic: str, state: Any) -> tuple[str, RecordedCall] | None:
@@ -70,9 +71,11 @@ def _direct_entry(topic: str, state: Any) -> tuple[str, RecordedCall] | None:
     seq = state.get("seq")
     if type(seq) is not int:
         return None
-    key = state.get("key")
-    if key is None:
-        key = str(seq)
+    key = state.get("key", _NO_KEY)
+    if key is _NO_KEY:
+        key = str(seq)  # the compact form leaves out a key that is the seq as text
+    elif type(key) is not str:
+        return None
     get = state.get
     if topic == _STEP:
         name = get("name")
