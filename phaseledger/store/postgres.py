@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -41,7 +41,7 @@ from eventsourcing.postgres import (
 from eventsourcing.utils import Environment, retry
 from psycopg.sql import SQL, Composed
 
-from phaseledger.store._internals import use_lifo_pool
+from phaseledger.store._internals import LifoConnectionPool, use_lifo_pool
 from phaseledger.store.faults import DATABASE_ERRORS, connection_lost
 from phaseledger.store.sql import Literal, quote
 from phaseledger.store.sql import postgres as pg
@@ -173,13 +173,25 @@ class StoreFactory(PostgresFactory):
         self._set_up = not super().env_create_table()
         if self._set_up:
             return
-        # The check runs on a connection of its own, which fails at once with the server's
-        # reason when the store is unreachable (the pool would retry until its timeout);
-        # the pool makes its first connection meanwhile.
-        self.datastore.pool.open(wait=False)
+        pool = self.datastore.pool
         try:
-            with psycopg.connect(**self._connect_kwargs()) as conn:
-                self._set_up = self._is_set_up(conn) or self._set_up_store(conn)
+            if isinstance(pool, LifoConnectionPool):
+                # The check runs on the pool's first connection, made here: it fails at once
+                # with the server's reason when the store is unreachable (the pool would retry
+                # until its timeout), and the pool keeps it instead of making one more.
+                pool.open_for_first()
+                conn = pool.connect_first()
+                try:
+                    self._set_up = self._is_set_up(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+                pool.add_first(conn)
+                if not self._set_up:
+                    self._set_up = self._own_connection(self._set_up_store)
+            else:
+                pool.open(wait=False)
+                self._set_up = self._own_connection(lambda own: self._is_set_up(own) or self._set_up_store(own))
         except BaseException:
             self.datastore.close()
             raise
@@ -191,6 +203,12 @@ class StoreFactory(PostgresFactory):
     def _names(self) -> tuple[str, str, str]:
         prefix = self.env.name.lower() or "stored"
         return f"{prefix}_events", f"{prefix}_snapshots", f"{prefix}_events_append"
+
+    def _own_connection(self, use: Callable[[psycopg.Connection[Any]], bool]) -> bool:
+        """``use`` a connection of its own, outside the pool: the set-up holds a lock on it while
+        the recorders create their tables on the pool's."""
+        with psycopg.connect(**self._connect_kwargs()) as conn:
+            return use(conn)
 
     def _connect_kwargs(self) -> dict[str, Any]:
         pool = self.datastore.pool

@@ -280,3 +280,17 @@ def test_opening_a_store_that_is_set_up_runs_no_ddl(postgres_url: str, monkeypat
                      " IS 'an older release'")
     with pytest.raises(StoreUnavailable, match="DDL on a store that is set up"):
         Store(postgres_url)  # another release's function: set up again (refused here by the spy)
+
+
+def test_the_pool_keeps_the_connection_that_checked_the_set_up(postgres_url: str) -> None:
+    Store(postgres_url).close()  # set up
+    store = Store(postgres_url)
+    try:
+        pool = store.app.recorder.datastore.pool  # type: ignore[attr-defined]
+        assert pool.get_stats()["connections_num"] == 1  # the check's, made as the pool makes its own
+        assert pool.get_stats()["pool_available"] == 1  # idle in the pool already: no wait for the first read
+        store.save(started("r"))
+        assert store.load("r").version == 1
+        assert pool.get_stats()["connections_num"] == 1
+    finally:
+        store.close()
