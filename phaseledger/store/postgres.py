@@ -75,6 +75,8 @@ class OneTripRecorder(PostgresApplicationRecorder):
         self.sql_create_statements.append(
             create_statement(self._sql(pg.COMMENT_APPEND, version=Literal(STORE_VERSION), **names)))
         self._calls = {True: self._sql(pg.APPEND_ONE, **names).encode(), False: self._sql(pg.APPEND_BATCH, **names).encode()}
+        self.warm_up = self._sql(pg.WARM_UP, empty=Literal("{}"), lock_timeout=Literal("1ms"), **names).encode()
+        """Calls the function with nothing to append, in a transaction rolled back (see :class:`LoopAppender`)."""
         self._lock_timeout = f"{int(self.datastore.lock_timeout)}s"
 
     def _sql(self, template: str, **names: str) -> str:
@@ -255,8 +257,10 @@ class LoopAppender:
 
     :meth:`append` returns ``None`` when it cannot be used: while the loop's connection is
     being made (the first append of a loop starts that in the background rather than wait
-    for it), when another live loop owns the connection, or when the connection failed.
-    The caller then takes the recorder's synchronous path, which retries.
+    for it, and a new connection calls the append function once with nothing to append
+    before it is used: see :meth:`_warm_up`), when another live loop owns the connection, or
+    when the connection failed. The caller then takes the recorder's synchronous path,
+    which retries.
     """
 
     def __init__(self, recorder: OneTripRecorder, conninfo: str) -> None:
@@ -313,9 +317,15 @@ class LoopAppender:
 
     async def _connect(self) -> None:
         task = asyncio.current_task()
+        conn: psycopg.AsyncConnection[Any] | None = None
         try:
             conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-        except DATABASE_ERRORS:
+            await self._warm_up(conn)
+        except BaseException as exc:
+            if conn is not None:
+                conn.pgconn.finish()
+            if not isinstance(exc, DATABASE_ERRORS):
+                raise
             if self._connecting is task:  # an append after RETRY_SECONDS tries again
                 self._loop = self._connecting = None
                 self._retry_at = time.monotonic() + RETRY_SECONDS
@@ -324,6 +334,18 @@ class LoopAppender:
             self._conn, self._connecting = conn, None
         else:  # closed meanwhile
             conn.pgconn.finish()
+
+    async def _warm_up(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Have the new connection's server backend compile the append function and plan its
+        statements, as its first call does, with ``OneTripRecorder.warm_up``: the first append
+        (a resumed run's marker) then costs what later ones do, not four or five times more.
+        It writes and notifies nothing, and gives up at once on a table lock held elsewhere."""
+        try:
+            await conn.execute(self.recorder.warm_up, prepare=False)
+        except psycopg.Error:
+            if conn.closed:
+                raise
+            await conn.rollback()  # the table lock was held elsewhere: warm enough
 
     def close(self) -> None:
         """Close the connection (synchronously: its loop may be gone)."""
