@@ -223,7 +223,7 @@ class LifoConnectionPool(ConnectionPool[Connection[DictRow]]):
 
     def open_for_first(self) -> None:
         """Open the pool (its threads start now) without making its first connection: the
-        caller makes it meanwhile (:meth:`connect_first`) and hands it over (:meth:`add_first`)."""
+        caller makes it (:meth:`connect_first`) and hands it over (:meth:`add_first`)."""
         self._first_wanted = True
         try:
             self.open(wait=False)

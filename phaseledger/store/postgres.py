@@ -26,6 +26,7 @@ quarter of a second and reconnects within about a second of the server's return 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -181,10 +182,13 @@ class StoreFactory(PostgresFactory):
                 # The check runs on the pool's first connection, made here: it fails at once
                 # with the server's reason when the store is unreachable (the pool would retry
                 # until its timeout), and the pool keeps it instead of making one more.
-                pool.open_for_first()
                 conn = pool.connect_first()
                 try:
-                    self._set_up = self._is_set_up(conn)
+                    # In a pipeline (libpq 14 and later) the check's round trip overlaps starting the pool's threads.
+                    with conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext():
+                        check = self._send_check(conn)
+                        pool.open_for_first()
+                        self._set_up = self._checked(check)
                 except BaseException:
                     conn.close()
                     raise
@@ -221,12 +225,20 @@ class StoreFactory(PostgresFactory):
         return {**kwargs, "autocommit": True, "connect_timeout": int(float(timeout)) if timeout else 10}
 
     def _is_set_up(self, conn: psycopg.Connection[Any]) -> bool:
+        return self._checked(self._send_check(conn))
+
+    def _send_check(self, conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+        """Send the query that tells whether the store is set up (its result is read from the cursor)."""
         events, snapshots, function = self._names()
         schema = self.datastore.schema
-        row = conn.execute(pg.IS_SET_UP, {  # the to_reg* functions take quoted names
+        return conn.execute(pg.IS_SET_UP, {  # the to_reg* functions take quoted names
             "function": f"{quote((schema, function))}({pg.APPEND_ARGS})", "version": STORE_VERSION,
             "events": quote((schema, events)), "snapshots": quote((schema, snapshots)),
-        }).fetchone()
+        })
+
+    @staticmethod
+    def _checked(check: psycopg.Cursor[Any]) -> bool:
+        row = check.fetchone()
         return bool(row and row["ready"])
 
     def _set_up_store(self, conn: psycopg.Connection[Any]) -> bool:
