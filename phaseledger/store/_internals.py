@@ -167,8 +167,9 @@ class LifoConnectionPool(ConnectionPool[Connection[DictRow]]):
     tries to reconnect at least every ``RECONNECT_DELAYS[1]`` seconds, and while its last
     connection attempt failed it waits ``OUTAGE_WAIT`` seconds at most, so an operation
     fails within seconds (callers retry with backoff) and succeeds within about a second of
-    the server's return. psycopg_pool has no public hooks for any of this: the private
-    methods it overrides are named below.
+    the server's return. It can also take as its first connection one that the caller made
+    and used (:meth:`open_for_first`). psycopg_pool has no public hooks for any of this: the
+    private methods it overrides or calls are named below.
     """
 
     unreachable_since: float | None = None
@@ -213,9 +214,54 @@ class LifoConnectionPool(ConnectionPool[Connection[DictRow]]):
             attempt = _ReconnectBackoff(timeout=self.reconnect_timeout)
         super()._add_connection(attempt, growing)
 
+    # -- a first connection made by the caller --
 
-LIFO_POOL_OVERRIDES = ("_get_ready_connection", "_connect", "_add_connection")
-"""The private psycopg_pool methods :class:`LifoConnectionPool` overrides."""
+    _first_wanted = False
+    """Whether the next :meth:`open` leaves its first connection to :meth:`add_first`."""
+    _first_pending = False
+    """Whether the open pool counts a connection that :meth:`add_first` is to hand it."""
+
+    def open_for_first(self) -> None:
+        """Open the pool (its threads start now) without making its first connection: the
+        caller makes it (:meth:`connect_first`) and hands it over (:meth:`add_first`)."""
+        self._first_wanted = True
+        try:
+            self.open(wait=False)
+        finally:
+            self._first_wanted = False
+
+    def connect_first(self) -> Connection[DictRow]:
+        """A new connection made and configured as the pool makes its own, but in the caller's
+        thread: it fails at once with the server's reason, where the pool would retry until its
+        timeout."""
+        return self._connect()
+
+    def add_first(self, conn: Connection[DictRow]) -> None:
+        """Give the pool ``conn`` (from :meth:`connect_first`) as the first connection that
+        :meth:`open_for_first` left out; closed if the pool counted none."""
+        with self._lock:
+            pending, self._first_pending = self._first_pending, False
+        if pending:
+            self._add_to_pool(conn)  # psycopg_pool's: to a waiting client, else idle in the pool
+        else:
+            conn.close()
+
+    def _start_initial_tasks(self) -> None:
+        # Called once, by open() under the pool's lock, to make the pool's ``_nconns``
+        # (min_size) connections in the background: one fewer when the caller makes one.
+        if not (self._first_wanted and self._nconns >= 1):
+            super()._start_initial_tasks()
+            return
+        self._first_pending = True
+        self._nconns -= 1
+        try:
+            super()._start_initial_tasks()  # the other connections, and the pool's shrinking
+        finally:
+            self._nconns += 1
+
+
+LIFO_POOL_OVERRIDES = ("_get_ready_connection", "_connect", "_add_connection", "_start_initial_tasks", "_add_to_pool")
+"""The private psycopg_pool methods :class:`LifoConnectionPool` overrides or calls."""
 
 
 def use_lifo_pool(datastore: PostgresDatastore) -> None:

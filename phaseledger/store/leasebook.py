@@ -25,7 +25,8 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -386,10 +387,17 @@ class PostgresLeaseBook(_TableLeaseBook):
 
     index: PostgresRunIndex
 
+    @contextmanager
+    def _statement(self) -> Iterator[Any]:
+        """A cursor for one statement, which is a transaction of its own (the pool's connections
+        are in autocommit mode): wrapped in BEGIN and COMMIT it would take three round trips."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            yield curs
+
     # -- worker claims: a worker's claim is the run's lease (see phaseledger.workers.claims) --
 
     def _run(self, operation: str, template: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with store_errors(self.store.url, operation), self.datastore.transaction(commit=True) as curs:
+        with store_errors(self.store.url, operation), self._statement() as curs:
             curs.execute(self.index.sql(template), params)
             return list(curs.fetchall()) if curs.description else []
 
@@ -425,7 +433,7 @@ class PostgresLeaseBook(_TableLeaseBook):
     # -- every driver's run leases ----------------------------------------------------------
 
     def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt:
-        with self.datastore.transaction(commit=True) as curs:
+        with self._statement() as curs:
             curs.execute(self.index.sql(pg.ACQUIRE_OR_HOLDER), {
                 "run_id": run_id, "owner": driver.owner, "host": driver.host, "pid": driver.pid,
                 "proc_start": driver.proc_start, "lease": float(seconds), "takeover": takeover,
@@ -443,16 +451,16 @@ class PostgresLeaseBook(_TableLeaseBook):
         run_ids = list(run_ids)
         if not run_ids:
             return frozenset()
-        with self.datastore.transaction(commit=True) as curs:
+        with self._statement() as curs:
             curs.execute(self.index.sql(pg.RENEW), {"owner": owner, "run_ids": run_ids, "lease": float(seconds)})
             return frozenset(r["run_id"] for r in curs.fetchall())
 
     def _release_now(self, owner: str, run_id: str, fence: int) -> None:
-        with self.datastore.transaction(commit=True) as curs:
+        with self._statement() as curs:
             curs.execute(self.index.sql(pg.RELEASE_RUN), {"run_id": run_id, "owner": owner, "fence": fence})
 
     def _held_now(self, run_ids: list[str] | None) -> dict[str, Driving]:
-        with self.datastore.transaction(commit=False) as curs:
+        with self._statement() as curs:
             curs.execute(self.index.sql(pg.LEASE_ROWS), {"run_ids": None if run_ids is None else list(run_ids)})
             rows = curs.fetchall()
         return {

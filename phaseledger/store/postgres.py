@@ -26,8 +26,9 @@ quarter of a second and reconnects within about a second of the server's return 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -41,7 +42,7 @@ from eventsourcing.postgres import (
 from eventsourcing.utils import Environment, retry
 from psycopg.sql import SQL, Composed
 
-from phaseledger.store._internals import use_lifo_pool
+from phaseledger.store._internals import LifoConnectionPool, use_lifo_pool
 from phaseledger.store.faults import DATABASE_ERRORS, connection_lost
 from phaseledger.store.sql import Literal, quote
 from phaseledger.store.sql import postgres as pg
@@ -75,6 +76,8 @@ class OneTripRecorder(PostgresApplicationRecorder):
         self.sql_create_statements.append(
             create_statement(self._sql(pg.COMMENT_APPEND, version=Literal(STORE_VERSION), **names)))
         self._calls = {True: self._sql(pg.APPEND_ONE, **names).encode(), False: self._sql(pg.APPEND_BATCH, **names).encode()}
+        self.warm_up = self._sql(pg.WARM_UP, empty=Literal("{}"), lock_timeout=Literal("1ms"), **names).encode()
+        """Calls the function with nothing to append, in a transaction rolled back (see :class:`LoopAppender`)."""
         self._lock_timeout = f"{int(self.datastore.lock_timeout)}s"
 
     def _sql(self, template: str, **names: str) -> str:
@@ -173,13 +176,28 @@ class StoreFactory(PostgresFactory):
         self._set_up = not super().env_create_table()
         if self._set_up:
             return
-        # The check runs on a connection of its own, which fails at once with the server's
-        # reason when the store is unreachable (the pool would retry until its timeout);
-        # the pool makes its first connection meanwhile.
-        self.datastore.pool.open(wait=False)
+        pool = self.datastore.pool
         try:
-            with psycopg.connect(**self._connect_kwargs()) as conn:
-                self._set_up = self._is_set_up(conn) or self._set_up_store(conn)
+            if isinstance(pool, LifoConnectionPool):
+                # The check runs on the pool's first connection, made here: it fails at once
+                # with the server's reason when the store is unreachable (the pool would retry
+                # until its timeout), and the pool keeps it instead of making one more.
+                conn = pool.connect_first()
+                try:
+                    # In a pipeline (libpq 14 and later) the check's round trip overlaps starting the pool's threads.
+                    with conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext():
+                        check = self._send_check(conn)
+                        pool.open_for_first()
+                        self._set_up = self._checked(check)
+                except BaseException:
+                    conn.close()
+                    raise
+                pool.add_first(conn)
+                if not self._set_up:
+                    self._set_up = self._own_connection(self._set_up_store)
+            else:
+                pool.open(wait=False)
+                self._set_up = self._own_connection(lambda own: self._is_set_up(own) or self._set_up_store(own))
         except BaseException:
             self.datastore.close()
             raise
@@ -192,6 +210,12 @@ class StoreFactory(PostgresFactory):
         prefix = self.env.name.lower() or "stored"
         return f"{prefix}_events", f"{prefix}_snapshots", f"{prefix}_events_append"
 
+    def _own_connection(self, use: Callable[[psycopg.Connection[Any]], bool]) -> bool:
+        """``use`` a connection of its own, outside the pool: the set-up holds a lock on it while
+        the recorders create their tables on the pool's."""
+        with psycopg.connect(**self._connect_kwargs()) as conn:
+            return use(conn)
+
     def _connect_kwargs(self) -> dict[str, Any]:
         pool = self.datastore.pool
         kwargs = dict(pool.kwargs() if callable(pool.kwargs) else pool.kwargs or {})  # psycopg_pool takes either
@@ -201,12 +225,20 @@ class StoreFactory(PostgresFactory):
         return {**kwargs, "autocommit": True, "connect_timeout": int(float(timeout)) if timeout else 10}
 
     def _is_set_up(self, conn: psycopg.Connection[Any]) -> bool:
+        return self._checked(self._send_check(conn))
+
+    def _send_check(self, conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+        """Send the query that tells whether the store is set up (its result is read from the cursor)."""
         events, snapshots, function = self._names()
         schema = self.datastore.schema
-        row = conn.execute(pg.IS_SET_UP, {  # the to_reg* functions take quoted names
+        return conn.execute(pg.IS_SET_UP, {  # the to_reg* functions take quoted names
             "function": f"{quote((schema, function))}({pg.APPEND_ARGS})", "version": STORE_VERSION,
             "events": quote((schema, events)), "snapshots": quote((schema, snapshots)),
-        }).fetchone()
+        })
+
+    @staticmethod
+    def _checked(check: psycopg.Cursor[Any]) -> bool:
+        row = check.fetchone()
         return bool(row and row["ready"])
 
     def _set_up_store(self, conn: psycopg.Connection[Any]) -> bool:
@@ -237,8 +269,10 @@ class LoopAppender:
 
     :meth:`append` returns ``None`` when it cannot be used: while the loop's connection is
     being made (the first append of a loop starts that in the background rather than wait
-    for it), when another live loop owns the connection, or when the connection failed.
-    The caller then takes the recorder's synchronous path, which retries.
+    for it, and a new connection calls the append function once with nothing to append
+    before it is used: see :meth:`_warm_up`), when another live loop owns the connection, or
+    when the connection failed. The caller then takes the recorder's synchronous path,
+    which retries.
     """
 
     def __init__(self, recorder: OneTripRecorder, conninfo: str) -> None:
@@ -295,9 +329,15 @@ class LoopAppender:
 
     async def _connect(self) -> None:
         task = asyncio.current_task()
+        conn: psycopg.AsyncConnection[Any] | None = None
         try:
             conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-        except DATABASE_ERRORS:
+            await self._warm_up(conn)
+        except BaseException as exc:
+            if conn is not None:
+                conn.pgconn.finish()
+            if not isinstance(exc, DATABASE_ERRORS):
+                raise
             if self._connecting is task:  # an append after RETRY_SECONDS tries again
                 self._loop = self._connecting = None
                 self._retry_at = time.monotonic() + RETRY_SECONDS
@@ -306,6 +346,18 @@ class LoopAppender:
             self._conn, self._connecting = conn, None
         else:  # closed meanwhile
             conn.pgconn.finish()
+
+    async def _warm_up(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Have the new connection's server backend compile the append function and plan its
+        statements, as its first call does, with ``OneTripRecorder.warm_up``: the first append
+        (a resumed run's marker) then costs what later ones do, not four or five times more.
+        It writes and notifies nothing, and gives up at once on a table lock held elsewhere."""
+        try:
+            await conn.execute(self.recorder.warm_up, prepare=False)
+        except psycopg.Error:
+            if conn.closed:
+                raise
+            await conn.rollback()  # the table lock was held elsewhere: warm enough
 
     def close(self) -> None:
         """Close the connection (synchronously: its loop may be gone)."""

@@ -280,3 +280,57 @@ def test_opening_a_store_that_is_set_up_runs_no_ddl(postgres_url: str, monkeypat
                      " IS 'an older release'")
     with pytest.raises(StoreUnavailable, match="DDL on a store that is set up"):
         Store(postgres_url)  # another release's function: set up again (refused here by the spy)
+
+
+def test_the_pool_keeps_the_connection_that_checked_the_set_up(postgres_url: str) -> None:
+    Store(postgres_url).close()  # set up
+    store = Store(postgres_url)
+    try:
+        pool = store.app.recorder.datastore.pool  # type: ignore[attr-defined]
+        assert pool.get_stats()["connections_num"] == 1  # the check's, made as the pool makes its own
+        assert pool.get_stats()["pool_available"] == 1  # idle in the pool already: no wait for the first read
+        store.save(started("r"))
+        assert store.load("r").version == 1
+        assert pool.get_stats()["connections_num"] == 1
+    finally:
+        store.close()
+
+
+async def test_the_loop_connection_is_warmed_up_without_writing_or_notifying(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    recorder: Any = store.app.recorder
+    appender = store.backend.loop_appender
+    try:
+        await store.append_async(started("r").collect_events())
+        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "", autocommit=True) as listener:
+            listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(recorder.channel_name)))
+            appender.close()
+            assert await appender.connected()  # a new connection, warmed up
+            assert list(listener.notifies(timeout=0.3)) == []
+        assert appender._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert [e.originator_version for e in store.events("r")] == [1]
+        thread_free(store)
+        await store.append_async(signals(store.load("r"), 1))
+        assert [e.originator_version for e in store.events("r")] == [1, 2]
+    finally:
+        store.close()
+
+
+async def test_a_table_lock_held_elsewhere_does_not_hold_up_the_loop_connection(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    recorder: Any = store.app.recorder
+    appender = store.backend.loop_appender
+    try:
+        await store.append_async(started("r").collect_events())
+        appender.close()
+        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "") as other:
+            other.execute(psycopg.sql.SQL("LOCK TABLE {}.{} IN EXCLUSIVE MODE").format(
+                psycopg.sql.Identifier(recorder.datastore.schema), psycopg.sql.Identifier(recorder.events_table_name)))
+            assert await asyncio.wait_for(appender.connected(), 5)  # the warm-up gave up on the lock
+            other.rollback()
+        assert appender._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        thread_free(store)
+        await store.append_async(signals(store.load("r"), 1))
+        assert [e.originator_version for e in store.events("r")] == [1, 2]
+    finally:
+        store.close()

@@ -152,6 +152,7 @@ def test_the_private_members_the_store_relies_on_are_still_there() -> None:
     assert hasattr(AttemptWithBackoff, "INITIAL_DELAY")
     pool = ConnectionPool("", open=False)
     assert hasattr(pool, "_pool") and hasattr(pool._pool, "rotate")  # the deque of idle connections
+    assert isinstance(pool._nconns, int)  # the connections the pool counts (min_size when it opens)
     assert _internals._ReconnectBackoff is not None
     # tracking rows written and read in the caller's transaction
     for recorder in (SQLiteTrackingRecorder, PostgresTrackingRecorder):

@@ -66,6 +66,15 @@ COMMENT_APPEND = "COMMENT ON FUNCTION {function}(" + APPEND_ARGS + ") IS {versio
 APPEND_BATCH = "SELECT * FROM {function}(%s::text[], %s::bigint[], %s::text[], %s::bytea[], %s::text)"
 APPEND_ONE = "SELECT * FROM {function}(ARRAY[%s::text], ARRAY[%s::bigint], ARRAY[%s::text], ARRAY[%s::bytea], %s::text)"
 
+# The append function called with nothing to append, in a transaction rolled back, in one
+# round trip (no parameters: the simple protocol): a new server backend compiles the function
+# and plans its statements, and nothing is written or notified. A table lock held elsewhere
+# is not waited for. {empty} and {lock_timeout} are Literals.
+WARM_UP = (
+    "BEGIN; SELECT FROM {function}({empty}::text[], {empty}::bigint[], {empty}::text[], {empty}::bytea[], "
+    "{lock_timeout}); ROLLBACK"
+)
+
 # Whether the tables and the append function of this release are there.
 IS_SET_UP = """
     SELECT obj_description(to_regprocedure(%(function)s), 'pg_proc') = %(version)s
