@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from eventsourcing.utils import get_topic
+from psycopg.rows import tuple_row
 
 from phaseledger.store.backends.base import Backend
 from phaseledger.store.deleter import Deleter, PostgresDeleter
@@ -89,6 +90,14 @@ class PostgresBackend(Backend):
 
     def deleter(self, store: Store) -> Deleter:
         return PostgresDeleter(store)
+
+    def event_rows(self, run_id: str, gt: int, lte: int) -> Sequence[tuple[int, str, bytes]]:
+        # eventsourcing's select_events builds a dict and a StoredEvent per row: a resume reads hundreds
+        recorder: Any = self.application().recorder
+        statement = pg.sql(pg.SELECT_ROWS_BETWEEN, recorder.datastore.schema, events=recorder.events_table_name)
+        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
+            cursor.execute(statement, {"run_id": run_id, "gt": gt, "lte": lte}, prepare=True)
+            return cursor.fetchall()
 
     def count_notifications(self, after: int | None, topics: Sequence[str]) -> int:
         recorder: Any = self.application().recorder
