@@ -15,6 +15,7 @@ from phaseledger.store.leasebook import LeaseBook, PostgresLeaseBook
 from phaseledger.store.listener import AppendListener
 from phaseledger.store.postgres import LoopAppender, OneTripRecorder, StoreFactory
 from phaseledger.store.runindex import PostgresRunIndex
+from phaseledger.store.sql import SELECT_ROWS_BETWEEN
 from phaseledger.store.sql import postgres as pg
 from phaseledger.store.transactions import Finish, Work, postgres_transact
 
@@ -94,7 +95,7 @@ class PostgresBackend(Backend):
     def event_rows(self, run_id: str, gt: int, lte: int) -> Sequence[tuple[int, str, bytes]]:
         # eventsourcing's select_events builds a dict and a StoredEvent per row: a resume reads hundreds
         recorder: Any = self.application().recorder
-        statement = pg.sql(pg.SELECT_ROWS_BETWEEN, recorder.datastore.schema, events=recorder.events_table_name)
+        statement = pg.sql(SELECT_ROWS_BETWEEN, recorder.datastore.schema, events=recorder.events_table_name)
         with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
             cursor.execute(statement, {"run_id": run_id, "gt": gt, "lte": lte}, prepare=True)
             return cursor.fetchall()

@@ -15,7 +15,7 @@ from phaseledger.store.deleter import Deleter, SQLiteDeleter
 from phaseledger.store.group_commit import GroupCommitter
 from phaseledger.store.leasebook import LeaseBook, SQLiteLeaseBook
 from phaseledger.store.runindex import SQLiteRunIndex
-from phaseledger.store.sql import sqlite
+from phaseledger.store.sql import SELECT_ROWS_BETWEEN, sqlite
 from phaseledger.store.sqlite_appender import InlineAppender
 from phaseledger.store.transactions import Finish, Work, sqlite_transact
 
@@ -102,7 +102,7 @@ class SQLiteBackend(Backend):
         # eventsourcing's select_events builds a StoredEvent per row: a resume reads hundreds
         recorder: Any = self.application().recorder
         with recorder.datastore.transaction(commit=False) as cursor:
-            cursor.execute(sqlite.sql(sqlite.SELECT_ROWS_BETWEEN, events=recorder.events_table_name),
+            cursor.execute(sqlite.sql(SELECT_ROWS_BETWEEN, events=recorder.events_table_name),
                            {"run_id": run_id, "gt": gt, "lte": lte})
             return [tuple(row) for row in cursor.fetchall()]
 

@@ -10,7 +10,8 @@ on its values.
 
 :mod:`.sqlite` and :mod:`.postgres` hold the statements of the run index, the leases,
 worker claims, retention and the log counts of each backend; :mod:`.reports` those of the
-report view, which both backends share.
+report view, which both backends share, and this module the few on eventsourcing's event
+table that read the same on both.
 """
 
 from __future__ import annotations
@@ -51,3 +52,11 @@ def render(template: str, paramstyle: str = "pyformat", /, **identifiers: Identi
     ``pyformat`` (psycopg) keeps ``%(name)s``; ``named`` (sqlite3) spells them ``:name``.
     """
     return _render(template, tuple(sorted(identifiers.items())), paramstyle == "named")
+
+
+# The rows a resume reads a phase visit's journal back from: the columns it needs, no more.
+SELECT_ROWS_BETWEEN = """
+    SELECT originator_version, topic, state FROM {events}
+    WHERE originator_id = %(run_id)s AND originator_version > %(gt)s AND originator_version <= %(lte)s
+    ORDER BY originator_version
+"""

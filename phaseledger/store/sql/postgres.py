@@ -292,13 +292,6 @@ RELEASE_RUN = """
 
 COUNT_AFTER = "SELECT COUNT(*) AS n FROM {events} WHERE notification_id > %(after)s AND topic = ANY(%(topics)s)"
 
-# The rows a resume reads the visit's journal back from: the columns it needs, no more.
-SELECT_ROWS_BETWEEN = """
-    SELECT originator_version, topic, state FROM {events}
-    WHERE originator_id = %(run_id)s AND originator_version > %(gt)s AND originator_version <= %(lte)s
-    ORDER BY originator_version
-"""
-
 # Versions from %(first)s on, below %(below)s (NULL: all of them).
 DELETE_EVENTS = """
     DELETE FROM {events}

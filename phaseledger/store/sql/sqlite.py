@@ -176,13 +176,6 @@ DELETE_EVENTS = """
       AND (%(below)s IS NULL OR originator_version < %(below)s)
 """
 
-# The rows a resume reads the visit's journal back from: the columns it needs, no more.
-SELECT_ROWS_BETWEEN = """
-    SELECT originator_version, topic, state FROM {events}
-    WHERE originator_id = %(run_id)s AND originator_version > %(gt)s AND originator_version <= %(lte)s
-    ORDER BY originator_version
-"""
-
 CHANGES = sql("SELECT changes()")
 
 NEWEST_ROW = "SELECT MAX(rowid) FROM {events}"
