@@ -253,15 +253,10 @@ class WorkflowRun(BaseAggregate[str]):
 
         def entry(self) -> RecordedCall:
             """The journal entry this event records."""
-            return self.entry_of(self.__dict__)
-
-        @staticmethod
-        def entry_of(fields: Mapping[str, Any]) -> RecordedCall:
-            """The journal entry of an event with these fields (the store reads one from a row's state)."""
             # tuple.__new__ skips the named tuple's Python-level __new__: every call of a visit passes here
             return _new_tuple(RecordedCall, (
-                fields["seq"], fields["name"], fields["kind"], fields["result"], fields["result_type"],
-                fields["fingerprint"], fields["error"], fields["usage"], fields["detail"],
+                self.seq, self.name, self.kind, self.result, self.result_type, self.fingerprint, self.error,
+                self.usage, self.detail,
             ))
 
         def apply(self, run: WorkflowRun) -> None:
@@ -366,13 +361,7 @@ class WorkflowRun(BaseAggregate[str]):
 
         def entry(self) -> RecordedCall:
             """The journal entry this event records."""
-            return self.entry_of(self.__dict__)
-
-        @staticmethod
-        def entry_of(fields: Mapping[str, Any]) -> RecordedCall:
-            """The journal entry of an event with these fields (the store reads one from a row's state)."""
-            return RecordedCall(fields["seq"], fields["label"], Kind.CHECKPOINT, fields["state"],
-                                None, None, None, None, None)
+            return RecordedCall(self.seq, self.label, Kind.CHECKPOINT, self.state, None, None, None, None, None)
 
         def apply(self, run: WorkflowRun) -> None:
             run.journal[self.key] = self.entry()
