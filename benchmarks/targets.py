@@ -18,6 +18,9 @@ Where a target is not one figure, the rule used is:
 - memory per waiting run ≈ 0: Python memory held by the worker (tracemalloc, after a
   collection) above the empty store, divided by the waiting runs, ≤ 16 B per run, less
   than any Python object a worker could keep per run (RSS per run printed beside it).
+- resume and the state of a long run against LangGraph: printed with phaseledger's
+  statements alone beside them (:mod:`benchmarks.compare.floor`), the floor of what its
+  guarantees send to the store, and whether that floor alone is under LangGraph's figure.
 - a follower keeping up: its lag stays bounded, read as: the largest lag in rows in the
   second half of the samples taken while the log grew is at most the largest in the
   first half plus the rows written during one follow interval. A lag that grows through
@@ -32,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from benchmarks._harness import Result, Stats
+from benchmarks.compare.bench_compare import STATEMENTS_ALONE
 
 TITLE = "Targets (performance, third round)"
 BACKENDS = ("sqlite", "postgres")
@@ -153,7 +157,17 @@ def recovery_against_langgraph(results: Sequence[Result], backend: str) -> Verdi
     if r is None or ours is None or not ratio:
         return _missing(target, threshold)
     return _judge(target, threshold, ratio["median"], ratio["median"] >= 1,
-                  f"{_range(ratio)} theirs ÷ ours ({ours.value.median:,.1f} ms vs {r.value.median:,.1f} ms)")
+                  f"{_range(ratio)} theirs ÷ ours ({ours.value.median:,.1f} ms vs {r.value.median:,.1f} ms)"
+                  + _statements_alone(results, backend, "recover to first step", r))
+
+
+def _statements_alone(results: Sequence[Result], backend: str, metric: str, theirs: Result) -> str:
+    """The floor beside a figure against LangGraph: phaseledger's statements alone, and how they compare."""
+    alone = _find(results, "compare", metric, lambda c: c.startswith(f"{STATEMENTS_ALONE} on {backend},"))
+    if alone is None:
+        return ""
+    floor, peer = alone.value.median, theirs.value.median
+    return f"; its statements alone {floor:,.1f} ms, {'under' if floor < peer else 'over'} LangGraph's whole"
 
 
 def rebuild_against_langgraph(results: Sequence[Result], backend: str) -> Verdict:
@@ -169,8 +183,9 @@ def rebuild_against_langgraph(results: Sequence[Result], backend: str) -> Verdic
     threshold = "≥ 1.00x"
     if r is None or ours is None or not ratio:
         return _missing(target, threshold)
+    alone = _statements_alone(results, backend, metric, r) if metric == "state of a long run" else ""
     return _judge(target, threshold, ratio["median"], ratio["median"] >= 1,
-                  f"{_range(ratio)} theirs ÷ ours ({ours.value.median:,.1f} ms vs {r.value.median:,.1f} ms)")
+                  f"{_range(ratio)} theirs ÷ ours ({ours.value.median:,.1f} ms vs {r.value.median:,.1f} ms){alone}")
 
 
 # -- 4: bytes ------------------------------------------------------------------------------------

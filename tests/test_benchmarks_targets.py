@@ -69,6 +69,21 @@ def test_bytes_per_step_is_judged_on_the_trivial_steps_rows_with_the_disk_figure
     assert _by_target(evaluate([heavy]), "bytes per trivial step on SQLite").status == NOT_MET
 
 
+def test_recovery_against_langgraph_prints_phaseledgers_statements_alone_beside() -> None:
+    def recovery(case: str, ms: float, **extra: Any) -> Result:
+        return _result("compare", f"{case} on postgres, killed at step 500", "recover to first step", [ms], **extra)
+
+    ours = recovery("phaseledger", 20.0)
+    theirs = recovery("langgraph", 8.0, x_phaseledger={"median": 0.4, "min": 0.4, "max": 0.4})
+    verdict = _by_target(evaluate([ours, theirs]), "resume to first new step ≤ LangGraph's on PostgreSQL")
+    assert verdict.status == NOT_MET and "statements alone" not in verdict.measured
+    for alone, side in ((9.0, "over"), (6.0, "under")):
+        floor = recovery("phaseledger's statements alone", alone)
+        verdict = _by_target(evaluate([ours, theirs, floor]), "resume to first new step ≤ LangGraph's on PostgreSQL")
+        assert verdict.status == NOT_MET
+        assert verdict.measured.endswith(f"its statements alone {alone:.1f} ms, {side} LangGraph's whole")
+
+
 def test_resume_flat_compares_the_longest_history_with_the_shortest() -> None:
     def resume(events: int, ratio: float, snapshot_every: int | None = 100) -> Result:
         return _result("resume", f"sqlite {events:,} events, snapshots", "resume to first step", [ratio], [1.0],

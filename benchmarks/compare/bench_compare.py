@@ -14,6 +14,11 @@ one node execution per step; DBOS one ``@DBOS.step`` per step). Three figures:
   (phaseledger ``Store.load``, LangGraph ``get_state``, DBOS ``list_workflow_steps``,
   eventsourcing ``repository.get``).
 
+Beside phaseledger's recovery and its reading of a long run's state, the same repeat
+times the statements alone that each sends, on one new connection with nothing else
+(:mod:`benchmarks.compare.floor`): what its guarantees cost in statements, set apart
+from what its code costs.
+
 Each measurement runs in a process of its own (:mod:`benchmarks.compare.peer`); the
 systems take turns within each repeat, on fresh databases.
 """
@@ -41,6 +46,8 @@ TARGETS = {
     "dbos": "phaseledger ≥ 5x cheaper",
 }
 """The per-step target against each system (phaseledger's figure beside theirs, same repeat)."""
+STATEMENTS_ALONE = "phaseledger's statements alone"
+"""The case name of the floors of phaseledger's recovery and first read (benchmarks.compare.floor)."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +113,15 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
         rebuild: dict[str, list[float]] = {s: [] for s in systems}
         viewers = [s for s in systems if s in ("phaseledger", "langgraph")]
         view: dict[str, list[float]] = {s: [] for s in viewers}
+        alone: dict[str, list[float]] = {"recover to first step": [], "state of a long run": []}
+        """phaseledger's statements alone (see benchmarks.compare.floor), by the metric they floor."""
         for _ in range(sizes.repeats):
             for system in viewers:
                 with contextlib.ExitStack() as stack:
                     measured = _peer(system, backend, "view", _store(backends, backend, stack, f"{system}_view"), sizes)
                 view[system].append(measured["rebuild"] * 1e3)
+                if "statements_alone" in measured:
+                    alone["state of a long run"].append(measured["statements_alone"] * 1e3)
             for system in systems:
                 with contextlib.ExitStack() as stack:
                     measured = _peer(system, backend, "steps", _store(backends, backend, stack, system), sizes)
@@ -123,6 +134,12 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
                 recover[system].append(measured["recover_to_first_step"] * 1e3)
                 recover_floors[system].append(measured["floor"] * 1e3)
                 rebuild[system].append(measured["rebuild"] * 1e3)
+                if system == "phaseledger":
+                    with contextlib.ExitStack() as stack:
+                        store = _store(backends, backend, stack, "phaseledger_floor")
+                        _peer(system, backend, "crash", store, sizes)
+                        measured = _peer(system, backend, "floor", store, sizes)
+                    alone["recover to first step"].append(measured["recover_to_first_step"] * 1e3)
         floor_name = f"{backend} commit"
         for system in systems:
             extra: dict[str, Any] = {"system": system, "backend": backend, "steps": sizes.steps}
@@ -156,6 +173,15 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
                 "compare", f"{system} on {backend}, {sizes.view_steps:,} steps in one phase", "state of a long run",
                 "ms", view[system], **extra,
             ))
+        where = {"recover to first step": f"killed at step {sizes.kill_at}",
+                 "state of a long run": f"{sizes.view_steps:,} steps in one phase"}
+        for metric, values in alone.items():
+            if values:
+                results.append(Result.paired(
+                    "compare", f"{STATEMENTS_ALONE} on {backend}, {where[metric]}", metric, "ms", values,
+                    system="phaseledger", backend=backend,
+                    x_phaseledger=_ratios(values, recover["phaseledger"] if metric.startswith("recover") else view["phaseledger"]),
+                ))
     return results
 
 

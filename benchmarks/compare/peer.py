@@ -13,7 +13,10 @@ STORE a SQLite file path or a PostgreSQL store URL with ``?schema=``. Tasks:
   K starts again (the first new step); lets the run finish, checks its result, then
   rebuilds the run's state from a freshly opened store (phaseledger: ``engine.get`` on a
   new engine; LangGraph: ``get_state`` on a new saver).
-- ``view``: a run of N steps, then the same rebuild of its state.
+- ``view``: a run of N steps, then the same rebuild of its state (phaseledger: also the
+  statements alone, see :func:`~benchmarks.compare.floor.view_floor`).
+- ``floor`` (phaseledger only): after a ``crash``, the statements its recovery sends and
+  nothing else (see :mod:`benchmarks.compare.floor`), timed as ``recover`` is.
 
 Each system runs in its own process because DBOS keeps process-wide state, and because a
 kill must kill a real process. Output is one JSON object on stdout.
@@ -295,7 +298,7 @@ def dbos_rebuild(backend: str, store: str, steps: int) -> float:
 
 
 IMPORTS = {
-    "phaseledger": ("phaseledger", "phaseledger.store.eventstore", "pydantic"),
+    "phaseledger": ("phaseledger", "phaseledger.store.eventstore", "pydantic", "benchmarks.compare.floor"),
     "langgraph": ("langgraph.graph", "langgraph.checkpoint.sqlite", "langgraph.checkpoint.postgres"),
     "dbos": ("dbos",),
     "eventsourcing": ("eventsourcing.application", "benchmarks.compare.naive"),
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare.peer")
     parser.add_argument("system", choices=sorted(SYSTEMS))
     parser.add_argument("backend", choices=["sqlite", "postgres"])
-    parser.add_argument("task", choices=["steps", "crash", "recover", "view"])
+    parser.add_argument("task", choices=["steps", "crash", "recover", "view", "floor"])
     parser.add_argument("store")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--kill-at", type=int, default=500)
@@ -340,6 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.task == "view":
         run_steps(args.backend, args.store, args.steps, StepHook())
         out["rebuild"] = rebuild(args.backend, args.store, args.steps)
+        if args.system == "phaseledger":
+            from benchmarks.compare.floor import view_floor
+
+            out["statements_alone"] = view_floor(args.backend, args.store, RUN_ID)
+    elif args.task == "floor":  # of phaseledger's recovery, on a store its crash left
+        from benchmarks.compare.floor import resume_floor
+
+        out["recover_to_first_step"] = resume_floor(args.backend, args.store, RUN_ID)
     elif args.task == "crash":
         run_steps(args.backend, args.store, args.steps, StepHook(kill_at=args.kill_at))
         raise RuntimeError("the run was not killed")
