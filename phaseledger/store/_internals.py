@@ -141,6 +141,11 @@ def delete_memory_events(recorder: POPOAggregateRecorder, originator_id: str, do
 
 # -- psycopg_pool: a LIFO pool that is quick through outages ------------------------------
 
+try:  # private to psycopg_pool: without them, a pool's threads start as it opens
+    from psycopg_pool.pool import Schedule, ShrinkPool  # the task open() schedules to shrink the pool
+except ImportError:  # pragma: no cover
+    Schedule = ShrinkPool = None  # type: ignore[assignment,misc]
+
 try:  # private to psycopg_pool: without it, reconnections keep psycopg_pool's own schedule
     from psycopg_pool.base import AttemptWithBackoff
 except ImportError:  # pragma: no cover
@@ -220,10 +225,19 @@ class LifoConnectionPool(ConnectionPool[Connection[DictRow]]):
     """Whether the next :meth:`open` leaves its first connection to :meth:`add_first`."""
     _first_pending = False
     """Whether the open pool counts a connection that :meth:`add_first` is to hand it."""
+    _threads_deferred = False
+    """Whether the pool's threads wait for its first task (see :meth:`open_for_first`)."""
 
     def open_for_first(self) -> None:
-        """Open the pool (its threads start now) without making its first connection: the
-        caller makes it (:meth:`connect_first`) and hands it over (:meth:`add_first`)."""
+        """Open the pool without making its first connection: the caller makes it
+        (:meth:`connect_first`) and hands it over (:meth:`add_first`).
+
+        The pool's threads (a scheduler and its workers) start with its first task: to make
+        a connection (the pool grows, or replaces one lost or expired), to return one that
+        needs a reset, or to close it. A pool of one connection used by one thread at a time
+        may never start them. On a virtual machine, starting the first thread of a process
+        waits for an idle CPU to wake (0.5–2 ms here), which opening a store paid every time.
+        """
         self._first_wanted = True
         try:
             self.open(wait=False)
@@ -246,6 +260,32 @@ class LifoConnectionPool(ConnectionPool[Connection[DictRow]]):
         else:
             conn.close()
 
+    def _start_workers(self) -> None:
+        # Called once, by open() under the pool's lock.
+        if self._first_wanted and Schedule is not None:
+            self._threads_deferred = True
+            return
+        super()._start_workers()
+
+    def run_task(self, task: Any) -> None:
+        self._start_deferred_threads()
+        super().run_task(task)
+
+    def schedule_task(self, task: Any, delay: float) -> None:
+        self._start_deferred_threads()
+        super().schedule_task(task, delay)
+
+    def _start_deferred_threads(self) -> None:
+        if not self._threads_deferred:
+            return
+        with self._lock:  # reentrant: tasks are also run under it; close() takes it to stop the threads
+            if not self._threads_deferred or self._closed:
+                return
+            self._threads_deferred = False
+            super()._start_workers()
+            # What open() leaves out with the threads: the pool's shrinking, from now.
+            super().run_task(Schedule(self, ShrinkPool(self), self.max_idle))
+
     def _start_initial_tasks(self) -> None:
         # Called once, by open() under the pool's lock, to make the pool's ``_nconns``
         # (min_size) connections in the background: one fewer when the caller makes one.
@@ -253,6 +293,10 @@ class LifoConnectionPool(ConnectionPool[Connection[DictRow]]):
             super()._start_initial_tasks()
             return
         self._first_pending = True
+        if self._nconns == 1:  # nothing to make: the shrinking starts with the threads
+            return
+        self._threads_deferred = False
+        super()._start_workers()
         self._nconns -= 1
         try:
             super()._start_initial_tasks()  # the other connections, and the pool's shrinking
@@ -260,7 +304,8 @@ class LifoConnectionPool(ConnectionPool[Connection[DictRow]]):
             self._nconns += 1
 
 
-LIFO_POOL_OVERRIDES = ("_get_ready_connection", "_connect", "_add_connection", "_start_initial_tasks", "_add_to_pool")
+LIFO_POOL_OVERRIDES = ("_get_ready_connection", "_connect", "_add_connection", "_start_initial_tasks", "_add_to_pool",
+                       "_start_workers")
 """The private psycopg_pool methods :class:`LifoConnectionPool` overrides or calls."""
 
 

@@ -296,6 +296,29 @@ def test_the_pool_keeps_the_connection_that_checked_the_set_up(postgres_url: str
         store.close()
 
 
+def test_the_pool_starts_its_threads_with_its_first_task(postgres_url: str) -> None:
+    Store(postgres_url).close()  # set up
+    store = Store(postgres_url)
+    pool = store.app.recorder.datastore.pool  # type: ignore[attr-defined]
+
+    def pool_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith(f"{pool.name}-") and t.is_alive()]
+
+    try:
+        store.save(started("r"))
+        assert store.load("r").version == 1
+        assert pool_threads() == []  # one connection used by one thread at a time: no thread needed
+        with pool.connection() as a, pool.connection() as b:  # two at once: the pool grows, with its threads
+            assert a.info.backend_pid != b.info.backend_pid
+            assert {t.name.removeprefix(f"{pool.name}-") for t in pool_threads()} >= {"scheduler", "worker-0"}
+        assert store.load("r").version == 1
+    finally:
+        store.close()
+    assert pool_threads() == []  # closing the pool stopped them
+    unused = Store(postgres_url)
+    unused.close()  # a pool whose threads never started closes too
+
+
 async def test_the_loop_connection_is_warmed_up_without_writing_or_notifying(postgres_url: str) -> None:
     store = Store(postgres_url)
     recorder: Any = store.app.recorder

@@ -153,7 +153,10 @@ def test_the_private_members_the_store_relies_on_are_still_there() -> None:
     pool = ConnectionPool("", open=False)
     assert hasattr(pool, "_pool") and hasattr(pool._pool, "rotate")  # the deque of idle connections
     assert isinstance(pool._nconns, int)  # the connections the pool counts (min_size when it opens)
+    assert pool._closed is True  # until it opens; the threads a pool defers do not start once it closed
     assert _internals._ReconnectBackoff is not None
+    assert _internals.Schedule is not None and _internals.ShrinkPool is not None
+    assert list(inspect.signature(_internals.Schedule).parameters) == ["pool", "task", "delay"]
     # tracking rows written and read in the caller's transaction
     for recorder in (SQLiteTrackingRecorder, PostgresTrackingRecorder):
         assert list(inspect.signature(recorder._insert_tracking).parameters)[1:] in (["c", "tracking"],
