@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError, StoredEvent
@@ -40,6 +40,7 @@ from eventsourcing.postgres import (
     PostgresFactory,
 )
 from eventsourcing.utils import Environment, retry
+from psycopg.rows import Row
 from psycopg.sql import SQL, Composed
 
 from phaseledger.store._internals import LifoConnectionPool, use_lifo_pool
@@ -48,7 +49,7 @@ from phaseledger.store.sql import Literal, quote
 from phaseledger.store.sql import postgres as pg
 
 __all__ = [
-    "LoopAppender", "OneTripRecorder", "SnapshotRecorder", "StoreDatastore", "StoreFactory", "create_statement",
+    "AutoPreparingCursor", "LoopAppender", "OneTripRecorder", "SnapshotRecorder", "StoreDatastore", "StoreFactory", "create_statement",
     "use_lifo_pool",
 ]
 
@@ -61,6 +62,23 @@ def create_statement(text: str) -> Composed:
     """A rendered statement in the form eventsourcing's PostgreSQL recorders keep the statements
     that create their tables in (``sql_create_statements`` is a list of :class:`~psycopg.sql.Composed`)."""
     return Composed([SQL(text)])
+
+
+class AutoPreparingCursor(psycopg.Cursor[Row]):
+    """The cursor of a store's pooled connections: a statement is prepared once it has run
+    psycopg's ``prepare_threshold`` times (5) on its connection, also where the caller asks
+    for ``prepare=True``.
+
+    Preparing a statement takes a round trip of its own before its first run. eventsourcing
+    prepares each of its reads at once, so a new process's first reads of a run (resuming
+    it, showing it) each waited for the server twice. A statement that runs again and
+    again is prepared all the same, from its fifth run.
+    """
+
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,  # psycopg's types vary by release
+                binary: bool | None = None) -> Self:
+        """Run ``query``; ``prepare=True`` is read as psycopg's default (prepared from the threshold)."""
+        return super().execute(query, params, prepare=None if prepare else prepare, binary=binary)
 
 
 class OneTripRecorder(PostgresApplicationRecorder):
@@ -91,7 +109,7 @@ class OneTripRecorder(PostgresApplicationRecorder):
         # The pool's connections are in autocommit mode: the call is its own transaction,
         # and a failed one (a version conflict) leaves the connection idle and usable.
         with self.datastore.get_connection() as conn, conn.cursor(binary=True) as cursor:
-            cursor.execute(*self.append_call(stored_events), prepare=True)
+            cursor.execute(*self.append_call(stored_events))
             ids = [row[self._function_name] for row in cursor.fetchall()]
         if len(ids) != len(stored_events):
             raise OperationalError(f"appended {len(stored_events)} events but got {len(ids)} ids")
@@ -173,6 +191,7 @@ class StoreFactory(PostgresFactory):
         if isinstance(pool_kwargs, dict):  # libpq itself would wait for an unreachable host forever
             timeout = self.env.get(self.POSTGRES_CONNECT_TIMEOUT)
             pool_kwargs.setdefault("connect_timeout", int(float(timeout)) if timeout else 10)
+            pool_kwargs.setdefault("cursor_factory", AutoPreparingCursor)
         self._set_up = not super().env_create_table()
         if self._set_up:
             return
@@ -291,7 +310,8 @@ class LoopAppender:
             return None
         try:
             async with conn.cursor(binary=True) as cursor:
-                await cursor.execute(*self.recorder.append_call(stored_events), prepare=True)
+                # Prepared from its fifth call, as on the pool (see AutoPreparingCursor).
+                await cursor.execute(*self.recorder.append_call(stored_events))
                 ids = [row[0] for row in await cursor.fetchall()]
         except Exception as exc:  # the caller translates what it raises (a conflict among them)
             if connection_lost(exc):

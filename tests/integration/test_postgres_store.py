@@ -319,6 +319,28 @@ def test_the_pool_starts_its_threads_with_its_first_task(postgres_url: str) -> N
     unused.close()  # a pool whose threads never started closes too
 
 
+def test_reads_are_prepared_from_their_fifth_run_not_their_first(postgres_url: str) -> None:
+    Store(postgres_url).close()  # set up
+    store = Store(postgres_url)
+    pool = store.app.recorder.datastore.pool  # type: ignore[attr-defined]
+
+    def prepared_reads() -> list[str]:  # on the pool's one connection, the one the reads used
+        with pool.connection() as conn:
+            rows = conn.execute("SELECT statement FROM pg_prepared_statements", prepare=False).fetchall()
+        return [r["statement"] for r in rows if r["statement"].lstrip().upper().startswith("SELECT")]
+
+    try:
+        store.save(started("r"))
+        store.load("r")
+        assert prepared_reads() == []  # a read run once was sent once: no round trip to prepare it first
+        for _ in range(5):
+            store.load("r")
+        assert prepared_reads()  # run again and again: prepared, as eventsourcing asks
+        assert pool.get_stats()["connections_num"] == 1
+    finally:
+        store.close()
+
+
 async def test_the_loop_connection_is_warmed_up_without_writing_or_notifying(postgres_url: str) -> None:
     store = Store(postgres_url)
     recorder: Any = store.app.recorder

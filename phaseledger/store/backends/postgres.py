@@ -97,7 +97,7 @@ class PostgresBackend(Backend):
         recorder: Any = self.application().recorder
         statement = pg.sql(SELECT_ROWS_BETWEEN, recorder.datastore.schema, events=recorder.events_table_name)
         with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
-            cursor.execute(statement, {"run_id": run_id, "gt": gt, "lte": lte}, prepare=True)
+            cursor.execute(statement, {"run_id": run_id, "gt": gt, "lte": lte})
             return cursor.fetchall()
 
     def count_notifications(self, after: int | None, topics: Sequence[str]) -> int:
