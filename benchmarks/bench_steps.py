@@ -8,6 +8,9 @@ On memory and SQLite the process's CPU time per step is reported too (``time.pro
 over the same steps, the store's writer thread included), and on SQLite the CPU of the
 floor's own commits: the difference is what phaseledger spends between the engine and
 SQLite's commit. (On PostgreSQL the server's CPU is in another process, so it is not.)
+On PostgreSQL the store's append function is also timed alone, one call per step from an
+event loop as a step sends it, against the same floor: the floor of a step that keeps
+the append's guarantees.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from benchmarks._harness import Backends, Result, bracketed
 from benchmarks.floors import (
     call_floor,
+    postgres_append_floor,
     postgres_commit_floor,
     sqlite_commit_floor_times,
     store_sqlite_synchronous,
@@ -28,6 +32,8 @@ from phaseledger import Engine
 TARGETS = {"sqlite": "≤ 1.5x", "postgres": "≤ 1.4x"}
 FLOOR_NAMES = {"memory": "call", "sqlite": "sqlite commit", "postgres": "postgres commit"}
 CPU_BACKENDS = ("memory", "sqlite")
+APPEND_ALONE = "postgres append function alone, from an event loop"
+"""The case of the PostgreSQL step's floor: the store's append function and nothing else."""
 """Where the CPU per step is reported: the whole step runs in this process."""
 CPU_METRIC = "CPU per step"
 CPU_FLOOR_NAME = "sqlite commit CPU"
@@ -81,6 +87,21 @@ def floor_seconds(backends: Backends, backend: str, store_url: str, ops: int, sy
     return floor_times(backends, backend, store_url, ops, synchronous)[0]
 
 
+def append_alone(backends: Backends, sizes: Sizes) -> Result:
+    """The store's append function called alone from an event loop, against the commit floor
+    of the same repeat: the floor of a journaled step on PostgreSQL (see ``postgres_append_floor``)."""
+    values, floors = [], []
+    for _ in range(sizes.repeats):
+        with backends.store_url("postgres", "append") as url:
+            Engine(url).close()  # sets the store up
+            value, floor_value = bracketed(lambda url=url: floor_seconds(backends, "postgres", url, sizes.floor_ops, None),
+                                           lambda url=url: postgres_append_floor(url, sizes.steps))
+        values.append(value * 1e6)
+        floors.append(floor_value * 1e6)
+    return Result.paired("steps", APPEND_ALONE, "per step", "µs", values, FLOOR_NAMES["postgres"], floors,
+                         steps=sizes.steps)
+
+
 def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
     """Measure step cost on memory, SQLite and (when reachable) PostgreSQL."""
     results = []
@@ -118,6 +139,8 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
                 FLOOR_NAMES[backend], floors, target=TARGETS.get(backend) if checkpoint == 1 else None,
                 steps=sizes.steps, sqlite_synchronous=synchronous if backend == "sqlite" else None,
             ))
+            if backend == "postgres" and checkpoint == 1:
+                results.append(append_alone(backends, sizes))
             if backend in CPU_BACKENDS:
                 results.append(Result.paired(
                     "steps", case, CPU_METRIC, "µs", cpus, CPU_FLOOR_NAME if floor_cpus else None,

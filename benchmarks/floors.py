@@ -2,7 +2,8 @@
 
 - SQLite: one-row INSERT + COMMIT with Python's ``sqlite3`` on a WAL file, with the
   ``synchronous`` setting phaseledger's own store connections use.
-- PostgreSQL: one-row INSERT in autocommit mode with psycopg 3 on the same database.
+- PostgreSQL: one-row INSERT in autocommit mode with psycopg 3 on the same database
+  (and, printed beside a step, the store's append function called alone from an event loop).
 - In memory: a plain loop of function calls.
 
 The row has the shape of phaseledger's stored events (id, version, topic, state) with a
@@ -86,6 +87,40 @@ def postgres_commit_floor(store_url: str, schema: str, n: int) -> float:
             for version in range(1, n + 1):
                 cursor.execute(insert, ("floor", version, _TOPIC, state), prepare=True)
             return (now() - start) / n
+
+
+def postgres_append_floor(store_url: str, n: int) -> float:
+    """Seconds per call of a store's append function with one row, from an event loop.
+
+    The floor of a journaled step on PostgreSQL with the guarantees of its append (the
+    table lock that keeps notification ids in commit order, the NOTIFY, the INSERT, in one
+    transaction): the same statement a step sends, through the same asynchronous
+    connection, and nothing else. Rows go to a stream of their own in the store.
+    """
+    import asyncio
+    import uuid
+
+    import psycopg
+
+    from phaseledger.store.sql import postgres as pg
+
+    schema = store_url.rsplit("schema=", 1)[1]
+    statement = pg.sql(pg.APPEND_ONE, schema, function="phaseledger_events_append")
+    stream, state = f"floor-{uuid.uuid4()}", b"x" * FLOOR_STATE_BYTES
+
+    async def appends() -> float:
+        conn = await psycopg.AsyncConnection.connect(postgres_conninfo(store_url), autocommit=True)
+        try:
+            start = now()
+            for version in range(1, n + 1):
+                async with conn.cursor(binary=True) as cursor:
+                    await cursor.execute(statement, (stream, version, _TOPIC, state, "5s"))
+                    await cursor.fetchall()
+            return (now() - start) / n
+        finally:
+            await conn.close()
+
+    return asyncio.run(appends())
 
 
 def _noop(i: int) -> int:
