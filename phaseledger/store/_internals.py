@@ -232,11 +232,11 @@ class LifoConnectionPool(ConnectionPool[Connection[DictRow]]):
         """Open the pool without making its first connection: the caller makes it
         (:meth:`connect_first`) and hands it over (:meth:`add_first`).
 
-        The pool's threads (a scheduler and its workers) start with its first task: to make
-        a connection (the pool grows, or replaces one lost or expired), to return one that
-        needs a reset, or to close it. A pool of one connection used by one thread at a time
-        may never start them. On a virtual machine, starting the first thread of a process
-        waits for an idle CPU to wake (0.5–2 ms here), which opening a store paid every time.
+        The pool's threads (a scheduler and its workers) start with its first task, such as
+        making a connection (the pool grows, or replaces one lost or expired). A pool of one
+        connection used by one thread at a time may never start them. On a small virtual
+        machine, starting the first thread of a process waits for an idle CPU to wake
+        (0.5–2 ms measured), which opening a store paid every time.
         """
         self._first_wanted = True
         try:

@@ -49,8 +49,8 @@ from phaseledger.store.sql import Literal, quote
 from phaseledger.store.sql import postgres as pg
 
 __all__ = [
-    "AutoPreparingCursor", "LoopAppender", "OneTripRecorder", "SnapshotRecorder", "StoreDatastore", "StoreFactory", "create_statement",
-    "use_lifo_pool",
+    "AutoPreparingCursor", "LoopAppender", "OneTripRecorder", "SnapshotRecorder", "StoreDatastore", "StoreFactory",
+    "create_statement", "use_lifo_pool",
 ]
 
 STORE_VERSION = "phaseledger store 1"
