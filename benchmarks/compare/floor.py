@@ -62,7 +62,16 @@ def resume_floor(backend: str, store: str, run_id: str) -> float:
 
 def view_floor(backend: str, store: str, run_id: str) -> float:
     """Seconds to open the store and read a run's latest snapshot and the events after it."""
-    return _sqlite_view(store, run_id) if backend == "sqlite" else _postgres_view(store, run_id)
+    start = now()
+    conn: Any = _sqlite_connect(store) if backend == "sqlite" else _postgres_open(store)
+    try:
+        if backend == "sqlite":
+            _sqlite_read(conn, run_id)
+        else:
+            _postgres_read(conn, _schema(store), run_id)
+        return now() - start
+    finally:
+        conn.close()
 
 
 # -- SQLite ---------------------------------------------------------------------------------
@@ -106,16 +115,6 @@ def _sqlite_resume(path: str, run_id: str) -> float:
         conn.execute("BEGIN")
         conn.execute(f"INSERT INTO {_SQLITE['events']} VALUES (?,?,?,?)", (run_id, head + 1, _TOPIC, _marker_state()))
         conn.execute("COMMIT")
-        return now() - start
-    finally:
-        conn.close()
-
-
-def _sqlite_view(path: str, run_id: str) -> float:
-    start = now()
-    conn = _sqlite_connect(path)
-    try:
-        _sqlite_read(conn, run_id)
         return now() - start
     finally:
         conn.close()
@@ -167,18 +166,8 @@ def _postgres_resume(store: str, run_id: str) -> float:
         conn.execute(pg.sql(SELECT_ROWS_BETWEEN, schema, events=_PG["events"]),
                      {"run_id": run_id, "gt": 0, "lte": base}).fetchall()
         with conn.cursor(binary=True) as cursor:
-            cursor.execute(append, (run_id, head + 1, _TOPIC, _marker_state(), "5s"), prepare=True)
+            cursor.execute(append, (run_id, head + 1, _TOPIC, _marker_state(), "5s"))
             cursor.fetchall()
-        return now() - start
-    finally:
-        conn.close()
-
-
-def _postgres_view(store: str, run_id: str) -> float:
-    start = now()
-    conn = _postgres_open(store)
-    try:
-        _postgres_read(conn, _schema(store), run_id)
         return now() - start
     finally:
         conn.close()
