@@ -175,12 +175,12 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
             ))
         where = {"recover to first step": f"killed at step {sizes.kill_at}",
                  "state of a long run": f"{sizes.view_steps:,} steps in one phase"}
+        ours = {"recover to first step": recover["phaseledger"], "state of a long run": view.get("phaseledger", [])}
         for metric, values in alone.items():
             if values:
                 results.append(Result.paired(
                     "compare", f"{STATEMENTS_ALONE} on {backend}, {where[metric]}", metric, "ms", values,
-                    system="phaseledger", backend=backend,
-                    x_phaseledger=_ratios(values, recover["phaseledger"] if metric.startswith("recover") else view["phaseledger"]),
+                    system="phaseledger", backend=backend, x_phaseledger=_ratios(values, ours[metric]),
                 ))
     return results
 
