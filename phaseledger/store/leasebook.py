@@ -321,26 +321,16 @@ class SQLiteLeaseBook(_TableLeaseBook):
 
     def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt:
         now = datetime.now(UTC).timestamp()
-        params = {"run_id": run_id, "owner": driver.owner, "host": driver.host, "pid": driver.pid,
-                  "proc_start": driver.proc_start, "now": now, "lease": float(seconds), "takeover": takeover}
         with self.datastore.transaction(commit=True) as c:
-            row = self._acquire_in(c, params)
-            if row is not None and row[1] != driver.owner and not takeover:
-                holder = _sqlite_lease(row, datetime.now(UTC))
-                if holder.process_gone:
-                    # A dead process of this host (a crash): taken over in this transaction, which
-                    # holds the write lock since its first statement, rather than in another.
-                    row = self._acquire_in(c, {**params, "takeover": holder.owner})
+            c.execute(sqlite.ACQUIRE, {
+                "run_id": run_id, "owner": driver.owner, "host": driver.host, "pid": driver.pid,
+                "proc_start": driver.proc_start, "now": now, "lease": float(seconds), "takeover": takeover,
+            })
+            c.execute(sqlite.LEASE_ROW, {"run_id": run_id})
+            row = c.fetchone()
         if row is not None and row[1] == driver.owner:
             return True
         return None if row is None else _sqlite_lease(row, datetime.now(UTC))
-
-    @staticmethod
-    def _acquire_in(c: Any, params: dict[str, Any]) -> Any:
-        """Take the lease as ``params`` say, in the transaction of ``c``; the run's lease row after."""
-        c.execute(sqlite.ACQUIRE, params)
-        c.execute(sqlite.LEASE_ROW, {"run_id": params["run_id"]})
-        return c.fetchone()
 
     def _renew_now(self, owner: str, run_ids: list[str], seconds: float) -> frozenset[str]:
         run_ids = list(run_ids)

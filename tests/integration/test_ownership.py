@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -159,28 +158,6 @@ def test_a_crashed_driver_is_taken_over_at_once_on_its_host(durable_store_url: s
     resumed = driver(env, durable_store_url, "r1", "resume")  # no wait for the lease to expire
     assert outcome(resumed) == {"status": "completed", "output": [0, 1, 2]}
     assert effects(env) == Counter({"step-0": 2, "step-1": 1, "step-2": 1})  # the step in flight, again
-
-
-def test_a_dead_local_drivers_lease_is_taken_over_in_one_transaction_on_sqlite(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path}/runs.db")
-    try:
-        book = open_lease_book(store)
-        exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                                text=True, check=True)
-        host, pid = socket.gethostname(), int(exited.stdout)
-        book.acquire("r1", DriverId(owner=f"{host}:{pid}:gone", host=host, pid=pid, proc_start=1.0), 30.0)
-        attempts: list[object] = []
-        real = book._try_acquire_now  # type: ignore[attr-defined]
-        book._try_acquire_now = lambda *args: (attempts.append(args), real(*args))[1]  # type: ignore[attr-defined]
-        me = DriverId.here()
-        book.acquire("r1", me, 30.0)
-        held = book.get("r1")
-        assert held is not None and held.owner == me.owner
-        assert len(attempts) == 1  # found dead and taken over in the same transaction
-        with pytest.raises(RunBusy):  # a live driver of this host keeps it
-            book.acquire("r1", DriverId.here(), 30.0)
-    finally:
-        store.close()
 
 
 def test_a_lease_of_another_host_holds_until_it_expires(tmp_path: Path) -> None:
