@@ -309,30 +309,6 @@ LIFO_POOL_OVERRIDES = ("_get_ready_connection", "_connect", "_add_connection", "
 """The private psycopg_pool methods :class:`LifoConnectionPool` overrides or calls."""
 
 
-def configure_at_startup(datastore: PostgresDatastore) -> None:
-    """Have each new connection of the datastore's pool configured as it connects.
-
-    eventsourcing's pool configures each new connection with a callback: autocommit, then a
-    ``SET idle_in_transaction_session_timeout``, one more round trip before the connection's
-    first statement. The same two go into the connection's parameters instead (``autocommit``,
-    and the setting in libpq's ``options``, sent with the startup packet). A pool whose
-    callback is not eventsourcing's (another release of it) is left alone.
-    """
-    pool = datastore.pool
-    configure = getattr(pool, "_configure", None)
-    if not (isinstance(pool.kwargs, dict) and getattr(configure, "__qualname__", "") == _EVENTSOURCING_CONFIGURE):
-        return
-    setting = f"-c idle_in_transaction_session_timeout={int(datastore.idle_in_transaction_session_timeout * 1000)}"
-    options = pool.kwargs.get("options")
-    pool.kwargs["options"] = f"{options} {setting}" if options else setting
-    pool.kwargs["autocommit"] = True
-    pool._configure = None
-
-
-_EVENTSOURCING_CONFIGURE = "PostgresDatastore.after_connect_func.<locals>.after_connect"
-"""The callback eventsourcing's datastore gives its pool (see :func:`configure_at_startup`)."""
-
-
 def use_lifo_pool(datastore: PostgresDatastore) -> None:
     """Make the datastore's pool a :class:`LifoConnectionPool`.
 

@@ -43,7 +43,7 @@ from eventsourcing.utils import Environment, retry
 from psycopg.rows import Row
 from psycopg.sql import SQL, Composed
 
-from phaseledger.store._internals import LifoConnectionPool, configure_at_startup, use_lifo_pool
+from phaseledger.store._internals import LifoConnectionPool, use_lifo_pool
 from phaseledger.store.faults import DATABASE_ERRORS, connection_lost
 from phaseledger.store.sql import Literal, quote
 from phaseledger.store.sql import postgres as pg
@@ -185,7 +185,6 @@ class StoreFactory(PostgresFactory):
     def __init__(self, env: Environment) -> None:
         super().__init__(env)
         use_lifo_pool(self.datastore)
-        configure_at_startup(self.datastore)
         if type(self.datastore) is PostgresDatastore:  # built by eventsourcing, which names no other class
             self.datastore.__class__ = StoreDatastore
         pool_kwargs = self.datastore.pool.kwargs

@@ -319,20 +319,6 @@ def test_the_pool_starts_its_threads_with_its_first_task(postgres_url: str) -> N
     unused.close()  # a pool whose threads never started closes too
 
 
-def test_pool_connections_are_configured_as_they_connect(postgres_url: str) -> None:
-    store = Store(postgres_url)
-    pool = store.app.recorder.datastore.pool  # type: ignore[attr-defined]
-    try:
-        assert pool._configure is None  # no SET sent after connecting: the settings came with the connection
-        with pool.connection() as a, pool.connection() as b:  # the checking connection, and one the pool made
-            for conn in (a, b):
-                assert conn.autocommit
-                timeout = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
-                assert timeout is not None and timeout["idle_in_transaction_session_timeout"] == "5s"
-    finally:
-        store.close()
-
-
 def test_reads_are_prepared_from_their_fifth_run_not_their_first(postgres_url: str) -> None:
     Store(postgres_url).close()  # set up
     store = Store(postgres_url)

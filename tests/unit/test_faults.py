@@ -154,12 +154,6 @@ def test_the_private_members_the_store_relies_on_are_still_there() -> None:
     assert hasattr(pool, "_pool") and hasattr(pool._pool, "rotate")  # the deque of idle connections
     assert isinstance(pool._nconns, int)  # the connections the pool counts (min_size when it opens)
     assert pool._closed is True  # until it opens; the threads a pool defers do not start once it closed
-    # eventsourcing's callback configuring each new connection, which the store replaces by connection parameters
-    from eventsourcing.postgres import PostgresDatastore
-
-    datastore = PostgresDatastore("db", "host", "5432", "user", "")
-    assert datastore.pool._configure.__qualname__ == _internals._EVENTSOURCING_CONFIGURE  # type: ignore[union-attr]
-    assert isinstance(datastore.idle_in_transaction_session_timeout, (int, float))
     assert _internals._ReconnectBackoff is not None
     assert _internals.Schedule is not None and _internals.ShrinkPool is not None
     assert list(inspect.signature(_internals.Schedule).parameters) == ["pool", "task", "delay"]
