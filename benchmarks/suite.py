@@ -59,7 +59,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     ),
     "effects": Benchmark(
         "an effect step (intent, then result) against a plain step, same run", bench_effects.run,
-        bench_effects.Sizes(), bench_effects.Sizes(steps=10, repeats=1),
+        bench_effects.Sizes(), bench_effects.Sizes(steps=10, block=5, repeats=1),
     ),
     "transactions": Benchmark(
         "a transactional step (one row, exactly once) against a plain step", bench_transactions.run,
