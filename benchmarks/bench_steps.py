@@ -32,11 +32,11 @@ from phaseledger import Engine
 TARGETS = {"sqlite": "≤ 1.5x", "postgres": "≤ 1.4x"}
 FLOOR_NAMES = {"memory": "call", "sqlite": "sqlite commit", "postgres": "postgres commit"}
 CPU_BACKENDS = ("memory", "sqlite")
-APPEND_ALONE = "postgres append function alone, from an event loop"
-"""The case of the PostgreSQL step's floor: the store's append function and nothing else."""
 """Where the CPU per step is reported: the whole step runs in this process."""
 CPU_METRIC = "CPU per step"
 CPU_FLOOR_NAME = "sqlite commit CPU"
+APPEND_ALONE = "postgres append function alone, from an event loop"
+"""The case of the PostgreSQL step's floor: the store's append function and nothing else."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,10 @@ def append_alone(backends: Backends, sizes: Sizes) -> Result:
     for _ in range(sizes.repeats):
         with backends.store_url("postgres", "append") as url:
             Engine(url).close()  # sets the store up
-            value, floor_value = bracketed(lambda url=url: floor_seconds(backends, "postgres", url, sizes.floor_ops, None),
-                                           lambda url=url: postgres_append_floor(url, sizes.steps))
+            value, floor_value = bracketed(
+                lambda url=url: floor_seconds(backends, "postgres", url, sizes.floor_ops, None),
+                lambda url=url: postgres_append_floor(url, sizes.steps),
+            )
         values.append(value * 1e6)
         floors.append(floor_value * 1e6)
     return Result.paired("steps", APPEND_ALONE, "per step", "µs", values, FLOOR_NAMES["postgres"], floors,
