@@ -36,7 +36,7 @@ from psycopg.rows import dict_row
 
 from benchmarks._harness import now, postgres_conninfo
 from phaseledger.store.postgres import STORE_VERSION
-from phaseledger.store.sql import SELECT_ROWS_BETWEEN, quote, render
+from phaseledger.store.sql import SELECT_ROWS_BETWEEN, quote
 from phaseledger.store.sql import postgres as pg
 from phaseledger.store.sql import sqlite as sql
 
@@ -110,7 +110,7 @@ def _sqlite_resume(path: str, run_id: str) -> float:
                 break
             holder = row[1]
         base, head = _sqlite_read(conn, run_id)
-        conn.execute(render(SELECT_ROWS_BETWEEN, "named", events=_SQLITE["events"]),
+        conn.execute(sql.sql(SELECT_ROWS_BETWEEN, events=_SQLITE["events"]),
                      {"run_id": run_id, "gt": 0, "lte": base}).fetchall()
         conn.execute("BEGIN")
         conn.execute(f"INSERT INTO {_SQLITE['events']} VALUES (?,?,?,?)", (run_id, head + 1, _TOPIC, _marker_state()))
