@@ -122,8 +122,15 @@ class Drives:
         if self.control.holder(run_id) is not None:
             return  # held here already: a worker's claim, or this engine's own
         asked = time.monotonic()
-        await self.engine.store.call(self._acquire_now, run_id, steal)
+        if not self._acquire_on_loop(run_id, steal):
+            await self.engine.store.call(self._acquire_now, run_id, steal)
         self._held(run_id, asked)
+
+    def _acquire_on_loop(self, run_id: str, steal: bool) -> bool:
+        """Take the run's lease on the loop's own thread if the store can without waiting (see
+        :meth:`~phaseledger.store.leasebook.LeaseBook.acquire_on_loop`); False: take it in a thread."""
+        return self.engine.store.leases_on_loop and self.lease_book_now().acquire_on_loop(
+            run_id, self.engine.driver_id, self.engine.lease_seconds, steal=steal)
 
     def _acquire_now(self, run_id: str, steal: bool) -> None:
         """Take the run's lease in the store (blocking; the lease book is opened on first use)."""
@@ -139,7 +146,11 @@ class Drives:
         """Take the run's lease, then load the run and ``check`` it (the lease is let go if that raises).
 
         Lease and load are one trip off the loop: a resume waits for the store once, not twice.
+        On a SQLite store, with no other run driven in this process, they are made on the
+        loop's own thread instead, when the lease needs no wait (see
+        :meth:`~phaseledger.Store.load_on_loop`): no thread to wake and wait for.
         """
+        store = self.engine.store
         held = self.control.holder(run_id) is not None  # a worker's claim, or this engine's own
         taken = False
         asked = time.monotonic()
@@ -149,12 +160,16 @@ class Drives:
             if not held:
                 self._acquire_now(run_id, steal)
                 taken = True
-            return self.engine.store.load(run_id)
+            return store.load(run_id)
 
-        self.engine.store.ready_appends()  # a resume appends next: its connection is made meanwhile
+        store.ready_appends()  # a resume appends next: its connection is made meanwhile
         try:
             try:
-                run = await self.engine.store.call(take_then_load)
+                if not held and self._acquire_on_loop(run_id, steal):
+                    taken = True
+                    run = await store.load_on_loop(run_id)
+                else:
+                    run = await store.call(take_then_load)
             finally:
                 if taken:
                     self._held(run_id, asked)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -38,6 +39,7 @@ from phaseledger.domain.errors import RunBusy
 from phaseledger.store.faults import is_transient, store_errors
 from phaseledger.store.sql import postgres as pg
 from phaseledger.store.sql import sqlite
+from phaseledger.store.sqlite_appender import InlineAppender, LockBusy, lease_writes
 
 if TYPE_CHECKING:
     from phaseledger.store.eventstore import Store
@@ -156,9 +158,24 @@ class LeaseBook(ABC):
         Free, released, expired and own leases are taken at once; a lease of a process of
         this host that no longer exists too; any other one only with ``steal``.
         """
+        self._acquire(run_id, driver, seconds, steal, self._try_acquire)
+
+    def acquire_on_loop(self, run_id: str, driver: DriverId, seconds: float, *, steal: bool = False) -> bool:
+        """:meth:`acquire`, from an event loop's own thread, when that needs no wait: False
+        when it would wait (the caller then calls :meth:`acquire` in a thread). Raises
+        :class:`~phaseledger.RunBusy` as :meth:`acquire` does.
+
+        Only SQLite stores do this (while the file's write lock is free); others always
+        answer False.
+        """
+        return False
+
+    def _acquire(self, run_id: str, driver: DriverId, seconds: float, steal: bool,
+                 try_acquire: Callable[[str, DriverId, float, str], Attempt]) -> None:
+        """:meth:`acquire` with ``try_acquire`` making each attempt."""
         takeover = ""
         for _ in range(3):
-            attempt = self._try_acquire(run_id, driver, seconds, takeover)
+            attempt = try_acquire(run_id, driver, seconds, takeover)
             if attempt is True:
                 return
             holder = self.get(run_id) if attempt is False else attempt
@@ -317,17 +334,58 @@ class _TableLeaseBook(LeaseBook):
 
 
 class SQLiteLeaseBook(_TableLeaseBook):
-    """Leases in the ``phaseledger_leases`` table of a SQLite store (clock: this host's)."""
+    """Leases in the ``phaseledger_leases`` table of a SQLite store (clock: this host's).
+
+    Lease writes commit without waiting for the disk (``synchronous=NORMAL`` for their
+    transaction; see :func:`~phaseledger.store.sqlite_appender.lease_writes`).
+    """
+
+    def __init__(self, store: Store, index: SQLiteRunIndex, loop_connection: InlineAppender | None = None) -> None:
+        super().__init__(store, index)
+        self.loop_connection = loop_connection
+        """The store's connection for writes made on an event loop's thread (see :meth:`acquire_on_loop`)."""
+
+    def acquire_on_loop(self, run_id: str, driver: DriverId, seconds: float, *, steal: bool = False) -> bool:
+        """:meth:`acquire` on the store's loop connection, whose transactions begin only when
+        the write lock is free right now: False when it is not, or on any database error (the
+        lease book's tables missing, say), which :meth:`acquire` in a thread then meets and
+        handles. The transaction commits without a sync (see
+        :func:`~phaseledger.store.sqlite_appender.lease_writes`), so the loop waits for no
+        other writer and no disk."""
+        if self.loop_connection is None:
+            return False
+        try:
+            self._acquire(run_id, driver, seconds, steal, self._try_acquire_on_loop)
+        except (LockBusy, sqlite3.Error):
+            return False
+        return True
+
+    def _try_acquire_on_loop(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt:
+        assert self.loop_connection is not None
+        with self.loop_connection.transaction(sync=False) as conn:
+            return self._acquire_rows(conn.cursor(), run_id, driver, seconds, takeover)
+
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        """A transaction that writes lease rows, on a connection of the store's pool."""
+        with self.datastore.get_connection(commit=True) as conn:
+            with lease_writes(conn.cursor(), conn.close), conn.transaction(commit=True) as cursor:
+                yield cursor
 
     def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt:
+        with self._writing() as c:
+            return self._acquire_rows(c, run_id, driver, seconds, takeover)
+
+    @staticmethod
+    def _acquire_rows(c: Any, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt:
+        """One attempt at the lease, in the transaction of cursor ``c``."""
         now = datetime.now(UTC).timestamp()
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(sqlite.ACQUIRE, {
-                "run_id": run_id, "owner": driver.owner, "host": driver.host, "pid": driver.pid,
-                "proc_start": driver.proc_start, "now": now, "lease": float(seconds), "takeover": takeover,
-            })
-            c.execute(sqlite.LEASE_ROW, {"run_id": run_id})
-            row = c.fetchone()
+        c.execute(sqlite.ACQUIRE, {
+            "run_id": run_id, "owner": driver.owner, "host": driver.host, "pid": driver.pid,
+            "proc_start": driver.proc_start, "now": now, "lease": float(seconds), "takeover": takeover,
+        })
+        c.execute(sqlite.LEASE_ROW, {"run_id": run_id})
+        row = c.fetchone()
         if row is not None and row[1] == driver.owner:
             return True
         return None if row is None else _sqlite_lease(row, datetime.now(UTC))
@@ -337,13 +395,13 @@ class SQLiteLeaseBook(_TableLeaseBook):
         if not run_ids:
             return frozenset()
         now = datetime.now(UTC).timestamp()
-        with self.datastore.transaction(commit=True) as c:
+        with self._writing() as c:
             c.execute(sqlite.RENEW, {"now": now, "expires_at": now + seconds, "owner": owner,
                                      "run_ids": sqlite.json_list(run_ids)})
             return frozenset(r[0] for r in c.fetchall())
 
     def _release_now(self, owner: str, run_id: str, fence: int) -> None:
-        with self.datastore.transaction(commit=True) as c:
+        with self._writing() as c:
             c.execute(sqlite.RELEASE_RUN, {"run_id": run_id, "owner": owner, "fence": fence,
                                            "now": datetime.now(UTC).timestamp()})
 

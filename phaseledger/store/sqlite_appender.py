@@ -17,19 +17,55 @@ others go on during a commit.
 The guarantee is the writer thread's: the events are committed (synced as the store's
 connections sync) before :meth:`InlineAppender.append` returns, in one transaction, with
 the statement of eventsourcing's recorder, whose row id is the notification id.
+
+A resume takes its run's lease on the same connection, by the same rule
+(:meth:`InlineAppender.transaction`; see
+:meth:`phaseledger.store.leasebook.SQLiteLeaseBook.acquire_on_loop`), committed without a
+sync (:func:`lease_writes`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
 
 from phaseledger.store.sql import sqlite
 
 if TYPE_CHECKING:
     from eventsourcing.persistence import StoredEvent
+
+
+@contextmanager
+def lease_writes(cursor: Any, close: Callable[[], object]) -> Iterator[None]:
+    """Within the block, commits of the cursor's SQLite connection do not wait for the disk.
+
+    A lease row says which live process drives a run; it need not outlive the machine.
+    Written to the write-ahead log, it survives its process (the OS keeps the file's
+    pages), and it reaches the disk with the next commit that syncs the log: the run's own
+    next event. Only a machine that loses power before then loses it, and that kills every
+    driver too: the lease falls back to one held by a process that is gone, taken over at
+    once. So taking, renewing and releasing a lease waits for no sync of its own, and the
+    events of a run sync as before. Should the connection's setting fail to come back, it
+    is closed (``close``): it never commits an event unsynced.
+    """
+    cursor.execute("PRAGMA synchronous")
+    level = int(cursor.fetchone()[0])
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    try:
+        yield
+    finally:
+        try:
+            cursor.execute(f"PRAGMA synchronous = {level}")
+        except Exception:
+            close()
+            raise
+
+
+class LockBusy(Exception):
+    """The file's write lock, or the appender, is taken right now: nothing was written."""
 
 
 class InlineAppender:
@@ -49,26 +85,46 @@ class InlineAppender:
         Raises the driver's error otherwise (an integrity error: another writer took one of
         these versions first); the transaction is then rolled back.
         """
-        if not self._lock.acquire(blocking=False):
+        try:
+            with self.transaction() as conn:
+                return sqlite.insert_events(conn, self.insert_statement, stored_events)
+        except LockBusy:
             return None
+
+    @contextmanager
+    def transaction(self, *, sync: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction on this connection, begun only when the file's write lock (and
+        this appender) is free right now, else :class:`LockBusy` and nothing is written.
+
+        It commits when the block ends and rolls back when it raises. ``sync=False`` commits
+        without waiting for the disk (see :func:`lease_writes`:
+        for lease rows, never for events).
+        """
+        if not self._lock.acquire(blocking=False):
+            raise LockBusy
         try:
             if self._closed:
-                return None
+                raise LockBusy
             conn = self._connection()
+            broken = False
             try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                    return None
-                self._drop()
-                raise
-            try:
-                ids = sqlite.insert_events(conn, self.insert_statement, stored_events)
-                conn.commit()
-            except BaseException:
-                self._abandon(conn)
-                raise
-            return ids
+                with nullcontext() if sync else lease_writes(conn.cursor(), self._drop):
+                    try:
+                        conn.execute("BEGIN IMMEDIATE")
+                    except sqlite3.OperationalError as exc:
+                        if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                            raise LockBusy from None
+                        broken = True
+                        raise
+                    try:
+                        yield conn
+                        conn.commit()
+                    except BaseException:
+                        broken = not self._rolled_back(conn)
+                        raise
+            finally:
+                if broken:
+                    self._drop()
         finally:
             self._lock.release()
 
@@ -80,13 +136,15 @@ class InlineAppender:
                                          uri=True)
         return self._conn
 
-    def _abandon(self, conn: sqlite3.Connection) -> None:
-        """Roll back after a failed insert or commit; a connection that cannot is closed."""
+    @staticmethod
+    def _rolled_back(conn: sqlite3.Connection) -> bool:
+        """Roll back after a failed insert or commit: False when the connection cannot (then it is closed)."""
         try:
             if conn.in_transaction:
                 conn.rollback()
         except sqlite3.Error:
-            self._drop()
+            return False
+        return True
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -55,6 +55,7 @@ class SQLiteBackend(Backend):
         if not SQLiteConnectionPool.detect_memory_mode(path):  # another connection would see another database
             recorder: Any = app.recorder
             self.inline_appender = InlineAppender(path, recorder.insert_events_statement)
+            self.leases_on_loop = True
             lock_timeout = float(self.url.env.get("SQLITE_LOCK_TIMEOUT") or 30)
             self.committer = GroupCommitter(path, recorder.insert_events_statement, lock_timeout, self._writer)
 
@@ -93,7 +94,7 @@ class SQLiteBackend(Backend):
         return index
 
     def lease_book(self, store: Store) -> LeaseBook:
-        return SQLiteLeaseBook(store, self.run_index(store, create=False))
+        return SQLiteLeaseBook(store, self.run_index(store, create=False), self.inline_appender)
 
     def deleter(self, store: Store) -> Deleter:
         return SQLiteDeleter(store)
