@@ -186,6 +186,9 @@ def read_token(key: bytes | None, token: str, store_id: str) -> TokenClaims:
     return claims
 
 
+_TOKEN_SHAPE = re.compile(r"pl\d+\.")
+
+
 def looks_like_token(value: str) -> bool:
     """Whether a string has the shape of a token (to tell tokens from run ids)."""
-    return isinstance(value, str) and re.match(r"pl\d+\.", value) is not None
+    return isinstance(value, str) and _TOKEN_SHAPE.match(value) is not None

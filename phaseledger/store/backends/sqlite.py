@@ -100,12 +100,15 @@ class SQLiteBackend(Backend):
         return SQLiteDeleter(store)
 
     def event_rows(self, run_id: str, gt: int, lte: int) -> Sequence[tuple[int, str, bytes]]:
-        # eventsourcing's select_events builds a StoredEvent per row: a resume reads hundreds
+        # eventsourcing's select_events builds a StoredEvent per row, and its connections a
+        # sqlite3.Row: a resume reads hundreds, as the plain tuples of the driver's own cursor.
         recorder: Any = self.application().recorder
         with recorder.datastore.transaction(commit=False) as cursor:
-            cursor.execute(sqlite.sql(SELECT_ROWS_BETWEEN, events=recorder.events_table_name),
-                           {"run_id": run_id, "gt": gt, "lte": lte})
-            return [tuple(row) for row in cursor.fetchall()]
+            rows = cursor.sqlite_cursor
+            rows.row_factory = None
+            rows.execute(sqlite.sql(SELECT_ROWS_BETWEEN, events=recorder.events_table_name),
+                         {"run_id": run_id, "gt": gt, "lte": lte})
+            return rows.fetchall()
 
     def count_notifications(self, after: int | None, topics: Sequence[str]) -> int:
         recorder: Any = self.application().recorder
