@@ -332,7 +332,7 @@ def concurrency(backends: Backends, sizes: Sizes) -> list[Result]:
 # -- 3 and 4. the table lock, and a follower ----------------------------------------------------
 
 _ACTIVITY = """
-    SELECT query LIKE '%%\\_append"(%%' AS appending, wait_event_type, wait_event, count(*)
+    SELECT query LIKE '%%\\_append\\_v%%' AS appending, wait_event_type, wait_event, count(*)
       FROM pg_stat_activity
      WHERE state = 'active' AND pid <> pg_backend_pid() AND position(%(schema)s in query) > 0
      GROUP BY 1, 2, 3

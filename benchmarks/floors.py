@@ -102,10 +102,11 @@ def postgres_append_floor(store_url: str, n: int) -> float:
 
     import psycopg
 
+    from phaseledger.store.postgres import append_function
     from phaseledger.store.sql import postgres as pg
 
     schema = store_url.rsplit("schema=", 1)[1]
-    statement = pg.sql(pg.APPEND_ONE, schema, function="phaseledger_events_append")
+    statement = pg.sql(pg.APPEND_ONE, schema, function=append_function("phaseledger_events"))
     stream, state = f"floor-{uuid.uuid4()}", b"x" * FLOOR_STATE_BYTES
 
     async def appends() -> float:

@@ -35,14 +35,15 @@ import psycopg
 from psycopg.rows import dict_row
 
 from benchmarks._harness import now, postgres_conninfo
-from phaseledger.store.postgres import STORE_VERSION
+from phaseledger.store.postgres import append_function
 from phaseledger.store.sql import SELECT_ROWS_BETWEEN, quote
 from phaseledger.store.sql import postgres as pg
 from phaseledger.store.sql import sqlite as sql
 
 _TOPIC = "phaseledger.domain.run:WorkflowRun.RunResumed"
 _SQLITE = {"events": "stored_events", "snapshots": "stored_snapshots"}  # eventsourcing's names, as a SQLite store keeps
-_PG = {"events": "phaseledger_events", "snapshots": "phaseledger_snapshots", "function": "phaseledger_events_append"}
+_PG = {"events": "phaseledger_events", "snapshots": "phaseledger_snapshots",
+       "function": append_function("phaseledger_events")}
 
 
 def _marker_state() -> bytes:
@@ -132,7 +133,7 @@ def _postgres_open(store: str) -> psycopg.Connection[Any]:
     schema = _schema(store)
     conn = psycopg.connect(postgres_conninfo(store), autocommit=True, row_factory=dict_row)
     conn.execute(pg.IS_SET_UP, {
-        "function": f"{quote((schema, _PG['function']))}({pg.APPEND_ARGS})", "version": STORE_VERSION,
+        "function": f"{quote((schema, _PG['function']))}({pg.APPEND_ARGS})",
         "events": quote((schema, _PG["events"])), "snapshots": quote((schema, _PG["snapshots"])),
     }).fetchone()
     return conn

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from phaseledger import ConcurrencyConflict, Context, Engine, StoreUnavailable, Workflow
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.store.eventstore import Store, StoreURL
+from phaseledger.store.postgres import append_function
 
 pytestmark = pytest.mark.postgres
 
@@ -186,7 +187,7 @@ def test_a_store_made_by_an_earlier_release_gets_the_append_function(postgres_ur
     store.save(started("old"))
     store.close()
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'DROP FUNCTION "{schema}".phaseledger_events_append')  # as before the function existed
+        conn.execute(f'DROP FUNCTION "{schema}".{append_function("phaseledger_events")}')  # as before it existed
     reopened = Store(postgres_url)
     try:
         assert isinstance(reopened.app.recorder, PostgresApplicationRecorder)
@@ -276,8 +277,8 @@ def test_opening_a_store_that_is_set_up_runs_no_ddl(postgres_url: str, monkeypat
         store.close()
     schema = StoreURL.parse(postgres_url).postgres_schema
     with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "", autocommit=True) as conn:
-        conn.execute(f'COMMENT ON FUNCTION "{schema}".phaseledger_events_append(text[], bigint[], text[], bytea[], text)'
-                     " IS 'an older release'")
+        conn.execute(f'ALTER FUNCTION "{schema}".{append_function("phaseledger_events")} '
+                     "RENAME TO phaseledger_events_append_v0")  # the function of an earlier release only
     with pytest.raises(StoreUnavailable, match="DDL on a store that is set up"):
         Store(postgres_url)  # another release's function: set up again (refused here by the spy)
 

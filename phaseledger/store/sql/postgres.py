@@ -58,8 +58,6 @@ CREATE_APPEND = """
     END $body$
 """
 
-COMMENT_APPEND = "COMMENT ON FUNCTION {function}(" + APPEND_ARGS + ") IS {version}"
-
 # Positional parameters, the cheapest to bind on the hot path. Arrays for a batch; for one
 # event (the common case) scalars, wrapped in arrays by the server: psycopg adapts them
 # several times faster than one-element lists.
@@ -77,7 +75,7 @@ WARM_UP = (
 
 # Whether the tables and the append function of this release are there.
 IS_SET_UP = """
-    SELECT obj_description(to_regprocedure(%(function)s), 'pg_proc') = %(version)s
+    SELECT to_regprocedure(%(function)s) IS NOT NULL
        AND to_regclass(%(events)s) IS NOT NULL AND to_regclass(%(snapshots)s) IS NOT NULL AS ready
 """
 
