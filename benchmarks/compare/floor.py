@@ -8,7 +8,8 @@ recovery of the comparison's run (see :mod:`benchmarks.compare.peer`):
 1. open a connection; on PostgreSQL, the set-up check a new store makes (whether the
    tables and this release's append function are there);
 2. take the run's lease from its dead holder: one attempt that finds it held, then the
-   take-over (two statements, each its own transaction);
+   take-over (two statements, each its own transaction; on SQLite committed without a
+   sync, as phaseledger's lease rows are);
 3. read the latest snapshot and the events after it;
 4. read the phase visit's rows back (here the visit is the whole run, from its start);
 5. commit the resume marker (PostgreSQL: the append function's first call on this
@@ -39,6 +40,7 @@ from phaseledger.store.postgres import append_function
 from phaseledger.store.sql import SELECT_ROWS_BETWEEN, quote
 from phaseledger.store.sql import postgres as pg
 from phaseledger.store.sql import sqlite as sql
+from phaseledger.store.sqlite_appender import lease_writes
 
 _TOPIC = "phaseledger.domain.run:WorkflowRun.RunResumed"
 _SQLITE = {"events": "stored_events", "snapshots": "stored_snapshots"}  # eventsourcing's names, as a SQLite store keeps
@@ -102,14 +104,15 @@ def _sqlite_resume(path: str, run_id: str) -> float:
     conn = _sqlite_connect(path)
     try:
         holder = ""
-        for _ in range(2):  # finds the dead holder, then takes over from it
-            conn.execute("BEGIN")
-            conn.execute(sql.ACQUIRE, {**me, "run_id": run_id, "now": time.time(), "takeover": holder})
-            row = conn.execute(sql.LEASE_ROW, {"run_id": run_id}).fetchone()
-            conn.execute("COMMIT")
-            if row is None or row[1] == me["owner"]:
-                break
-            holder = row[1]
+        with lease_writes(conn.cursor(), conn.close):  # lease rows commit unsynced, as phaseledger's do
+            for _ in range(2):  # finds the dead holder, then takes over from it
+                conn.execute("BEGIN")
+                conn.execute(sql.ACQUIRE, {**me, "run_id": run_id, "now": time.time(), "takeover": holder})
+                row = conn.execute(sql.LEASE_ROW, {"run_id": run_id}).fetchone()
+                conn.execute("COMMIT")
+                if row is None or row[1] == me["owner"]:
+                    break
+                holder = row[1]
         base, head = _sqlite_read(conn, run_id)
         conn.execute(sql.sql(SELECT_ROWS_BETWEEN, events=_SQLITE["events"]),
                      {"run_id": run_id, "gt": 0, "lte": base}).fetchall()

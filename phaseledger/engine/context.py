@@ -145,17 +145,13 @@ class Context(Generic[StateT]):
             _check_step_options(fn, {"retry": retry, "breaker": breaker, "attempt_timeout": attempt_timeout,
                                      "total_timeout": total_timeout, "effect": effect})
         declared = Effect.of(effect) if effect is not None else None
-        journal = self._journal
-        key = journal.next_key()
-        recorded = journal.lookup(key, Kind.STEP, name)
-        if recorded is not None:  # replayed: what journal.call does first, without building the live call
-            return journal.replay(recorded)
         call: Callable[[], Any] = lambda: fn(*args, **kwargs)  # noqa: E731
+        journal = self._journal
         bounded = attempt_timeout is not None or total_timeout is not None or journal.deadline is not None
         if bounded and not inspect.iscoroutinefunction(fn):
             call = lambda: asyncio.to_thread(fn, *args, **kwargs)  # noqa: E731  (the context goes along)
-        return await journal.run(
-            key, Kind.STEP, name, call, retry=retry, breaker=breaker,
+        return await journal.call(
+            journal.next_key(), Kind.STEP, name, call, retry=retry, breaker=breaker,
             attempt_timeout=attempt_timeout, total_timeout=total_timeout,
             effect=declared, inputs=fingerprint(args, kwargs) if declared is not None else None,
         )
