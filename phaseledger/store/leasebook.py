@@ -362,7 +362,7 @@ class SQLiteLeaseBook(_TableLeaseBook):
 
     def _try_acquire_on_loop(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt:
         assert self.loop_connection is not None
-        with self.loop_connection.transaction(sync=False) as conn:
+        with self.loop_connection.lease_transaction() as conn:
             return self._acquire_rows(conn.cursor(), run_id, driver, seconds, takeover)
 
     @contextmanager

@@ -19,7 +19,7 @@ connections sync) before :meth:`InlineAppender.append` returns, in one transacti
 the statement of eventsourcing's recorder, whose row id is the notification id.
 
 A resume takes its run's lease on the same connection, by the same rule
-(:meth:`InlineAppender.transaction`; see
+(:meth:`InlineAppender.lease_transaction`; see
 :meth:`phaseledger.store.leasebook.SQLiteLeaseBook.acquire_on_loop`), committed without a
 sync (:func:`lease_writes`).
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from phaseledger.store.sql import sqlite
@@ -77,6 +77,7 @@ class InlineAppender:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._broken = False
 
     def append(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:
         """Insert and commit the events in one transaction: their notification ids, or None
@@ -85,46 +86,74 @@ class InlineAppender:
         Raises the driver's error otherwise (an integrity error: another writer took one of
         these versions first); the transaction is then rolled back.
         """
-        try:
-            with self.transaction() as conn:
-                return sqlite.insert_events(conn, self.insert_statement, stored_events)
-        except LockBusy:
+        if not self._lock.acquire(blocking=False):
             return None
+        try:
+            if self._closed:
+                return None
+            conn = self._connection()
+            if not self._begin(conn):
+                return None
+            try:
+                ids = sqlite.insert_events(conn, self.insert_statement, stored_events)
+                conn.commit()
+            except BaseException:
+                self._roll_back(conn)
+                raise
+            return ids
+        finally:
+            self._done()
 
     @contextmanager
-    def transaction(self, *, sync: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction on this connection, begun only when the file's write lock (and
-        this appender) is free right now, else :class:`LockBusy` and nothing is written.
-
-        It commits when the block ends and rolls back when it raises. ``sync=False`` commits
-        without waiting for the disk (see :func:`lease_writes`:
-        for lease rows, never for events).
-        """
+    def lease_transaction(self) -> Iterator[sqlite3.Connection]:
+        """A transaction that writes lease rows on this connection, committed without a sync
+        (:func:`lease_writes`), begun only when the file's write lock (and this appender) is
+        free right now, else :class:`LockBusy` and nothing is written. It commits when the
+        block ends and rolls back when it raises."""
         if not self._lock.acquire(blocking=False):
             raise LockBusy
         try:
             if self._closed:
                 raise LockBusy
             conn = self._connection()
-            broken = False
-            try:
-                with nullcontext() if sync else lease_writes(conn.cursor(), self._drop):
-                    try:
-                        conn.execute("BEGIN IMMEDIATE")
-                    except sqlite3.OperationalError as exc:
-                        if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                            raise LockBusy from None
-                        broken = True
-                        raise
-                    try:
-                        yield conn
-                        conn.commit()
-                    except BaseException:
-                        broken = not self._rolled_back(conn)
-                        raise
-            finally:
-                if broken:
-                    self._drop()
+            with lease_writes(conn.cursor(), self._drop):
+                if not self._begin(conn):
+                    raise LockBusy
+                try:
+                    yield conn
+                    conn.commit()
+                except BaseException:
+                    self._roll_back(conn)
+                    raise
+        finally:
+            self._done()
+
+    def _begin(self, conn: sqlite3.Connection) -> bool:
+        """``BEGIN IMMEDIATE``: False when the write lock is taken right now and nothing began.
+        Another error is raised, and the connection is closed once the caller is done."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return False
+            self._broken = True
+            raise
+        return True
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        """Roll back after a failed statement or commit; a connection that cannot is closed once
+        the caller is done."""
+        try:
+            if conn.in_transaction:
+                conn.rollback()
+        except sqlite3.Error:
+            self._broken = True
+
+    def _done(self) -> None:
+        """End a use of the connection: close it if it broke, and let the next use in."""
+        try:
+            if self._broken:
+                self._drop()
         finally:
             self._lock.release()
 
@@ -136,18 +165,8 @@ class InlineAppender:
                                          uri=True)
         return self._conn
 
-    @staticmethod
-    def _rolled_back(conn: sqlite3.Connection) -> bool:
-        """Roll back after a failed insert or commit: False when the connection cannot (then it is closed)."""
-        try:
-            if conn.in_transaction:
-                conn.rollback()
-        except sqlite3.Error:
-            return False
-        return True
-
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._broken = self._conn, None, False
         if conn is not None:
             try:
                 conn.close()
