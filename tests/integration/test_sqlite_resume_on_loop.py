@@ -99,7 +99,10 @@ async def test_a_resume_takes_its_lease_and_loads_on_the_loop_then_events_sync_a
     url = f"sqlite:///{tmp_path}/runs.db"
     wf = waiting_visit(steps=12)
     first = Engine(url, workflows=[wf], snapshot_every=5)
-    assert (await first.run(wf, run_id="r")).status == "waiting"
+    assert (await first.run(wf, run_id="r")).status == "waiting"  # the first lease makes the lease table
+    with calls_off_the_loop(first.store) as names:
+        assert (await first.run(wf, run_id="other")).status == "waiting"
+    assert "_acquire_now" not in names  # a start takes its lease on the loop too
     first.close()
 
     engine = Engine(url, workflows=[wf], snapshot_every=5)
