@@ -368,9 +368,9 @@ class SQLiteLeaseBook(_TableLeaseBook):
     @contextmanager
     def _writing(self) -> Iterator[Any]:
         """A transaction that writes lease rows, on a connection of the store's pool."""
-        with self.datastore.get_connection(commit=True) as conn:
-            with lease_writes(conn.cursor(), conn.close), conn.transaction(commit=True) as cursor:
-                yield cursor
+        with (self.datastore.get_connection(commit=True) as conn, lease_writes(conn.cursor(), conn.close),
+              conn.transaction(commit=True) as cursor):
+            yield cursor
 
     def _try_acquire_now(self, run_id: str, driver: DriverId, seconds: float, takeover: str) -> Attempt:
         with self._writing() as c:

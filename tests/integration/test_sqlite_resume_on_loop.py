@@ -12,35 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
-import phaseledger.store.eventstore as eventstore
-from phaseledger import Context, Engine, RunBusy, Store, Workflow
+from phaseledger import Engine, RunBusy, Store
+from phaseledger.store import eventstore
 from phaseledger.store.leasebook import DriverId, SQLiteLeaseBook
 from phaseledger.store.sqlite_appender import lease_writes
+from tests.integration.test_snapshots import one_long_visit
 
 FULL, NORMAL = 2, 1
-
-
-class Count(BaseModel):
-    n: int = 0
-
-
-def waiting_visit(steps: int) -> Workflow[Count]:
-    """A phase that records ``steps`` steps, then waits for the signal ``go``."""
-    wf = Workflow("visit", state=Count)
-
-    @wf.phase(initial=True, to="finish")
-    async def work(ctx: Context[Count]) -> None:
-        for _ in range(steps):
-            ctx.state.n = await ctx.step("inc", lambda n: n + 1, ctx.state.n)
-        await ctx.wait_for_signal("go")
-
-    @wf.phase(final=True)
-    async def finish(ctx: Context[Count]) -> int:
-        return ctx.state.n
-
-    return wf
 
 
 @contextmanager
@@ -97,7 +76,7 @@ def test_a_connection_whose_setting_does_not_come_back_is_closed() -> None:
 
 async def test_a_resume_takes_its_lease_and_loads_on_the_loop_then_events_sync_as_before(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/runs.db"
-    wf = waiting_visit(steps=12)
+    wf = one_long_visit(steps=12)
     first = Engine(url, workflows=[wf], snapshot_every=5)
     assert (await first.run(wf, run_id="r")).status == "waiting"  # the first lease makes the lease table
     with calls_off_the_loop(first.store) as names:
@@ -124,7 +103,7 @@ async def test_a_resume_takes_its_lease_and_loads_on_the_loop_then_events_sync_a
 
 async def test_a_resume_waits_for_the_lease_in_a_thread_while_another_writer_holds_the_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/runs.db"
-    wf = waiting_visit(steps=3)
+    wf = one_long_visit(steps=3)
     engine = Engine(url, workflows=[wf])
     try:
         assert (await engine.run(wf, run_id="r")).status == "waiting"
@@ -149,7 +128,7 @@ async def test_a_resume_waits_for_the_lease_in_a_thread_while_another_writer_hol
 
 async def test_a_long_visits_journal_is_read_in_a_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path}/runs.db"
-    wf = waiting_visit(steps=30)
+    wf = one_long_visit(steps=30)
     engine = Engine(url, workflows=[wf], snapshot_every=10)
     try:
         assert (await engine.run(wf, run_id="r")).status == "waiting"
