@@ -57,13 +57,12 @@ def test_lease_writes_commit_unsynced_then_put_the_connection_back_as_it_was(tmp
 
 def test_a_connection_whose_setting_does_not_come_back_is_closed() -> None:
     closed: list[bool] = []
+    statements: list[str] = []
 
-    class Cursor:
-        statements: list[str] = []  # noqa: RUF012
-
+    class Cursor:  # a connection whose setting fails to come back
         def execute(self, statement: str) -> None:
-            self.statements.append(statement)
-            if statement.startswith("PRAGMA synchronous = 2"):
+            statements.append(statement)
+            if statement == f"PRAGMA synchronous = {FULL}":
                 raise sqlite3.OperationalError("disk I/O error")
 
         def fetchone(self) -> tuple[int]:
@@ -71,6 +70,7 @@ def test_a_connection_whose_setting_does_not_come_back_is_closed() -> None:
 
     with pytest.raises(sqlite3.OperationalError), lease_writes(Cursor(), lambda: closed.append(True)):
         pass
+    assert statements == ["PRAGMA synchronous", "PRAGMA synchronous = NORMAL", f"PRAGMA synchronous = {FULL}"]
     assert closed == [True]
 
 

@@ -94,9 +94,11 @@ class Backend(ABC):
         """Start making what :meth:`append_on_loop` needs on the running loop (a connection),
         without waiting for it, so that a drive about to append finds it ready."""
 
-    leases_on_loop: bool = False
-    """Whether the lease book takes leases on the event loop's own thread when it can do so
-    without waiting (see :meth:`~phaseledger.store.leasebook.LeaseBook.acquire_on_loop`)."""
+    @property
+    def leases_on_loop(self) -> bool:
+        """Whether the lease book takes leases on the event loop's own thread when it can do so
+        without waiting (see :meth:`~phaseledger.store.leasebook.LeaseBook.acquire_on_loop`)."""
+        return False
 
     appends_on_loop: ClassVar[bool] = False
     """Whether :meth:`append_on_loop` may append (else the store does not encode for it)."""

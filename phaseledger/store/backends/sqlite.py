@@ -55,9 +55,12 @@ class SQLiteBackend(Backend):
         if not SQLiteConnectionPool.detect_memory_mode(path):  # another connection would see another database
             recorder: Any = app.recorder
             self.inline_appender = InlineAppender(path, recorder.insert_events_statement)
-            self.leases_on_loop = True
             lock_timeout = float(self.url.env.get("SQLITE_LOCK_TIMEOUT") or 30)
             self.committer = GroupCommitter(path, recorder.insert_events_statement, lock_timeout, self._writer)
+
+    @property
+    def leases_on_loop(self) -> bool:
+        return self.inline_appender is not None  # its connection takes them (a file, not memory)
 
     async def append_on_loop(self, stored: Sequence[StoredEvent], *, shared: bool = False) -> list[int] | None:
         if self.inline_appender is None or self.committer is None:
