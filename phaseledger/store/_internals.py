@@ -244,11 +244,18 @@ class LifoConnectionPool(ConnectionPool[Connection[DictRow]]):
         finally:
             self._first_wanted = False
 
-    def connect_first(self) -> Connection[DictRow]:
+    def connect_first(self, *, configure: bool = True) -> Connection[DictRow]:
         """A new connection made and configured as the pool makes its own, but in the caller's
         thread: it fails at once with the server's reason, where the pool would retry until its
-        timeout."""
-        return self._connect()
+        timeout. With ``configure=False`` the pool's ``configure`` callback is left out: the
+        caller configures the connection itself (in the pipeline of its first query, say)."""
+        if configure:
+            return self._connect()
+        callback, self._configure = self._configure, None  # the pool is not open: no other thread reads it
+        try:
+            return self._connect()
+        finally:
+            self._configure = callback
 
     def add_first(self, conn: Connection[DictRow]) -> None:
         """Give the pool ``conn`` (from :meth:`connect_first`) as the first connection that

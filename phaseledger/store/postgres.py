@@ -212,10 +212,16 @@ class StoreFactory(PostgresFactory):
                 # The check runs on the pool's first connection, made here: it fails at once
                 # with the server's reason when the store is unreachable (the pool would retry
                 # until its timeout), and the pool keeps it instead of making one more.
-                conn = pool.connect_first()
+                pipelined = psycopg.Pipeline.is_supported()  # libpq 14 and later
+                conn = pool.connect_first(configure=not pipelined)
                 try:
-                    # In a pipeline (libpq 14 and later) the check's round trip overlaps starting the pool's threads.
-                    with conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext():
+                    # In a pipeline, the session's settings and the check take one round trip,
+                    # which overlaps starting the pool's threads.
+                    if pipelined:
+                        conn.autocommit = True  # as the callback would; no round trip outside a pipeline
+                    with conn.pipeline() if pipelined else contextlib.nullcontext():
+                        if pipelined:
+                            self._send_settings(conn)
                         check = self._send_check(conn)
                         pool.open_for_first()
                         self._set_up = self._checked(check)
@@ -253,6 +259,12 @@ class StoreFactory(PostgresFactory):
             kwargs["password"] = pool.get_password_func()
         timeout = self.env.get(self.POSTGRES_CONNECT_TIMEOUT)
         return {**kwargs, "autocommit": True, "connect_timeout": int(float(timeout)) if timeout else 10}
+
+    def _send_settings(self, conn: psycopg.Connection[Any]) -> None:
+        """Send the session setting that the pool's ``configure`` callback (eventsourcing's) sets
+        on each new connection, without waiting for it (in the connection's pipeline)."""
+        timeout = int(self.datastore.idle_in_transaction_session_timeout * 1000)
+        conn.execute(pg.sql(pg.SET_IDLE_IN_TRANSACTION_TIMEOUT, self.datastore.schema, value=Literal(f"{timeout}ms")))
 
     def _is_set_up(self, conn: psycopg.Connection[Any]) -> bool:
         return self._checked(self._send_check(conn))

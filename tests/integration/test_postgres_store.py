@@ -297,6 +297,28 @@ def test_the_pool_keeps_the_connection_that_checked_the_set_up(postgres_url: str
         store.close()
 
 
+@pytest.mark.parametrize(("setting", "shown"), [(None, "5s"), ("7", "7s")])
+def test_the_first_connection_has_the_settings_of_the_pools_others(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, setting: str | None, shown: str,
+) -> None:
+    # The first connection's settings go out in the pipeline of the set-up check, not through
+    # eventsourcing's configure callback, which the pool calls for the connections it makes.
+    if setting is not None:
+        monkeypatch.setenv("POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT", setting)
+    Store(postgres_url).close()  # set up
+    store = Store(postgres_url)
+    try:
+        pool = store.app.recorder.datastore.pool  # type: ignore[attr-defined]
+        with pool.connection() as first, pool.connection() as made_by_pool:
+            assert pool.get_stats()["connections_num"] == 2
+            for conn in (first, made_by_pool):
+                assert conn.autocommit
+                row = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+                assert row["idle_in_transaction_session_timeout"] == shown
+    finally:
+        store.close()
+
+
 def test_the_pool_starts_its_threads_with_its_first_task(postgres_url: str) -> None:
     Store(postgres_url).close()  # set up
     store = Store(postgres_url)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from eventsourcing.sqlite import SQLiteConnectionPool
+from eventsourcing.utils import get_topic
 
 from phaseledger.store.backends.base import Backend
 from phaseledger.store.deleter import Deleter, SQLiteDeleter
@@ -17,6 +18,7 @@ from phaseledger.store.leasebook import LeaseBook, SQLiteLeaseBook
 from phaseledger.store.runindex import SQLiteRunIndex
 from phaseledger.store.sql import SELECT_ROWS_BETWEEN, sqlite
 from phaseledger.store.sqlite_appender import InlineAppender
+from phaseledger.store.sqlite_factory import SQLiteStoreFactory
 from phaseledger.store.transactions import Finish, Work, sqlite_transact
 
 if TYPE_CHECKING:
@@ -45,6 +47,9 @@ class SQLiteBackend(Backend):
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="phaseledger-writer")
+
+    def application_env(self) -> dict[str, str]:
+        return {**self.url.env, "PERSISTENCE_MODULE": get_topic(SQLiteStoreFactory)}
 
     def prepare(self) -> None:
         Path(self.url.sqlite_path or "").expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,12 @@ def json_list(values: Iterable[object]) -> str:
     return json.dumps(list(values))
 
 
+# -- the event store's own tables (created by eventsourcing's recorders) ------------------
+
+TABLES_PRESENT = sql("""
+    SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (%(events)s, %(snapshots)s)
+""")
+
 # -- run index and leases -----------------------------------------------------------------
 
 CREATE = tuple(sql(s) for s in (
