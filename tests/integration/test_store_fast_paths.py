@@ -4,7 +4,6 @@ SQLite appends made on the event loop."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sqlite3
 import threading
 from typing import Any
@@ -15,6 +14,7 @@ from pydantic import BaseModel
 
 from phaseledger import ConcurrencyConflict, Context, Engine, Workflow
 from phaseledger.domain.run import WorkflowRun, project_run
+from phaseledger.store.backends import sqlite as sqlite_backend
 from phaseledger.store.eventstore import Store, StoreURL
 
 
@@ -165,7 +165,26 @@ async def test_sqlite_inline_append_conflict_writes_nothing_and_keeps_the_connec
         second.close()
 
 
-async def test_a_run_appending_on_the_loop_lets_the_loops_other_tasks_run_between_commits(tmp_path) -> None:
+class SteppingClock:
+    """Stands in for the ``time`` module: ``monotonic()`` advances ``tick`` seconds at each call."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def monotonic(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize(("tick", "within"), [(2.0, 1), (1.0, 2), (0.0, None)])
+async def test_a_run_appending_on_the_loop_lets_the_loops_other_tasks_run_once_it_held_the_loop_a_while(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, tick: float, within: int | None,
+) -> None:
+    # The loop's other tasks run once appends have held its thread for YIELD_AFTER (2 here):
+    # with a clock that moves 2 per append, between any two steps; 1 per append, within any
+    # two; not moving, never.
+    monkeypatch.setattr(sqlite_backend, "YIELD_AFTER", 2.0)
+    monkeypatch.setattr(sqlite_backend, "time", SteppingClock(tick))
     ticks, seen = 0, []
     wf = Workflow("ticks", state=Tally)
 
@@ -191,7 +210,11 @@ async def test_a_run_appending_on_the_loop_lets_the_loops_other_tasks_run_betwee
         run = await engine.run(wf, run_id="r")
         ticker.cancel()
         assert run.status == "completed" and len(seen) == 30
-        assert all(later > earlier for earlier, later in itertools.pairwise(seen))
+        if within is None:
+            assert len(set(seen)) == 1
+        else:
+            assert all(seen[i + within] > seen[i] for i in range(len(seen) - within))
+            assert within == 1 or len(set(seen)) < len(seen)  # not after each commit
     finally:
         engine.close()
 
