@@ -60,7 +60,7 @@ class Sizes:
     (``get_state``) read back in a new process."""
     kill_at: int = 500
     floor_ops: int = 200
-    repeats: int = 3
+    repeats: int = 5
     timeout: float = 900.0
     backends: tuple[str, ...] = ("sqlite", "postgres")
     """Which of the available durable backends to compare on."""
