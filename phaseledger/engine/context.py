@@ -145,13 +145,18 @@ class Context(Generic[StateT]):
             _check_step_options(fn, {"retry": retry, "breaker": breaker, "attempt_timeout": attempt_timeout,
                                      "total_timeout": total_timeout, "effect": effect})
         declared = Effect.of(effect) if effect is not None else None
-        call: Callable[[], Any] = lambda: fn(*args, **kwargs)  # noqa: E731
         journal = self._journal
+        key = journal.next_key()
+        # A replayed step is served here as journal.call would serve it (a resume replays every
+        # step of the visit); a live one goes through journal.call, which wrappers may probe.
+        if journal.recorded(key) is not None and (entry := journal.lookup(key, Kind.STEP, name)) is not None:
+            return journal.replay(entry)
+        call: Callable[[], Any] = lambda: fn(*args, **kwargs)  # noqa: E731
         bounded = attempt_timeout is not None or total_timeout is not None or journal.deadline is not None
         if bounded and not inspect.iscoroutinefunction(fn):
             call = lambda: asyncio.to_thread(fn, *args, **kwargs)  # noqa: E731  (the context goes along)
         return await journal.call(
-            journal.next_key(), Kind.STEP, name, call, retry=retry, breaker=breaker,
+            key, Kind.STEP, name, call, retry=retry, breaker=breaker,
             attempt_timeout=attempt_timeout, total_timeout=total_timeout,
             effect=declared, inputs=fingerprint(args, kwargs) if declared is not None else None,
         )

@@ -19,8 +19,9 @@ class SQLiteStoreFactory(SQLiteFactory):
     eventsourcing runs each recorder's ``CREATE TABLE IF NOT EXISTS`` in a write transaction
     of its own every time a store is opened. One query on the pool's first connection tells
     whether both tables are there (every opening of a store that exists: a restarted
-    service's, a CLI command's); only then are the transactions left out. A recorder's
-    statements are one transaction, so a table is never there without its index.
+    service's, a CLI command's); only then are the transactions left out. Each table is
+    one ``CREATE TABLE`` statement (its primary key included), so a table that is there is
+    whole.
     """
 
     def __init__(self, env: Environment) -> None:

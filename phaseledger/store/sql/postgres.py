@@ -79,7 +79,7 @@ IS_SET_UP = """
        AND to_regclass(%(events)s) IS NOT NULL AND to_regclass(%(snapshots)s) IS NOT NULL AS ready
 """
 
-# The session setting eventsourcing's pool sets on each new connection (a Literal, ``'0ms'``).
+# The session setting eventsourcing's pool sets on each new connection (a Literal: ``'5000ms'``).
 SET_IDLE_IN_TRANSACTION_TIMEOUT = "SET idle_in_transaction_session_timeout = {value}"
 
 CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
