@@ -9,14 +9,9 @@ from typing import Any
 
 import pytest
 
-from phaseledger.domain.run import WorkflowRun
 from phaseledger.store.eventstore import Store
 from phaseledger.store.sqlite_factory import EVENTS_TABLE, SNAPSHOTS_TABLE
-
-
-def started(run_id: str) -> WorkflowRun:
-    return WorkflowRun._create(WorkflowRun.RunStarted, id=run_id, workflow="w", workflow_version=1, input={},
-                               parent=None)
+from tests.integration.test_postgres_store import started
 
 
 @pytest.fixture
@@ -43,13 +38,17 @@ def creates(sent: list[str]) -> list[str]:
     return [s for s in sent if s.lstrip().upper().startswith("CREATE")]
 
 
-def test_a_new_file_gets_the_store_tables(tmp_path: Path, statements: list[str]) -> None:
-    store = Store(f"sqlite:///{tmp_path}/runs.db")
+def saves_and_loads(store: Store) -> None:
+    """Save a run in ``store`` and load it back, then close the store."""
     try:
         store.save(started("r"))
         assert store.load("r").version == 1
     finally:
         store.close()
+
+
+def test_a_new_file_gets_the_store_tables(tmp_path: Path, statements: list[str]) -> None:
+    saves_and_loads(Store(f"sqlite:///{tmp_path}/runs.db"))
     assert {EVENTS_TABLE, SNAPSHOTS_TABLE} <= tables(tmp_path / "runs.db")
     assert len(creates(statements)) == 2  # one per recorder
 
@@ -60,11 +59,7 @@ def test_opening_a_store_that_exists_creates_nothing(tmp_path: Path, statements:
     statements.clear()
     store = Store(url)
     opening = list(statements)
-    try:
-        store.save(started("r"))
-        assert store.load("r").version == 1
-    finally:
-        store.close()
+    saves_and_loads(store)
     assert creates(statements) == []
     # eventsourcing's journal-mode check, then the tables' (one statement, no transaction)
     assert len(opening) == 2 and "sqlite_master" in opening[1], opening
@@ -76,12 +71,7 @@ def test_a_file_that_lacks_a_table_gets_it(tmp_path: Path, missing: str) -> None
     Store(url).close()
     with sqlite3.connect(tmp_path / "runs.db") as conn:
         conn.execute(f"DROP TABLE {missing}")
-    store = Store(url)
-    try:
-        store.save(started("r"))
-        assert store.load("r").version == 1
-    finally:
-        store.close()
+    saves_and_loads(Store(url))
     assert missing in tables(tmp_path / "runs.db")
 
 
@@ -90,10 +80,5 @@ def test_a_store_opened_without_snapshots_gets_their_table_when_they_are_turned_
     Store(url, snapshot_every=None).close()
     assert SNAPSHOTS_TABLE not in tables(tmp_path / "runs.db")
     Store(url, snapshot_every=None).close()  # events only, as before: nothing to create
-    store = Store(url)
-    try:
-        store.save(started("r"))
-        assert store.load("r").version == 1
-    finally:
-        store.close()
+    saves_and_loads(Store(url))
     assert SNAPSHOTS_TABLE in tables(tmp_path / "runs.db")
