@@ -5,8 +5,8 @@ on one new connection with nothing else: no engine, no pool, no threads, no deco
 replay. The same statements, in the same order, with the same tables, as phaseledger's own
 recovery of the comparison's run (see :mod:`benchmarks.compare.peer`):
 
-1. open a connection; on PostgreSQL, the set-up check a new store makes (whether the
-   tables and this release's append function are there);
+1. open a connection, and the set-up check a store makes when it opens (whether its tables
+   are there; on PostgreSQL, this release's append function too);
 2. take the run's lease from its dead holder: one attempt that finds it held, then the
    take-over (two statements, each its own transaction; on SQLite committed without a
    sync, as phaseledger's lease rows are);
@@ -41,9 +41,10 @@ from phaseledger.store.sql import SELECT_ROWS_BETWEEN, quote
 from phaseledger.store.sql import postgres as pg
 from phaseledger.store.sql import sqlite as sql
 from phaseledger.store.sqlite_appender import lease_writes
+from phaseledger.store.sqlite_factory import EVENTS_TABLE, SNAPSHOTS_TABLE
 
 _TOPIC = "phaseledger.domain.run:WorkflowRun.RunResumed"
-_SQLITE = {"events": "stored_events", "snapshots": "stored_snapshots"}  # eventsourcing's names, as a SQLite store keeps
+_SQLITE = {"events": EVENTS_TABLE, "snapshots": SNAPSHOTS_TABLE}
 _PG = {"events": "phaseledger_events", "snapshots": "phaseledger_snapshots",
        "function": append_function("phaseledger_events")}
 
@@ -81,8 +82,10 @@ def view_floor(backend: str, store: str, run_id: str) -> float:
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
+    """A connection, and the check a store's opening makes (see :mod:`phaseledger.store.sqlite_factory`)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode;")  # as eventsourcing's connections do: WAL already, nothing to set
+    conn.execute(sql.TABLES_PRESENT, _SQLITE).fetchone()
     return conn
 
 

@@ -154,6 +154,8 @@ def test_the_private_members_the_store_relies_on_are_still_there() -> None:
     assert hasattr(pool, "_pool") and hasattr(pool._pool, "rotate")  # the deque of idle connections
     assert isinstance(pool._nconns, int)  # the connections the pool counts (min_size when it opens)
     assert pool._closed is True  # until it opens; the threads a pool defers do not start once it closed
+    configured = ConnectionPool("", open=False, configure=print)
+    assert configured._configure is print  # the callback connect_first(configure=False) leaves out
     assert _internals._ReconnectBackoff is not None
     assert _internals.Schedule is not None and _internals.ShrinkPool is not None
     assert list(inspect.signature(_internals.Schedule).parameters) == ["pool", "task", "delay"]
