@@ -3,7 +3,7 @@
 - SQLite: one-row INSERT + COMMIT with Python's ``sqlite3`` on a WAL file, with the
   ``synchronous`` setting phaseledger's own store connections use.
 - PostgreSQL: one-row INSERT in autocommit mode with psycopg 3 on the same database
-  (and, printed beside a step, the store's append function called alone from an event loop).
+  (and, printed beside a step, the store's one-event append alone, from an event loop).
 - In memory: a plain loop of function calls.
 
 The row has the shape of phaseledger's stored events (id, version, topic, state) with a
@@ -90,36 +90,36 @@ def postgres_commit_floor(store_url: str, schema: str, n: int) -> float:
 
 
 def postgres_append_floor(store_url: str, n: int) -> float:
-    """Seconds per call of a store's append function with one row, from an event loop.
+    """Seconds per one-event append by the store's loop appender, from an event loop.
 
     The floor of a journaled step on PostgreSQL with the guarantees of its append (the
     table lock that keeps notification ids in commit order, the NOTIFY, the INSERT, in one
-    transaction): the same statement a step sends, through the same asynchronous
-    connection, and nothing else. Rows go to a stream of their own in the store.
+    transaction): the call a step's append makes, through the same asynchronous
+    connection (:class:`~phaseledger.store.postgres.LoopAppender`), and nothing else: no
+    engine, no event built or encoded. Rows go to a stream of their own in the store.
     """
     import asyncio
     import uuid
 
-    import psycopg
+    from eventsourcing.persistence import StoredEvent
 
-    from phaseledger.store.postgres import append_function
-    from phaseledger.store.sql import postgres as pg
+    from phaseledger.store.eventstore import Store
 
-    schema = store_url.rsplit("schema=", 1)[1]
-    statement = pg.sql(pg.APPEND_ONE, schema, function=append_function("phaseledger_events"))
     stream, state = f"floor-{uuid.uuid4()}", b"x" * FLOOR_STATE_BYTES
 
     async def appends() -> float:
-        conn = await psycopg.AsyncConnection.connect(postgres_conninfo(store_url), autocommit=True)
+        store = Store(store_url)
         try:
+            appender = store.backend.loop_appender  # type: ignore[attr-defined]  # a PostgreSQL store's
+            if not await appender.connected():
+                raise RuntimeError("the store's loop appender could not connect")
             start = now()
             for version in range(1, n + 1):
-                async with conn.cursor(binary=True) as cursor:
-                    await cursor.execute(statement, (stream, version, _TOPIC, state, "5s"))
-                    await cursor.fetchall()
+                if await appender.append([StoredEvent(stream, version, _TOPIC, state)]) is None:
+                    raise RuntimeError("the store's loop appender lost its connection")
             return (now() - start) / n
         finally:
-            await conn.close()
+            store.close()
 
     return asyncio.run(appends())
 

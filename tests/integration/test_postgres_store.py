@@ -16,6 +16,7 @@ from phaseledger import ConcurrencyConflict, Context, Engine, StoreUnavailable, 
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.store.eventstore import Store, StoreURL
 from phaseledger.store.postgres import append_function
+from phaseledger.store.postgres_prepared import STATEMENT
 
 pytestmark = pytest.mark.postgres
 
@@ -400,5 +401,118 @@ async def test_a_table_lock_held_elsewhere_does_not_hold_up_the_loop_connection(
         thread_free(store)
         await store.append_async(signals(store.load("r"), 1))
         assert [e.originator_version for e in store.events("r")] == [1, 2]
+    finally:
+        store.close()
+
+
+def lock_events_table(store: Store, conn: psycopg.Connection[Any]) -> None:
+    """Take the store's table lock on ``conn`` (in a transaction left open) as another writer would."""
+    recorder: Any = store.app.recorder
+    conn.execute(psycopg.sql.SQL("LOCK TABLE {}.{} IN EXCLUSIVE MODE").format(
+        psycopg.sql.Identifier(recorder.datastore.schema), psycopg.sql.Identifier(recorder.events_table_name)))
+
+
+async def test_a_steps_append_goes_through_the_statement_prepared_on_the_loop_connection(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    appender = store.backend.loop_appender
+    try:
+        await store.append_async(started("r").collect_events())
+        assert await appender.connected()
+        cursor = await appender._conn.execute("SELECT statement FROM pg_prepared_statements WHERE name = %s",
+                                              (STATEMENT.decode(),))
+        (statement,) = await cursor.fetchone()
+        assert statement.startswith("PREPARE phaseledger_append_one AS SELECT * FROM")
+        assert "ARRAY[$1::text], ARRAY[$2::bigint], ARRAY[$3::text], ARRAY[$4::bytea], $5::text)" in statement
+        thread_free(store)
+        run = store.load("r")
+        ids = [await store.append_async(signals(run, 1)) for _ in range(3)]
+        logged = {n.originator_version: n.id for n in store.app.recorder.select_notifications(start=0, limit=10)}
+        assert ids == [logged[2], logged[3], logged[4]]
+        assert store.load("r").inbox == run.inbox  # the states read back as they were written
+    finally:
+        store.close()
+
+
+async def test_a_steps_append_in_conflict_writes_nothing_and_leaves_the_connection_usable(postgres_url: str) -> None:
+    store, other = Store(postgres_url), Store(postgres_url)
+    try:
+        await store.append_async(started("r").collect_events())
+        mine, theirs = store.load("r"), other.load("r")
+        await other.append_async(signals(theirs, 1))
+        assert await store.backend.loop_appender.connected()
+        thread_free(store)
+        with pytest.raises(ConcurrencyConflict):
+            await store.append_async(signals(mine, 1))
+        assert [e.originator_version for e in store.events("r")] == [1, 2]
+        await store.append_async(signals(store.load("r"), 1))
+        assert store.load("r").version == 3
+    finally:
+        store.close()
+        other.close()
+
+
+async def test_a_steps_append_past_the_lock_timeout_raises_psycopgs_error_and_leaves_it_to_the_retrying_path(
+    postgres_url: str,
+) -> None:
+    store = Store(postgres_url)
+    store.app.recorder.lock_timeout = "100ms"  # type: ignore[attr-defined]  # read when the loop connects
+    appender = store.backend.loop_appender
+    try:
+        await store.append_async(started("r").collect_events())
+        assert await appender.connected()
+        run = store.load("r")
+        (event,) = [store.app.mapper.to_stored_event(e) for e in signals(run, 1)]
+        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "") as holder:
+            lock_events_table(store, holder)
+            with pytest.raises(psycopg.errors.LockNotAvailable, match="lock timeout"):
+                await appender._append_one(event)  # as psycopg's cursor raises it
+            assert appender._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert await appender.append([event]) is None  # an OperationalError: the loop's connection goes
+            assert appender._conn is None
+            holder.rollback()
+        await store.append_async(signals(store.load("r"), 1))  # the retrying path, in a thread
+        assert [e.originator_version for e in store.events("r")] == [1, 2]
+    finally:
+        store.close()
+
+
+async def test_a_steps_append_cancelled_midway_closes_the_loop_connection(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    appender = store.backend.loop_appender
+    try:
+        await store.append_async(started("r").collect_events())
+        assert await appender.connected()
+        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "") as holder:
+            lock_events_table(store, holder)
+            waiting = asyncio.ensure_future(store.append_async(signals(store.load("r"), 1)))
+            await asyncio.sleep(0.2)  # sent, and waiting for the table lock
+            assert not waiting.done()
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert appender._conn is None  # its state is unknown: not used again
+            holder.rollback()
+        await store.append_async(started("s").collect_events())  # in a thread, while the loop reconnects
+        assert await appender.connected()
+        await store.append_async(signals(store.load("s"), 1))
+        assert store.load("s").version == 2
+    finally:
+        store.close()
+
+
+async def test_concurrent_appends_on_one_loop_queue_on_its_connection(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    try:
+        await store.append_async(started("warm").collect_events())
+        assert await store.backend.loop_appender.connected()
+        thread_free(store)
+        runs = [started(f"r{i}") for i in range(12)]
+        await asyncio.gather(*(store.append_async(run.collect_events()) for run in runs))
+        # Single events and batches at once, on the one connection.
+        await asyncio.gather(*(store.append_async(signals(run, 1 + i % 3)) for i, run in enumerate(runs)))
+        for i, run in enumerate(runs):
+            assert store.load(run.id).version == 2 + i % 3
+        logged = [n.id for n in store.app.recorder.select_notifications(start=0, limit=100)]
+        assert logged == sorted(logged) and len(logged) == 1 + 12 + sum(1 + i % 3 for i in range(12))
     finally:
         store.close()
