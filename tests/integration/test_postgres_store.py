@@ -416,7 +416,7 @@ async def test_a_steps_append_goes_through_the_statement_prepared_on_the_loop_co
     store = Store(postgres_url)
     appender = store.backend.loop_appender
     try:
-        await store.append_async(started("r").collect_events())
+        await store.append_async(started("r-é✓").collect_events())
         assert await appender.connected()
         cursor = await appender._conn.execute("SELECT statement FROM pg_prepared_statements WHERE name = %s",
                                               (STATEMENT.decode(),))
@@ -424,11 +424,11 @@ async def test_a_steps_append_goes_through_the_statement_prepared_on_the_loop_co
         assert statement.startswith("PREPARE phaseledger_append_one AS SELECT * FROM")
         assert "ARRAY[$1::text], ARRAY[$2::bigint], ARRAY[$3::text], ARRAY[$4::bytea], $5::text)" in statement
         thread_free(store)
-        run = store.load("r")
+        run = store.load("r-é✓")
         ids = [await store.append_async(signals(run, 1)) for _ in range(3)]
         logged = {n.originator_version: n.id for n in store.app.recorder.select_notifications(start=0, limit=10)}
         assert ids == [logged[2], logged[3], logged[4]]
-        assert store.load("r").inbox == run.inbox  # the states read back as they were written
+        assert store.load("r-é✓").inbox == run.inbox  # the id and the states read back as they were written
     finally:
         store.close()
 
