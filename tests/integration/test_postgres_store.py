@@ -66,19 +66,20 @@ async def test_loop_appends_need_no_thread_and_keep_notification_order(postgres_
         store.close()
 
 
-async def test_loop_append_conflict_writes_nothing_and_the_connection_stays_usable(postgres_url: str) -> None:
+@pytest.mark.parametrize("batch", [1, 2], ids=["one-event-prepared", "batch-cursor"])
+async def test_loop_append_conflict_writes_nothing_and_the_connection_stays_usable(postgres_url: str,
+                                                                                 batch: int) -> None:
     store, other = Store(postgres_url), Store(postgres_url)
     try:
         await store.append_async(started("r").collect_events())
         mine, theirs = store.load("r"), other.load("r")
         await other.append_async(signals(theirs, 1))
         assert await store.backend.loop_appender.connected()
-        with pytest.raises(ConcurrencyConflict):
-            await store.append_async(signals(mine, 2))
-        assert [e.originator_version for e in store.events("r")] == [1, 2]
         thread_free(store)
-        fresh = store.load("r")
-        await store.append_async(signals(fresh, 1))  # the same loop connection, after the failure
+        with pytest.raises(ConcurrencyConflict):
+            await store.append_async(signals(mine, batch))
+        assert [e.originator_version for e in store.events("r")] == [1, 2]
+        await store.append_async(signals(store.load("r"), 1))  # the same loop connection, after the failure
         assert store.load("r").version == 3
     finally:
         store.close()
@@ -431,24 +432,6 @@ async def test_a_steps_append_goes_through_the_statement_prepared_on_the_loop_co
         assert store.load("r-é✓").inbox == run.inbox  # the id and the states read back as they were written
     finally:
         store.close()
-
-
-async def test_a_steps_append_in_conflict_writes_nothing_and_leaves_the_connection_usable(postgres_url: str) -> None:
-    store, other = Store(postgres_url), Store(postgres_url)
-    try:
-        await store.append_async(started("r").collect_events())
-        mine, theirs = store.load("r"), other.load("r")
-        await other.append_async(signals(theirs, 1))
-        assert await store.backend.loop_appender.connected()
-        thread_free(store)
-        with pytest.raises(ConcurrencyConflict):
-            await store.append_async(signals(mine, 1))
-        assert [e.originator_version for e in store.events("r")] == [1, 2]
-        await store.append_async(signals(store.load("r"), 1))
-        assert store.load("r").version == 3
-    finally:
-        store.close()
-        other.close()
 
 
 async def test_a_steps_append_past_the_lock_timeout_raises_psycopgs_error_and_leaves_it_to_the_retrying_path(
