@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
 import zlib
 from collections.abc import Mapping, Sequence
@@ -233,7 +234,7 @@ class CipherMapper(Mapper[str]):
                               ).to_domain_event(stored)
             except MapperDeserialisationError:
                 pass
-        if self.cipher is None and state[:1] != b"{" and not _looks_zlib(state):  # not JSON, however damaged
+        if self.cipher is None and not _reads_as_text(state) and not _inflates_to_text(state):  # not JSON, however damaged
             raise self._failed(stored, f"it is encrypted (or damaged) and no cipher key is configured: set "
                                f"${CIPHER_KEY_ENV_VAR} or pass cipher_key= with the store's key") from None
         raise exc
@@ -247,6 +248,30 @@ class CipherMapper(Mapper[str]):
 
 
 _decode = Mapper.to_domain_event  # called directly: cheaper than super() on every read
+
+
+_CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def _reads_as_text(state: bytes) -> bool:
+    """Whether a state that does not decode still reads as JSON text, damaged (truncated or
+    edited), rather than as random bytes such as ciphertext: it starts with ``{`` and holds
+    no control byte, which JSON text never holds raw and ciphertext is full of (one in 256
+    ciphertexts starts with ``{``)."""
+    return state[:1] == b"{" and _CONTROL_BYTE.search(state) is None
+
+
+def _inflates_to_text(state: bytes) -> bool:
+    """Whether a state is a zlib stream whose start inflates to JSON text (a compressed row,
+    maybe damaged further on), not random bytes behind a zlib header (one ciphertext in 8,000
+    has one)."""
+    if not _looks_zlib(state):
+        return False
+    try:
+        start = zlib.decompressobj().decompress(state, 64)
+    except zlib.error:
+        return False
+    return _reads_as_text(start)
 
 
 def _really_plain(state: bytes) -> bool:

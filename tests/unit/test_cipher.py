@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from collections.abc import Callable
 
 import pytest
 
-from phaseledger import DecryptionFailed, Engine, Store, generate_cipher_key
+from phaseledger import CorruptEvent, DecryptionFailed, Engine, Store, generate_cipher_key
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.store.cipher import RotatingCipher, _NoKeyOpens
 from tests.integration.test_encryption import INPUT_SECRET, STEP_SECRET, make_workflow
@@ -53,6 +54,40 @@ def test_a_changed_byte_is_an_unreadable_event_naming_the_run() -> None:
     with pytest.raises(DecryptionFailed, match=r"cannot read event 1 \(RunStarted\) of run 'run-7'") as caught:
         mapper.to_domain_event(dataclasses.replace(stored, state=bytes(damaged)))
     assert caught.value.run_id == "run-7" and caught.value.version == 1
+
+
+def sealed_starting_with(prefix: bytes, test: Callable[[bytes], bool] = lambda state: True) -> bytes:
+    """A state encrypted under a fresh key whose ciphertext starts with ``prefix`` (and passes ``test``)."""
+    cipher = Store("memory://", cipher_key=generate_cipher_key()).app.mapper.to_stored_event
+    while True:
+        state = cipher(started("sealed")).state
+        if state.startswith(prefix) and test(state):
+            return state
+
+
+@pytest.mark.parametrize("looks_like", ["json", "zlib"])
+def test_without_a_key_an_encrypted_state_that_looks_plain_by_its_first_bytes_is_still_refused(
+    looks_like: str,
+) -> None:
+    # One ciphertext in 256 starts with "{", one in about 8,000 with a zlib header.
+    if looks_like == "json":
+        state = sealed_starting_with(b"{")
+    else:
+        state = sealed_starting_with(b"\x78", lambda s: (s[0] << 8 | s[1]) % 31 == 0)
+    mapper = Store("memory://").app.mapper
+    stored = dataclasses.replace(mapper.to_stored_event(started("sealed")), state=state)
+    with pytest.raises(DecryptionFailed, match="no cipher key is configured"):
+        mapper.to_domain_event(stored)
+
+
+def test_without_a_key_a_damaged_plain_state_is_a_damaged_event_not_an_encrypted_one() -> None:
+    mapper = Store("memory://").app.mapper
+    stored = mapper.to_stored_event(started("plain"))
+    for damaged in (stored.state[: len(stored.state) // 2], stored.state.replace(b'"', b"'", 1),
+                    zlib.compress(stored.state)[:-4] + b"oops"):
+        with pytest.raises(CorruptEvent) as caught:
+            mapper.to_domain_event(dataclasses.replace(stored, state=damaged))
+        assert not isinstance(caught.value, DecryptionFailed)
 
 
 def test_without_settings_the_mapper_has_no_cipher_and_no_compressor(monkeypatch: pytest.MonkeyPatch) -> None:
