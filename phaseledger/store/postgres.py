@@ -45,7 +45,7 @@ from psycopg.sql import SQL, Composed
 
 from phaseledger.store._internals import LifoConnectionPool, use_lifo_pool
 from phaseledger.store.faults import DATABASE_ERRORS, connection_lost
-from phaseledger.store.postgres_prepared import PreparedAppend, prepare_statement
+from phaseledger.store.postgres_prepared import PreparedAppend, prepare_statements
 from phaseledger.store.sql import Literal, quote
 from phaseledger.store.sql import postgres as pg
 
@@ -108,8 +108,8 @@ class OneTripRecorder(PostgresApplicationRecorder):
         self._calls = {True: self._sql(pg.APPEND_ONE, **names).encode(), False: self._sql(pg.APPEND_BATCH, **names).encode()}
         self.warm_up = self._sql(pg.WARM_UP, empty=Literal("{}"), lock_timeout=Literal("1ms"), **names).encode()
         """Calls the function with nothing to append, in a transaction rolled back (see :class:`LoopAppender`)."""
-        self.prepare_one = prepare_statement(self._calls[True])
-        """Prepares the one-event append for :class:`~phaseledger.store.postgres_prepared.PreparedAppend`."""
+        self.prepare_appends = prepare_statements(self._calls[True], self._calls[False])
+        """Prepares the appends of :class:`~phaseledger.store.postgres_prepared.PreparedAppend`."""
         self.lock_timeout = f"{int(self.datastore.lock_timeout)}s"
         """How long an append waits for the table lock (the datastore's ``lock_timeout``)."""
 
@@ -310,10 +310,9 @@ class LoopAppender:
     Handing a blocking append to a worker thread and back costs about as much as the
     append's own round trip on a small machine (two thread wake-ups per step). This
     appender sends the same prepared call as :class:`OneTripRecorder` from the event loop
-    itself, on one connection bound to that loop: one event through libpq's own calls (see
-    :mod:`~phaseledger.store.postgres_prepared`), a batch through psycopg's cursor.
-    Concurrent appends from one loop queue on that connection, as they would on the table
-    lock anyway.
+    itself, on one connection bound to that loop, through libpq's own calls (see
+    :mod:`~phaseledger.store.postgres_prepared`). Concurrent appends from one loop queue on
+    that connection, as they would on the table lock anyway.
 
     :meth:`append` returns ``None`` when it cannot be used: while the loop's connection is
     being made (the first append of a loop starts that in the background rather than wait
@@ -327,9 +326,9 @@ class LoopAppender:
         self.recorder = recorder
         self.conninfo = conninfo
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._append_one: PreparedAppend | None = None
+        self._prepared: PreparedAppend | None = None
         self._in_use: asyncio.Lock | None = None
-        """Held by each append: the prepared append and psycopg's cursor share the connection."""
+        """Held by each append: appends from several tasks of the loop take turns on the connection."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._retry_at = 0.0
@@ -337,18 +336,12 @@ class LoopAppender:
 
     async def append(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:
         """Append in one transaction; the notification ids, or None (use the sync path)."""
-        conn, append_one, in_use = self._connection(), self._append_one, self._in_use
-        if conn is None or append_one is None or in_use is None:
+        conn, prepared, in_use = self._connection(), self._prepared, self._in_use
+        if conn is None or prepared is None or in_use is None:
             return None
         try:
             async with in_use:
-                if len(stored_events) == 1:  # a step's append
-                    ids = await append_one(stored_events[0])
-                else:
-                    async with conn.cursor(binary=True) as cursor:
-                        # Prepared from its fifth call, as on the pool (see AutoPreparingCursor).
-                        await cursor.execute(*self.recorder.append_call(stored_events))
-                        ids = [row[0] for row in await cursor.fetchall()]
+                ids = await prepared(stored_events)
         except Exception as exc:  # the caller translates what it raises (a conflict among them)
             if connection_lost(exc):
                 self.close()
@@ -389,7 +382,7 @@ class LoopAppender:
         try:
             conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
             await self._warm_up(conn)
-            await conn.execute(self.recorder.prepare_one, prepare=False)
+            await conn.execute(self.recorder.prepare_appends, prepare=False)
         except BaseException as exc:
             if conn is not None:
                 conn.pgconn.finish()
@@ -400,7 +393,7 @@ class LoopAppender:
                 self._retry_at = time.monotonic() + RETRY_SECONDS
             return
         if self._connecting is task:
-            self._append_one, self._in_use = PreparedAppend(conn, self.recorder.lock_timeout), asyncio.Lock()
+            self._prepared, self._in_use = PreparedAppend(conn, self.recorder.lock_timeout), asyncio.Lock()
             self._conn, self._connecting = conn, None
         else:  # closed meanwhile
             conn.pgconn.finish()
@@ -420,6 +413,6 @@ class LoopAppender:
     def close(self) -> None:
         """Close the connection (synchronously: its loop may be gone)."""
         conn, self._conn, self._loop, self._connecting = self._conn, None, None, None
-        self._append_one = self._in_use = None
+        self._prepared = self._in_use = None
         if conn is not None and not conn.closed:
             conn.pgconn.finish()

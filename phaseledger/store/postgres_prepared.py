@@ -1,4 +1,4 @@
-"""A step's append on the event loop's PostgreSQL connection, through libpq's own calls.
+"""Appends on the event loop's PostgreSQL connection, through libpq's own calls.
 
 A journaled step appends one event. Through psycopg's asynchronous cursor that call cost
 more CPU than the append's round trip: a cursor and its adapters built per call, the query
@@ -7,7 +7,9 @@ CPU on a slow 2-core machine, against ≈ 140 µs for the calls below, measured)
 sends the same call through :mod:`psycopg.pq`, psycopg's public libpq interface, on the
 connection psycopg made: a statement prepared once per connection, its five parameters
 encoded here (binary for the version and the state), the result read when the socket is
-readable. The function called, and so the transaction, the table lock, the notification
+readable. A batch (a phase's transition, an effect's intent with what came before it,
+``checkpoint_every_n_steps`` above 1) goes the same way, as arrays in PostgreSQL's binary
+format. The function called, and so the transaction, the table lock, the notification
 and the rows, are those of :class:`~phaseledger.store.postgres.OneTripRecorder`'s appends.
 
 An error the server returns is raised as the psycopg exception of its SQLSTATE (a version
@@ -19,28 +21,45 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 from eventsourcing.persistence import StoredEvent
 from psycopg import errors, pq
 
-STATEMENT = b"phaseledger_append_one"
-"""The name of the prepared statement on the loop's connection (psycopg's own are ``_pg3_*``)."""
+ONE = b"phaseledger_append_one"
+BATCH = b"phaseledger_append_batch"
+"""The names of the prepared statements on the loop's connection (psycopg's own are ``_pg3_*``)."""
 
-_FORMATS = [pq.Format.TEXT, pq.Format.BINARY, pq.Format.TEXT, pq.Format.BINARY, pq.Format.TEXT]
-_INT8 = struct.Struct(">q")
+_ONE_FORMATS = [pq.Format.TEXT, pq.Format.BINARY, pq.Format.TEXT, pq.Format.BINARY, pq.Format.TEXT]
+_BATCH_FORMATS = [pq.Format.BINARY] * 4 + [pq.Format.TEXT]
+_INT4, _INT8 = struct.Struct(">i"), struct.Struct(">q")
+_ARRAY_HEAD = struct.Struct(">iiiii")  # dimensions, has nulls, element type, length, lower bound
+_TEXT_OID, _INT8_OID, _BYTEA_OID = 25, 20, 17
 
 
-def prepare_statement(call: bytes) -> bytes:
-    """``PREPARE`` of the one-event append ``call`` (its ``%s`` placeholders become ``$1``..``$5``)."""
+def prepare_statements(one: bytes, batch: bytes) -> bytes:
+    """``PREPARE`` of the append calls ``one`` (one event) and ``batch`` (arrays), whose ``%s``
+    placeholders become ``$1``..``$5``: one query of two statements."""
+    return _prepare(ONE, one) + b"; " + _prepare(BATCH, batch)
+
+
+def _prepare(name: bytes, call: bytes) -> bytes:
     head, *rest = call.split(b"%s")
-    return b"PREPARE " + STATEMENT + b" AS " + head + b"".join(b"$%d" % n + part for n, part in enumerate(rest, 1))
+    return b"PREPARE " + name + b" AS " + head + b"".join(b"$%d" % n + part for n, part in enumerate(rest, 1))
+
+
+def _array(oid: int, items: list[bytes]) -> bytes:
+    """A one-dimensional array without nulls in PostgreSQL's binary format."""
+    parts = [_ARRAY_HEAD.pack(1, 0, oid, len(items), 1)]
+    for item in items:
+        parts += (_INT4.pack(len(item)), item)
+    return b"".join(parts)
 
 
 class PreparedAppend:
-    """Appends one event on ``conn`` with the statement :func:`prepare_statement` prepared there.
+    """Appends events on ``conn`` with the statements :func:`prepare_statements` prepared there.
 
     Calls must not overlap each other or any other use of the connection: the caller
     serialises them (see :class:`~phaseledger.store.postgres.LoopAppender`).
@@ -51,15 +70,27 @@ class PreparedAppend:
         self._encoding = conn.info.encoding  # the connection's, as psycopg encodes text parameters
         self._lock_timeout = lock_timeout.encode(self._encoding)
 
-    async def __call__(self, event: StoredEvent) -> list[int]:
-        """Append ``event`` in one transaction; its notification id (as a one-item list)."""
-        pgconn = self.pgconn
-        pgconn.send_query_prepared(
-            STATEMENT,
-            [str(event.originator_id).encode(self._encoding), _INT8.pack(event.originator_version),
-             event.topic.encode(self._encoding), event.state, self._lock_timeout],
-            param_formats=_FORMATS, result_format=pq.Format.BINARY,
-        )
+    async def __call__(self, events: Sequence[StoredEvent]) -> list[int]:
+        """Append ``events`` (at least one) in one transaction; their notification ids, in order."""
+        pgconn, encoding = self.pgconn, self._encoding
+        if len(events) == 1:  # a step's append: scalars, wrapped in arrays by the server
+            event = events[0]
+            pgconn.send_query_prepared(
+                ONE,
+                [str(event.originator_id).encode(encoding), _INT8.pack(event.originator_version),
+                 event.topic.encode(encoding), event.state, self._lock_timeout],
+                param_formats=_ONE_FORMATS, result_format=pq.Format.BINARY,
+            )
+        else:
+            pgconn.send_query_prepared(
+                BATCH,
+                [_array(_TEXT_OID, [str(event.originator_id).encode(encoding) for event in events]),
+                 _array(_INT8_OID, [_INT8.pack(event.originator_version) for event in events]),
+                 _array(_TEXT_OID, [event.topic.encode(encoding) for event in events]),
+                 _array(_BYTEA_OID, [event.state for event in events]),
+                 self._lock_timeout],
+                param_formats=_BATCH_FORMATS, result_format=pq.Format.BINARY,
+            )
         loop = asyncio.get_running_loop()
         while pgconn.flush():  # what the socket did not take at once
             await _ready(pgconn.socket, loop.add_writer, loop.remove_writer)

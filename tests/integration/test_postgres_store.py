@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresRecorder
 from pydantic import BaseModel
 
@@ -16,7 +17,7 @@ from phaseledger import ConcurrencyConflict, Context, Engine, StoreUnavailable, 
 from phaseledger.domain.run import WorkflowRun
 from phaseledger.store.eventstore import Store, StoreURL
 from phaseledger.store.postgres import append_function
-from phaseledger.store.postgres_prepared import STATEMENT
+from phaseledger.store.postgres_prepared import BATCH, ONE
 
 pytestmark = pytest.mark.postgres
 
@@ -66,7 +67,7 @@ async def test_loop_appends_need_no_thread_and_keep_notification_order(postgres_
         store.close()
 
 
-@pytest.mark.parametrize("batch", [1, 2], ids=["one-event-prepared", "batch-cursor"])
+@pytest.mark.parametrize("batch", [1, 2], ids=["one-event", "batch"])
 async def test_loop_append_conflict_writes_nothing_and_the_connection_stays_usable(postgres_url: str,
                                                                                  batch: int) -> None:
     store, other = Store(postgres_url), Store(postgres_url)
@@ -413,23 +414,37 @@ def lock_events_table(store: Store, conn: psycopg.Connection[Any]) -> None:
         psycopg.sql.Identifier(recorder.datastore.schema), psycopg.sql.Identifier(recorder.events_table_name)))
 
 
-async def test_a_steps_append_goes_through_the_statement_prepared_on_the_loop_connection(postgres_url: str) -> None:
+async def test_appends_go_through_the_statements_prepared_on_the_loop_connection(postgres_url: str) -> None:
     store = Store(postgres_url)
     appender = store.backend.loop_appender
     try:
         await store.append_async(started("r-é✓").collect_events())
         assert await appender.connected()
-        cursor = await appender._conn.execute("SELECT statement FROM pg_prepared_statements WHERE name = %s",
-                                              (STATEMENT.decode(),))
-        (statement,) = await cursor.fetchone()
-        assert statement.startswith("PREPARE phaseledger_append_one AS SELECT * FROM")
-        assert "ARRAY[$1::text], ARRAY[$2::bigint], ARRAY[$3::text], ARRAY[$4::bytea], $5::text)" in statement
+        cursor = await appender._conn.execute("SELECT name, statement FROM pg_prepared_statements ORDER BY name")
+        prepared = dict(await cursor.fetchall())
+        assert "ARRAY[$1::text], ARRAY[$2::bigint], ARRAY[$3::text], ARRAY[$4::bytea], $5::text)" in prepared[ONE.decode()]
+        assert "($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::text)" in prepared[BATCH.decode()]
         thread_free(store)
         run = store.load("r-é✓")
-        ids = [await store.append_async(signals(run, 1)) for _ in range(3)]
+        ids = [await store.append_async(signals(run, n)) for n in (1, 3, 1)]
         logged = {n.originator_version: n.id for n in store.app.recorder.select_notifications(start=0, limit=10)}
-        assert ids == [logged[2], logged[3], logged[4]]
+        assert ids == [logged[2], logged[5], logged[6]] and sorted(logged.values()) == list(logged.values())
         assert store.load("r-é✓").inbox == run.inbox  # the id and the states read back as they were written
+    finally:
+        store.close()
+
+
+async def test_a_batch_carries_any_bytes_and_any_text_as_they_are(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    appender = store.backend.loop_appender
+    rows = [StoredEvent("s-ü", 1, "topic:ö", bytes(range(256))), StoredEvent("s-ü", 2, "topic:€", b""),
+            StoredEvent("s-ü", 3, "t", b"\x00" * 3 + b"'\\")]
+    try:
+        assert await appender.connected()
+        thread_free(store)
+        ids = await appender.append(rows)
+        assert ids is not None and len(ids) == 3 and ids == sorted(ids)
+        assert list(store.app.recorder.select_events("s-ü")) == rows
     finally:
         store.close()
 
@@ -448,7 +463,7 @@ async def test_a_steps_append_past_the_lock_timeout_raises_psycopgs_error_and_le
         with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "") as holder:
             lock_events_table(store, holder)
             with pytest.raises(psycopg.errors.LockNotAvailable, match="lock timeout"):
-                await appender._append_one(event)  # as psycopg's cursor raises it
+                await appender._prepared([event])  # as psycopg's cursor raises it
             assert appender._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             assert await appender.append([event]) is None  # an OperationalError: the loop's connection goes
             assert appender._conn is None
