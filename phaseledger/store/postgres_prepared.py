@@ -3,14 +3,15 @@
 A journaled step appends one event. Through psycopg's asynchronous cursor that call cost
 more CPU than the append's round trip: a cursor and its adapters built per call, the query
 looked up and its parameters dumped, a wait generator and a timer per wait (≈ 250 µs of
-CPU on a slow 2-core machine, against ≈ 140 µs for the calls below, measured). :class:`PreparedAppend`
-sends the same call through :mod:`psycopg.pq`, psycopg's public libpq interface, on the
-connection psycopg made: a statement prepared once per connection, its five parameters
-encoded here (binary for the version and the state), the result read when the socket is
-readable. A batch (a phase's transition, an effect's intent with what came before it,
-``checkpoint_every_n_steps`` above 1) goes the same way, as arrays in PostgreSQL's binary
-format. The function called, and so the transaction, the table lock, the notification
-and the rows, are those of :class:`~phaseledger.store.postgres.OneTripRecorder`'s appends.
+CPU on a slow 2-core machine, against ≈ 140 µs for the calls below, measured).
+:class:`PreparedAppend` sends the same call through :mod:`psycopg.pq`, psycopg's public
+libpq interface, on the connection psycopg made: a statement prepared once per
+connection, its five parameters encoded here (binary for the version and the state), the
+result read when the socket is readable. A batch (several events committed together, as
+with ``checkpoint_every_n_steps`` above 1) goes the same way, as arrays in PostgreSQL's
+binary format. The function called, and so the transaction, the
+table lock, the notification and the rows, are those of
+:class:`~phaseledger.store.postgres.OneTripRecorder`'s appends.
 
 An error the server returns is raised as the psycopg exception of its SQLSTATE (a version
 conflict as ``UniqueViolation``, a lock timeout as ``LockNotAvailable``), as psycopg's
