@@ -341,14 +341,16 @@ class LoopAppender:
             return None
         try:
             async with in_use:
+                if self._prepared is not prepared:  # closed while this append queued
+                    return None
                 ids = await prepared(stored_events)
         except Exception as exc:  # the caller translates what it raises (a conflict among them)
             if connection_lost(exc):
-                self.close()
+                self._close(prepared)
                 return None
             raise
         except BaseException:
-            self.close()  # cancelled mid-call: the connection's state is unknown
+            self._close(prepared)  # cancelled mid-call: the connection's state is unknown
             raise
         if len(ids) != len(stored_events):
             raise PersistenceError(f"appended {len(stored_events)} events but got {len(ids)} ids")
@@ -409,6 +411,11 @@ class LoopAppender:
             if conn.closed:
                 raise
             await conn.rollback()  # the table lock was held elsewhere: warm enough
+
+    def _close(self, prepared: PreparedAppend) -> None:
+        """Close the connection ``prepared`` appends on, unless another replaced it meanwhile."""
+        if self._prepared is prepared:
+            self.close()
 
     def close(self) -> None:
         """Close the connection (synchronously: its loop may be gone)."""

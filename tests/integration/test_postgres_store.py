@@ -107,6 +107,27 @@ async def test_a_broken_loop_connection_falls_back_to_the_retrying_path(postgres
         store.close()
 
 
+async def test_appends_queued_behind_one_that_lost_the_connection_take_the_retrying_path(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    appender = store.backend.loop_appender
+    try:
+        runs = [started(f"r{i}") for i in range(4)]
+        await store.append_async(runs[0].collect_events())
+        assert await appender.connected()
+        lost = appender._conn
+        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "", autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (lost.info.backend_pid,))
+        await asyncio.gather(*(store.append_async(run.collect_events()) for run in runs[1:]))
+        assert lost.closed and appender._conn is None
+        assert sorted(store.run_ids()) == ["r0", "r1", "r2", "r3"]
+        assert await appender.connected()  # a new connection, which the lost one's appends left alone
+        thread_free(store)
+        await store.append_async(signals(store.load("r1"), 1))
+        assert store.load("r1").version == 2
+    finally:
+        store.close()
+
+
 def test_each_event_loop_gets_its_own_connection_and_a_live_other_loop_is_left_alone(postgres_url: str) -> None:
     store = Store(postgres_url)
     appender = store.backend.loop_appender
