@@ -87,15 +87,19 @@ async def test_loop_append_conflict_writes_nothing_and_the_connection_stays_usab
         other.close()
 
 
+def terminate(postgres_url: str, conn: psycopg.AsyncConnection[Any]) -> None:
+    """End the server backend of ``conn``, as a server restart or a network cut would."""
+    with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "", autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+
+
 async def test_a_broken_loop_connection_falls_back_to_the_retrying_path(postgres_url: str) -> None:
     store = Store(postgres_url)
     try:
         run = started("r")
         await store.append_async(run.collect_events())
         assert await store.backend.loop_appender.connected()
-        conn = store.backend.loop_appender._conn
-        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "", autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        terminate(postgres_url, store.backend.loop_appender._conn)
         await store.append_async(signals(run, 1))  # fails on the loop, then appends in a thread
         assert store.backend.loop_appender._conn is None
         await store.append_async(signals(run, 1))  # in a thread again, while the loop reconnects
@@ -115,8 +119,7 @@ async def test_appends_queued_behind_one_that_lost_the_connection_take_the_retry
         await store.append_async(runs[0].collect_events())
         assert await appender.connected()
         lost = appender._conn
-        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "", autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (lost.info.backend_pid,))
+        terminate(postgres_url, lost)
         await asyncio.gather(*(store.append_async(run.collect_events()) for run in runs[1:]))
         assert lost.closed and appender._conn is None
         assert sorted(store.run_ids()) == ["r0", "r1", "r2", "r3"]
