@@ -163,11 +163,11 @@ def flows(project: Path) -> Any:
 
 
 def cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, check: int | None = 0,
+    *args: str, cwd: Path, env: dict[str, str] | None = None, check: int | None = 0, timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run the console script (``python -m phaseledger.cli`` where it is not installed)."""
     result = subprocess.run(
-        command() + list(args), cwd=cwd, env=command_env(env), capture_output=True, text=True, timeout=120,
+        command() + list(args), cwd=cwd, env=command_env(env), capture_output=True, text=True, timeout=timeout,
     )
     if check is not None:
         assert result.returncode == check, (
@@ -459,7 +459,8 @@ def test_demo_on_another_engine_is_killed_and_resumed_there(engine: str, tmp_pat
 
     if available(engine):
         pytest.skip(str(available(engine)))
-    out = cli("demo", "--on", engine, "--db", "demo.db", cwd=tmp_path).stdout
+    # Starting the engine's own server (Temporal's, Prefect's) takes most of a minute on a slow machine.
+    out = cli("demo", "--on", engine, "--db", "demo.db", cwd=tmp_path, timeout=360).stdout
     assert "killed with SIGKILL" in out and "tokens not paid again" in out
     assert {"temporal": "temporal server start-dev", "dbos": "system database", "prefect": "flow run"}[engine] in out
     shown = json.loads(cli("--store", "sqlite:///demo.db", "show", "research-demo", "--json", cwd=tmp_path).stdout)
