@@ -459,7 +459,7 @@ def test_demo_on_another_engine_is_killed_and_resumed_there(engine: str, tmp_pat
 
     if available(engine):
         pytest.skip(str(available(engine)))
-    # Starting the engine's own server (Temporal's, Prefect's) takes most of a minute on a slow machine.
+    # The engine's own server (Temporal's, Prefect's) starts first: on a loaded 2-core machine this took over 2 minutes.
     out = cli("demo", "--on", engine, "--db", "demo.db", cwd=tmp_path, timeout=360).stdout
     assert "killed with SIGKILL" in out and "tokens not paid again" in out
     assert {"temporal": "temporal server start-dev", "dbos": "system database", "prefect": "flow run"}[engine] in out
