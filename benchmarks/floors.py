@@ -115,7 +115,7 @@ def postgres_append_floor(store_url: str, n: int) -> float:
                 raise RuntimeError("the store's loop appender could not connect")
             start = now()
             for version in range(1, n + 1):
-                if await appender.append([StoredEvent(stream, version, _TOPIC, state)]) is None:
+                if await appender.append([StoredEvent(stream, version, _TOPIC, state)], alone=True) is None:
                     raise RuntimeError("the store's loop appender lost its connection")
             return (now() - start) / n
         finally:

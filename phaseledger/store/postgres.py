@@ -300,6 +300,10 @@ class StoreFactory(PostgresFactory):
         return True
 
 
+HOLD_LOOP = 0.002
+"""Seconds an append of a run driven alone waits for its reply on the event loop's thread
+before it waits through the loop (see :meth:`LoopAppender.append`)."""
+
 RETRY_SECONDS = 5.0
 """How long a :class:`LoopAppender` leaves the synchronous path alone after failing to connect."""
 
@@ -334,8 +338,13 @@ class LoopAppender:
         self._retry_at = 0.0
         """After a failed connection attempt, when (monotonic) to try again."""
 
-    async def append(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:
-        """Append in one transaction; the notification ids, or None (use the sync path)."""
+    async def append(self, stored_events: Sequence[StoredEvent], *, alone: bool = False) -> list[int] | None:
+        """Append in one transaction; the notification ids, or None (use the sync path).
+
+        ``alone``: the append is a run's driven alone in this process, whose loop has nothing
+        else to do until it returns; its reply is then waited for on the loop's thread (up
+        to :data:`HOLD_LOOP`), not through the loop's selector.
+        """
         conn, prepared, in_use = self._connection(), self._prepared, self._in_use
         if conn is None or prepared is None or in_use is None:
             return None
@@ -343,7 +352,7 @@ class LoopAppender:
             async with in_use:
                 if self._prepared is not prepared:  # closed while this append queued
                     return None
-                ids = await prepared(stored_events)
+                ids = await prepared(stored_events, hold=HOLD_LOOP if alone else 0.0)
         except Exception as exc:  # the caller translates what it raises (a conflict among them)
             if connection_lost(exc):
                 self._close(prepared)

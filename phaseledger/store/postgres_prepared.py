@@ -21,7 +21,9 @@ cursor raises it; a connection that fails raises ``psycopg.OperationalError``.
 from __future__ import annotations
 
 import asyncio
+import select
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,8 +73,13 @@ class PreparedAppend:
         self._encoding = conn.info.encoding  # the connection's, as psycopg encodes text parameters
         self._lock_timeout = lock_timeout.encode(self._encoding)
 
-    async def __call__(self, events: Sequence[StoredEvent]) -> list[int]:
-        """Append ``events`` (at least one) in one transaction; their notification ids, in order."""
+    async def __call__(self, events: Sequence[StoredEvent], *, hold: float = 0.0) -> list[int]:
+        """Append ``events`` (at least one) in one transaction; their notification ids, in order.
+
+        With ``hold`` (seconds), the reply is first waited for on the calling thread, holding
+        the event loop for up to that long, and only then through the loop: for a run driven
+        alone, whose loop has nothing else to do meanwhile (see :class:`LoopAppender`).
+        """
         pgconn, encoding = self.pgconn, self._encoding
         if len(events) == 1:  # a step's append: scalars, wrapped in arrays by the server
             event = events[0]
@@ -97,9 +104,12 @@ class PreparedAppend:
             await _ready(pgconn.socket, loop.add_writer, loop.remove_writer)
         ids: list[int] = []
         error: psycopg.Error | None = None
+        until = time.monotonic() + hold if hold > 0 else 0.0
         while True:
             while pgconn.is_busy():
-                await _ready(pgconn.socket, loop.add_reader, loop.remove_reader)
+                if not (until and _readable_before(pgconn.socket, until)):
+                    until = 0.0
+                    await _ready(pgconn.socket, loop.add_reader, loop.remove_reader)
                 pgconn.consume_input()
             result = pgconn.get_result()
             if result is None:
@@ -112,6 +122,12 @@ class PreparedAppend:
         if error is not None:
             raise error
         return ids
+
+
+def _readable_before(fd: int, until: float) -> bool:
+    """Whether the socket ``fd`` becomes readable before ``until`` (monotonic), waiting on this thread."""
+    left = until - time.monotonic()
+    return left > 0 and bool(select.select([fd], [], [], left)[0])
 
 
 async def _ready(fd: int, add: Callable[..., None], remove: Callable[[int], object]) -> None:

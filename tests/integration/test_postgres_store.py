@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 
 from phaseledger import ConcurrencyConflict, Context, Engine, StoreUnavailable, Workflow
 from phaseledger.domain.run import WorkflowRun
+from phaseledger.store import postgres as postgres_store
 from phaseledger.store.eventstore import Store, StoreURL
 from phaseledger.store.postgres import append_function
 from phaseledger.store.postgres_prepared import BATCH, ONE
@@ -120,7 +122,8 @@ async def test_appends_queued_behind_one_that_lost_the_connection_take_the_retry
         assert await appender.connected()
         lost = appender._conn
         terminate(postgres_url, lost)
-        await asyncio.gather(*(store.append_async(run.collect_events()) for run in runs[1:]))
+        with store.driving(), store.driving():  # several runs' appends: they queue, waiting through the loop
+            await asyncio.gather(*(store.append_async(run.collect_events()) for run in runs[1:]))
         assert lost.closed and appender._conn is None
         assert sorted(store.run_ids()) == ["r0", "r1", "r2", "r3"]
         assert await appender.connected()  # a new connection, which the lost one's appends left alone
@@ -495,6 +498,49 @@ async def test_a_steps_append_past_the_lock_timeout_raises_psycopgs_error_and_le
         await store.append_async(signals(store.load("r"), 1))  # the retrying path, in a thread
         assert [e.originator_version for e in store.events("r")] == [1, 2]
     finally:
+        store.close()
+
+
+async def test_an_append_of_a_run_driven_alone_holds_the_loop_only_until_its_hold_runs_out(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A run driven alone waits for its append's reply on the loop's thread, for HOLD_LOOP at
+    # most: an append held up by the table lock then waits through the loop, whose other
+    # tasks run meanwhile.
+    monkeypatch.setattr(postgres_store, "HOLD_LOOP", 0.05)
+    store = Store(postgres_url)
+    appender = store.backend.loop_appender
+    ticks = 0
+
+    async def other_task() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    ticker = asyncio.create_task(other_task())
+    try:
+        await store.append_async(started("r").collect_events())
+        assert await appender.connected()
+        run = store.load("r")
+        (event,) = [store.app.mapper.to_stored_event(e) for e in signals(run, 1)]
+        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "") as holder:
+            lock_events_table(store, holder)
+            waiting = asyncio.ensure_future(appender.append([event], alone=True))
+            await asyncio.sleep(0)  # the append starts, and holds the loop for 50 ms
+            held_at, started_at = ticks, time.monotonic()
+            await asyncio.sleep(0.3)
+            assert not waiting.done() and ticks > held_at + 100  # waiting through the loop
+            holder.rollback()
+        ids = await waiting
+        assert ids is not None and time.monotonic() - started_at >= 0.3
+        assert [e.originator_version for e in store.events("r")] == [1, 2]
+        (event,) = [store.app.mapper.to_stored_event(e) for e in signals(store.load("r"), 1)]
+        before = ticks
+        assert await appender.append([event], alone=True) is not None
+        assert ticks == before  # its reply came within the hold: the loop did not turn
+    finally:
+        ticker.cancel()
         store.close()
 
 

@@ -14,7 +14,8 @@ from pydantic import BaseModel
 
 from phaseledger import ConcurrencyConflict, Context, Engine, Workflow
 from phaseledger.domain.run import WorkflowRun, project_run
-from phaseledger.store.backends import sqlite as sqlite_backend
+from phaseledger.store import postgres as postgres_store
+from phaseledger.store.backends import base as backend_base
 from phaseledger.store.eventstore import Store, StoreURL
 
 
@@ -178,13 +179,15 @@ class SteppingClock:
 
 @pytest.mark.parametrize(("tick", "within"), [(2.0, 1), (1.0, 2), (0.0, None)])
 async def test_a_run_appending_on_the_loop_lets_the_loops_other_tasks_run_once_it_held_the_loop_a_while(
-    tmp_path, monkeypatch: pytest.MonkeyPatch, tick: float, within: int | None,
+    durable_store_url: str, monkeypatch: pytest.MonkeyPatch, tick: float, within: int | None,
 ) -> None:
     # The loop's other tasks run once appends have held its thread for YIELD_AFTER (2 here):
     # with a clock that moves 2 per append, between any two steps; 1 per append, within any
-    # two; not moving, never.
-    monkeypatch.setattr(sqlite_backend, "YIELD_AFTER", 2.0)
-    monkeypatch.setattr(sqlite_backend, "time", SteppingClock(tick))
+    # two; not moving, never. On PostgreSQL a step's append waits for its reply on the loop's
+    # thread too, here for as long as it takes (HOLD_LOOP).
+    monkeypatch.setattr(backend_base, "YIELD_AFTER", 2.0)
+    monkeypatch.setattr(backend_base, "time", SteppingClock(tick))
+    monkeypatch.setattr(postgres_store, "HOLD_LOOP", 60.0)
     ticks, seen = 0, []
     wf = Workflow("ticks", state=Tally)
 
@@ -204,8 +207,11 @@ async def test_a_run_appending_on_the_loop_lets_the_loops_other_tasks_run_once_i
             await asyncio.sleep(0)
             ticks += 1
 
-    engine = Engine(f"sqlite:///{tmp_path}/runs.db", workflows=[wf])
+    engine = Engine(durable_store_url, workflows=[wf])
     try:
+        loop_appender = getattr(engine.store.backend, "loop_appender", None)
+        if loop_appender is not None:  # PostgreSQL: the loop's connection, made before the clock matters
+            assert await loop_appender.connected()
         ticker = asyncio.create_task(other_task())
         run = await engine.run(wf, run_id="r")
         ticker.cancel()

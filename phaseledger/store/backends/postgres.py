@@ -52,7 +52,10 @@ class PostgresBackend(Backend):
     async def append_on_loop(self, stored: Sequence[StoredEvent], *, shared: bool = False) -> list[int] | None:
         if self.loop_appender is None:
             return None
-        return await self.loop_appender.append(stored)
+        ids = await self.loop_appender.append(stored, alone=not shared)
+        if ids is not None and not shared:
+            await self.let_loop_run()
+        return ids
 
     def ready_appends_on_loop(self) -> None:
         if self.loop_appender is not None:

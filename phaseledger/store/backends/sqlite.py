@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,9 +29,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-YIELD_AFTER = 0.002
-"""Seconds that appends on the event loop's thread may hold it before they let its other tasks run."""
-
 
 class SQLiteBackend(Backend):
     """The parts of a SQLite store: its tables in the store's file; appends made on the
@@ -50,7 +46,6 @@ class SQLiteBackend(Backend):
 
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
-        self._yielded_at = 0.0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="phaseledger-writer")
 
     def application_env(self) -> dict[str, str]:
@@ -78,14 +73,7 @@ class SQLiteBackend(Backend):
         if not shared:  # driven alone: on the loop's thread, unless another writer holds the lock
             ids = self.inline_appender.append(stored)
             if ids is not None:
-                # Let the loop's other tasks (lease renewals, a web server) run between
-                # commits, as appends handed to the writer thread would have: not after each
-                # one (a turn of the loop costs several µs of CPU), but once the loop's thread
-                # has been held for YIELD_AFTER.
-                now = time.monotonic()
-                if now - self._yielded_at >= YIELD_AFTER:
-                    await asyncio.sleep(0)
-                    self._yielded_at = time.monotonic()
+                await self.let_loop_run()
                 return ids
         return await self.committer.append(stored)
 
