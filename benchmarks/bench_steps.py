@@ -11,11 +11,19 @@ SQLite's commit. (On PostgreSQL the server's CPU is in another process, so it is
 On PostgreSQL the store's append function is also timed alone, one call per step from an
 event loop as a step sends it, against the same floor: the floor of a step that keeps
 the append's guarantees.
+
+On each durable store the floor's commits are also timed each after as much CPU as the
+memory store's whole step took in the same run (a busy loop, :func:`~benchmarks.floors.busy`),
+against the floor's back-to-back commits: what a commit costs once a process does a
+step's worth of work before it. On machines whose commits are fast that costs well above
+the back-to-back floor (the server or the disk is woken from idle each time), and no
+journaled step can cost less than it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 from dataclasses import dataclass
 
 from benchmarks._harness import Backends, Result, bracketed
@@ -37,6 +45,8 @@ CPU_METRIC = "CPU per step"
 CPU_FLOOR_NAME = "sqlite commit CPU"
 APPEND_ALONE = "postgres append function alone, from an event loop"
 """The case of the PostgreSQL step's floor: the store's append function and nothing else."""
+AFTER_WORK = "commit after the memory step's work"
+"""The case (after the store's name) of a commit made after as much CPU as the memory store's step."""
 
 
 @dataclass(frozen=True)
@@ -72,14 +82,15 @@ async def run_steps(store_url: str, steps: int, checkpoint: int, **engine_option
 
 
 def floor_times(backends: Backends, backend: str, store_url: str, ops: int,
-                synchronous: int | None) -> tuple[float, float | None]:
-    """One measurement of the floor of ``backend``: ``(wall, CPU or None)`` seconds per operation."""
+                synchronous: int | None, work: float = 0.0) -> tuple[float, float | None]:
+    """One measurement of the floor of ``backend``: ``(wall, CPU or None)`` seconds per operation
+    (on a durable store, each commit after ``work`` seconds of CPU: see ``AFTER_WORK``)."""
     if backend == "memory":
         return call_floor(ops * 100), None
     if backend == "sqlite":
-        return sqlite_commit_floor_times(backends.sqlite_path("floor"), ops, synchronous or 2)
+        return sqlite_commit_floor_times(backends.sqlite_path("floor"), ops, synchronous or 2, work)
     schema = store_url.rsplit("schema=", 1)[1]
-    return postgres_commit_floor(store_url, schema, ops), None
+    return postgres_commit_floor(store_url, schema, ops, work), None
 
 
 def floor_seconds(backends: Backends, backend: str, store_url: str, ops: int, synchronous: int | None) -> float:
@@ -104,10 +115,28 @@ def append_alone(backends: Backends, sizes: Sizes) -> Result:
                          steps=sizes.steps)
 
 
+def commit_after_work(backends: Backends, backend: str, sizes: Sizes, work: float,
+                      synchronous: int | None) -> Result:
+    """Commits each made after ``work`` seconds of CPU (the memory store's step), against the
+    back-to-back commits of the same repeat (see the module)."""
+    values, floors = [], []
+    for _ in range(sizes.repeats):
+        with backends.store_url(backend, "after-work") as url:
+            value, floor_value = bracketed(
+                lambda url=url: floor_seconds(backends, backend, url, sizes.floor_ops, synchronous),
+                lambda url=url: floor_times(backends, backend, url, sizes.floor_ops, synchronous, work)[0],
+            )
+        values.append(value * 1e6)
+        floors.append(floor_value * 1e6)
+    return Result.paired("steps", f"{backend} {AFTER_WORK}", "per step", "µs", values, FLOOR_NAMES[backend],
+                         floors, work_us=work * 1e6)
+
+
 def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
     """Measure step cost on memory, SQLite and (when reachable) PostgreSQL."""
     results = []
     synchronous = None
+    memory_step = 0.0
     for backend in ["memory", *backends.durable]:
         for checkpoint in sizes.checkpoints:
             values, floors, cpus, floor_cpus = [], [], [], []
@@ -141,6 +170,10 @@ def run(backends: Backends, sizes: Sizes = Sizes()) -> list[Result]:
                 FLOOR_NAMES[backend], floors, target=TARGETS.get(backend) if checkpoint == 1 else None,
                 steps=sizes.steps, sqlite_synchronous=synchronous if backend == "sqlite" else None,
             ))
+            if backend == "memory" and checkpoint == 1:
+                memory_step = statistics.median(values) / 1e6
+            if backend != "memory" and checkpoint == 1 and memory_step:
+                results.append(commit_after_work(backends, backend, sizes, memory_step, synchronous))
             if backend == "postgres" and checkpoint == 1:
                 results.append(append_alone(backends, sizes))
             if backend in CPU_BACKENDS:

@@ -40,11 +40,19 @@ def sqlite_commit_floor(path: Path, n: int, synchronous: int) -> float:
     return sqlite_commit_floor_times(path, n, synchronous)[0]
 
 
-def sqlite_commit_floor_times(path: Path, n: int, synchronous: int) -> tuple[float, float]:
+def busy(seconds: float) -> None:
+    """Spend ``seconds`` of CPU on this thread (a stand-in for work between two commits)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        pass
+
+
+def sqlite_commit_floor_times(path: Path, n: int, synchronous: int, work: float = 0.0) -> tuple[float, float]:
     """``(wall, CPU)`` seconds per one-row INSERT + COMMIT on a fresh WAL file at ``path``.
 
     The CPU is this process's (``time.process_time``) over the same loop: what the driver
-    and SQLite spend per commit besides waiting for the disk.
+    and SQLite spend per commit besides waiting for the disk. With ``work`` (seconds), each
+    commit follows that much CPU spent on this thread (:func:`busy`), included in both.
     """
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -58,6 +66,8 @@ def sqlite_commit_floor_times(path: Path, n: int, synchronous: int) -> tuple[flo
         run_id = path.stem
         start, cpu = now(), time.process_time()
         for version in range(1, n + 1):
+            if work:
+                busy(work)
             conn.execute("INSERT INTO floor VALUES (?,?,?,?)", (run_id, version, _TOPIC, state))
         return (now() - start) / n, (time.process_time() - cpu) / n
     finally:
@@ -66,8 +76,9 @@ def sqlite_commit_floor_times(path: Path, n: int, synchronous: int) -> tuple[flo
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def postgres_commit_floor(store_url: str, schema: str, n: int) -> float:
-    """Seconds per one-row INSERT in autocommit mode (one round trip, one commit)."""
+def postgres_commit_floor(store_url: str, schema: str, n: int, work: float = 0.0) -> float:
+    """Seconds per one-row INSERT in autocommit mode (one round trip, one commit); with ``work``
+    (seconds), each after that much CPU spent on this thread (:func:`busy`), included."""
     import psycopg
     from psycopg import sql
 
@@ -85,6 +96,8 @@ def postgres_commit_floor(store_url: str, schema: str, n: int) -> float:
         with conn.cursor() as cursor:
             start = now()
             for version in range(1, n + 1):
+                if work:
+                    busy(work)
                 cursor.execute(insert, ("floor", version, _TOPIC, state), prepare=True)
             return (now() - start) / n
 

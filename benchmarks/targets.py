@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from benchmarks._harness import Result, Stats
-from benchmarks.bench_steps import APPEND_ALONE
+from benchmarks.bench_steps import AFTER_WORK, APPEND_ALONE
 from benchmarks.compare.bench_compare import STATEMENTS_ALONE
 
 TITLE = "Targets (performance, third round)"
@@ -102,6 +102,9 @@ def step_floor(results: Sequence[Result], backend: str, limit: float) -> Verdict
     alone = _find(results, "steps", "per step", lambda c: c == APPEND_ALONE) if backend == "postgres" else None
     if alone is not None and alone.ratio is not None:
         measured += f"; the append function alone {_range(alone.ratio)}"
+    after = _find(results, "steps", "per step", lambda c: c == f"{backend} {AFTER_WORK}")
+    if after is not None and after.ratio is not None:
+        measured += f"; a commit after the memory step's work {_range(after.ratio)}"
     return _judge(target, threshold, r.ratio.median, r.ratio.median <= limit, measured)
 
 

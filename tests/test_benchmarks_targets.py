@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks._harness import Result
-from benchmarks.bench_steps import APPEND_ALONE
+from benchmarks.bench_steps import AFTER_WORK, APPEND_ALONE
 from benchmarks.targets import MET, NOT_MEASURED, NOT_MET, Verdict, evaluate, table
 
 
@@ -40,6 +40,12 @@ def test_step_against_the_commit_floor() -> None:
         "steps", "postgres checkpoint_every_n_steps=1", "per step", [150, 150, 150], [100, 100, 100])]),
         "journaled step on PostgreSQL")
     assert postgres.status == NOT_MET and postgres.measured.endswith("the append function alone 1.30x [1.30–1.30]")
+    after = _result("steps", f"postgres {AFTER_WORK}", "per step", [240, 250, 260], [100, 100, 100])
+    postgres = _by_target(evaluate([alone, after, _result(
+        "steps", "postgres checkpoint_every_n_steps=1", "per step", [300, 300, 300], [100, 100, 100])]),
+        "journaled step on PostgreSQL")
+    assert postgres.measured.endswith("the append function alone 1.30x [1.30–1.30]; "
+                                      "a commit after the memory step's work 2.50x [2.40–2.60]")
 
 
 def test_cpu_per_step_as_measured_and_less_the_commit() -> None:
