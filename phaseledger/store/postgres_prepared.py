@@ -72,6 +72,8 @@ class PreparedAppend:
         self.pgconn = conn.pgconn
         self._encoding = conn.info.encoding  # the connection's, as psycopg encodes text parameters
         self._lock_timeout = lock_timeout.encode(self._encoding)
+        self._replied = select.poll()  # poll, not select: a socket's number may be past select's limit (1024)
+        self._replied.register(self.pgconn.socket, select.POLLIN)
 
     async def __call__(self, events: Sequence[StoredEvent], *, hold: float = 0.0) -> list[int]:
         """Append ``events`` (at least one) in one transaction; their notification ids, in order.
@@ -107,7 +109,7 @@ class PreparedAppend:
         until = time.monotonic() + hold if hold > 0 else 0.0
         while True:
             while pgconn.is_busy():
-                if not (until and _readable_before(pgconn.socket, until)):
+                if not (until and self._replied_before(until)):
                     until = 0.0
                     await _ready(pgconn.socket, loop.add_reader, loop.remove_reader)
                 pgconn.consume_input()
@@ -123,11 +125,10 @@ class PreparedAppend:
             raise error
         return ids
 
-
-def _readable_before(fd: int, until: float) -> bool:
-    """Whether the socket ``fd`` becomes readable before ``until`` (monotonic), waiting on this thread."""
-    left = until - time.monotonic()
-    return left > 0 and bool(select.select([fd], [], [], left)[0])
+    def _replied_before(self, until: float) -> bool:
+        """Whether the socket becomes readable before ``until`` (monotonic), waiting on this thread."""
+        left = until - time.monotonic()
+        return left > 0 and bool(self._replied.poll(left * 1000))
 
 
 async def _ready(fd: int, add: Callable[..., None], remove: Callable[[int], object]) -> None:

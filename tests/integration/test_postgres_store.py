@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -130,6 +132,34 @@ async def test_appends_queued_behind_one_that_lost_the_connection_take_the_retry
         thread_free(store)
         await store.append_async(signals(store.load("r1"), 1))
         assert store.load("r1").version == 2
+    finally:
+        store.close()
+
+
+async def test_an_append_queued_on_a_connection_replaced_meanwhile_leaves_the_new_one_alone(
+    postgres_url: str,
+) -> None:
+    store = Store(postgres_url)
+    appender = store.backend.loop_appender
+    try:
+        await store.append_async(started("r").collect_events())
+        assert await appender.connected()
+        old, old_turn = appender._conn, appender._in_use
+        calls: list[Any] = []
+        stand_in = appender._prepared = lambda *args, **kwargs: calls.append(args)  # the old connection's appends
+        await old_turn.acquire()  # an append in progress: the next one queues behind it
+        (event,) = [store.app.mapper.to_stored_event(e) for e in signals(store.load("r"), 1)]
+        queued = asyncio.ensure_future(appender.append([event]))
+        await asyncio.sleep(0)
+        appender._close(stand_in)  # the connection was lost meanwhile...
+        appender.start()
+        assert await appender.connected() and appender._conn is not old  # ...and replaced
+        new = appender._conn
+        old_turn.release()
+        assert await queued is None  # left to the retrying path, not sent on either connection
+        assert calls == [] and old.closed and not new.closed and appender._conn is new
+        await store.append_async(signals(store.load("r"), 1))
+        assert store.load("r").version == 2
     finally:
         store.close()
 
@@ -542,6 +572,34 @@ async def test_an_append_of_a_run_driven_alone_holds_the_loop_only_until_its_hol
     finally:
         ticker.cancel()
         store.close()
+
+
+async def test_an_append_of_a_run_driven_alone_waits_on_a_socket_numbered_past_selects_limit(
+    postgres_url: str,
+) -> None:
+    # select() takes no file descriptor from 1024 on; a service with many open files or
+    # connections hands its store such sockets.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1500:
+        if hard != resource.RLIM_INFINITY and hard < 1500:
+            pytest.skip(f"this process may open {hard} files, fewer than the test needs")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1500, hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    store = Store(postgres_url)
+    appender = store.backend.loop_appender
+    try:
+        await store.append_async(started("r").collect_events())
+        assert await appender.connected()
+        assert appender._conn.pgconn.socket >= 1024
+        for _ in range(3):
+            (event,) = [store.app.mapper.to_stored_event(e) for e in signals(store.load("r"), 1)]
+            assert await appender.append([event], alone=True) is not None
+        assert store.load("r").version == 4
+    finally:
+        store.close()
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def test_a_steps_append_cancelled_midway_closes_the_loop_connection(postgres_url: str) -> None:
