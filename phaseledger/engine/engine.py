@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -42,7 +41,7 @@ from phaseledger.history.timetravel import Checkpoint, Lineage, RunAt, TimeTrave
 from phaseledger.history.tokens import looks_like_token, resolve_key
 from phaseledger.store.cipher import CipherKeys, parse_cipher_keys
 from phaseledger.store.eventstore import Store
-from phaseledger.store.faults import Outage
+from phaseledger.store.faults import JITTER, Outage
 from phaseledger.store.leasebook import DriverId
 
 if TYPE_CHECKING:
@@ -640,7 +639,7 @@ _APPEND_ATTEMPTS = 40
 
 async def _backoff(attempt: int) -> None:
     """Sleep before appending again to a run whose driver keeps committing (5 ms .. 0.2 s, jittered)."""
-    await asyncio.sleep(min(0.005 * 2 ** attempt, 0.2) * (0.5 + random.random()))
+    await asyncio.sleep(min(0.005 * 2 ** attempt, 0.2) * (0.5 + JITTER.random()))
 
 
 def _signal_seen(run: WorkflowRun, signal_id: str) -> bool:

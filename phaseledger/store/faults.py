@@ -199,9 +199,14 @@ def _describe(operation: str, signature: inspect.Signature, self: Any, args: tup
         return operation
 
 
+JITTER = random.Random()
+"""The random source of retry jitter: a generator of its own, so that retries in the background
+neither draw from nor move the ``random`` module's, which a program may have seeded."""
+
+
 def jittered(seconds: float) -> float:
     """``seconds`` less a random part of up to half of it."""
-    return seconds / 2 + random.uniform(0.0, seconds / 2)
+    return seconds / 2 + JITTER.uniform(0.0, seconds / 2)
 
 
 class Backoff:

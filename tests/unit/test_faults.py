@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import sqlite3
 
 import psycopg
@@ -11,8 +13,9 @@ import pytest
 from eventsourcing.persistence import IntegrityError, OperationalError, PersistenceError, ProgrammingError
 
 from phaseledger import ConcurrencyConflict, RunNotFound, StoreUnavailable
+from phaseledger.engine.engine import _backoff
 from phaseledger.store.eventstore import Store, StoreURL
-from phaseledger.store.faults import Backoff, Outage, guarded, store_errors, translate
+from phaseledger.store.faults import Backoff, Outage, guarded, jittered, store_errors, translate
 
 URL = StoreURL.parse("postgresql://app:s3cret@db.internal:5432/runs?schema=prod")
 
@@ -96,6 +99,19 @@ def test_backoff_grows_to_its_cap_with_jitter_and_starts_again_after_reset() -> 
         assert base / 2 <= wait <= base
     backoff.reset()
     assert backoff.next() <= 0.5
+
+
+def test_retry_jitter_leaves_the_random_modules_sequence_alone() -> None:
+    # A program (or a property test) that seeded ``random`` gets the same draws whatever
+    # retries phaseledger makes in the background meanwhile.
+    random.seed(7)
+    expected = [random.random() for _ in range(3)]
+    random.seed(7)
+    backoff = Backoff()
+    waits = [backoff.next() for _ in range(5)] + [jittered(1.0) for _ in range(5)]
+    asyncio.run(_backoff(1))
+    assert [random.random() for _ in range(3)] == expected
+    assert len(set(waits)) > 1  # still jittered
 
 
 def test_an_outage_is_one_warning_and_one_info_however_many_attempts_fail(caplog: pytest.LogCaptureFixture) -> None:
