@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -464,11 +466,23 @@ async def test_a_table_lock_held_elsewhere_does_not_hold_up_the_loop_connection(
         store.close()
 
 
-def lock_events_table(store: Store, conn: psycopg.Connection[Any]) -> None:
-    """Take the store's table lock on ``conn`` (in a transaction left open) as another writer would."""
+async def next_row_of_a_started_run(store: Store) -> StoredEvent:
+    """Start run ``r`` (its loop's connection made meanwhile) and give the row of its next event, unappended."""
+    await store.append_async(started("r").collect_events())
+    assert await store.backend.loop_appender.connected()
+    (event,) = [store.app.mapper.to_stored_event(e) for e in signals(store.load("r"), 1)]
+    return event
+
+
+@contextlib.contextmanager
+def table_lock_held(store: Store, postgres_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """The store's table lock, held as another writer would by another connection, in a
+    transaction left open until the block ends (or the connection's ``rollback()``)."""
     recorder: Any = store.app.recorder
-    conn.execute(psycopg.sql.SQL("LOCK TABLE {}.{} IN EXCLUSIVE MODE").format(
-        psycopg.sql.Identifier(recorder.datastore.schema), psycopg.sql.Identifier(recorder.events_table_name)))
+    with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "") as holder:
+        holder.execute(psycopg.sql.SQL("LOCK TABLE {}.{} IN EXCLUSIVE MODE").format(
+            psycopg.sql.Identifier(recorder.datastore.schema), psycopg.sql.Identifier(recorder.events_table_name)))
+        yield holder
 
 
 async def test_appends_go_through_the_statements_prepared_on_the_loop_connection(postgres_url: str) -> None:
@@ -513,12 +527,8 @@ async def test_a_steps_append_past_the_lock_timeout_raises_psycopgs_error_and_le
     store.app.recorder.lock_timeout = "100ms"  # type: ignore[attr-defined]  # read when the loop connects
     appender = store.backend.loop_appender
     try:
-        await store.append_async(started("r").collect_events())
-        assert await appender.connected()
-        run = store.load("r")
-        (event,) = [store.app.mapper.to_stored_event(e) for e in signals(run, 1)]
-        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "") as holder:
-            lock_events_table(store, holder)
+        event = await next_row_of_a_started_run(store)
+        with table_lock_held(store, postgres_url) as holder:
             with pytest.raises(psycopg.errors.LockNotAvailable, match="lock timeout"):
                 await appender._prepared([event])  # as psycopg's cursor raises it
             assert appender._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -550,12 +560,8 @@ async def test_an_append_of_a_run_driven_alone_holds_the_loop_only_until_its_hol
 
     ticker = asyncio.create_task(other_task())
     try:
-        await store.append_async(started("r").collect_events())
-        assert await appender.connected()
-        run = store.load("r")
-        (event,) = [store.app.mapper.to_stored_event(e) for e in signals(run, 1)]
-        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "") as holder:
-            lock_events_table(store, holder)
+        event = await next_row_of_a_started_run(store)
+        with table_lock_held(store, postgres_url) as holder:
             waiting = asyncio.ensure_future(appender.append([event], alone=True))
             await asyncio.sleep(0)  # the append starts, and holds the loop for 50 ms
             held_at, started_at = ticks, time.monotonic()
@@ -608,8 +614,7 @@ async def test_a_steps_append_cancelled_midway_closes_the_loop_connection(postgr
     try:
         await store.append_async(started("r").collect_events())
         assert await appender.connected()
-        with psycopg.connect(StoreURL.parse(postgres_url).postgres_conninfo or "") as holder:
-            lock_events_table(store, holder)
+        with table_lock_held(store, postgres_url) as holder:
             waiting = asyncio.ensure_future(store.append_async(signals(store.load("r"), 1)))
             await asyncio.sleep(0.2)  # sent, and waiting for the table lock
             assert not waiting.done()
