@@ -93,9 +93,10 @@ def floor_times(backends: Backends, backend: str, store_url: str, ops: int,
     return postgres_commit_floor(store_url, schema, ops, work), None
 
 
-def floor_seconds(backends: Backends, backend: str, store_url: str, ops: int, synchronous: int | None) -> float:
-    """One measurement of the floor of ``backend`` (seconds per operation)."""
-    return floor_times(backends, backend, store_url, ops, synchronous)[0]
+def floor_seconds(backends: Backends, backend: str, store_url: str, ops: int, synchronous: int | None,
+                  work: float = 0.0) -> float:
+    """One measurement of the floor of ``backend`` (seconds per operation; see :func:`floor_times`)."""
+    return floor_times(backends, backend, store_url, ops, synchronous, work)[0]
 
 
 def append_alone(backends: Backends, sizes: Sizes) -> Result:
@@ -124,7 +125,7 @@ def commit_after_work(backends: Backends, backend: str, sizes: Sizes, work: floa
         with backends.store_url(backend, "after-work") as url:
             value, floor_value = bracketed(
                 lambda url=url: floor_seconds(backends, backend, url, sizes.floor_ops, synchronous),
-                lambda url=url: floor_times(backends, backend, url, sizes.floor_ops, synchronous, work)[0],
+                lambda url=url: floor_seconds(backends, backend, url, sizes.floor_ops, synchronous, work),
             )
         values.append(value * 1e6)
         floors.append(floor_value * 1e6)
